@@ -1,0 +1,5 @@
+//! Command-line front ends for the library types: `publish`, `subscribe`, `endpoints`.
+
+pub mod endpoints;
+pub mod publish;
+pub mod subscribe;

@@ -1,0 +1,1 @@
+//! Membership from a file of `tcp://IP:PORT` lines (skeleton: to be written).

@@ -1,0 +1,1 @@
+//! Membership from the Kubernetes API (skeleton: to be written).

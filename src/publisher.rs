@@ -1,0 +1,3 @@
+//! The Publisher (skeleton: to be written).
+
+pub struct Publisher {}

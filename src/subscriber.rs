@@ -1,0 +1,3 @@
+//! The Subscriber (skeleton: to be written).
+
+pub struct Subscriber {}

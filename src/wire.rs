@@ -1,0 +1,1 @@
+//! The message envelope (skeleton: to be written).
