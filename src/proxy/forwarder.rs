@@ -186,6 +186,11 @@ fn set_common_options(socket: &zmq::Socket, config: &ProxyConfig, what: &str) ->
             .set_heartbeat_ttl(heartbeat.ttl_ms)
             .map_err(ctx("HEARTBEAT_TTL"))?;
     }
+    // A ZAP domain makes libzmq refuse pre-ZMTP-3.0 peers. Without it any byte stream not
+    // starting with 0xFF (an HTTP request, a port scanner) is taken for a ZMTP 1.0 peer and
+    // its bytes for messages. No ZAP handler exists in the proxy's context and enforcement
+    // is off, so ZMTP 3.x peers with the NULL mechanism are accepted as before.
+    socket.set_zap_domain("fanout").map_err(ctx("ZAP_DOMAIN"))?;
     // Until shutdown nothing waits on close; shutdown sets the bounded linger.
     socket.set_linger(0).map_err(ctx("LINGER"))?;
     Ok(())
