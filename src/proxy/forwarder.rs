@@ -46,28 +46,29 @@ pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
         std::thread::Builder::new()
             .name("fanout-proxy".into())
             .spawn(move || {
-                let result = Forwarder::bind(&config, metrics).and_then(|forwarder| {
-                    let endpoints = (
-                        forwarder.publisher_endpoints.clone(),
-                        forwarder.subscriber_endpoints.clone(),
-                    );
-                    // The receiver waits for this; if it is gone nobody wants the proxy.
-                    let _ = bound_tx.send(Ok(endpoints));
-                    forwarder.run(&stop_rx)
-                });
-                running.store(false, Ordering::Release);
-                match result {
+                let forwarder = match Forwarder::bind(&config, metrics) {
+                    Ok(forwarder) => forwarder,
                     Err(err) => {
-                        // Before binding finished this reaches start(); afterwards, the log.
-                        tracing::error!(error = %err, "proxy stopped with an error");
+                        running.store(false, Ordering::Release);
                         let text = err.to_string();
-                        if bound_tx.send(Err(err)).is_err() {
-                            return Err(ProxyError::Thread(text));
-                        }
-                        Err(ProxyError::Thread(text))
+                        // start() waits for this and returns the error itself.
+                        let _ = bound_tx.send(Err(err));
+                        return Err(ProxyError::Thread(format!("binding failed: {text}")));
                     }
-                    Ok(()) => Ok(()),
+                };
+                let endpoints = (
+                    forwarder.publisher_endpoints.clone(),
+                    forwarder.subscriber_endpoints.clone(),
+                );
+                // If start() is gone nobody wants the proxy; run() then ends at the first
+                // poll because the stop signal's other end is closed.
+                let _ = bound_tx.send(Ok(endpoints));
+                let result = forwarder.run(&stop_rx);
+                running.store(false, Ordering::Release);
+                if let Err(err) = &result {
+                    tracing::error!(error = %err, "proxy stopped with an error");
                 }
+                result
             })
             .map_err(ProxyError::io("spawning the proxy thread"))?
     };
