@@ -168,7 +168,13 @@ struct Forwarder {
 /// Distinguishes the inproc monitor endpoints of several proxies in one process.
 static NEXT_PROXY_ID: AtomicU64 = AtomicU64::new(0);
 
-fn set_common_options(socket: &zmq::Socket, config: &ProxyConfig, what: &str) -> Result<(), ProxyError> {
+/// Applies the options a proxy sets on both of its sockets (HWM, size limit, heartbeats, ZAP
+/// domain, linger). Public so that the benchmark gives libzmq's stock proxy identical sockets.
+pub fn apply_socket_options(
+    socket: &zmq::Socket,
+    config: &ProxyConfig,
+    what: &str,
+) -> Result<(), ProxyError> {
     let heartbeat = HeartbeatOptions::from_interval(config.heartbeat);
     let ctx = |option: &str| ProxyError::zmq(format!("setting {option} on the {what} socket"));
     socket.set_sndhwm(config.hwm).map_err(ctx("SNDHWM"))?;
@@ -257,8 +263,8 @@ impl Forwarder {
         let xpub = context
             .socket(zmq::XPUB)
             .map_err(ProxyError::zmq("creating the XPUB socket"))?;
-        set_common_options(&xsub, config, "publisher (XSUB)")?;
-        set_common_options(&xpub, config, "subscriber (XPUB)")?;
+        apply_socket_options(&xsub, config, "publisher (XSUB)")?;
+        apply_socket_options(&xpub, config, "subscriber (XPUB)")?;
         let id = NEXT_PROXY_ID.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // Monitors first, so that no early connection escapes the peer counts.
