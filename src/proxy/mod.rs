@@ -1,8 +1,23 @@
-//! The per-node proxy (skeleton: to be written).
+//! `fanout proxy`, the per-node data plane: an XSUB socket where publishers connect, an XPUB
+//! socket (a unix socket and/or TCP) where local subscribers connect, and a forwarding thread
+//! between them. Every message goes through unchanged; subscriptions go upstream as libzmq's
+//! XPUB reference-counts them.
 
-#[derive(clap::Args, Debug)]
-pub struct ProxyArgs {}
+mod cli;
+mod config;
+mod error;
+mod forwarder;
+mod ipc;
+mod metrics;
+mod monitor;
+mod subscriptions;
 
-pub fn run(_args: ProxyArgs) -> crate::Result<()> {
-    Err(crate::Error::Other("fanout proxy is not written yet".into()))
-}
+pub use cli::{ProxyArgs, run};
+pub use config::{
+    DEFAULT_HEARTBEAT, DEFAULT_HWM, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SOCKET_MODE, HeartbeatOptions,
+    ProxyConfig, SHUTDOWN_LINGER,
+};
+pub use error::ProxyError;
+pub use forwarder::{Proxy, start};
+pub use metrics::{ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};
+pub use subscriptions::LiveSubscriptions;

@@ -1,0 +1,542 @@
+//! The running proxy: one thread owns the XSUB and XPUB sockets (libzmq sockets are not
+//! thread-safe) and their monitors, and forwards between them until told to stop.
+
+use super::ProxyError;
+use super::config::{HeartbeatOptions, ProxyConfig, SHUTDOWN_LINGER};
+use super::ipc::{self, BoundSocketFile};
+use super::metrics::{ProxyMetrics, ProxyStats, Side};
+use super::monitor::{self, MonitorEvent, PeerChange, PeerTracker};
+use super::subscriptions::LiveSubscriptions;
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+/// Messages moved per socket before the loop looks at the other socket and the stop signal,
+/// so neither direction starves the other.
+const BURST: usize = 4096;
+
+/// A running proxy. Dropping it stops it like `shutdown` does, without returning the stats.
+#[derive(Debug)]
+pub struct Proxy {
+    publisher_endpoints: Vec<String>,
+    subscriber_endpoints: Vec<String>,
+    metrics: ProxyMetrics,
+    stop: UnixStream,
+    running: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), ProxyError>>>,
+}
+
+/// Starts a proxy: every socket is bound (and every unix socket file prepared) before this
+/// returns; forwarding runs on a thread of its own.
+pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+    config.validate()?;
+    let metrics = ProxyMetrics::default();
+    let (stop, stop_rx) = UnixStream::pair().map_err(ProxyError::io("creating the stop signal"))?;
+    stop_rx
+        .set_nonblocking(true)
+        .map_err(ProxyError::io("creating the stop signal"))?;
+    let running = Arc::new(AtomicBool::new(true));
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let thread = {
+        let metrics = metrics.clone();
+        let running = running.clone();
+        std::thread::Builder::new()
+            .name("fanout-proxy".into())
+            .spawn(move || {
+                let result = Forwarder::bind(&config, metrics).and_then(|forwarder| {
+                    let endpoints = (
+                        forwarder.publisher_endpoints.clone(),
+                        forwarder.subscriber_endpoints.clone(),
+                    );
+                    // The receiver waits for this; if it is gone nobody wants the proxy.
+                    let _ = bound_tx.send(Ok(endpoints));
+                    forwarder.run(&stop_rx)
+                });
+                running.store(false, Ordering::Release);
+                match result {
+                    Err(err) => {
+                        // Before binding finished this reaches start(); afterwards, the log.
+                        tracing::error!(error = %err, "proxy stopped with an error");
+                        let text = err.to_string();
+                        if bound_tx.send(Err(err)).is_err() {
+                            return Err(ProxyError::Thread(text));
+                        }
+                        Err(ProxyError::Thread(text))
+                    }
+                    Ok(()) => Ok(()),
+                }
+            })
+            .map_err(ProxyError::io("spawning the proxy thread"))?
+    };
+    match bound_rx.recv() {
+        Ok(Ok((publisher_endpoints, subscriber_endpoints))) => Ok(Proxy {
+            publisher_endpoints,
+            subscriber_endpoints,
+            metrics,
+            stop,
+            running,
+            thread: Some(thread),
+        }),
+        Ok(Err(err)) => {
+            let _ = thread.join();
+            Err(err)
+        }
+        Err(_) => Err(match thread.join() {
+            Ok(Err(err)) => err,
+            Ok(Ok(())) => ProxyError::Thread("exited before binding".into()),
+            Err(_) => ProxyError::Thread("panicked while binding".into()),
+        }),
+    }
+}
+
+impl Proxy {
+    /// XSUB endpoints as bound (a tcp port 0 resolved to the real port).
+    pub fn publisher_endpoints(&self) -> &[String] {
+        &self.publisher_endpoints
+    }
+
+    /// XPUB endpoints as bound.
+    pub fn subscriber_endpoints(&self) -> &[String] {
+        &self.subscriber_endpoints
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        self.metrics.snapshot()
+    }
+
+    /// The live metrics, to register with a Prometheus registry.
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
+    }
+
+    /// False once the forwarding thread has ended (after shutdown, or on a fatal error).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Stops forwarding, lets queued messages leave for at most the shutdown linger, closes the
+    /// sockets and removes the unix socket files.
+    pub fn shutdown(mut self) -> Result<ProxyStats, ProxyError> {
+        self.stop_and_join()?;
+        Ok(self.metrics.snapshot())
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), ProxyError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        // If the thread already ended, its end of the pair is closed and this write fails:
+        // nothing to signal then.
+        let _ = self.stop.write_all(b"x");
+        match thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::Thread("the forwarding thread panicked".into())),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop_and_join() {
+            tracing::warn!(error = %err, "proxy ended with an error");
+        }
+    }
+}
+
+/// Which thread owns it: everything here lives and dies on the forwarding thread.
+struct Forwarder {
+    // Field order is drop order: sockets before the context, whose termination waits for
+    // them (bounded by the linger set at shutdown).
+    xsub: zmq::Socket,
+    xpub: zmq::Socket,
+    xsub_monitor: zmq::Socket,
+    xpub_monitor: zmq::Socket,
+    _context: zmq::Context,
+    publisher_endpoints: Vec<String>,
+    subscriber_endpoints: Vec<String>,
+    socket_files: Vec<BoundSocketFile>,
+    metrics: ProxyMetrics,
+    live_subscriptions: LiveSubscriptions,
+    publisher_peers: PeerTracker,
+    subscriber_peers: PeerTracker,
+}
+
+/// Distinguishes the inproc monitor endpoints of several proxies in one process.
+static NEXT_PROXY_ID: AtomicU64 = AtomicU64::new(0);
+
+fn set_common_options(socket: &zmq::Socket, config: &ProxyConfig, what: &str) -> Result<(), ProxyError> {
+    let heartbeat = HeartbeatOptions::from_interval(config.heartbeat);
+    let ctx = |option: &str| ProxyError::zmq(format!("setting {option} on the {what} socket"));
+    socket.set_sndhwm(config.hwm).map_err(ctx("SNDHWM"))?;
+    socket.set_rcvhwm(config.hwm).map_err(ctx("RCVHWM"))?;
+    socket
+        .set_maxmsgsize(config.max_message_bytes)
+        .map_err(ctx("MAXMSGSIZE"))?;
+    if heartbeat.interval_ms > 0 {
+        socket
+            .set_heartbeat_ivl(heartbeat.interval_ms)
+            .map_err(ctx("HEARTBEAT_IVL"))?;
+        socket
+            .set_heartbeat_timeout(heartbeat.timeout_ms)
+            .map_err(ctx("HEARTBEAT_TIMEOUT"))?;
+        socket
+            .set_heartbeat_ttl(heartbeat.ttl_ms)
+            .map_err(ctx("HEARTBEAT_TTL"))?;
+    }
+    // Until shutdown nothing waits on close; shutdown sets the bounded linger.
+    socket.set_linger(0).map_err(ctx("LINGER"))?;
+    Ok(())
+}
+
+/// Binds `socket` to each endpoint, preparing unix socket files first; returns the endpoints
+/// as bound.
+fn bind_all(
+    socket: &zmq::Socket,
+    endpoints: &[String],
+    mode: u32,
+    files: &mut Vec<BoundSocketFile>,
+) -> Result<Vec<String>, ProxyError> {
+    let mut bound = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let path = ipc::ipc_path(endpoint);
+        if let Some(path) = &path {
+            ipc::prepare(path)?;
+        }
+        socket
+            .bind(endpoint)
+            .map_err(ProxyError::zmq(format!("binding {endpoint}")))?;
+        if let Some(path) = &path {
+            files.push(BoundSocketFile::after_bind(path, mode)?);
+        }
+        let last = socket
+            .get_last_endpoint()
+            .map_err(ProxyError::zmq(format!(
+                "reading the endpoint bound for {endpoint}"
+            )))?
+            .unwrap_or_else(|_| endpoint.clone());
+        bound.push(last);
+    }
+    Ok(bound)
+}
+
+fn monitor_socket(
+    context: &zmq::Context,
+    socket: &zmq::Socket,
+    address: &str,
+) -> Result<zmq::Socket, ProxyError> {
+    socket
+        .monitor(address, monitor::WATCHED_EVENTS)
+        .map_err(ProxyError::zmq(format!("starting monitor {address}")))?;
+    let monitor = context
+        .socket(zmq::PAIR)
+        .map_err(ProxyError::zmq("creating a monitor socket"))?;
+    monitor
+        .set_linger(0)
+        .map_err(ProxyError::zmq("setting LINGER on a monitor socket"))?;
+    monitor
+        .connect(address)
+        .map_err(ProxyError::zmq(format!("connecting monitor {address}")))?;
+    Ok(monitor)
+}
+
+impl Forwarder {
+    fn bind(config: &ProxyConfig, metrics: ProxyMetrics) -> Result<Self, ProxyError> {
+        let context = zmq::Context::new();
+        let xsub = context
+            .socket(zmq::XSUB)
+            .map_err(ProxyError::zmq("creating the XSUB socket"))?;
+        let xpub = context
+            .socket(zmq::XPUB)
+            .map_err(ProxyError::zmq("creating the XPUB socket"))?;
+        set_common_options(&xsub, config, "publisher (XSUB)")?;
+        set_common_options(&xpub, config, "subscriber (XPUB)")?;
+        let id = NEXT_PROXY_ID.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // Monitors first, so that no early connection escapes the peer counts.
+        let xsub_monitor = monitor_socket(
+            &context,
+            &xsub,
+            &format!("inproc://fanout-proxy-{pid}-{id}-publishers"),
+        )?;
+        let xpub_monitor = monitor_socket(
+            &context,
+            &xpub,
+            &format!("inproc://fanout-proxy-{pid}-{id}-subscribers"),
+        )?;
+        let mut socket_files = Vec::new();
+        let bound = bind_all(&xsub, &config.publishers, config.socket_mode, &mut socket_files).and_then(
+            |publishers| {
+                let subscribers =
+                    bind_all(&xpub, &config.subscribers, config.socket_mode, &mut socket_files)?;
+                Ok((publishers, subscribers))
+            },
+        );
+        let (publisher_endpoints, subscriber_endpoints) = match bound {
+            Ok(bound) => bound,
+            Err(err) => {
+                socket_files.into_iter().for_each(BoundSocketFile::remove);
+                return Err(err);
+            }
+        };
+        tracing::info!(publishers = ?publisher_endpoints, subscribers = ?subscriber_endpoints, "proxy bound");
+        Ok(Self {
+            xsub,
+            xpub,
+            xsub_monitor,
+            xpub_monitor,
+            _context: context,
+            publisher_endpoints,
+            subscriber_endpoints,
+            socket_files,
+            metrics,
+            live_subscriptions: LiveSubscriptions::default(),
+            publisher_peers: PeerTracker::default(),
+            subscriber_peers: PeerTracker::default(),
+        })
+    }
+
+    fn run(mut self, stop: &UnixStream) -> Result<(), ProxyError> {
+        let result = self.forward_until_stopped(stop);
+        self.close();
+        result
+    }
+
+    fn forward_until_stopped(&mut self, stop: &UnixStream) -> Result<(), ProxyError> {
+        let mut frame = zmq::Message::new();
+        loop {
+            let (downstream, upstream, publisher_events, subscriber_events, stopped) = {
+                let mut items = [
+                    self.xsub.as_poll_item(zmq::POLLIN),
+                    self.xpub.as_poll_item(zmq::POLLIN),
+                    self.xsub_monitor.as_poll_item(zmq::POLLIN),
+                    self.xpub_monitor.as_poll_item(zmq::POLLIN),
+                    zmq::PollItem::from_fd(stop.as_raw_fd(), zmq::POLLIN),
+                ];
+                match zmq::poll(&mut items, -1) {
+                    Ok(_) => {}
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(err) => {
+                        return Err(ProxyError::Zmq {
+                            context: "polling".into(),
+                            source: err,
+                        });
+                    }
+                }
+                (
+                    items[0].is_readable(),
+                    items[1].is_readable(),
+                    items[2].is_readable(),
+                    items[3].is_readable(),
+                    items[4].is_readable() || items[4].is_error(),
+                )
+            };
+            if stopped {
+                return Ok(());
+            }
+            if downstream {
+                self.forward_downstream(&mut frame)?;
+            }
+            if upstream {
+                self.forward_upstream(&mut frame)?;
+            }
+            if publisher_events {
+                self.drain_monitor(Side::Publishers);
+            }
+            if subscriber_events {
+                self.drain_monitor(Side::Subscribers);
+            }
+        }
+    }
+
+    /// Publishers to subscribers: a burst of whole messages, every frame unchanged.
+    fn forward_downstream(&mut self, frame: &mut zmq::Message) -> Result<(), ProxyError> {
+        let tally = forward_burst(&self.xsub, &self.xpub, frame, |_| {})?;
+        tally.record(&self.metrics, Side::Publishers, Side::Subscribers);
+        Ok(())
+    }
+
+    /// Subscribers to publishers: subscriptions (as reference-counted by XPUB) and anything
+    /// else subscribers send, unchanged; subscriptions update the live set.
+    fn forward_upstream(&mut self, frame: &mut zmq::Message) -> Result<(), ProxyError> {
+        let live = &mut self.live_subscriptions;
+        let mut subscription_messages = 0;
+        let tally = forward_burst(&self.xpub, &self.xsub, frame, |first| {
+            if live.apply(first) {
+                subscription_messages += 1;
+            }
+        })?;
+        tally.record(&self.metrics, Side::Subscribers, Side::Publishers);
+        self.metrics.subscription_messages.inc_by(subscription_messages);
+        self.metrics
+            .live_subscriptions
+            .set(i64::try_from(self.live_subscriptions.len()).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    fn drain_monitor(&mut self, side: Side) {
+        let (socket, peers) = match side {
+            Side::Publishers => (&self.xsub_monitor, &mut self.publisher_peers),
+            Side::Subscribers => (&self.xpub_monitor, &mut self.subscriber_peers),
+        };
+        let metrics = self.metrics.side(side);
+        while let Ok(parts) = socket.recv_multipart(zmq::DONTWAIT) {
+            let Some(event) = parts.first().and_then(|first| MonitorEvent::parse(first)) else {
+                continue;
+            };
+            let endpoint = parts
+                .get(1)
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+                .unwrap_or_default();
+            match peers.apply(event) {
+                PeerChange::Accepted => tracing::debug!(?side, %endpoint, "peer connected"),
+                PeerChange::Disconnected => {
+                    metrics.disconnects.inc();
+                    tracing::debug!(?side, %endpoint, "peer disconnected");
+                }
+                PeerChange::HandshakeFailed => {
+                    metrics.handshake_failures.inc();
+                    tracing::info!(?side, %endpoint, code = event.code, errno = event.value, "peer cut off: handshake failed");
+                }
+                PeerChange::Stopped | PeerChange::Ignored => {}
+            }
+            metrics
+                .connected
+                .set(i64::try_from(peers.connected()).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn close(self) {
+        for socket in [&self.xsub, &self.xpub] {
+            let linger = i32::try_from(SHUTDOWN_LINGER.as_millis()).unwrap_or(i32::MAX);
+            if let Err(err) = socket.set_linger(linger) {
+                tracing::warn!(error = %err, "cannot set the shutdown linger");
+            }
+        }
+        let Forwarder {
+            xsub,
+            xpub,
+            xsub_monitor,
+            xpub_monitor,
+            _context,
+            socket_files,
+            ..
+        } = self;
+        drop(xsub);
+        drop(xpub);
+        drop(xsub_monitor);
+        drop(xpub_monitor);
+        // Terminating the context waits for queued messages, at most the linger.
+        drop(_context);
+        socket_files.into_iter().for_each(BoundSocketFile::remove);
+        tracing::info!("proxy stopped");
+    }
+}
+
+/// What one burst moved.
+#[derive(Debug, Default)]
+struct Tally {
+    messages: u64,
+    bytes: u64,
+    failures: u64,
+}
+
+impl Tally {
+    fn record(&self, metrics: &ProxyMetrics, from: Side, to: Side) {
+        if self.messages == 0 && self.failures == 0 {
+            return;
+        }
+        let received = metrics.side(from);
+        received.messages_received.inc_by(self.messages + self.failures);
+        received.bytes_received.inc_by(self.bytes);
+        let sent = metrics.side(to);
+        sent.messages_sent.inc_by(self.messages);
+        sent.bytes_sent.inc_by(self.bytes);
+        if self.failures > 0 {
+            sent.send_failures.inc_by(self.failures);
+        }
+    }
+}
+
+/// Moves up to `BURST` whole messages from `from` to `to` without blocking, reusing `frame`.
+/// `inspect` sees the first frame of each message (the only thing the proxy ever reads, and
+/// only upstream). A failed send drops that message and is counted; only errors of the
+/// sockets themselves end the proxy.
+fn forward_burst(
+    from: &zmq::Socket,
+    to: &zmq::Socket,
+    frame: &mut zmq::Message,
+    mut inspect: impl FnMut(&[u8]),
+) -> Result<Tally, ProxyError> {
+    let mut tally = Tally::default();
+    for _ in 0..BURST {
+        match from.recv(frame, zmq::DONTWAIT) {
+            Ok(()) => {}
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
+            Err(err) => {
+                return Err(ProxyError::Zmq {
+                    context: "receiving".into(),
+                    source: err,
+                });
+            }
+        }
+        inspect(&frame[..]);
+        match forward_message(from, to, frame)? {
+            Some(bytes) => {
+                tally.messages += 1;
+                tally.bytes += bytes;
+            }
+            None => tally.failures += 1,
+        }
+    }
+    Ok(tally)
+}
+
+/// Sends the message whose first frame is in `frame`, frame by frame, unchanged. Returns its
+/// size, or `None` if `to` refused it.
+fn forward_message(
+    from: &zmq::Socket,
+    to: &zmq::Socket,
+    frame: &mut zmq::Message,
+) -> Result<Option<u64>, ProxyError> {
+    let mut bytes = 0;
+    loop {
+        bytes += frame.len() as u64;
+        let more = frame.get_more();
+        let flags = if more {
+            zmq::SNDMORE | zmq::DONTWAIT
+        } else {
+            zmq::DONTWAIT
+        };
+        let outgoing = std::mem::replace(frame, zmq::Message::new());
+        if let Err(err) = to.send(outgoing, flags) {
+            tracing::debug!(error = %err, "send failed; message dropped");
+            if more {
+                discard_rest(from, frame)?;
+            }
+            return Ok(None);
+        }
+        if !more {
+            return Ok(Some(bytes));
+        }
+        next_frame(from, frame)?;
+    }
+}
+
+/// Later frames of a message are already queued when the first one arrives (libzmq delivers
+/// messages whole), so this does not wait.
+fn next_frame(from: &zmq::Socket, frame: &mut zmq::Message) -> Result<(), ProxyError> {
+    from.recv(frame, 0)
+        .map_err(ProxyError::zmq("receiving the next frame of a message"))
+}
+
+fn discard_rest(from: &zmq::Socket, frame: &mut zmq::Message) -> Result<(), ProxyError> {
+    loop {
+        next_frame(from, frame)?;
+        if !frame.get_more() {
+            return Ok(());
+        }
+    }
+}

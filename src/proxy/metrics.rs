@@ -1,0 +1,251 @@
+//! The proxy's Prometheus metrics (`fanout_proxy_...`) and the snapshot `Proxy::stats` returns.
+//!
+//! The forwarding thread keeps per-burst tallies and adds them to these shared atomics once
+//! per burst, so the hot loop does not pay an atomic operation per message.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type SideLabels = [(&'static str, &'static str); 1];
+
+/// The two sides of a proxy, as metric label values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The XSUB socket publishers connect to.
+    Publishers,
+    /// The XPUB socket local subscribers connect to.
+    Subscribers,
+}
+
+impl Side {
+    const ALL: [Side; 2] = [Side::Publishers, Side::Subscribers];
+
+    fn labels(self) -> SideLabels {
+        match self {
+            Side::Publishers => [("side", "publishers")],
+            Side::Subscribers => [("side", "subscribers")],
+        }
+    }
+}
+
+/// Counters for one side of the proxy; each is one labelled series of a family below.
+#[derive(Clone, Debug, Default)]
+pub struct SideMetrics {
+    /// Messages (a multipart message counts once) received on this side's socket.
+    pub messages_received: Counter,
+    /// Frame bytes received on this side's socket.
+    pub bytes_received: Counter,
+    /// Messages handed to this side's socket for sending.
+    pub messages_sent: Counter,
+    pub bytes_sent: Counter,
+    /// Messages the proxy could not hand to this side's socket (a failed send).
+    pub send_failures: Counter,
+    /// Peers currently connected (monitor ACCEPTED minus DISCONNECTED).
+    pub connected: Gauge,
+    /// Connections that ended in a failed ZMTP handshake (garbage greeting, bad mechanism).
+    pub handshake_failures: Counter,
+    /// Connections that ended for any reason: a frame above the size limit, a malformed
+    /// frame, a heartbeat timeout, or a peer that simply left.
+    pub disconnects: Counter,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Families {
+    messages_received: Family<SideLabels, Counter>,
+    bytes_received: Family<SideLabels, Counter>,
+    messages_sent: Family<SideLabels, Counter>,
+    bytes_sent: Family<SideLabels, Counter>,
+    send_failures: Family<SideLabels, Counter>,
+    connected: Family<SideLabels, Gauge>,
+    handshake_failures: Family<SideLabels, Counter>,
+    disconnects: Family<SideLabels, Counter>,
+}
+
+impl Families {
+    fn side(&self, side: Side) -> SideMetrics {
+        let labels = side.labels();
+        SideMetrics {
+            messages_received: self.messages_received.get_or_create(&labels).clone(),
+            bytes_received: self.bytes_received.get_or_create(&labels).clone(),
+            messages_sent: self.messages_sent.get_or_create(&labels).clone(),
+            bytes_sent: self.bytes_sent.get_or_create(&labels).clone(),
+            send_failures: self.send_failures.get_or_create(&labels).clone(),
+            connected: self.connected.get_or_create(&labels).clone(),
+            handshake_failures: self.handshake_failures.get_or_create(&labels).clone(),
+            disconnects: self.disconnects.get_or_create(&labels).clone(),
+        }
+    }
+}
+
+/// All metrics of one proxy. Cloning shares the underlying values.
+#[derive(Clone, Debug)]
+pub struct ProxyMetrics {
+    families: Families,
+    pub publishers: SideMetrics,
+    pub subscribers: SideMetrics,
+    /// Distinct topics currently subscribed upstream through this proxy.
+    pub live_subscriptions: Gauge,
+    /// Subscribe and unsubscribe messages forwarded upstream.
+    pub subscription_messages: Counter,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        let families = Families::default();
+        // Creating both series up front makes them appear (at zero) before any traffic.
+        let [publishers, subscribers] = Side::ALL.map(|side| families.side(side));
+        Self {
+            families,
+            publishers,
+            subscribers,
+            live_subscriptions: Gauge::default(),
+            subscription_messages: Counter::default(),
+        }
+    }
+}
+
+impl ProxyMetrics {
+    pub fn side(&self, side: Side) -> &SideMetrics {
+        match side {
+            Side::Publishers => &self.publishers,
+            Side::Subscribers => &self.subscribers,
+        }
+    }
+
+    /// Registers every metric under the `fanout_proxy` prefix of `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("fanout_proxy");
+        let f = &self.families;
+        registry.register(
+            "messages_received",
+            "Messages received, by side (publishers: from publishers; subscribers: subscription and other upstream messages)",
+            f.messages_received.clone(),
+        );
+        registry.register(
+            "bytes_received",
+            "Frame bytes received, by side",
+            f.bytes_received.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "Messages handed to the socket of a side (subscribers: once per message, whatever the number of subscribers)",
+            f.messages_sent.clone(),
+        );
+        registry.register(
+            "bytes_sent",
+            "Frame bytes handed to the socket of a side",
+            f.bytes_sent.clone(),
+        );
+        registry.register(
+            "dropped_messages",
+            "Messages the proxy could not hand to a side's socket; per-subscriber queue overflows inside libzmq XPUB are not visible here",
+            f.send_failures.clone(),
+        );
+        registry.register(
+            "connected_peers",
+            "Peers currently connected, by side",
+            f.connected.clone(),
+        );
+        registry.register(
+            "handshake_failures",
+            "Peers cut off during the ZMTP handshake (garbage greeting, protocol error), by side",
+            f.handshake_failures.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Connections ended, by side: peer left, heartbeat timeout, oversized or malformed frame",
+            f.disconnects.clone(),
+        );
+        registry.register(
+            "live_subscriptions",
+            "Distinct topics currently subscribed upstream through this proxy",
+            self.live_subscriptions.clone(),
+        );
+        registry.register(
+            "subscription_messages",
+            "Subscribe and unsubscribe messages forwarded upstream to publishers",
+            self.subscription_messages.clone(),
+        );
+    }
+
+    pub fn snapshot(&self) -> ProxyStats {
+        let side = |m: &SideMetrics| SideStats {
+            messages_received: m.messages_received.get(),
+            bytes_received: m.bytes_received.get(),
+            messages_sent: m.messages_sent.get(),
+            bytes_sent: m.bytes_sent.get(),
+            send_failures: m.send_failures.get(),
+            connected: u64::try_from(m.connected.get()).unwrap_or(0),
+            handshake_failures: m.handshake_failures.get(),
+            disconnects: m.disconnects.get(),
+        };
+        ProxyStats {
+            publishers: side(&self.publishers),
+            subscribers: side(&self.subscribers),
+            live_subscriptions: u64::try_from(self.live_subscriptions.get()).unwrap_or(0),
+            subscription_messages: self.subscription_messages.get(),
+        }
+    }
+}
+
+/// Counts for one side at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SideStats {
+    pub messages_received: u64,
+    pub bytes_received: u64,
+    pub messages_sent: u64,
+    pub bytes_sent: u64,
+    pub send_failures: u64,
+    pub connected: u64,
+    pub handshake_failures: u64,
+    pub disconnects: u64,
+}
+
+/// A snapshot of a proxy's counters.
+///
+/// Downstream traffic is `publishers.messages_received` (in) and `subscribers.messages_sent`
+/// (out, once per message whatever the number of subscribers); upstream traffic (subscriptions)
+/// is `subscribers.messages_received` and `publishers.messages_sent`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyStats {
+    pub publishers: SideStats,
+    pub subscribers: SideStats,
+    pub live_subscriptions: u64,
+    pub subscription_messages: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_metrics_share_values_with_the_handles() {
+        let metrics = ProxyMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics.publishers.messages_received.inc_by(3);
+        metrics.subscribers.connected.set(2);
+        metrics.live_subscriptions.set(5);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoding to a String");
+        assert!(
+            text.contains("fanout_proxy_messages_received_total{side=\"publishers\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fanout_proxy_connected_peers{side=\"subscribers\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("fanout_proxy_live_subscriptions 5"), "{text}");
+        assert!(
+            text.contains("fanout_proxy_dropped_messages_total{side=\"subscribers\"} 0"),
+            "{text}"
+        );
+        let stats = metrics.snapshot();
+        assert_eq!(stats.publishers.messages_received, 3);
+        assert_eq!(stats.subscribers.connected, 2);
+        assert_eq!(stats.live_subscriptions, 5);
+    }
+}
