@@ -35,60 +35,6 @@ pub struct DemoArgs {
     pub size: usize,
 }
 
-// Until the proxy branch lands: libzmq's stock XSUB/XPUB proxy behind the same API.
-use stock_proxy as proxy_impl;
-mod stock_proxy {
-    use std::thread::JoinHandle;
-    #[derive(Default)]
-    pub struct ProxyConfig {
-        pub publishers: Vec<String>,
-        pub subscribers: Vec<String>,
-        pub hwm: i32,
-    }
-    pub struct Proxy {
-        pubs: Vec<String>,
-        subs: Vec<String>,
-        control: zmq::Socket,
-        thread: JoinHandle<()>,
-        _ctx: zmq::Context,
-    }
-    pub fn start(c: ProxyConfig) -> Result<Proxy, zmq::Error> {
-        let ctx = zmq::Context::new();
-        let mut xsub = ctx.socket(zmq::XSUB)?;
-        let mut xpub = ctx.socket(zmq::XPUB)?;
-        xsub.set_rcvhwm(c.hwm)?;
-        xpub.set_sndhwm(c.hwm)?;
-        let mut pubs = Vec::new();
-        for e in &c.publishers {
-            xsub.bind(e)?;
-            pubs.push(xsub.get_last_endpoint()?.map_err(|_| zmq::Error::EINVAL)?);
-        }
-        let mut subs = Vec::new();
-        for e in &c.subscribers {
-            xpub.bind(e)?;
-            subs.push(e.clone());
-        }
-        let addr = format!("inproc://control-{:p}", &xsub as *const _);
-        let control = ctx.socket(zmq::PAIR)?;
-        control.bind(&addr)?;
-        let mut ctl = ctx.socket(zmq::PAIR)?;
-        ctl.connect(&addr)?;
-        let thread = std::thread::spawn(move || {
-            let _ = zmq::proxy_steerable(&mut xsub, &mut xpub, &mut ctl);
-        });
-        Ok(Proxy { pubs, subs, control, thread, _ctx: ctx })
-    }
-    impl Proxy {
-        pub fn publisher_endpoints(&self) -> &[String] { &self.pubs }
-        pub fn subscriber_endpoints(&self) -> &[String] { &self.subs }
-        pub fn shutdown(self) -> Result<(), zmq::Error> {
-            self.control.send("TERMINATE", 0)?;
-            let _ = self.thread.join();
-            Ok(())
-        }
-    }
-}
-
 const TOPIC: &str = "demo.updates";
 /// Queue bound per peer: large enough that the demo's rate never drops.
 const HWM: i32 = 100_000;
@@ -97,17 +43,17 @@ const HWM: i32 = 100_000;
 struct NodeProxy {
     publisher_endpoint: String,
     subscriber_endpoint: String,
-    proxy: proxy_impl::Proxy,
+    proxy: crate::proxy::Proxy,
 }
 
 fn start_proxy(dir: &Path, name: &str) -> crate::Result<NodeProxy> {
-    let config = proxy_impl::ProxyConfig {
+    let config = crate::proxy::ProxyConfig {
         publishers: vec!["tcp://127.0.0.1:0".to_string()],
         subscribers: vec![format!("ipc://{}/{name}.sock", dir.display())],
         hwm: HWM,
-        ..proxy_impl::ProxyConfig::default()
+        ..crate::proxy::ProxyConfig::default()
     };
-    let proxy = proxy_impl::start(config).map_err(|e| crate::Error::Other(format!("proxy {name}: {e}")))?;
+    let proxy = crate::proxy::start(config).map_err(|e| crate::Error::Other(format!("proxy {name}: {e}")))?;
     let first = |eps: &[String]| eps.first().cloned();
     let (Some(publisher_endpoint), Some(subscriber_endpoint)) =
         (first(proxy.publisher_endpoints()), first(proxy.subscriber_endpoints()))

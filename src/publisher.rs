@@ -20,10 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Messages handled per wake-up before the membership slot is looked at again.
 const BATCH: usize = 1024;
+/// After a membership change, how long the idle socket thread keeps poking libzmq often so
+/// connection set-up and teardown complete promptly.
+const SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -288,9 +291,21 @@ impl SocketThread {
     }
 
     fn run(mut self, rx: Receiver<Command>, ctx: zmq::Context) {
+        let mut changed_at = None;
         'outer: loop {
-            self.apply_pending_membership();
-            let first = match rx.recv_timeout(Duration::from_millis(500)) {
+            if self.apply_pending_membership() {
+                changed_at = Some(Instant::now());
+            }
+            // libzmq runs a socket's side of connection teardown (after `disconnect`) and
+            // set-up only when the owning thread calls into the socket. An idle publisher
+            // would otherwise keep a departed proxy's TCP connection open indefinitely, so
+            // poke the socket on every wake-up, and often for a while after a change.
+            if let Err(err) = self.socket.get_events() {
+                tracing::warn!(error = %err, "cannot process socket commands");
+            }
+            let settling = changed_at.is_some_and(|t: Instant| t.elapsed() < SETTLE);
+            let idle_wait = if settling { Duration::from_millis(10) } else { Duration::from_millis(200) };
+            let first = match rx.recv_timeout(idle_wait) {
                 Ok(cmd) => cmd,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -317,12 +332,13 @@ impl SocketThread {
         tracing::debug!(publisher = %self.id, "publisher closed");
     }
 
-    fn apply_pending_membership(&mut self) {
+    /// Applies the newest membership snapshot, if any; true if one was applied.
+    fn apply_pending_membership(&mut self) -> bool {
         if !self.shared.has_pending.swap(false, Ordering::AcqRel) {
-            return;
+            return false;
         }
         let Some(next) = lock(&self.shared.pending).take() else {
-            return;
+            return false;
         };
         let change = membership::diff(&self.current, &next);
         for endpoint in &change.left {
@@ -343,6 +359,7 @@ impl SocketThread {
         }
         *lock(&self.shared.connected) = self.current.clone();
         self.shared.membership_updates.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     fn send(&mut self, topic: Vec<u8>, frames: Vec<Vec<u8>>) {

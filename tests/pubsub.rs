@@ -9,49 +9,27 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 mod proxy_under_test {
-    //! Until the proxy branch lands: libzmq's stock XSUB/XPUB proxy behind the same API.
-    use std::thread::JoinHandle;
+    //! The real proxy (`fanout::proxy`), in-process.
+    use fanout::proxy::ProxyConfig;
 
     pub struct Proxy {
         pub publisher_endpoint: String,
         pub subscriber_endpoint: String,
-        control: zmq::Socket,
-        thread: Option<JoinHandle<()>>,
-        _ctx: zmq::Context,
+        pub inner: fanout::proxy::Proxy,
     }
 
     pub fn start(dir: &std::path::Path, name: &str, hwm: i32) -> Proxy {
-        let ctx = zmq::Context::new();
-        let mut xsub = ctx.socket(zmq::XSUB).unwrap();
-        let mut xpub = ctx.socket(zmq::XPUB).unwrap();
-        xsub.set_rcvhwm(hwm).unwrap();
-        xpub.set_sndhwm(hwm).unwrap();
-        xsub.bind("tcp://127.0.0.1:*").unwrap();
-        let publisher_endpoint = xsub.get_last_endpoint().unwrap().unwrap();
-        let subscriber_endpoint = format!("ipc://{}/{name}.sock", dir.display());
-        xpub.bind(&subscriber_endpoint).unwrap();
-        let control = ctx.socket(zmq::PAIR).unwrap();
-        control.bind("inproc://control").unwrap();
-        let mut ctl = ctx.socket(zmq::PAIR).unwrap();
-        ctl.connect("inproc://control").unwrap();
-        let thread = std::thread::spawn(move || {
-            let _ = zmq::proxy_steerable(&mut xsub, &mut xpub, &mut ctl);
-        });
+        let inner = fanout::proxy::start(ProxyConfig {
+            publishers: vec!["tcp://127.0.0.1:0".into()],
+            subscribers: vec![format!("ipc://{}/{name}.sock", dir.display())],
+            hwm,
+            ..ProxyConfig::default()
+        })
+        .unwrap();
         Proxy {
-            publisher_endpoint,
-            subscriber_endpoint,
-            control,
-            thread: Some(thread),
-            _ctx: ctx,
-        }
-    }
-
-    impl Drop for Proxy {
-        fn drop(&mut self) {
-            let _ = self.control.send("TERMINATE", 0);
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
+            publisher_endpoint: inner.publisher_endpoints()[0].clone(),
+            subscriber_endpoint: inner.subscriber_endpoints()[0].clone(),
+            inner,
         }
     }
 }
@@ -166,6 +144,12 @@ fn a_joining_proxy_starts_receiving_and_a_departed_one_stops() {
         assert!(start.elapsed() < WAIT, "leave not applied");
         std::thread::sleep(Duration::from_millis(1));
     }
+    // The departed proxy sees its publisher connection go away.
+    while a.inner.stats().publishers.connected != 0 {
+        assert!(start.elapsed() < WAIT, "the departed proxy still has a publisher connected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(b.inner.stats().publishers.connected, 1);
     while sub_a.recv(Duration::from_millis(200)).unwrap().is_some() {}
     while sub_b.recv(Duration::from_millis(200)).unwrap().is_some() {}
     for i in 0..200 {
