@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Pause after a directory event before reading the file.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
 /// One line that was not a valid endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidLine {
@@ -171,7 +174,12 @@ impl MembershipSource for FileSource {
                     }
                 }
                 tokio::select! {
-                    _ = changed.notified() => {}
+                    _ = changed.notified() => {
+                        // Events come in bursts (create, write, rename); a writer that
+                        // rewrites in place may have truncated the file a moment ago. Wait
+                        // briefly so we read the finished file, not an empty one.
+                        tokio::time::sleep(DEBOUNCE).await;
+                    }
                     _ = timer.tick() => {
                         // The directory may have appeared since we last tried to watch it.
                         if watcher.is_none() && dir.is_dir() {
