@@ -55,9 +55,10 @@ fn start_proxy(dir: &Path, name: &str) -> crate::Result<NodeProxy> {
     };
     let proxy = crate::proxy::start(config).map_err(|e| crate::Error::Other(format!("proxy {name}: {e}")))?;
     let first = |eps: &[String]| eps.first().cloned();
-    let (Some(publisher_endpoint), Some(subscriber_endpoint)) =
-        (first(proxy.publisher_endpoints()), first(proxy.subscriber_endpoints()))
-    else {
+    let (Some(publisher_endpoint), Some(subscriber_endpoint)) = (
+        first(proxy.publisher_endpoints()),
+        first(proxy.subscriber_endpoints()),
+    ) else {
         return Err(crate::Error::Other(format!("proxy {name} bound no endpoints")));
     };
     Ok(NodeProxy {
@@ -136,7 +137,12 @@ impl Node {
         if let Some(thread) = self.thread.take() {
             match thread.join() {
                 Ok(result) => result?,
-                Err(_) => return Err(crate::Error::Other(format!("{}: subscriber thread panicked", self.name))),
+                Err(_) => {
+                    return Err(crate::Error::Other(format!(
+                        "{}: subscriber thread panicked",
+                        self.name
+                    )));
+                }
             }
         }
         if let Some(node_proxy) = self.proxy.take() {
@@ -185,7 +191,9 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
     let total = Duration::try_from_secs_f64(args.seconds)
         .map_err(|e| crate::Error::InvalidArgument(format!("--seconds {}: {e}", args.seconds)))?;
     if total < Duration::from_secs(1) {
-        return Err(crate::Error::InvalidArgument("--seconds must be at least 1".into()));
+        return Err(crate::Error::InvalidArgument(
+            "--seconds must be at least 1".into(),
+        ));
     }
     let dir = tempfile::Builder::new().prefix("fanout-demo-").tempdir()?;
     let membership_file = dir.path().join("endpoints");
@@ -210,8 +218,14 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
     publisher.follow(Box::new(
         FileSource::new(&membership_file).with_recheck_interval(Duration::from_secs(2)),
     ))?;
-    if wait_until(Duration::from_secs(5), || publisher.connected().len() == args.nodes).is_none() {
-        return Err(crate::Error::Other("the publisher did not pick up the membership file".into()));
+    if wait_until(Duration::from_secs(5), || {
+        publisher.connected().len() == args.nodes
+    })
+    .is_none()
+    {
+        return Err(crate::Error::Other(
+            "the publisher did not pick up the membership file".into(),
+        ));
     }
     // Let subscriptions travel upstream before counting (a PUB drops what nobody asked for).
     std::thread::sleep(Duration::from_millis(300));
@@ -252,7 +266,10 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
     joiner.joined_at = Some(Instant::now());
     nodes.push(joiner);
     write_membership(&membership_file, &nodes)?;
-    println!("t={:>5.2}s  node-{joiner_index} joins (appended to the membership file)", start.elapsed().as_secs_f64());
+    println!(
+        "t={:>5.2}s  node-{joiner_index} joins (appended to the membership file)",
+        start.elapsed().as_secs_f64()
+    );
 
     // A node leaves two thirds of the way in.
     std::thread::sleep((total * 2 / 3).saturating_sub(start.elapsed()));
@@ -261,9 +278,14 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
     let left_at = Instant::now();
     write_membership(&membership_file, &nodes)?;
     let leaving_endpoint = nodes[leaver].publisher_endpoint.clone();
-    println!("t={:>5.2}s  node-{leaver} leaves (removed from the membership file)", start.elapsed().as_secs_f64());
-    let leave_latency = wait_until(Duration::from_secs(5), || !publisher.connected().contains(&leaving_endpoint))
-        .map(|_| left_at.elapsed());
+    println!(
+        "t={:>5.2}s  node-{leaver} leaves (removed from the membership file)",
+        start.elapsed().as_secs_f64()
+    );
+    let leave_latency = wait_until(Duration::from_secs(5), || {
+        !publisher.connected().contains(&leaving_endpoint)
+    })
+    .map(|_| left_at.elapsed());
     // What still reaches the departed node after the disconnect is in-flight traffic only.
     let at_leave = nodes[leaver].received.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
@@ -275,7 +297,9 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
             start.elapsed().as_secs_f64(),
             d.as_secs_f64() * 1e3
         ),
-        None => failures.push(format!("the publisher was still connected to node-{leaver} 5 s after it left")),
+        None => failures.push(format!(
+            "the publisher was still connected to node-{leaver} 5 s after it left"
+        )),
     }
 
     std::thread::sleep(total.saturating_sub(start.elapsed()));
@@ -299,7 +323,10 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
         expected_tail,
         start.elapsed().as_secs_f64()
     );
-    println!("{:<8} {:>10} {:>6} {:>6}  notes", "node", "received", "gaps", "lost");
+    println!(
+        "{:<8} {:>10} {:>6} {:>6}  notes",
+        "node", "received", "gaps", "lost"
+    );
     for (i, node) in nodes.iter().enumerate() {
         let obs = lock(&node.observation);
         let received = node.received.load(Ordering::Relaxed);
@@ -316,7 +343,9 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
                 }
             }
         } else if i == leaver {
-            notes.push(format!("left; {after_leave} in-flight messages after the disconnect"));
+            notes.push(format!(
+                "left; {after_leave} in-flight messages after the disconnect"
+            ));
         } else if received == 0 {
             failures.push(format!("{} received nothing", node.name));
         }
@@ -332,7 +361,10 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
             notes.join("; ")
         );
     }
-    println!("publisher: {} membership updates applied", publisher_stats.membership_updates);
+    println!(
+        "publisher: {} membership updates applied",
+        publisher_stats.membership_updates
+    );
     if failures.is_empty() {
         println!("demo OK");
         Ok(())
@@ -340,6 +372,9 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
         for f in &failures {
             println!("FAILED: {f}");
         }
-        Err(crate::Error::Other(format!("demo failed: {}", failures.join("; "))))
+        Err(crate::Error::Other(format!(
+            "demo failed: {}",
+            failures.join("; ")
+        )))
     }
 }

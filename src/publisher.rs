@@ -84,7 +84,10 @@ pub struct PublisherStats {
 }
 
 enum Command {
-    Publish { topic: Vec<u8>, frames: Vec<Vec<u8>> },
+    Publish {
+        topic: Vec<u8>,
+        frames: Vec<Vec<u8>>,
+    },
     /// Look at the membership slot (sent by the sink; may be dropped when the queue is full,
     /// in which case the busy socket thread sees the slot before its next batch anyway).
     Wake,
@@ -304,7 +307,11 @@ impl SocketThread {
                 tracing::warn!(error = %err, "cannot process socket commands");
             }
             let settling = changed_at.is_some_and(|t: Instant| t.elapsed() < SETTLE);
-            let idle_wait = if settling { Duration::from_millis(10) } else { Duration::from_millis(200) };
+            let idle_wait = if settling {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_millis(200)
+            };
             let first = match rx.recv_timeout(idle_wait) {
                 Ok(cmd) => cmd,
                 Err(RecvTimeoutError::Timeout) => continue,

@@ -119,7 +119,9 @@ pub enum SequenceCheck {
     First,
     InOrder,
     /// `lost` messages are missing before this one.
-    Gap { lost: u64 },
+    Gap {
+        lost: u64,
+    },
     /// At or below the last sequence seen (duplicate or reordered); ignored for accounting.
     OutOfOrder,
 }

@@ -182,7 +182,11 @@ mod tests {
         let bytes = sample().encode();
         for len in 2..ENVELOPE_LEN {
             assert!(Envelope::decode(&bytes[..len]).is_err(), "len {len}");
-            assert_ne!(Envelope::decode(&bytes[..len]), Err(WireError::NoMagic), "len {len}");
+            assert_ne!(
+                Envelope::decode(&bytes[..len]),
+                Err(WireError::NoMagic),
+                "len {len}"
+            );
         }
         let mut long = bytes.to_vec();
         long.push(0);

@@ -7,13 +7,29 @@ use std::time::{Duration, Instant};
 fn the_demo_runs_to_completion_and_reports_every_node() {
     let start = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(["demo", "--nodes", "3", "--rate", "500", "--seconds", "3", "--log-level", "warn"])
+        .args([
+            "demo",
+            "--nodes",
+            "3",
+            "--rate",
+            "500",
+            "--seconds",
+            "3",
+            "--log-level",
+            "warn",
+        ])
         .output()
         .expect("run fanout demo");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(start.elapsed() < Duration::from_secs(30), "the demo took too long");
+    assert!(
+        output.status.success(),
+        "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "the demo took too long"
+    );
     assert!(stdout.contains("demo OK"), "{stdout}");
     // The joining node (node-3) received and its join latency was measured.
     let joiner = stdout
@@ -24,7 +40,12 @@ fn the_demo_runs_to_completion_and_reports_every_node() {
     let received: u64 = joiner.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(received > 0, "{joiner}");
     // The departed node (node-0) is reported as having left.
-    assert!(stdout.lines().any(|l| l.starts_with("node-0") && l.contains("left")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("node-0") && l.contains("left")),
+        "{stdout}"
+    );
     assert!(stdout.contains("publisher disconnected from node-0"), "{stdout}");
 }
 

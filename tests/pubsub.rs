@@ -81,7 +81,10 @@ fn messages_are_forwarded_in_order_with_the_envelope() {
     let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
     let mut sub = subscriber(&proxy, &[TopicFilter::exact("t")]);
     let publisher = publisher();
-    publisher.membership_sink().update(members(&[&proxy.publisher_endpoint])).unwrap();
+    publisher
+        .membership_sink()
+        .update(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
     warm_up(&publisher, &mut sub, "t");
 
     for i in 0..1000 {
@@ -92,7 +95,10 @@ fn messages_are_forwarded_in_order_with_the_envelope() {
     for i in 0..1000 {
         let d = sub.recv(WAIT).unwrap().expect("message");
         assert_eq!(d.topic, b"t");
-        assert_eq!(d.payload, vec![format!("m{i}").into_bytes(), b"second frame".to_vec()]);
+        assert_eq!(
+            d.payload,
+            vec![format!("m{i}").into_bytes(), b"second frame".to_vec()]
+        );
         assert_eq!(d.origin.map(|o| o.publisher), Some(publisher.id()));
     }
     let stats = sub.stats();
@@ -114,10 +120,14 @@ fn a_joining_proxy_starts_receiving_and_a_departed_one_stops() {
 
     sink.update(members(&[&a.publisher_endpoint])).unwrap();
     warm_up(&publisher, &mut sub_a, "t");
-    assert!(sub_b.recv(Duration::from_millis(200)).unwrap().is_none(), "b is not a member yet");
+    assert!(
+        sub_b.recv(Duration::from_millis(200)).unwrap().is_none(),
+        "b is not a member yet"
+    );
 
     // b joins: it starts receiving, a is undisturbed.
-    sink.update(members(&[&a.publisher_endpoint, &b.publisher_endpoint])).unwrap();
+    sink.update(members(&[&a.publisher_endpoint, &b.publisher_endpoint]))
+        .unwrap();
     let start = Instant::now();
     let mut sent_after_join = 0;
     loop {
@@ -129,7 +139,10 @@ fn a_joining_proxy_starts_receiving_and_a_departed_one_stops() {
         assert!(start.elapsed() < WAIT, "the joining proxy never received");
     }
     for _ in 0..sent_after_join {
-        assert!(sub_a.recv(WAIT).unwrap().is_some(), "a lost messages during b's join");
+        assert!(
+            sub_a.recv(WAIT).unwrap().is_some(),
+            "a lost messages during b's join"
+        );
     }
     assert_eq!(sub_a.stats().total_lost(), 0);
     assert_eq!(
@@ -146,14 +159,19 @@ fn a_joining_proxy_starts_receiving_and_a_departed_one_stops() {
     }
     // The departed proxy sees its publisher connection go away.
     while a.inner.stats().publishers.connected != 0 {
-        assert!(start.elapsed() < WAIT, "the departed proxy still has a publisher connected");
+        assert!(
+            start.elapsed() < WAIT,
+            "the departed proxy still has a publisher connected"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(b.inner.stats().publishers.connected, 1);
     while sub_a.recv(Duration::from_millis(200)).unwrap().is_some() {}
     while sub_b.recv(Duration::from_millis(200)).unwrap().is_some() {}
     for i in 0..200 {
-        publisher.publish("t", vec![format!("after leave {i}").into_bytes()]).unwrap();
+        publisher
+            .publish("t", vec![format!("after leave {i}").into_bytes()])
+            .unwrap();
     }
     for i in 0..200 {
         let d = sub_b.recv(WAIT).unwrap().expect("b keeps receiving");
@@ -209,7 +227,10 @@ fn exact_topics_never_deliver_longer_topics_and_prefixes_are_explicit() {
         ],
     );
     let publisher = publisher();
-    publisher.membership_sink().update(members(&[&proxy.publisher_endpoint])).unwrap();
+    publisher
+        .membership_sink()
+        .update(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
     warm_up(&publisher, &mut sub, "end");
 
     for topic in ["foo", "foobar", "fo", "bar.x", "bar.y", "bar", "baz", "end"] {
@@ -225,7 +246,10 @@ fn exact_topics_never_deliver_longer_topics_and_prefixes_are_explicit() {
     }
     // bar.x matches an exact and a prefix filter: delivered once.
     assert_eq!(got, vec!["foo", "bar.x", "bar.y", "end"]);
-    assert!(sub.stats().filtered >= 1, "foobar reached the socket and was filtered");
+    assert!(
+        sub.stats().filtered >= 1,
+        "foobar reached the socket and was filtered"
+    );
 
     // Dropping the prefix keeps the exact subscription that overlaps it.
     sub.unsubscribe(&TopicFilter::prefix("bar.")).unwrap();
@@ -258,7 +282,9 @@ fn plain_pub() -> (zmq::Context, zmq::Socket, String) {
 fn plain_warm_up(pub_sock: &zmq::Socket, sub: &mut Subscriber, topic: &str) {
     let start = Instant::now();
     loop {
-        pub_sock.send_multipart([topic.as_bytes(), b"warm-up"], 0).unwrap();
+        pub_sock
+            .send_multipart([topic.as_bytes(), b"warm-up"], 0)
+            .unwrap();
         if sub.recv(Duration::from_millis(20)).unwrap().is_some() {
             break;
         }
@@ -276,7 +302,11 @@ fn gaps_are_counted_from_sequence_numbers() {
     plain_warm_up(&pub_sock, &mut sub, "t");
     let id = PublisherId([9; 16]);
     for seq in [0u64, 1, 2, 5, 6, 10, 4] {
-        let env = Envelope { publisher: id, sequence: seq }.encode();
+        let env = Envelope {
+            publisher: id,
+            sequence: seq,
+        }
+        .encode();
         pub_sock.send_multipart([&b"t"[..], &env[..], b"x"], 0).unwrap();
     }
     for _ in 0..7 {
@@ -291,7 +321,14 @@ fn gaps_are_counted_from_sequence_numbers() {
 fn real_loss_through_a_tiny_queue_is_accounted_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = proxy_under_test::start(dir.path(), "a", 10);
-    let mut sub = Subscriber::connect(&proxy.subscriber_endpoint, SubscriberConfig { hwm: 10, heartbeat: None }).unwrap();
+    let mut sub = Subscriber::connect(
+        &proxy.subscriber_endpoint,
+        SubscriberConfig {
+            hwm: 10,
+            heartbeat: None,
+        },
+    )
+    .unwrap();
     sub.subscribe(TopicFilter::exact("t")).unwrap();
     let publisher = Publisher::new(PublisherConfig {
         hwm: 10,
@@ -299,7 +336,10 @@ fn real_loss_through_a_tiny_queue_is_accounted_exactly() {
         ..PublisherConfig::default()
     })
     .unwrap();
-    publisher.membership_sink().update(members(&[&proxy.publisher_endpoint])).unwrap();
+    publisher
+        .membership_sink()
+        .update(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
     warm_up(&publisher, &mut sub, "t");
 
     // Flood without reading: queues of 10 overflow and messages are dropped.
@@ -319,7 +359,10 @@ fn real_loss_through_a_tiny_queue_is_accounted_exactly() {
     }
     let first = first.expect("something arrived");
     let lost_after_first = sub.stats().per_publisher[&publisher.id()].lost;
-    assert!(received < total, "nothing was dropped; the test did not force loss");
+    assert!(
+        received < total,
+        "nothing was dropped; the test did not force loss"
+    );
     assert!(lost_after_first > 0);
     // Everything between the first and last delivery was either delivered or counted lost.
     assert_eq!(received + lost_after_first, last - first + 1);
@@ -332,12 +375,20 @@ fn malformed_envelopes_are_counted_and_delivered_as_plain() {
     sub.subscribe(TopicFilter::exact("t")).unwrap();
     plain_warm_up(&pub_sock, &mut sub, "t");
     let bad_version = {
-        let mut e = Envelope { publisher: PublisherId([1; 16]), sequence: 0 }.encode();
+        let mut e = Envelope {
+            publisher: PublisherId([1; 16]),
+            sequence: 0,
+        }
+        .encode();
         e[2] = 99;
         e
     };
-    pub_sock.send_multipart([&b"t"[..], &bad_version[..], b"p"], 0).unwrap();
-    pub_sock.send_multipart([&b"t"[..], &[0xFA, 0x0F][..]], 0).unwrap();
+    pub_sock
+        .send_multipart([&b"t"[..], &bad_version[..], b"p"], 0)
+        .unwrap();
+    pub_sock
+        .send_multipart([&b"t"[..], &[0xFA, 0x0F][..]], 0)
+        .unwrap();
     let d = sub.recv(WAIT).unwrap().expect("delivered");
     assert_eq!(d.origin, None);
     assert_eq!(d.payload, vec![bad_version.to_vec(), b"p".to_vec()]);
@@ -374,7 +425,10 @@ fn a_plain_libzmq_sub_receives_from_our_publisher_through_the_proxy() {
     sub.connect(&proxy.subscriber_endpoint).unwrap();
     sub.set_subscribe(b"news").unwrap();
     let publisher = publisher();
-    publisher.membership_sink().update(members(&[&proxy.publisher_endpoint])).unwrap();
+    publisher
+        .membership_sink()
+        .update(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
     let start = Instant::now();
     let frames = loop {
         publisher.publish("news", vec![b"hello".to_vec()]).unwrap();
@@ -388,4 +442,67 @@ fn a_plain_libzmq_sub_receives_from_our_publisher_through_the_proxy() {
     let env = Envelope::decode(&frames[1]).unwrap();
     assert_eq!(env.publisher, publisher.id());
     assert_eq!(frames[2], b"hello");
+}
+
+#[test]
+fn close_is_bounded_by_the_linger_when_a_proxy_is_unreachable() {
+    // A port with nothing listening: messages queue for it and can never leave.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publisher = Publisher::new(PublisherConfig {
+        linger: Duration::from_millis(200),
+        ..PublisherConfig::default()
+    })
+    .unwrap();
+    let sink = publisher.membership_sink();
+    sink.update(members(&[&format!("tcp://127.0.0.1:{port}")]))
+        .unwrap();
+    let start = Instant::now();
+    while publisher.connected().is_empty() {
+        assert!(start.elapsed() < WAIT);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..1000 {
+        publisher.publish("t", vec![b"stuck".to_vec()]).unwrap();
+    }
+    let start = Instant::now();
+    publisher.close();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "close hung: {:?}",
+        start.elapsed()
+    );
+    assert!(matches!(
+        publisher.publish("t", vec![]),
+        Err(fanout::publisher::PublisherError::Closed)
+    ));
+    assert!(matches!(
+        sink.update(Membership::new()),
+        Err(fanout::membership::MembershipError::SinkClosed)
+    ));
+    assert!(publisher.connected().is_empty());
+}
+
+#[test]
+fn invalid_endpoints_in_a_snapshot_are_skipped_and_the_rest_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
+    let publisher = publisher();
+    publisher
+        .membership_sink()
+        .update(members(&[
+            &proxy.publisher_endpoint,
+            "not-an-endpoint",
+            "tcp://127.0.0.1:0",
+        ]))
+        .unwrap();
+    let start = Instant::now();
+    while publisher.connected().is_empty() {
+        assert!(start.elapsed() < WAIT);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(publisher.connected(), members(&[&proxy.publisher_endpoint]));
 }

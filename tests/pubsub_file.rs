@@ -21,7 +21,8 @@ impl Running {
     fn start(source: FileSource) -> Self {
         let (tx, updates) = mpsc::channel();
         let sink = MembershipSink::new(move |m| {
-            tx.send(m).map_err(|_| fanout::membership::MembershipError::SinkClosed)
+            tx.send(m)
+                .map_err(|_| fanout::membership::MembershipError::SinkClosed)
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -59,12 +60,21 @@ fn write_atomically(path: &Path, text: &str) {
 fn a_rewritten_file_is_followed_and_a_missing_file_keeps_the_last_list() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("endpoints");
-    write_atomically(&path, "# comment\ntcp://10.0.0.1:7100\n\ngarbage line\ntcp://10.0.0.2:7100\n");
+    write_atomically(
+        &path,
+        "# comment\ntcp://10.0.0.1:7100\n\ngarbage line\ntcp://10.0.0.2:7100\n",
+    );
     let running = Running::start(FileSource::new(&path).with_recheck_interval(NO_TIMER));
-    assert_eq!(running.next(), set(&["tcp://10.0.0.1:7100", "tcp://10.0.0.2:7100"]));
+    assert_eq!(
+        running.next(),
+        set(&["tcp://10.0.0.1:7100", "tcp://10.0.0.2:7100"])
+    );
 
     write_atomically(&path, "tcp://10.0.0.2:7100\ntcp://10.0.0.3:7100\n");
-    assert_eq!(running.next(), set(&["tcp://10.0.0.2:7100", "tcp://10.0.0.3:7100"]));
+    assert_eq!(
+        running.next(),
+        set(&["tcp://10.0.0.2:7100", "tcp://10.0.0.3:7100"])
+    );
 
     // In-place rewrite (not atomic) is followed too.
     std::fs::write(&path, "tcp://10.0.0.4:7100\n").unwrap();
@@ -75,7 +85,10 @@ fn a_rewritten_file_is_followed_and_a_missing_file_keeps_the_last_list() {
 
     // Gone: no update (the last list stays); back: followed again.
     std::fs::remove_file(&path).unwrap();
-    assert!(running.nothing_within(Duration::from_millis(500)), "a missing file must not empty the list");
+    assert!(
+        running.nothing_within(Duration::from_millis(500)),
+        "a missing file must not empty the list"
+    );
     write_atomically(&path, "tcp://10.0.0.5:7100\n");
     assert_eq!(running.next(), set(&["tcp://10.0.0.5:7100"]));
     running.stop();
@@ -98,7 +111,8 @@ fn a_configmap_volume_updated_by_symlink_swap_is_followed() {
     let dir = tempfile::tempdir().unwrap();
     configmap_version(dir.path(), "2026_11_25_10_00_00.1", "tcp://10.1.0.1:7100\n");
     symlink("..data/endpoints", dir.path().join("endpoints")).unwrap();
-    let running = Running::start(FileSource::new(dir.path().join("endpoints")).with_recheck_interval(NO_TIMER));
+    let running =
+        Running::start(FileSource::new(dir.path().join("endpoints")).with_recheck_interval(NO_TIMER));
     assert_eq!(running.next(), set(&["tcp://10.1.0.1:7100"]));
 
     configmap_version(
@@ -107,7 +121,10 @@ fn a_configmap_volume_updated_by_symlink_swap_is_followed() {
         "tcp://10.1.0.1:7100\ntcp://10.1.0.2:7100\n",
     );
     std::fs::remove_dir_all(dir.path().join("..2026_11_25_10_00_00.1")).unwrap();
-    assert_eq!(running.next(), set(&["tcp://10.1.0.1:7100", "tcp://10.1.0.2:7100"]));
+    assert_eq!(
+        running.next(),
+        set(&["tcp://10.1.0.1:7100", "tcp://10.1.0.2:7100"])
+    );
 
     configmap_version(dir.path(), "2026_11_25_10_00_09.3", "tcp://10.1.0.2:7100\n");
     assert_eq!(running.next(), set(&["tcp://10.1.0.2:7100"]));

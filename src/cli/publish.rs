@@ -52,16 +52,22 @@ pub struct PublishArgs {
 }
 
 fn seconds(name: &str, value: f64) -> crate::Result<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|e| crate::Error::InvalidArgument(format!("--{name} {value}: {e}")))
+    Duration::try_from_secs_f64(value)
+        .map_err(|e| crate::Error::InvalidArgument(format!("--{name} {value}: {e}")))
 }
 
 fn source(args: &PublishArgs) -> crate::Result<Box<dyn MembershipSource>> {
     if let Some(path) = &args.endpoints_file {
         Ok(Box::new(FileSource::new(path.clone())))
     } else if let Some(group) = &args.group {
-        Ok(kubernetes::source_for_group(args.namespace.clone(), group.clone())?)
+        Ok(kubernetes::source_for_group(
+            args.namespace.clone(),
+            group.clone(),
+        )?)
     } else {
-        Ok(Box::new(StaticSource::new(args.endpoints.iter().map(|e| e.trim().to_string()))?))
+        Ok(Box::new(StaticSource::new(
+            args.endpoints.iter().map(|e| e.trim().to_string()),
+        )?))
     }
 }
 

@@ -77,28 +77,34 @@ pub fn render_summary(stats: &SubscriberStats, elapsed: Duration) -> String {
 fn stop_on_signal() -> crate::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("fanout-signals".into()).spawn(move || {
-        runtime.block_on(async move {
-            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-                let _ = tokio::signal::ctrl_c().await;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("fanout-signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                else {
+                    let _ = tokio::signal::ctrl_c().await;
+                    flag.store(true, Ordering::Release);
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
                 flag.store(true, Ordering::Release);
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            flag.store(true, Ordering::Release);
-        });
-    })?;
+            });
+        })?;
     Ok(stop)
 }
 
 pub fn run(args: SubscribeArgs) -> crate::Result<()> {
     let idle_limit = match args.timeout {
         Some(t) => Some(
-            Duration::try_from_secs_f64(t).map_err(|e| crate::Error::InvalidArgument(format!("--timeout {t}: {e}")))?,
+            Duration::try_from_secs_f64(t)
+                .map_err(|e| crate::Error::InvalidArgument(format!("--timeout {t}: {e}")))?,
         ),
         None => None,
     };

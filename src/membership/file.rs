@@ -225,6 +225,9 @@ mod tests {
     #[test]
     fn relative_path_watches_current_directory() {
         assert_eq!(FileSource::new("endpoints").directory(), PathBuf::from("."));
-        assert_eq!(FileSource::new("/a/b/endpoints").directory(), PathBuf::from("/a/b"));
+        assert_eq!(
+            FileSource::new("/a/b/endpoints").directory(),
+            PathBuf::from("/a/b")
+        );
     }
 }
