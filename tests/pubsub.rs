@@ -1,0 +1,508 @@
+//! Publisher → proxy → Subscriber over real sockets: TCP on 127.0.0.1 to the proxy, unix
+//! sockets in temp dirs from the proxy to the subscribers.
+
+use fanout::membership::Membership;
+use fanout::publisher::{Publisher, PublisherConfig};
+use fanout::subscriber::{Delivery, Subscriber, SubscriberConfig, TopicFilter};
+use fanout::wire::{Envelope, PublisherId};
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+mod proxy_under_test {
+    //! The real proxy (`fanout::proxy`), in-process.
+    use fanout::proxy::ProxyConfig;
+
+    pub struct Proxy {
+        pub publisher_endpoint: String,
+        pub subscriber_endpoint: String,
+        pub inner: fanout::proxy::Proxy,
+    }
+
+    pub fn start(dir: &std::path::Path, name: &str, hwm: i32) -> Proxy {
+        let inner = fanout::proxy::start(ProxyConfig {
+            publishers: vec!["tcp://127.0.0.1:0".into()],
+            subscribers: vec![format!("ipc://{}/{name}.sock", dir.display())],
+            hwm,
+            ..ProxyConfig::default()
+        })
+        .unwrap();
+        Proxy {
+            publisher_endpoint: inner.publisher_endpoints()[0].clone(),
+            subscriber_endpoint: inner.subscriber_endpoints()[0].clone(),
+            inner,
+        }
+    }
+}
+use proxy_under_test::Proxy;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn members(endpoints: &[&str]) -> Membership {
+    endpoints.iter().map(|e| e.to_string()).collect()
+}
+
+fn subscriber(proxy: &Proxy, filters: &[TopicFilter]) -> Subscriber {
+    let mut s = Subscriber::connect(&proxy.subscriber_endpoint, SubscriberConfig::default()).unwrap();
+    for f in filters {
+        s.subscribe(f.clone()).unwrap();
+    }
+    s
+}
+
+fn publisher() -> Publisher {
+    Publisher::new(PublisherConfig {
+        linger: Duration::from_millis(500),
+        ..PublisherConfig::default()
+    })
+    .unwrap()
+}
+
+/// Publishes `topic` until `sub` receives one (subscriptions travel upstream asynchronously;
+/// a PUB drops what nobody has asked for yet), then drains the warm-up messages.
+fn warm_up(publisher: &Publisher, sub: &mut Subscriber, topic: &str) {
+    let start = Instant::now();
+    loop {
+        publisher.publish(topic, vec![b"warm-up".to_vec()]).unwrap();
+        if sub.recv(Duration::from_millis(20)).unwrap().is_some() {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no message reached the subscriber");
+    }
+    while sub.recv(Duration::from_millis(100)).unwrap().is_some() {}
+}
+
+fn payload_text(d: &Delivery) -> String {
+    String::from_utf8_lossy(&d.payload.concat()).into_owned()
+}
+
+#[test]
+fn messages_are_forwarded_in_order_with_the_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
+    let mut sub = subscriber(&proxy, &[TopicFilter::exact("t")]);
+    let publisher = publisher();
+    publisher
+        .membership_sink()
+        .update(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
+    warm_up(&publisher, &mut sub, "t");
+
+    for i in 0..1000 {
+        publisher
+            .publish("t", vec![format!("m{i}").into_bytes(), b"second frame".to_vec()])
+            .unwrap();
+    }
+    for i in 0..1000 {
+        let d = sub.recv(WAIT).unwrap().expect("message");
+        assert_eq!(d.topic, b"t");
+        assert_eq!(
+            d.payload,
+            vec![format!("m{i}").into_bytes(), b"second frame".to_vec()]
+        );
+        assert_eq!(d.origin.map(|o| o.publisher), Some(publisher.id()));
+    }
+    let stats = sub.stats();
+    assert_eq!(stats.total_lost(), 0);
+    assert_eq!(stats.plain, 0);
+    assert_eq!(stats.per_publisher[&publisher.id()].out_of_order, 0);
+    assert!(publisher.stats().sent >= 1000);
+}
+
+#[test]
+fn a_joining_proxy_starts_receiving_and_a_departed_one_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = proxy_under_test::start(dir.path(), "a", 10_000);
+    let b = proxy_under_test::start(dir.path(), "b", 10_000);
+    let mut sub_a = subscriber(&a, &[TopicFilter::exact("t")]);
+    let mut sub_b = subscriber(&b, &[TopicFilter::exact("t")]);
+    let publisher = publisher();
+    let sink = publisher.membership_sink();
+
+    sink.update(members(&[&a.publisher_endpoint])).unwrap();
+    warm_up(&publisher, &mut sub_a, "t");
+    assert!(
+        sub_b.recv(Duration::from_millis(200)).unwrap().is_none(),
+        "b is not a member yet"
+    );
+
+    // b joins: it starts receiving, a is undisturbed.
+    sink.update(members(&[&a.publisher_endpoint, &b.publisher_endpoint]))
+        .unwrap();
+    let start = Instant::now();
+    let mut sent_after_join = 0;
+    loop {
+        publisher.publish("t", vec![b"after join".to_vec()]).unwrap();
+        sent_after_join += 1;
+        if sub_b.recv(Duration::from_millis(20)).unwrap().is_some() {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the joining proxy never received");
+    }
+    for _ in 0..sent_after_join {
+        assert!(
+            sub_a.recv(WAIT).unwrap().is_some(),
+            "a lost messages during b's join"
+        );
+    }
+    assert_eq!(sub_a.stats().total_lost(), 0);
+    assert_eq!(
+        publisher.connected(),
+        members(&[&a.publisher_endpoint, &b.publisher_endpoint])
+    );
+
+    // a leaves: it stops getting traffic, b keeps receiving everything.
+    sink.update(members(&[&b.publisher_endpoint])).unwrap();
+    let start = Instant::now();
+    while publisher.connected().contains(&a.publisher_endpoint) {
+        assert!(start.elapsed() < WAIT, "leave not applied");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The departed proxy sees its publisher connection go away.
+    while a.inner.stats().publishers.connected != 0 {
+        assert!(
+            start.elapsed() < WAIT,
+            "the departed proxy still has a publisher connected"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(b.inner.stats().publishers.connected, 1);
+    while sub_a.recv(Duration::from_millis(200)).unwrap().is_some() {}
+    while sub_b.recv(Duration::from_millis(200)).unwrap().is_some() {}
+    for i in 0..200 {
+        publisher
+            .publish("t", vec![format!("after leave {i}").into_bytes()])
+            .unwrap();
+    }
+    for i in 0..200 {
+        let d = sub_b.recv(WAIT).unwrap().expect("b keeps receiving");
+        assert_eq!(payload_text(&d), format!("after leave {i}"));
+    }
+    assert!(
+        sub_a.recv(Duration::from_millis(500)).unwrap().is_none(),
+        "the departed proxy still gets traffic"
+    );
+    assert_eq!(sub_b.stats().total_lost(), 0);
+}
+
+#[test]
+fn the_connection_to_a_departed_proxy_is_closed() {
+    // A raw TCP listener stands in for the proxy so we can see the socket itself close.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("tcp://{}", listener.local_addr().unwrap());
+    let publisher = publisher();
+    let sink = publisher.membership_sink();
+    sink.update(members(&[&endpoint])).unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let mut greeting = [0u8; 10];
+    conn.read_exact(&mut greeting).unwrap();
+    assert_eq!(greeting[0], 0xFF, "ZMTP greeting signature");
+
+    sink.update(Membership::new()).unwrap();
+    let mut buf = [0u8; 256];
+    let start = Instant::now();
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the publisher did not close the connection: {e}"),
+        }
+        assert!(start.elapsed() < WAIT);
+    }
+    assert!(publisher.connected().is_empty());
+}
+
+#[test]
+fn exact_topics_never_deliver_longer_topics_and_prefixes_are_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
+    let mut sub = subscriber(
+        &proxy,
+        &[
+            TopicFilter::exact("foo"),
+            TopicFilter::prefix("bar."),
+            TopicFilter::exact("bar.x"),
+            TopicFilter::exact("end"),
+        ],
+    );
+    let publisher = publisher();
+    publisher
+        .membership_sink()
+        .update(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
+    warm_up(&publisher, &mut sub, "end");
+
+    for topic in ["foo", "foobar", "fo", "bar.x", "bar.y", "bar", "baz", "end"] {
+        publisher.publish(topic, vec![topic.as_bytes().to_vec()]).unwrap();
+    }
+    let mut got = Vec::new();
+    loop {
+        let d = sub.recv(WAIT).unwrap().expect("message");
+        got.push(String::from_utf8(d.topic).unwrap());
+        if got.last().map(String::as_str) == Some("end") {
+            break;
+        }
+    }
+    // bar.x matches an exact and a prefix filter: delivered once.
+    assert_eq!(got, vec!["foo", "bar.x", "bar.y", "end"]);
+    assert!(
+        sub.stats().filtered >= 1,
+        "foobar reached the socket and was filtered"
+    );
+
+    // Dropping the prefix keeps the exact subscription that overlaps it.
+    sub.unsubscribe(&TopicFilter::prefix("bar.")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for topic in ["bar.y", "bar.x", "end"] {
+        publisher.publish(topic, vec![]).unwrap();
+    }
+    let mut got = Vec::new();
+    loop {
+        let d = sub.recv(WAIT).unwrap().expect("message");
+        got.push(String::from_utf8(d.topic).unwrap());
+        if got.last().map(String::as_str) == Some("end") {
+            break;
+        }
+    }
+    assert_eq!(got, vec!["bar.x", "end"]);
+}
+
+/// A plain libzmq PUB bound on TCP that a proxy-less test connects a Subscriber to.
+fn plain_pub() -> (zmq::Context, zmq::Socket, String) {
+    let ctx = zmq::Context::new();
+    let sock = ctx.socket(zmq::PUB).unwrap();
+    sock.bind("tcp://127.0.0.1:*").unwrap();
+    let ep = sock.get_last_endpoint().unwrap().unwrap();
+    (ctx, sock, ep)
+}
+
+/// Sends `[topic, frames...]` from a plain PUB until the subscriber sees one, so that the
+/// subscription is known to be in place.
+fn plain_warm_up(pub_sock: &zmq::Socket, sub: &mut Subscriber, topic: &str) {
+    let start = Instant::now();
+    loop {
+        pub_sock
+            .send_multipart([topic.as_bytes(), b"warm-up"], 0)
+            .unwrap();
+        if sub.recv(Duration::from_millis(20)).unwrap().is_some() {
+            break;
+        }
+        assert!(start.elapsed() < WAIT);
+    }
+    while sub.recv(Duration::from_millis(100)).unwrap().is_some() {}
+}
+
+#[test]
+fn gaps_are_counted_from_sequence_numbers() {
+    // Hand-made envelopes from a plain PUB: sequences 0,1,2,5,6,10 lose 2 then 3 messages.
+    let (_ctx, pub_sock, ep) = plain_pub();
+    let mut sub = Subscriber::connect(&ep, SubscriberConfig::default()).unwrap();
+    sub.subscribe(TopicFilter::exact("t")).unwrap();
+    plain_warm_up(&pub_sock, &mut sub, "t");
+    let id = PublisherId([9; 16]);
+    for seq in [0u64, 1, 2, 5, 6, 10, 4] {
+        let env = Envelope {
+            publisher: id,
+            sequence: seq,
+        }
+        .encode();
+        pub_sock.send_multipart([&b"t"[..], &env[..], b"x"], 0).unwrap();
+    }
+    for _ in 0..7 {
+        let d = sub.recv(WAIT).unwrap().expect("message");
+        assert_eq!(d.origin.map(|o| o.publisher), Some(id));
+    }
+    let c = sub.stats().per_publisher[&id];
+    assert_eq!((c.received, c.gaps, c.lost, c.out_of_order), (7, 2, 5, 1));
+}
+
+#[test]
+fn real_loss_through_a_tiny_queue_is_accounted_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10);
+    let mut sub = Subscriber::connect(
+        &proxy.subscriber_endpoint,
+        SubscriberConfig {
+            hwm: 10,
+            heartbeat: None,
+        },
+    )
+    .unwrap();
+    sub.subscribe(TopicFilter::exact("t")).unwrap();
+    let publisher = Publisher::new(PublisherConfig {
+        hwm: 10,
+        linger: Duration::from_millis(500),
+        ..PublisherConfig::default()
+    })
+    .unwrap();
+    publisher
+        .membership_sink()
+        .update(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
+    warm_up(&publisher, &mut sub, "t");
+
+    // Flood without reading: queues of 10 overflow and messages are dropped.
+    let total = 50_000u64;
+    for _ in 0..total {
+        publisher.publish("t", vec![vec![0u8; 256]]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut first = None;
+    let mut last = 0;
+    let mut received = 0u64;
+    while let Some(d) = sub.recv(Duration::from_millis(500)).unwrap() {
+        let seq = d.origin.expect("enveloped").sequence;
+        first.get_or_insert(seq);
+        last = seq;
+        received += 1;
+    }
+    let first = first.expect("something arrived");
+    let lost_after_first = sub.stats().per_publisher[&publisher.id()].lost;
+    assert!(
+        received < total,
+        "nothing was dropped; the test did not force loss"
+    );
+    assert!(lost_after_first > 0);
+    // Everything between the first and last delivery was either delivered or counted lost.
+    assert_eq!(received + lost_after_first, last - first + 1);
+}
+
+#[test]
+fn malformed_envelopes_are_counted_and_delivered_as_plain() {
+    let (_ctx, pub_sock, ep) = plain_pub();
+    let mut sub = Subscriber::connect(&ep, SubscriberConfig::default()).unwrap();
+    sub.subscribe(TopicFilter::exact("t")).unwrap();
+    plain_warm_up(&pub_sock, &mut sub, "t");
+    let bad_version = {
+        let mut e = Envelope {
+            publisher: PublisherId([1; 16]),
+            sequence: 0,
+        }
+        .encode();
+        e[2] = 99;
+        e
+    };
+    pub_sock
+        .send_multipart([&b"t"[..], &bad_version[..], b"p"], 0)
+        .unwrap();
+    pub_sock
+        .send_multipart([&b"t"[..], &[0xFA, 0x0F][..]], 0)
+        .unwrap();
+    let d = sub.recv(WAIT).unwrap().expect("delivered");
+    assert_eq!(d.origin, None);
+    assert_eq!(d.payload, vec![bad_version.to_vec(), b"p".to_vec()]);
+    let d = sub.recv(WAIT).unwrap().expect("delivered");
+    assert_eq!(d.payload, vec![vec![0xFA, 0x0F]]);
+    assert_eq!(sub.stats().malformed, 2);
+    assert!(sub.stats().per_publisher.is_empty());
+}
+
+#[test]
+fn a_plain_libzmq_pub_is_delivered_through_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
+    let mut sub = subscriber(&proxy, &[TopicFilter::exact("plain")]);
+    let ctx = zmq::Context::new();
+    let pub_sock = ctx.socket(zmq::PUB).unwrap();
+    pub_sock.connect(&proxy.publisher_endpoint).unwrap();
+    plain_warm_up(&pub_sock, &mut sub, "plain");
+    pub_sock.send_multipart([&b"plain"[..], b"hello"], 0).unwrap();
+    let d = sub.recv(WAIT).unwrap().expect("delivered");
+    assert_eq!(d.topic, b"plain");
+    assert_eq!(d.payload, vec![b"hello".to_vec()]);
+    assert_eq!(d.origin, None);
+    assert!(sub.stats().plain >= 2);
+    assert_eq!(sub.stats().malformed, 0);
+}
+
+#[test]
+fn a_plain_libzmq_sub_receives_from_our_publisher_through_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.connect(&proxy.subscriber_endpoint).unwrap();
+    sub.set_subscribe(b"news").unwrap();
+    let publisher = publisher();
+    publisher
+        .membership_sink()
+        .update(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
+    let start = Instant::now();
+    let frames = loop {
+        publisher.publish("news", vec![b"hello".to_vec()]).unwrap();
+        if sub.poll(zmq::POLLIN, 20).unwrap() > 0 {
+            break sub.recv_multipart(0).unwrap();
+        }
+        assert!(start.elapsed() < WAIT, "the plain SUB never received");
+    };
+    assert_eq!(frames.len(), 3);
+    assert_eq!(frames[0], b"news");
+    let env = Envelope::decode(&frames[1]).unwrap();
+    assert_eq!(env.publisher, publisher.id());
+    assert_eq!(frames[2], b"hello");
+}
+
+#[test]
+fn close_is_bounded_by_the_linger_when_a_proxy_is_unreachable() {
+    // A port with nothing listening: messages queue for it and can never leave.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publisher = Publisher::new(PublisherConfig {
+        linger: Duration::from_millis(200),
+        ..PublisherConfig::default()
+    })
+    .unwrap();
+    let sink = publisher.membership_sink();
+    sink.update(members(&[&format!("tcp://127.0.0.1:{port}")]))
+        .unwrap();
+    let start = Instant::now();
+    while publisher.connected().is_empty() {
+        assert!(start.elapsed() < WAIT);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..1000 {
+        publisher.publish("t", vec![b"stuck".to_vec()]).unwrap();
+    }
+    let start = Instant::now();
+    publisher.close();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "close hung: {:?}",
+        start.elapsed()
+    );
+    assert!(matches!(
+        publisher.publish("t", vec![]),
+        Err(fanout::publisher::PublisherError::Closed)
+    ));
+    assert!(matches!(
+        sink.update(Membership::new()),
+        Err(fanout::membership::MembershipError::SinkClosed)
+    ));
+    assert!(publisher.connected().is_empty());
+}
+
+#[test]
+fn invalid_endpoints_in_a_snapshot_are_skipped_and_the_rest_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
+    let publisher = publisher();
+    publisher
+        .membership_sink()
+        .update(members(&[
+            &proxy.publisher_endpoint,
+            "not-an-endpoint",
+            "tcp://127.0.0.1:0",
+        ]))
+        .unwrap();
+    let start = Instant::now();
+    while publisher.connected().is_empty() {
+        assert!(start.elapsed() < WAIT);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(publisher.connected(), members(&[&proxy.publisher_endpoint]));
+}
