@@ -1,5 +1,8 @@
 //! The operator (skeleton: to be written).
 
+pub mod objects;
+pub mod slices;
+
 #[derive(clap::Args, Debug)]
 pub struct ControllerArgs {}
 
