@@ -1,7 +1,10 @@
 //! The operator (skeleton: to be written).
 
+pub mod apply;
+pub mod metrics;
 pub mod objects;
 pub mod slices;
+pub mod status;
 
 #[derive(clap::Args, Debug)]
 pub struct ControllerArgs {}
