@@ -1,6 +1,7 @@
 //! The operator (skeleton: to be written).
 
 pub mod apply;
+pub mod leader;
 pub mod metrics;
 pub mod objects;
 pub mod slices;
