@@ -50,7 +50,9 @@ pub struct Observation {
 impl Observation {
     pub fn of(spec: Option<&LeaseSpec>) -> Self {
         Self {
-            holder: spec.and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty()),
+            holder: spec
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty()),
             renew_time: spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0),
             duration_seconds: spec.and_then(|s| s.lease_duration_seconds),
         }
@@ -70,7 +72,11 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> De
                 .filter(|seconds| *seconds > 0)
                 .map(|seconds| Duration::from_secs(seconds as u64))
                 .unwrap_or(LEASE_DURATION);
-            if unchanged_for >= duration { Decision::Acquire } else { Decision::Wait }
+            if unchanged_for >= duration {
+                Decision::Acquire
+            } else {
+                Decision::Wait
+            }
         }
     }
 }
@@ -81,7 +87,14 @@ pub fn next_spec(decision: Decision, old: Option<&LeaseSpec>, me: &str, now: Tim
     let held_by_me = Observation::of(old).holder.as_deref() == Some(me);
     let (acquire_time, transitions) = match decision {
         Decision::Renew if held_by_me => (old.and_then(|s| s.acquire_time.clone()), transitions),
-        _ => (Some(MicroTime(now)), if old.is_some() && !held_by_me { transitions + 1 } else { transitions }),
+        _ => (
+            Some(MicroTime(now)),
+            if old.is_some() && !held_by_me {
+                transitions + 1
+            } else {
+                transitions
+            },
+        ),
     };
     LeaseSpec {
         holder_identity: Some(me.to_string()),
@@ -160,13 +173,19 @@ impl LeaderElector {
             metadata: ObjectMeta {
                 name: Some(self.lease_name.clone()),
                 // The optimistic-concurrency token: the write fails if anyone wrote in between.
-                resource_version: current.as_ref().and_then(|lease| lease.metadata.resource_version.clone()),
+                resource_version: current
+                    .as_ref()
+                    .and_then(|lease| lease.metadata.resource_version.clone()),
                 ..ObjectMeta::default()
             },
             spec: Some(next_spec(decision, spec, &self.identity, Timestamp::now())),
         };
         let result = match current {
-            Some(_) => self.api.replace(&self.lease_name, &PostParams::default(), &body).await,
+            Some(_) => {
+                self.api
+                    .replace(&self.lease_name, &PostParams::default(), &body)
+                    .await
+            }
             None => self.api.create(&PostParams::default(), &body).await,
         };
         match result {
@@ -195,7 +214,9 @@ impl LeaderElector {
 
     /// Gives the lease up (empty holder) so a standby need not wait for it to expire.
     async fn release(&self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.lease_name).await else { return };
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.lease_name).await else {
+            return;
+        };
         let Some(spec) = lease.spec.as_mut() else { return };
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return;
@@ -203,7 +224,11 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        match self.api.replace(&self.lease_name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.lease_name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => tracing::info!(lease = %self.lease_name, "released the leader lease"),
             Err(err) => tracing::warn!(error = %err, "cannot release the leader lease"),
         }
@@ -228,23 +253,44 @@ mod tests {
     #[test]
     fn absent_or_released_lease_is_acquired() {
         assert_eq!(decide(None, "me", Duration::ZERO), Decision::Acquire);
-        let released = LeaseSpec { holder_identity: Some(String::new()), ..held_by("x", 1) };
+        let released = LeaseSpec {
+            holder_identity: Some(String::new()),
+            ..held_by("x", 1)
+        };
         assert_eq!(decide(Some(&released), "me", Duration::ZERO), Decision::Acquire);
-        assert_eq!(decide(Some(&LeaseSpec::default()), "me", Duration::ZERO), Decision::Acquire);
+        assert_eq!(
+            decide(Some(&LeaseSpec::default()), "me", Duration::ZERO),
+            Decision::Acquire
+        );
     }
 
     #[test]
     fn our_own_lease_is_renewed() {
-        assert_eq!(decide(Some(&held_by("me", 3)), "me", Duration::from_secs(100)), Decision::Renew);
+        assert_eq!(
+            decide(Some(&held_by("me", 3)), "me", Duration::from_secs(100)),
+            Decision::Renew
+        );
     }
 
     #[test]
     fn a_live_lease_of_another_is_respected_until_it_expires_on_our_clock() {
         let other = held_by("other", 3);
-        assert_eq!(decide(Some(&other), "me", Duration::from_secs(14)), Decision::Wait);
-        assert_eq!(decide(Some(&other), "me", Duration::from_secs(15)), Decision::Acquire);
-        let short = LeaseSpec { lease_duration_seconds: Some(2), ..other };
-        assert_eq!(decide(Some(&short), "me", Duration::from_secs(3)), Decision::Acquire);
+        assert_eq!(
+            decide(Some(&other), "me", Duration::from_secs(14)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(Some(&other), "me", Duration::from_secs(15)),
+            Decision::Acquire
+        );
+        let short = LeaseSpec {
+            lease_duration_seconds: Some(2),
+            ..other
+        };
+        assert_eq!(
+            decide(Some(&short), "me", Duration::from_secs(3)),
+            Decision::Acquire
+        );
     }
 
     #[test]
@@ -259,7 +305,11 @@ mod tests {
 
         let renewed = next_spec(Decision::Renew, Some(&held_by("me", 3)), "me", now);
         assert_eq!(renewed.lease_transitions, Some(3));
-        assert_eq!(renewed.acquire_time, held_by("me", 3).acquire_time, "acquireTime kept");
+        assert_eq!(
+            renewed.acquire_time,
+            held_by("me", 3).acquire_time,
+            "acquireTime kept"
+        );
         assert_eq!(renewed.renew_time, Some(MicroTime(now)));
 
         let created = next_spec(Decision::Acquire, None, "me", now);
