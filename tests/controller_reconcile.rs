@@ -86,14 +86,16 @@ struct State {
 /// Runs one reconcile of `group` over `state` against a mock API server that answers every
 /// request (echoing apply bodies; the group for status patches). Returns the requests.
 async fn reconcile_once(group: FanoutGroup, state: State) -> (Result<(), String>, Vec<Seen>) {
-    reconcile_with(group, state, Some("img:1")).await
+    reconcile_with(group, state, Some("img:1"), None).await
 }
 
 /// `reconcile_once` with the controller's `--default-proxy-image` given.
+/// `reject`: requests whose path ends with `.0` get a 422 with message `.1`.
 async fn reconcile_with(
     group: FanoutGroup,
     state: State,
     default_image: Option<&str>,
+    reject: Option<(&'static str, &'static str)>,
 ) -> (Result<(), String>, Vec<Seen>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -130,6 +132,20 @@ async fn reconcile_with(
             } else {
                 body
             };
+            if let Some((suffix, message)) = reject
+                && entry.path.ends_with(suffix)
+            {
+                recorded.lock().unwrap().push(entry);
+                let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                    "message": message, "reason": "Invalid", "code": 422, "metadata": {}});
+                respond.send_response(
+                    Response::builder()
+                        .status(422)
+                        .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                        .unwrap(),
+                );
+                continue;
+            }
             recorded.lock().unwrap().push(entry);
             respond.send_response(
                 Response::builder()
@@ -317,7 +333,7 @@ async fn one_pod_turning_unready_rewrites_its_slice_and_a_stale_slice_is_pruned(
 
 #[tokio::test]
 async fn a_group_without_image_is_degraded_and_gets_no_daemon_set() {
-    let (result, seen) = reconcile_with(group(None), State::default(), None).await;
+    let (result, seen) = reconcile_with(group(None), State::default(), None, None).await;
     assert_eq!(result, Ok(()));
     let lines: Vec<String> = seen.iter().map(Seen::line).collect();
     assert!(!lines.iter().any(|l| l.contains("daemonsets")), "{lines:?}");
@@ -334,5 +350,48 @@ async fn a_group_without_image_is_degraded_and_gets_no_daemon_set() {
     assert_eq!(
         (warning.body["type"].as_str(), warning.body["reason"].as_str()),
         (Some("Warning"), Some("NoProxyImage"))
+    );
+}
+
+#[tokio::test]
+async fn an_object_the_api_refuses_makes_the_group_degraded_and_the_reconcile_fail() {
+    let (result, seen) = reconcile_with(
+        group(None),
+        State::default(),
+        Some("img:1"),
+        Some((
+            "services/updates",
+            "Service \"updates\" is invalid: spec.ports[0].port: Invalid value",
+        )),
+    )
+    .await;
+    let error = result.expect_err("the reconcile reports the refusal");
+    assert!(error.contains("is invalid"), "{error}");
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "PATCH /apis/apps/v1/namespaces/net/daemonsets/updates",
+            "PATCH /api/v1/namespaces/net/services/updates",
+            "PATCH /apis/fanout.dev/v1alpha1/namespaces/net/fanoutgroups/updates/status",
+            "POST /apis/events.k8s.io/v1/namespaces/net/events",
+        ]
+    );
+    let degraded = seen[2].body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("ObjectRejected"))
+    );
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.ports[0].port")
     );
 }

@@ -38,6 +38,10 @@ pub enum Unrealisable {
     NoProxyImage,
     #[error("the FanoutGroup has no {0}")]
     MissingMetadata(&'static str),
+    #[error(
+        "name {0:?} cannot name a Service: it must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, ending with a letter or digit)"
+    )]
+    InvalidName(String),
 }
 
 impl Unrealisable {
@@ -46,6 +50,7 @@ impl Unrealisable {
         match self {
             Unrealisable::NoProxyImage => "NoProxyImage",
             Unrealisable::MissingMetadata(_) => "MissingMetadata",
+            Unrealisable::InvalidName(_) => "InvalidName",
         }
     }
 }
@@ -59,16 +64,18 @@ pub struct GroupId {
 
 impl GroupId {
     pub fn of(group: &FanoutGroup) -> Result<Self, Unrealisable> {
-        Ok(Self {
-            namespace: group
-                .namespace()
-                .ok_or(Unrealisable::MissingMetadata("namespace"))?,
-            name: group
-                .meta()
-                .name
-                .clone()
-                .ok_or(Unrealisable::MissingMetadata("name"))?,
-        })
+        let name = group
+            .meta()
+            .name
+            .clone()
+            .ok_or(Unrealisable::MissingMetadata("name"))?;
+        if !is_dns1035_label(&name) {
+            return Err(Unrealisable::InvalidName(name));
+        }
+        let namespace = group
+            .namespace()
+            .ok_or(Unrealisable::MissingMetadata("namespace"))?;
+        Ok(Self { namespace, name })
     }
     pub fn configmap_name(&self) -> String {
         format!("{}-endpoints", self.name)
@@ -77,6 +84,21 @@ impl GroupId {
     pub fn socket_file(&self) -> String {
         format!("{}.{}.sock", self.namespace, self.name)
     }
+}
+
+/// A Service name: 1-63 of `[a-z0-9-]`, starting with a letter, not ending with '-'. (The CRD
+/// cannot check this cheaply in CEL, see crd.rs.)
+pub fn is_dns1035_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .last()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 /// Labels on every child object (and on the proxy pods).
@@ -346,6 +368,19 @@ mod tests {
             .as_ref()
             .unwrap()
             .containers[0]
+    }
+
+    #[test]
+    fn group_names_must_be_service_names() {
+        for good in ["a", "updates", "port-updates-2"] {
+            assert!(is_dns1035_label(good), "{good}");
+        }
+        for bad in ["", "2fast", "has.dot", "Upper", "trailing-", &"x".repeat(64)] {
+            assert!(!is_dns1035_label(bad), "{bad}");
+        }
+        let mut g = group(FanoutGroupSpec::default());
+        g.metadata.name = Some("a.b".into());
+        assert_eq!(GroupId::of(&g), Err(Unrealisable::InvalidName("a.b".into())));
     }
 
     #[test]

@@ -61,6 +61,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// The Degraded reason when the API refused an object for good (invalid or forbidden);
+    /// `None` for errors that a retry may cure.
+    pub fn rejection_reason(&self) -> Option<&'static str> {
+        match self {
+            Error::Api { source, .. } => match source.as_ref() {
+                kube::Error::Api(status) if status.code == 422 || status.code == 400 => {
+                    Some("ObjectRejected")
+                }
+                kube::Error::Api(status) if status.code == 403 => Some("Forbidden"),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     pub fn metric_label(&self) -> String {
         match self {
             Error::Api { source, .. } => match source.as_ref() {
@@ -294,22 +309,117 @@ fn ready_pods_of(endpoints: &[ProxyEndpoint]) -> BTreeSet<String> {
         .collect()
 }
 
+/// What the writes of one pass saw, for status and events.
+struct Written {
+    cached_ds: Option<Arc<DaemonSet>>,
+    slices_before: Vec<Arc<EndpointSlice>>,
+    endpoints: Vec<ProxyEndpoint>,
+    problem: Option<Problem>,
+}
+
 /// One pass over a group: DaemonSet, Service, EndpointSlices (+ prune), ConfigMap, status, events.
 pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
-    let id = GroupId::of(&group)?;
+    let id = match GroupId::of(&group) {
+        Ok(id) => id,
+        Err(Unrealisable::InvalidName(name)) => {
+            // Nothing can be created under this name: say so in the status and wait for a change.
+            let problem = Unrealisable::InvalidName(name);
+            let id = GroupId {
+                namespace: group.namespace().unwrap_or_default(),
+                name: group.name_any(),
+            };
+            report_problem(&group, &ctx, &id, problem.reason(), problem.to_string()).await;
+            return Ok(Action::await_change());
+        }
+        Err(other) => return Err(other.into()),
+    };
     if group.meta().deletion_timestamp.is_some() {
         // Owner references make the garbage collector remove the children.
         return Ok(Action::await_change());
     }
     ctx.caches.wait_until_synced().await?;
+
+    let written = match write_children(&group, &ctx, &id).await {
+        Ok(written) => written,
+        Err(err) => {
+            // The API refusing our objects (invalid, forbidden) will not heal by retrying
+            // alone: make it visible as Degraded, then back off.
+            if let Some(reason) = err.rejection_reason() {
+                report_problem(&group, &ctx, &id, reason, err.to_string()).await;
+            }
+            return Err(err);
+        }
+    };
+
+    let published = i32::try_from(written.endpoints.iter().filter(|e| e.ready).count()).unwrap_or(i32::MAX);
+    ctx.metrics
+        .endpoints_published
+        .get_or_create(&GroupLabels {
+            namespace: id.namespace.clone(),
+            group: id.name.clone(),
+        })
+        .set(i64::from(published));
+    let observed = Observed {
+        generation: group.meta().generation,
+        daemon_set: written.cached_ds.as_deref(),
+        published_endpoints: published,
+        problem: written.problem,
+    };
+    let old_status = group.status.as_ref();
+    let new_status = compute_status(&observed, old_status, Timestamp::now());
+    if old_status != Some(&new_status) {
+        ctx.publish_status(&group, &id, &new_status).await?;
+    }
+    let before = ready_pods_in(&written.slices_before);
+    let after = ready_pods_of(&written.endpoints);
+    for notice in notices(&before, &after, old_status, &new_status) {
+        ctx.event(&group, notice.warning, &notice.reason, notice.note)
+            .await;
+    }
+
+    if let Ok(mut failures) = ctx.failures.lock() {
+        failures.remove(&format!("{}/{}", id.namespace, id.name));
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Best effort: a Degraded status with `reason` and a warning event. Failures are logged only,
+/// the caller already has an error (or nothing to do) to report.
+async fn report_problem(group: &FanoutGroup, ctx: &Context, id: &GroupId, reason: &str, message: String) {
+    let cached_ds = cached(&ctx.caches.daemon_sets, &id.namespace, &id.name);
+    let observed = Observed {
+        generation: group.meta().generation,
+        daemon_set: cached_ds.as_deref(),
+        published_endpoints: group.status.as_ref().map(|s| s.published_endpoints).unwrap_or(0),
+        problem: Some(Problem {
+            reason: reason.to_string(),
+            message,
+        }),
+    };
+    let old_status = group.status.as_ref();
+    let new_status = compute_status(&observed, old_status, Timestamp::now());
+    if old_status != Some(&new_status)
+        && let Err(err) = ctx.publish_status(group, id, &new_status).await
+    {
+        tracing::warn!(error = %err, group = %id.name, "cannot publish the Degraded status");
+    }
+    let none = BTreeSet::new();
+    for notice in notices(&none, &none, old_status, &new_status) {
+        ctx.event(group, notice.warning, &notice.reason, notice.note)
+            .await;
+    }
+}
+
+/// Steps 1-4: DaemonSet, Service, EndpointSlices with pruning, ConfigMap.
+async fn write_children(group: &FanoutGroup, ctx: &Context, id: &GroupId) -> Result<Written, Error> {
     let spec = &group.spec;
     let caches = &ctx.caches;
 
     // 1. The proxy DaemonSet (unless the group cannot be realised).
     let cached_ds = cached(&caches.daemon_sets, &id.namespace, &id.name);
     let mut problem = None;
-    match objects::daemon_set(&group, ctx.default_image.as_deref()) {
+    match objects::daemon_set(group, ctx.default_image.as_deref()) {
         Ok(ds) => {
             ctx.apply(&id.namespace, ds, cached_ds.as_deref()).await?;
         }
@@ -323,17 +433,17 @@ pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Act
     }
 
     // 2. The headless Service the slices belong to.
-    let service = objects::headless_service(&group)?;
+    let service = objects::headless_service(group)?;
     let cached_service = cached(&caches.services, &id.namespace, &id.name);
     ctx.apply(&id.namespace, service, cached_service.as_deref())
         .await?;
 
     // 3. EndpointSlices from the proxy pods, with stable slots.
-    let mut pods: Vec<Arc<Pod>> = caches.pods.state_filter(|pod| belongs_to(pod, &id));
+    let mut pods: Vec<Arc<Pod>> = caches.pods.state_filter(|pod| belongs_to(pod, id));
     pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let endpoints = slices::endpoints_from_pods(pods.iter().map(|pod| pod.as_ref()), spec.host_network);
-    let mut existing_slices: Vec<Arc<EndpointSlice>> = caches.slices.state_filter(|slice| {
-        belongs_to(slice, &id)
+    let mut slices_before: Vec<Arc<EndpointSlice>> = caches.slices.state_filter(|slice| {
+        belongs_to(slice, id)
             && slice
                 .meta()
                 .labels
@@ -342,8 +452,8 @@ pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Act
                 .map(String::as_str)
                 == Some(SLICE_MANAGER)
     });
-    existing_slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let existing: Vec<ExistingSlice> = existing_slices
+    slices_before.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let existing: Vec<ExistingSlice> = slices_before
         .iter()
         .filter_map(|slice| ExistingSlice::from_slice(slice))
         .collect();
@@ -351,10 +461,10 @@ pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Act
     let plans = slices::plan_slices(&id.name, endpoints.clone(), &existing, per_slice);
 
     for plan in &plans {
-        let before = existing_slices
+        let before = slices_before
             .iter()
             .find(|slice| slice.metadata.name.as_deref() == Some(plan.name.as_str()));
-        let slice = slices::endpoint_slice(&group, plan)?;
+        let slice = slices::endpoint_slice(group, plan)?;
         let fresh = slices::newly_ready(plan, before.map(|s| s.as_ref()));
         if ctx
             .apply(&id.namespace, slice, before.map(|s| s.as_ref()))
@@ -373,7 +483,7 @@ pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Act
     }
     // Prune: our labelled slices that this pass did not want.
     let wanted: BTreeSet<&str> = plans.iter().map(|plan| plan.name.as_str()).collect();
-    for slice in &existing_slices {
+    for slice in &slices_before {
         if let Some(name) = slice.metadata.name.as_deref()
             && !wanted.contains(name)
         {
@@ -386,46 +496,18 @@ pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Act
     let cached_cm = cached(&caches.config_maps, &id.namespace, &cm_name);
     if spec.config_map {
         let list = slices::endpoint_list(&endpoints, spec.publisher_port);
-        let cm = objects::endpoints_configmap(&group, list)?;
+        let cm = objects::endpoints_configmap(group, list)?;
         ctx.apply(&id.namespace, cm, cached_cm.as_deref()).await?;
-    } else if cached_cm.as_deref().is_some_and(|cm| belongs_to(cm, &id)) {
+    } else if cached_cm.as_deref().is_some_and(|cm| belongs_to(cm, id)) {
         ctx.delete::<ConfigMap>(&id.namespace, &cm_name).await?;
     }
 
-    // 5. Status (only when it changed) and events for notable changes.
-    let published = i32::try_from(endpoints.iter().filter(|e| e.ready).count()).unwrap_or(i32::MAX);
-    ctx.metrics
-        .endpoints_published
-        .get_or_create(&GroupLabels {
-            namespace: id.namespace.clone(),
-            group: id.name.clone(),
-        })
-        .set(i64::from(published));
-    let observed = Observed {
-        generation: group.meta().generation,
-        daemon_set: cached_ds.as_deref(),
-        published_endpoints: published,
+    Ok(Written {
+        cached_ds,
+        slices_before,
+        endpoints,
         problem,
-    };
-    let old_status = group.status.as_ref();
-    let new_status = compute_status(&observed, old_status, Timestamp::now());
-    if old_status != Some(&new_status) {
-        ctx.publish_status(&group, &id, &new_status).await?;
-    }
-    for notice in notices(
-        &ready_pods_in(&existing_slices),
-        &ready_pods_of(&endpoints),
-        old_status,
-        &new_status,
-    ) {
-        ctx.event(&group, notice.warning, &notice.reason, notice.note)
-            .await;
-    }
-
-    if let Ok(mut failures) = ctx.failures.lock() {
-        failures.remove(&format!("{}/{}", id.namespace, id.name));
-    }
-    Ok(Action::requeue(RESYNC))
+    })
 }
 
 /// Backoff for a failed reconcile: 1 s doubling per consecutive failure of the group, capped
