@@ -41,8 +41,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Events for one group arriving within this window are coalesced into one reconcile.
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A short debounce to fold the events of one API write (object + status) together. Kept far
+/// below the per-group throttle: kube's debounce is trailing-edge, so a steady stream of events
+/// closer together than the debounce would postpone the reconcile indefinitely (measured: 250
+/// pods joining over 23 s with a 200 ms debounce got 5 reconciles and ~5 s publish latency).
+/// Bursts are coalesced by `reconcile::Throttle` instead.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
@@ -156,9 +160,10 @@ pub async fn run_async(args: ControllerArgs) -> crate::Result<()> {
         let controller = run_controller(client.clone(), args.namespace.clone(), leader);
         // Dropping the controller future cancels in-flight writes at once.
         tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => {}
             _ = controller => tracing::warn!("the reconciler stopped on its own"),
             _ = leading_rx.wait_for(|leading| !*leading) => tracing::warn!("lost the lease: reconciler stopped"),
-            _ = shutdown.wait_for(|stop| *stop) => {}
         }
         metrics.leader.set(0);
         if *shutdown.borrow() {

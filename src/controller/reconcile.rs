@@ -27,11 +27,16 @@ use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How often a group is reconciled with no event at all (drift, lost events).
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// Least time between the starts of two reconciles of one group. While a group waits or
+/// reconciles, every further event for it folds into one pending request, so a burst of N pod
+/// changes costs about `burst length / MIN_INTERVAL` reconciles (each writing only the slices
+/// that changed), and a single change is published at once.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a reconcile waits for the watch caches to list everything once.
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -136,6 +141,14 @@ pub struct Context {
     pub leading: watch::Receiver<bool>,
     /// Consecutive failures per group, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// When each group's last reconcile started, for the per-group throttle.
+    last_start: Mutex<HashMap<String, Instant>>,
+}
+
+/// Pure: how long to wait before reconciling a group that last started at `last`.
+pub fn throttle_delay(last: Option<Instant>, now: Instant, min_interval: Duration) -> Duration {
+    last.map(|last| min_interval.saturating_sub(now.saturating_duration_since(last)))
+        .unwrap_or(Duration::ZERO)
 }
 
 impl Context {
@@ -155,6 +168,22 @@ impl Context {
             default_image,
             leading,
             failures: Mutex::new(HashMap::new()),
+            last_start: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits out the group's throttle and records this start. The runner holds further
+    /// requests for the group meanwhile, so they coalesce.
+    async fn throttle(&self, key: &str) {
+        let delay = match self.last_start.lock() {
+            Ok(starts) => throttle_delay(starts.get(key).copied(), Instant::now(), MIN_INTERVAL),
+            Err(_) => Duration::ZERO,
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if let Ok(mut starts) = self.last_start.lock() {
+            starts.insert(key.to_string(), Instant::now());
         }
     }
 
@@ -339,6 +368,7 @@ pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Act
         return Ok(Action::await_change());
     }
     ctx.caches.wait_until_synced().await?;
+    ctx.throttle(&format!("{}/{}", id.namespace, id.name)).await;
 
     let written = match write_children(&group, &ctx, &id).await {
         Ok(written) => written,
@@ -542,6 +572,21 @@ pub fn backoff(consecutive_failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_waits_out_the_rest_of_the_interval() {
+        let now = Instant::now();
+        let min = Duration::from_millis(250);
+        assert_eq!(throttle_delay(None, now, min), Duration::ZERO);
+        assert_eq!(
+            throttle_delay(Some(now), now + Duration::from_millis(100), min),
+            Duration::from_millis(150)
+        );
+        assert_eq!(
+            throttle_delay(Some(now), now + Duration::from_secs(1), min),
+            Duration::ZERO
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
