@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, store::Writer};
-use kube::runtime::{WatchStreamExt, applier, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, applier, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
@@ -264,6 +264,9 @@ async fn run_controller(client: Client, namespace: Option<String>, leader: Leade
         .modify(|group: &mut FanoutGroup| group.managed_fields_mut().clear()),
     )
     .touched_objects()
+    // Only spec changes (generation) trigger: our own status writes would otherwise each cause
+    // another (no-op) reconcile that also takes the group's throttle slot.
+    .predicate_filter(predicates::generation, PredicateConfig::default())
     .map_ok(|group: FanoutGroup| ObjectRef::from_obj(&group))
     .boxed();
 
