@@ -315,4 +315,100 @@ mod tests {
         let created = next_spec(Decision::Acquire, None, "me", now);
         assert_eq!(created.lease_transitions, Some(0));
     }
+
+    /// One election round against a mocked API server that answers `responses` in order
+    /// (status code, JSON body); returns the requests (method, path, body) and `leading` after.
+    async fn round_against(
+        was_leading: bool,
+        responses: Vec<(u16, serde_json::Value)>,
+    ) -> (Vec<(String, String, serde_json::Value)>, bool) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut handle = std::pin::pin!(handle);
+            let mut seen = Vec::new();
+            for (code, answer) in responses {
+                let Some((request, respond)) = handle.next_request().await else {
+                    break;
+                };
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap();
+                let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                seen.push((parts.method.to_string(), parts.uri.path().to_string(), body));
+                let response = Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()));
+                respond.send_response(response.unwrap());
+            }
+            seen
+        });
+        let elector = LeaderElector {
+            api: Api::namespaced(kube::Client::new(service, "default"), "ops"),
+            lease_name: "fanout-controller".into(),
+            identity: "me".into(),
+        };
+        let (leading, _rx) = watch::channel(was_leading);
+        let mut observed = None;
+        let mut last_renewal = was_leading.then(Instant::now);
+        elector.round(&leading, &mut observed, &mut last_renewal).await;
+        let seen = server.await.unwrap();
+        let now_leading = *leading.borrow();
+        (seen, now_leading)
+    }
+
+    fn lease_json(holder: &str, resource_version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "fanout-controller", "namespace": "ops", "resourceVersion": resource_version},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": "2026-01-01T00:00:00.000000Z", "leaseTransitions": 2}
+        })
+    }
+
+    fn not_found() -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "metadata": {}})
+    }
+
+    fn conflict() -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Conflict", "code": 409, "metadata": {}})
+    }
+
+    #[tokio::test]
+    async fn a_missing_lease_is_created_and_makes_us_leader() {
+        let (seen, leading) =
+            round_against(false, vec![(404, not_found()), (201, lease_json("me", "1"))]).await;
+        let calls: Vec<_> = seen.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
+        assert_eq!(
+            calls,
+            [
+                "GET /apis/coordination.k8s.io/v1/namespaces/ops/leases/fanout-controller",
+                "POST /apis/coordination.k8s.io/v1/namespaces/ops/leases",
+            ]
+        );
+        assert_eq!(seen[1].2["spec"]["holderIdentity"], "me");
+        assert!(leading);
+    }
+
+    #[tokio::test]
+    async fn renewal_carries_the_resource_version_and_a_conflict_ends_leadership_at_once() {
+        let (seen, leading) =
+            round_against(true, vec![(200, lease_json("me", "41")), (409, conflict())]).await;
+        assert_eq!(seen[1].0, "PUT");
+        assert_eq!(seen[1].2["metadata"]["resourceVersion"], "41");
+        assert_eq!(
+            seen[1].2["spec"]["leaseTransitions"], 2,
+            "a renewal is no transition"
+        );
+        assert!(!leading, "a refused renewal stops us at once");
+    }
+
+    #[tokio::test]
+    async fn a_lease_held_by_another_is_not_written_and_a_leader_who_sees_it_steps_down() {
+        let (seen, leading) = round_against(false, vec![(200, lease_json("other", "7"))]).await;
+        assert_eq!(seen.len(), 1, "only the GET");
+        assert!(!leading);
+        let (_, leading) = round_against(true, vec![(200, lease_json("other", "8"))]).await;
+        assert!(!leading);
+    }
 }
