@@ -1,5 +1,202 @@
-//! The FanoutGroup custom resource (skeleton: to be written).
+//! The FanoutGroup custom resource (`fanout.dev/v1alpha1`): the Rust types, their schema with
+//! defaults and admission rules (OpenAPI bounds plus CEL), and `fanout crd`.
+//!
+//! Defaults live in the schema (through `#[serde(default = ..)]`, which schemars copies into the
+//! OpenAPI `default`), so the API server fills them in and `kubectl get -o yaml` shows them; the
+//! controller uses the same functions when it reads an object, so both sides agree.
 
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// API group of the custom resource.
+pub const GROUP: &str = "fanout.dev";
+/// Label on every object that belongs to a group; its value is the group's name.
+pub const GROUP_LABEL: &str = "fanout.dev/group";
+
+/// A fanout group: one ZeroMQ proxy per selected node, and the live list of their endpoints.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "fanout.dev",
+    version = "v1alpha1",
+    kind = "FanoutGroup",
+    namespaced,
+    shortname = "fg",
+    status = "FanoutGroupStatus",
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredProxies", description = "proxies the DaemonSet wants"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyProxies", description = "proxies that are ready"),
+    printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.publishedEndpoints", description = "ready endpoints published"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    doc = "A fanout group: one ZeroMQ proxy per selected node and the live list of their endpoints",
+    // Only size(): CEL cost estimation treats metadata.name as unbounded, so a regex here could
+    // push the rule over the apiserver's cost budget. The Service named after the group
+    // enforces the DNS-1035 form; a group whose name breaks it is reported `Degraded`.
+    validation = Rule::new("self.metadata.name.size() <= 50").message("metadata.name must be at most 50 characters: it names the DaemonSet, the headless Service and the EndpointSlices")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.publisherPort != self.httpPort").message("publisherPort and httpPort must differ"),
+    validation = Rule::new("!has(self.subscriberPort) || (self.subscriberPort != self.publisherPort && self.subscriberPort != self.httpPort)").message("subscriberPort must differ from publisherPort and httpPort"),
+)]
+pub struct FanoutGroupSpec {
+    /// Container image of the proxy (runs `fanout proxy`). When absent the controller uses its
+    /// `--default-proxy-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// Node labels a node must carry to run a proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Tolerations of the proxy pods. Default: tolerate every taint, so a proxy runs on every node.
+    #[serde(default = "default_tolerations")]
+    pub tolerations: Vec<Toleration>,
+
+    /// TCP port of the proxy's XSUB socket, where publishers connect.
+    #[serde(default = "default_publisher_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub publisher_port: i32,
+
+    /// Run the proxy in the node's network namespace (the endpoints are then the node IPs).
+    #[serde(default)]
+    pub host_network: bool,
+
+    /// Directory on the node for the subscriber socket `<namespace>.<name>.sock`.
+    #[serde(default = "default_socket_dir")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("socketDir must be an absolute path"))]
+    #[schemars(length(max = 64))]
+    pub socket_dir: String,
+
+    /// Optional TCP port of an additional XPUB socket for subscribers off the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub subscriber_port: Option<i32>,
+
+    /// Port of the proxy's HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(default = "default_http_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub http_port: i32,
+
+    /// ZeroMQ high-water mark (messages queued per peer before dropping).
+    #[serde(default = "default_high_water_mark")]
+    #[schemars(range(min = 1))]
+    pub high_water_mark: i32,
+
+    /// Largest message the proxy accepts, in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    #[schemars(range(min = 1))]
+    pub max_message_bytes: i64,
+
+    /// ZeroMQ heartbeat interval in seconds (dead peers are dropped after three missed beats).
+    #[serde(default = "default_heartbeat_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub heartbeat_seconds: i32,
+
+    /// Most endpoints one EndpointSlice holds.
+    #[serde(default = "default_endpoints_per_slice")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub endpoints_per_slice: i32,
+
+    /// Also publish the ready endpoints in the ConfigMap `<name>-endpoints` (key `endpoints`).
+    #[serde(default = "default_true")]
+    pub config_map: bool,
+
+    /// Compute resources of the proxy container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// PriorityClass of the proxy pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// What the controller observed and published for a group.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FanoutGroupStatus {
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Proxies the DaemonSet wants (nodes selected).
+    #[serde(default)]
+    pub desired_proxies: i32,
+    /// Proxies that are ready.
+    #[serde(default)]
+    pub ready_proxies: i32,
+    /// Ready endpoints published in the EndpointSlices (and the ConfigMap).
+    #[serde(default)]
+    pub published_endpoints: i32,
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+pub fn default_tolerations() -> Vec<Toleration> {
+    vec![Toleration {
+        operator: Some("Exists".into()),
+        ..Toleration::default()
+    }]
+}
+pub fn default_publisher_port() -> i32 {
+    7100
+}
+pub fn default_socket_dir() -> String {
+    "/var/run/fanout".into()
+}
+pub fn default_http_port() -> i32 {
+    9102
+}
+pub fn default_high_water_mark() -> i32 {
+    1000
+}
+pub fn default_max_message_bytes() -> i64 {
+    1_048_576
+}
+pub fn default_heartbeat_seconds() -> i32 {
+    5
+}
+pub fn default_endpoints_per_slice() -> i32 {
+    100
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for FanoutGroupSpec {
+    /// The spec of `spec: {}` after the API server applied the schema defaults.
+    fn default() -> Self {
+        Self {
+            image: None,
+            node_selector: None,
+            tolerations: default_tolerations(),
+            publisher_port: default_publisher_port(),
+            host_network: false,
+            socket_dir: default_socket_dir(),
+            subscriber_port: None,
+            http_port: default_http_port(),
+            high_water_mark: default_high_water_mark(),
+            max_message_bytes: default_max_message_bytes(),
+            heartbeat_seconds: default_heartbeat_seconds(),
+            endpoints_per_slice: default_endpoints_per_slice(),
+            config_map: true,
+            resources: None,
+            priority_class_name: None,
+        }
+    }
+}
+
+/// The CustomResourceDefinition as YAML, exactly what `crds/fanoutgroup.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+    serde_norway::to_string(&FanoutGroup::crd())
+}
+
+/// `fanout crd`: print the CustomResourceDefinition.
 pub fn print_crd() -> crate::Result<()> {
-    Err(crate::Error::Other("fanout crd is not written yet".into()))
+    let yaml = crd_yaml().map_err(|err| crate::Error::Other(format!("cannot render the CRD: {err}")))?;
+    print!("{yaml}");
+    Ok(())
 }

@@ -1,0 +1,536 @@
+//! Pure: a FanoutGroup → the objects the controller wants to exist (DaemonSet, headless Service,
+//! endpoints ConfigMap), with the labels and owner reference every child carries. No I/O.
+
+use crate::crd::{FanoutGroup, GROUP_LABEL};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, ContainerPort, HTTPGetAction, HostPathVolumeSource, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+
+/// The one field manager for every server-side apply the controller makes.
+pub const FIELD_MANAGER: &str = "fanout-controller";
+/// `endpointslice.kubernetes.io/managed-by` value on our slices (the kube EndpointSlice
+/// controller leaves slices with another value alone).
+pub const SLICE_MANAGER: &str = "controller.fanout.dev";
+pub const SLICE_MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Name of the proxy container and of its ports.
+pub const PROXY_CONTAINER: &str = "proxy";
+pub const PUBLISH_PORT_NAME: &str = "publish";
+pub const SUBSCRIBE_PORT_NAME: &str = "subscribe";
+pub const HTTP_PORT_NAME: &str = "http";
+/// Key of the endpoint list in the ConfigMap.
+pub const CONFIGMAP_KEY: &str = "endpoints";
+/// Fixed unprivileged uid/gid of the proxy (the distroless "nonroot" user).
+pub const PROXY_UID: i64 = 65532;
+/// Time a proxy gets after SIGTERM to flush and close its sockets.
+pub const TERMINATION_GRACE_SECONDS: i64 = 30;
+
+/// Why a group cannot be turned into objects. Reported as the `Degraded` reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unrealisable {
+    #[error("no proxy image: set spec.image or start the controller with --default-proxy-image")]
+    NoProxyImage,
+    #[error("the FanoutGroup has no {0}")]
+    MissingMetadata(&'static str),
+    #[error(
+        "name {0:?} cannot name a Service: it must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, ending with a letter or digit)"
+    )]
+    InvalidName(String),
+}
+
+impl Unrealisable {
+    /// The CamelCase reason used in conditions, events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Unrealisable::NoProxyImage => "NoProxyImage",
+            Unrealisable::MissingMetadata(_) => "MissingMetadata",
+            Unrealisable::InvalidName(_) => "InvalidName",
+        }
+    }
+}
+
+/// Name and namespace of a group, checked present once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupId {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl GroupId {
+    pub fn of(group: &FanoutGroup) -> Result<Self, Unrealisable> {
+        let name = group
+            .meta()
+            .name
+            .clone()
+            .ok_or(Unrealisable::MissingMetadata("name"))?;
+        if !is_dns1035_label(&name) {
+            return Err(Unrealisable::InvalidName(name));
+        }
+        let namespace = group
+            .namespace()
+            .ok_or(Unrealisable::MissingMetadata("namespace"))?;
+        Ok(Self { namespace, name })
+    }
+    pub fn configmap_name(&self) -> String {
+        format!("{}-endpoints", self.name)
+    }
+    /// File name of the node-local subscriber socket.
+    pub fn socket_file(&self) -> String {
+        format!("{}.{}.sock", self.namespace, self.name)
+    }
+}
+
+/// A Service name: 1-63 of `[a-z0-9-]`, starting with a letter, not ending with '-'. (The CRD
+/// cannot check this cheaply in CEL, see crd.rs.)
+pub fn is_dns1035_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .last()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Labels on every child object (and on the proxy pods).
+pub fn child_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (GROUP_LABEL.to_string(), name.to_string()),
+        ("app.kubernetes.io/name".to_string(), "fanout-proxy".to_string()),
+        ("app.kubernetes.io/instance".to_string(), name.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            FIELD_MANAGER.to_string(),
+        ),
+    ])
+}
+
+/// The owner reference (controller=true) that ties a child to its group, so garbage
+/// collection removes children with the group and `.owns()`-style watches map back.
+pub fn owner_reference(group: &FanoutGroup) -> Result<OwnerReference, Unrealisable> {
+    let uid = group
+        .meta()
+        .uid
+        .clone()
+        .ok_or(Unrealisable::MissingMetadata("uid"))?;
+    Ok(OwnerReference {
+        api_version: FanoutGroup::api_version(&()).into_owned(),
+        kind: FanoutGroup::kind(&()).into_owned(),
+        name: group.name_any(),
+        uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// Metadata of a child: name, namespace, labels, owner.
+pub fn child_meta(group: &FanoutGroup, id: &GroupId, name: String) -> Result<ObjectMeta, Unrealisable> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(id.namespace.clone()),
+        labels: Some(child_labels(&id.name)),
+        owner_references: Some(vec![owner_reference(group)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// The `fanout proxy` arguments for a group (after the `proxy` subcommand word).
+pub fn proxy_args(group: &FanoutGroup, id: &GroupId) -> Vec<String> {
+    let spec = &group.spec;
+    let socket = format!("{}/{}", spec.socket_dir.trim_end_matches('/'), id.socket_file());
+    let mut args = vec![
+        "proxy".to_string(),
+        "--publishers".to_string(),
+        format!("tcp://*:{}", spec.publisher_port),
+        "--subscribers".to_string(),
+        format!("ipc://{socket}"),
+    ];
+    if let Some(port) = spec.subscriber_port {
+        args.push("--subscribers".to_string());
+        args.push(format!("tcp://*:{port}"));
+    }
+    args.extend([
+        "--http".to_string(),
+        format!("0.0.0.0:{}", spec.http_port),
+        "--hwm".to_string(),
+        spec.high_water_mark.to_string(),
+        "--max-message-bytes".to_string(),
+        spec.max_message_bytes.to_string(),
+        "--heartbeat".to_string(),
+        spec.heartbeat_seconds.to_string(),
+    ]);
+    args
+}
+
+fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(port),
+            scheme: Some("HTTP".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    }
+}
+
+fn tcp_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+/// The proxy DaemonSet of a group. `default_image` is the controller's `--default-proxy-image`.
+pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<DaemonSet, Unrealisable> {
+    let id = GroupId::of(group)?;
+    let spec = &group.spec;
+    let image = spec
+        .image
+        .as_deref()
+        .or(default_image)
+        .filter(|image| !image.is_empty())
+        .ok_or(Unrealisable::NoProxyImage)?;
+    let labels = child_labels(&id.name);
+    let selector = BTreeMap::from([
+        (GROUP_LABEL.to_string(), id.name.clone()),
+        ("app.kubernetes.io/name".to_string(), "fanout-proxy".to_string()),
+    ]);
+
+    let mut ports = vec![tcp_port(PUBLISH_PORT_NAME, spec.publisher_port)];
+    if let Some(port) = spec.subscriber_port {
+        ports.push(tcp_port(SUBSCRIBE_PORT_NAME, port));
+    }
+    ports.push(tcp_port(HTTP_PORT_NAME, spec.http_port));
+
+    let container = Container {
+        name: PROXY_CONTAINER.to_string(),
+        image: Some(image.to_string()),
+        command: Some(vec!["fanout".to_string()]),
+        args: Some(proxy_args(group, &id)),
+        ports: Some(ports),
+        readiness_probe: Some(http_probe("/readyz", spec.http_port, 2, 2)),
+        liveness_probe: Some(http_probe("/healthz", spec.http_port, 10, 3)),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(PROXY_UID),
+            run_as_group: Some(PROXY_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_string(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "socket-dir".to_string(),
+            mount_path: spec.socket_dir.clone(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+
+    let pod = PodSpec {
+        containers: vec![container],
+        host_network: spec.host_network.then_some(true),
+        // With hostNetwork the pod still resolves cluster names.
+        dns_policy: spec.host_network.then(|| "ClusterFirstWithHostNet".to_string()),
+        node_selector: spec.node_selector.clone().filter(|selector| !selector.is_empty()),
+        tolerations: Some(spec.tolerations.clone()),
+        priority_class_name: spec.priority_class_name.clone(),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        volumes: Some(vec![Volume {
+            name: "socket-dir".to_string(),
+            host_path: Some(HostPathVolumeSource {
+                path: spec.socket_dir.clone(),
+                type_: Some("DirectoryOrCreate".to_string()),
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    };
+
+    Ok(DaemonSet {
+        metadata: child_meta(group, &id, id.name.clone())?,
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_unavailable: Some(IntOrString::String("10%".to_string())),
+                    ..RollingUpdateDaemonSet::default()
+                }),
+            }),
+            ..DaemonSetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The selector-less headless Service named after the group: the EndpointSlices point at it
+/// (`kubernetes.io/service-name`), so cluster DNS resolves `<name>.<ns>.svc` to the proxies.
+pub fn headless_service(group: &FanoutGroup) -> Result<Service, Unrealisable> {
+    let id = GroupId::of(group)?;
+    Ok(Service {
+        metadata: child_meta(group, &id, id.name.clone())?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            // No selector: the kube EndpointSlice controller leaves this Service to us.
+            selector: None,
+            ports: Some(vec![k8s_openapi::api::core::v1::ServicePort {
+                name: Some(PUBLISH_PORT_NAME.to_string()),
+                port: group.spec.publisher_port,
+                target_port: Some(IntOrString::Int(group.spec.publisher_port)),
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            }]),
+            // Publishers want not-ready proxies out of DNS too; the slices carry readiness.
+            publish_not_ready_addresses: Some(false),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The ConfigMap `<name>-endpoints` with the given (already rendered) endpoint list.
+pub fn endpoints_configmap(group: &FanoutGroup, endpoints: String) -> Result<ConfigMap, Unrealisable> {
+    let id = GroupId::of(group)?;
+    Ok(ConfigMap {
+        metadata: child_meta(group, &id, id.configmap_name())?,
+        data: Some(BTreeMap::from([(CONFIGMAP_KEY.to_string(), endpoints)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// Fixtures shared by the controller's unit tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use crate::crd::{FanoutGroup, FanoutGroupSpec};
+
+    /// Group `net/updates` with `spec`, as the API server would return it.
+    pub fn group_with(spec: FanoutGroupSpec) -> FanoutGroup {
+        let mut group = FanoutGroup::new("updates", spec);
+        group.metadata.namespace = Some("net".into());
+        group.metadata.uid = Some("uid-1".into());
+        group.metadata.generation = Some(3);
+        group
+    }
+
+    pub fn group() -> FanoutGroup {
+        group_with(FanoutGroupSpec::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::group_with as group;
+    use super::*;
+    use crate::crd::FanoutGroupSpec;
+
+    fn container(ds: &DaemonSet) -> &Container {
+        &ds.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+    }
+
+    #[test]
+    fn group_names_must_be_service_names() {
+        for good in ["a", "updates", "port-updates-2"] {
+            assert!(is_dns1035_label(good), "{good}");
+        }
+        for bad in ["", "2fast", "has.dot", "Upper", "trailing-", &"x".repeat(64)] {
+            assert!(!is_dns1035_label(bad), "{bad}");
+        }
+        let mut g = group(FanoutGroupSpec::default());
+        g.metadata.name = Some("a.b".into());
+        assert_eq!(GroupId::of(&g), Err(Unrealisable::InvalidName("a.b".into())));
+    }
+
+    #[test]
+    fn args_follow_the_spec() {
+        let ds = daemon_set(&group(FanoutGroupSpec::default()), Some("img:1")).unwrap();
+        let args = container(&ds).args.clone().unwrap();
+        assert_eq!(
+            args,
+            [
+                "proxy",
+                "--publishers",
+                "tcp://*:7100",
+                "--subscribers",
+                "ipc:///var/run/fanout/net.updates.sock",
+                "--http",
+                "0.0.0.0:9102",
+                "--hwm",
+                "1000",
+                "--max-message-bytes",
+                "1048576",
+                "--heartbeat",
+                "5"
+            ]
+        );
+        assert_eq!(
+            container(&ds).command.as_deref(),
+            Some(&["fanout".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn subscriber_port_adds_a_tcp_subscriber_socket_and_port() {
+        let spec = FanoutGroupSpec {
+            subscriber_port: Some(7200),
+            socket_dir: "/run/x/".into(),
+            ..FanoutGroupSpec::default()
+        };
+        let ds = daemon_set(&group(spec), Some("img:1")).unwrap();
+        let c = container(&ds);
+        let args = c.args.clone().unwrap();
+        let subs: Vec<_> = args
+            .windows(2)
+            .filter(|w| w[0] == "--subscribers")
+            .map(|w| w[1].clone())
+            .collect();
+        assert_eq!(subs, ["ipc:///run/x/net.updates.sock", "tcp://*:7200"]);
+        let names: Vec<_> = c
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["publish", "subscribe", "http"]);
+    }
+
+    #[test]
+    fn spec_image_wins_over_default_and_missing_image_is_unrealisable() {
+        let spec = FanoutGroupSpec {
+            image: Some("mine:2".into()),
+            ..FanoutGroupSpec::default()
+        };
+        let ds = daemon_set(&group(spec), Some("img:1")).unwrap();
+        assert_eq!(container(&ds).image.as_deref(), Some("mine:2"));
+        assert_eq!(
+            daemon_set(&group(FanoutGroupSpec::default()), None).unwrap_err(),
+            Unrealisable::NoProxyImage
+        );
+    }
+
+    #[test]
+    fn pod_is_locked_down_and_tolerates_everything_by_default() {
+        let ds = daemon_set(&group(FanoutGroupSpec::default()), Some("img:1")).unwrap();
+        let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let sc = container(&ds).security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.run_as_user, Some(PROXY_UID));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+        assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let tolerations = pod.tolerations.clone().unwrap();
+        assert_eq!(tolerations.len(), 1);
+        assert_eq!(tolerations[0].operator.as_deref(), Some("Exists"));
+        assert_eq!(tolerations[0].key, None);
+        assert_eq!(pod.host_network, None);
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(TERMINATION_GRACE_SECONDS)
+        );
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        let host_path = volume.host_path.as_ref().unwrap();
+        assert_eq!(host_path.path, "/var/run/fanout");
+        assert_eq!(host_path.type_.as_deref(), Some("DirectoryOrCreate"));
+        assert_eq!(
+            container(&ds).volume_mounts.as_ref().unwrap()[0].mount_path,
+            "/var/run/fanout"
+        );
+        let ready = container(&ds).readiness_probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        assert_eq!(ready.port, IntOrString::Int(9102));
+        let live = container(&ds).liveness_probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(live.path.as_deref(), Some("/healthz"));
+    }
+
+    #[test]
+    fn narrowed_spec_reaches_the_pod() {
+        let spec = FanoutGroupSpec {
+            tolerations: vec![],
+            host_network: true,
+            node_selector: Some(BTreeMap::from([("role".into(), "edge".into())])),
+            priority_class_name: Some("system-node-critical".into()),
+            ..FanoutGroupSpec::default()
+        };
+        let ds = daemon_set(&group(spec), Some("img:1")).unwrap();
+        let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.tolerations.as_deref(), Some(&[][..]));
+        assert_eq!(pod.host_network, Some(true));
+        assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+        assert_eq!(pod.node_selector.as_ref().unwrap()["role"], "edge");
+        assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
+    }
+
+    #[test]
+    fn children_are_labelled_and_owned_by_the_group() {
+        let g = group(FanoutGroupSpec::default());
+        let ds = daemon_set(&g, Some("img:1")).unwrap();
+        let svc = headless_service(&g).unwrap();
+        let cm = endpoints_configmap(&g, String::new()).unwrap();
+        for meta in [&ds.metadata, &svc.metadata, &cm.metadata] {
+            let labels = meta.labels.as_ref().unwrap();
+            assert_eq!(labels[GROUP_LABEL], "updates");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "fanout-controller");
+            let owner = &meta.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str()),
+                ("FanoutGroup", "uid-1")
+            );
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("net"));
+        }
+        assert_eq!(cm.metadata.name.as_deref(), Some("updates-endpoints"));
+        let svc_spec = svc.spec.unwrap();
+        assert_eq!(svc_spec.cluster_ip.as_deref(), Some("None"));
+        assert!(svc_spec.selector.is_none());
+        let strategy = ds.spec.unwrap().update_strategy.unwrap();
+        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+        assert_eq!(
+            strategy.rolling_update.unwrap().max_unavailable,
+            Some(IntOrString::String("10%".into()))
+        );
+    }
+}

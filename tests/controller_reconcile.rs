@@ -1,0 +1,397 @@
+//! One reconcile against a mocked API server (tower-test): which requests, in which order, with
+//! which server-side-apply parameters; then that a second pass over unchanged state writes
+//! nothing, and that one pod changing rewrites only its slice (plus list, status, event).
+
+use fanout::controller::metrics::Metrics;
+use fanout::controller::reconcile::{Caches, Context, reconcile};
+use fanout::crd::{FanoutGroup, FanoutGroupSpec, FanoutGroupStatus};
+use futures::pin_mut;
+use http::{Request, Response};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// One request the controller made.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+impl Seen {
+    fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+fn group(status: Option<FanoutGroupStatus>) -> FanoutGroup {
+    let mut group = FanoutGroup::new("updates", FanoutGroupSpec::default());
+    group.metadata.namespace = Some("net".into());
+    group.metadata.uid = Some("uid-1".into());
+    group.metadata.generation = Some(1);
+    group.status = status;
+    group
+}
+
+fn pod(name: &str, ip: &str, ready: bool) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "net", "uid": format!("uid-{name}"),
+                     "labels": {"fanout.dev/group": "updates"}},
+        "spec": {"nodeName": format!("node-{name}"), "containers": []},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                   "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
+                                   "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    }))
+    .expect("a valid pod")
+}
+
+fn store_of<K>(objects: Vec<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+/// Objects as the caches would hold them after earlier applies.
+#[derive(Default, Clone)]
+struct State {
+    pods: Vec<Pod>,
+    slices: Vec<EndpointSlice>,
+    daemon_sets: Vec<DaemonSet>,
+    services: Vec<Service>,
+    config_maps: Vec<ConfigMap>,
+}
+
+/// Runs one reconcile of `group` over `state` against a mock API server that answers every
+/// request (echoing apply bodies; the group for status patches). Returns the requests.
+async fn reconcile_once(group: FanoutGroup, state: State) -> (Result<(), String>, Vec<Seen>) {
+    reconcile_with(group, state, Some("img:1"), None).await
+}
+
+/// `reconcile_once` with the controller's `--default-proxy-image` given.
+/// `reject`: requests whose path ends with `.0` get a 422 with message `.1`.
+async fn reconcile_with(
+    group: FanoutGroup,
+    state: State,
+    default_image: Option<&str>,
+    reject: Option<(&'static str, &'static str)>,
+) -> (Result<(), String>, Vec<Seen>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    let answered_group = group.clone();
+    let server = tokio::spawn(async move {
+        pin_mut!(handle);
+        while let Some((request, respond)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.expect("a readable body");
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("JSON body")
+            };
+            let entry = Seen {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().unwrap_or_default().to_string(),
+                content_type: parts
+                    .headers
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap_or_default().to_string())
+                    .unwrap_or_default(),
+                body: body.clone(),
+            };
+            let answer = if entry.path.ends_with("/status") {
+                let mut answered = serde_json::to_value(&answered_group).unwrap();
+                answered["status"] = body["status"].clone();
+                answered
+            } else if entry.method == "DELETE" {
+                json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}})
+            } else {
+                body
+            };
+            if let Some((suffix, message)) = reject
+                && entry.path.ends_with(suffix)
+            {
+                recorded.lock().unwrap().push(entry);
+                let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                    "message": message, "reason": "Invalid", "code": 422, "metadata": {}});
+                respond.send_response(
+                    Response::builder()
+                        .status(422)
+                        .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                        .unwrap(),
+                );
+                continue;
+            }
+            recorded.lock().unwrap().push(entry);
+            respond.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let (_leading_tx, leading) = watch::channel(true);
+    let caches = Caches {
+        pods: store_of(state.pods),
+        slices: store_of(state.slices),
+        daemon_sets: store_of(state.daemon_sets),
+        services: store_of(state.services),
+        config_maps: store_of(state.config_maps),
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "fanout-controller".into(),
+            instance: None,
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        recorder,
+        Metrics::register(&mut registry),
+        caches,
+        default_image.map(str::to_string),
+        leading,
+    ));
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(group), ctx))
+        .await
+        .map_err(|_| "reconcile hung".to_string())
+        .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+    server.abort();
+    let seen = seen.lock().unwrap().clone();
+    (result, seen)
+}
+
+fn body_of<K: DeserializeOwned>(seen: &[Seen], path_end: &str) -> K {
+    let entry = seen
+        .iter()
+        .find(|s| s.path.ends_with(path_end))
+        .expect("request present");
+    serde_json::from_value(entry.body.clone()).expect("typed body")
+}
+
+#[tokio::test]
+async fn first_reconcile_applies_children_in_order_then_status_then_event() {
+    let state = State {
+        pods: vec![pod("p1", "10.0.0.1", true), pod("p2", "10.0.0.2", true)],
+        ..State::default()
+    };
+    let (result, seen) = reconcile_once(group(None), state).await;
+    assert_eq!(result, Ok(()));
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "PATCH /apis/apps/v1/namespaces/net/daemonsets/updates",
+            "PATCH /api/v1/namespaces/net/services/updates",
+            "PATCH /apis/discovery.k8s.io/v1/namespaces/net/endpointslices/updates-v4-0",
+            "PATCH /api/v1/namespaces/net/configmaps/updates-endpoints",
+            "PATCH /apis/fanout.dev/v1alpha1/namespaces/net/fanoutgroups/updates/status",
+            "POST /apis/events.k8s.io/v1/namespaces/net/events",
+        ]
+    );
+    for patch in seen.iter().filter(|s| s.method == "PATCH") {
+        assert_eq!(
+            patch.content_type,
+            "application/apply-patch+yaml",
+            "{}",
+            patch.line()
+        );
+        assert!(
+            patch.query.contains("fieldManager=fanout-controller"),
+            "{}: {}",
+            patch.line(),
+            patch.query
+        );
+        assert!(
+            patch.query.contains("force=true"),
+            "{}: {}",
+            patch.line(),
+            patch.query
+        );
+        assert!(
+            patch.body["apiVersion"].is_string() && patch.body["kind"].is_string(),
+            "{}",
+            patch.line()
+        );
+        if !patch.path.ends_with("/status") {
+            assert!(
+                patch.body.get("status").is_none(),
+                "{} carries status",
+                patch.line()
+            );
+        } else {
+            assert!(patch.body.get("spec").is_none(), "the status apply carries spec");
+        }
+    }
+    let cm: ConfigMap = body_of(&seen, "configmaps/updates-endpoints");
+    assert_eq!(
+        cm.data.unwrap()["endpoints"],
+        "tcp://10.0.0.1:7100\ntcp://10.0.0.2:7100\n"
+    );
+    let slice: EndpointSlice = body_of(&seen, "endpointslices/updates-v4-0");
+    assert_eq!(slice.endpoints.len(), 2);
+    let status = &seen[4].body["status"];
+    assert_eq!(status["publishedEndpoints"], 2);
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(seen[5].body["reason"], "ProxiesJoined");
+}
+
+/// The caches as they are after the first reconcile's writes landed.
+async fn settled() -> (FanoutGroup, State) {
+    let pods = vec![pod("p1", "10.0.0.1", true), pod("p2", "10.0.0.2", true)];
+    let (result, seen) = reconcile_once(
+        group(None),
+        State {
+            pods: pods.clone(),
+            ..State::default()
+        },
+    )
+    .await;
+    assert_eq!(result, Ok(()));
+    let status: FanoutGroupStatus = serde_json::from_value(
+        seen.iter().find(|s| s.path.ends_with("/status")).unwrap().body["status"].clone(),
+    )
+    .unwrap();
+    let state = State {
+        pods,
+        slices: vec![body_of(&seen, "endpointslices/updates-v4-0")],
+        daemon_sets: vec![body_of(&seen, "daemonsets/updates")],
+        services: vec![body_of(&seen, "services/updates")],
+        config_maps: vec![body_of(&seen, "configmaps/updates-endpoints")],
+    };
+    // The second pass sees the DaemonSet in the cache, so the conditions move once more.
+    let (result, seen) = reconcile_once(group(Some(status.clone())), state.clone()).await;
+    assert_eq!(result, Ok(()));
+    let status = match seen.iter().find(|s| s.path.ends_with("/status")) {
+        Some(patch) => serde_json::from_value(patch.body["status"].clone()).unwrap(),
+        None => status,
+    };
+    (group(Some(status)), state)
+}
+
+#[tokio::test]
+async fn unchanged_state_makes_no_request_at_all() {
+    let (group, state) = settled().await;
+    let (result, seen) = reconcile_once(group, state).await;
+    assert_eq!(result, Ok(()));
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert!(lines.is_empty(), "expected no writes, got {lines:?}");
+}
+
+#[tokio::test]
+async fn one_pod_turning_unready_rewrites_its_slice_and_a_stale_slice_is_pruned() {
+    let (group, mut state) = settled().await;
+    state.pods[1] = pod("p2", "10.0.0.2", false);
+    let mut stale: EndpointSlice = state.slices[0].clone();
+    stale.metadata.name = Some("updates-v4-7".into());
+    stale.endpoints.clear();
+    state.slices.push(stale);
+    let (result, seen) = reconcile_once(group, state).await;
+    assert_eq!(result, Ok(()));
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "PATCH /apis/discovery.k8s.io/v1/namespaces/net/endpointslices/updates-v4-0",
+            "DELETE /apis/discovery.k8s.io/v1/namespaces/net/endpointslices/updates-v4-7",
+            "PATCH /api/v1/namespaces/net/configmaps/updates-endpoints",
+            "PATCH /apis/fanout.dev/v1alpha1/namespaces/net/fanoutgroups/updates/status",
+            "POST /apis/events.k8s.io/v1/namespaces/net/events",
+        ]
+    );
+    let cm: ConfigMap = body_of(&seen, "configmaps/updates-endpoints");
+    assert_eq!(cm.data.unwrap()["endpoints"], "tcp://10.0.0.1:7100\n");
+    assert_eq!(seen[4].body["reason"], "ProxiesLeft");
+}
+
+#[tokio::test]
+async fn a_group_without_image_is_degraded_and_gets_no_daemon_set() {
+    let (result, seen) = reconcile_with(group(None), State::default(), None, None).await;
+    assert_eq!(result, Ok(()));
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert!(!lines.iter().any(|l| l.contains("daemonsets")), "{lines:?}");
+    let status = &seen.iter().find(|s| s.path.ends_with("/status")).unwrap().body["status"];
+    let degraded = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "NoProxyImage");
+    let warning = seen.iter().find(|s| s.method == "POST").unwrap();
+    assert_eq!(
+        (warning.body["type"].as_str(), warning.body["reason"].as_str()),
+        (Some("Warning"), Some("NoProxyImage"))
+    );
+}
+
+#[tokio::test]
+async fn an_object_the_api_refuses_makes_the_group_degraded_and_the_reconcile_fail() {
+    let (result, seen) = reconcile_with(
+        group(None),
+        State::default(),
+        Some("img:1"),
+        Some((
+            "services/updates",
+            "Service \"updates\" is invalid: spec.ports[0].port: Invalid value",
+        )),
+    )
+    .await;
+    let error = result.expect_err("the reconcile reports the refusal");
+    assert!(error.contains("is invalid"), "{error}");
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "PATCH /apis/apps/v1/namespaces/net/daemonsets/updates",
+            "PATCH /api/v1/namespaces/net/services/updates",
+            "PATCH /apis/fanout.dev/v1alpha1/namespaces/net/fanoutgroups/updates/status",
+            "POST /apis/events.k8s.io/v1/namespaces/net/events",
+        ]
+    );
+    let degraded = seen[2].body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("ObjectRejected"))
+    );
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.ports[0].port")
+    );
+}

@@ -1,0 +1,56 @@
+//! The committed CRD must be exactly what `fanout crd` prints, and the example must parse.
+
+use fanout::crd::{FanoutGroup, FanoutGroupSpec, crd_yaml};
+
+const CRD_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/fanoutgroup.yaml");
+const EXAMPLE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/fanoutgroup.yaml");
+
+#[test]
+fn committed_crd_matches_the_generated_one() {
+    let generated = crd_yaml().expect("the CRD renders");
+    let committed = std::fs::read_to_string(CRD_PATH).expect("crds/fanoutgroup.yaml is readable");
+    assert!(
+        generated == committed,
+        "crds/fanoutgroup.yaml is out of date: run `cargo run -- crd > crds/fanoutgroup.yaml`"
+    );
+}
+
+#[test]
+fn example_parses_as_a_fanout_group() {
+    let text = std::fs::read_to_string(EXAMPLE_PATH).expect("examples/fanoutgroup.yaml is readable");
+    let group: FanoutGroup = serde_norway::from_str(&text).expect("the example is a FanoutGroup");
+    assert_eq!(group.spec.publisher_port, 7100);
+    assert_eq!(group.spec.endpoints_per_slice, 100);
+    assert_eq!(group.spec.tolerations.len(), 2);
+}
+
+#[test]
+fn empty_spec_gets_the_documented_defaults() {
+    let group: FanoutGroup = serde_norway::from_str(
+        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata: {name: g, namespace: ns}\nspec: {}\n",
+    )
+    .expect("an empty spec parses");
+    assert_eq!(group.spec, FanoutGroupSpec::default());
+    assert_eq!(group.spec.tolerations[0].operator.as_deref(), Some("Exists"));
+    assert_eq!(group.spec.socket_dir, "/var/run/fanout");
+    assert!(group.spec.config_map);
+}
+
+#[test]
+fn schema_carries_defaults_and_admission_rules() {
+    let yaml = crd_yaml().expect("the CRD renders");
+    for needle in [
+        "default: 7100",
+        "default: 9102",
+        "default: /var/run/fanout",
+        "- operator: Exists",
+        "maximum: 1000.0",
+        "maximum: 65535.0",
+        "rule: self.startsWith('/')",
+        "rule: self.publisherPort != self.httpPort",
+        "shortNames:\n    - fg",
+        "subresources:\n      status: {}",
+    ] {
+        assert!(yaml.contains(needle), "the CRD lacks `{needle}`");
+    }
+}
