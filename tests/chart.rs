@@ -381,6 +381,29 @@ fn network_policy_admits_only_the_listed_publishers_to_the_publish_port() {
         );
     }
 
+    // The proxies' HTTP port opens only to the peers given for it.
+    let objects = template(
+        NS,
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set-json",
+            r#"networkPolicy.publishFrom=[{"podSelector":{"matchLabels":{"app":"publisher"}}}]"#,
+            "--set-json",
+            r#"networkPolicy.httpFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+        ],
+    );
+    let policy = the(&objects, "NetworkPolicy");
+    assert_eq!(policy["metadata"]["namespace"], NS);
+    assert_eq!(
+        policy["spec"]["ingress"][1],
+        json!({
+            "ports": [{"protocol": "TCP", "port": 9102}],
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        })
+    );
+    assert_eq!(policy["spec"]["ingress"].as_array().map(Vec::len), Some(2));
+
     // Without a namespace list it guards the watched namespace.
     let objects = template(
         NS,
