@@ -115,7 +115,14 @@ fn chart_crd_is_byte_identical_to_the_committed_crd() {
 fn helm_lint_passes_with_default_and_namespaced_values() {
     let chart = chart_dir();
     let chart = chart.to_str().expect("UTF-8 path");
-    for extra in [&[][..], NAMESPACED] {
+    let with_network_policy: &[&str] = &[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set-json",
+        r#"networkPolicy.publishFrom=[{"podSelector":{}}]"#,
+    ];
+    // Lint renders NOTES.txt too, so each of its branches is exercised here.
+    for extra in [&[][..], NAMESPACED, with_network_policy] {
         let mut args = vec!["lint", "--strict", chart, "--namespace", NS];
         args.extend_from_slice(extra);
         let out = run_helm(&args);
