@@ -136,11 +136,10 @@ pub fn server_dry_run(
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
-        if let Some(mut pipe) = child.stdin.take() {
-            if let Some(text) = stdin {
-                pipe.write_all(text.as_bytes())
-                    .map_err(|e| format!("write to kubectl: {e}"))?;
-            }
+        // The pipe is closed when this statement ends, so kubectl sees the end of its input.
+        if let (Some(mut pipe), Some(text)) = (child.stdin.take(), stdin) {
+            pipe.write_all(text.as_bytes())
+                .map_err(|e| format!("write to kubectl: {e}"))?;
         }
         let out = child
             .wait_with_output()
