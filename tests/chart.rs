@@ -483,3 +483,31 @@ fn rendered_yaml_is_what_the_parser_sees() {
     let docs = parse_documents("---\n# Source: x\n---\nkind: A\n---\n");
     assert_eq!(docs, [json!({"kind": "A"})]);
 }
+
+/// The rendered chart, default and namespace-scoped, through a real API server's validation and
+/// admission (`kubectl apply --server-side --dry-run=server`). Needs a cluster, so it runs only
+/// on request: `FANOUT_KUBECONFIG=... KUBECTL=... cargo test --test chart -- --ignored`.
+/// Cluster tests can call `support::server_dry_run` themselves instead.
+#[test]
+#[ignore = "needs a cluster: set FANOUT_KUBECONFIG and KUBECTL, run with --ignored"]
+fn api_server_accepts_the_rendered_chart() {
+    let kubeconfig = std::env::var_os("FANOUT_KUBECONFIG").expect("FANOUT_KUBECONFIG is set");
+    let kubectl = std::env::var_os("KUBECTL").expect("KUBECTL is set");
+    let (kubeconfig, kubectl) = (
+        std::path::PathBuf::from(kubeconfig),
+        std::path::PathBuf::from(kubectl),
+    );
+    let network_policy: &[&str] = &[
+        "--set",
+        "networkPolicy.enabled=true,networkPolicy.namespaces={apps,edge}",
+        "--set-json",
+        r#"networkPolicy.publishFrom=[{"namespaceSelector":{"matchLabels":{"team":"control"}}}]"#,
+        "--set-json",
+        r#"networkPolicy.httpFrom=[{"podSelector":{"matchLabels":{"app":"prometheus"}}}]"#,
+    ];
+    for extra in [&[][..], NAMESPACED, network_policy] {
+        if let Err(err) = support::server_dry_run(&kubectl, &kubeconfig, NS, extra) {
+            panic!("API server refused the chart rendered with {extra:?}:\n{err}");
+        }
+    }
+}
