@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+#
+# One image for every role: `fanout controller` (the chart's Deployment) and `fanout proxy` (the
+# DaemonSets the controller writes). Build and push: docs/install.md.
+#
+#   docker build -t REGISTRY/fanout:$(cargo pkgid | sed 's/.*[#@]//') .
+#
+# Needs BuildKit (the default builder since Docker 23) for the cache mounts below.
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-bookworm AS builder
+# libzmq 4.3.4 is compiled from source by the `zeromq-src` crate (through `zmq` -> `zmq-sys`)
+# with the `cc` crate, and `ring` compiles C as well: both need only the C/C++ toolchain that
+# the rust:bookworm image already carries (gcc, g++, make). cmake is installed too so that a
+# zmq-sys release that builds libzmq with cmake keeps working; no OpenSSL is linked (rustls).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+COPY . .
+# The registry and target caches survive between builds on the same builder; the binary is
+# copied out of the cached target directory inside the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin fanout \
+ && install -D -m 0755 target/release/fanout /out/fanout \
+ && /out/fanout --version
+
+# distroless/cc: glibc, libgcc and libstdc++ (libzmq is C++), CA certificates, no shell.
+# Same Debian release as the builder, so the glibc the binary was linked against is there.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /out/fanout /usr/local/bin/fanout
+# nonroot is uid/gid 65532; the chart's securityContext pins the same numbers.
+USER 65532:65532
+# Controller and proxy HTTP (/healthz, /readyz, /metrics), proxy publisher port (FanoutGroup default).
+EXPOSE 8080 7100
+ENTRYPOINT ["/usr/local/bin/fanout"]
+CMD ["--help"]
