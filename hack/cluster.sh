@@ -38,8 +38,9 @@ SA_ISSUER=https://kubernetes.default.svc.cluster.local
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 # Controllers the tests need. endpointslice-controller serves selector Services;
 # endpointslice-mirroring is left off: fanout writes its own slices for a selector-less Service.
-# pod-garbage-collector removes pods of nodes that no longer exist (backstop for remove-node).
-KCM_CONTROLLERS=daemonset-controller,deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,endpointslice-controller,pod-garbage-collector-controller
+# pod-garbage-collector removes pods of nodes that no longer exist (backstop for remove-node);
+# clusterrole-aggregation fills aggregated ClusterRoles; service-cidr keeps ServiceCIDR status.
+KCM_CONTROLLERS=daemonset-controller,deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,endpointslice-controller,pod-garbage-collector-controller,clusterrole-aggregation-controller,service-cidr-controller
 
 log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -231,10 +232,10 @@ cmd_up() {
   phase_end certs
 
   phase_start
-  start etcd "$BIN/etcd" --name default --data-dir "$DIR/etcd" \
+  start etcd "$BIN/etcd" --name fanout --data-dir "$DIR/etcd" \
     --listen-client-urls "$ETCD_CLIENT" --advertise-client-urls "$ETCD_CLIENT" \
     --listen-peer-urls "$ETCD_PEER" --initial-advertise-peer-urls "$ETCD_PEER" \
-    --initial-cluster "default=$ETCD_PEER" --unsafe-no-fsync=true \
+    --initial-cluster "fanout=$ETCD_PEER" --unsafe-no-fsync=true \
     --quota-backend-bytes=$((4 * 1024 * 1024 * 1024))
   wait_for "etcd health" 30 etcd etcd_ready
   phase_end etcd
