@@ -1,0 +1,650 @@
+//! End-to-end tests of the user's path against a real control plane: kube-apiserver, etcd,
+//! controller-manager, scheduler and kwok nodes started by `hack/cluster.sh` inside a network
+//! namespace. `hack/test.sh` runs them inside that namespace:
+//!
+//! ```text
+//! hack/cluster.sh exec cargo test --test e2e -- --ignored --test-threads=1
+//! ```
+//!
+//! They are `#[ignore]`d so that a plain `cargo test` does not need a cluster; run as above they
+//! fail (never skip) when the cluster is missing.
+
+#[path = "e2e/kubelet.rs"]
+mod kubelet;
+#[path = "e2e/support.rs"]
+mod support;
+
+use fanout::Publisher;
+use fanout::membership::Membership;
+use fanout::membership::kubernetes::{GroupObject, GroupSource};
+use fanout::publisher::PublisherConfig;
+use fanout::subscriber::{Subscriber, SubscriberConfig, TopicFilter};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use kubelet::FakeKubelet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use support::*;
+
+const EXAMPLE_GROUP: &str = "port-updates";
+const EXAMPLE_NAMESPACE: &str = "networking";
+const TOPIC: &[u8] = b"ports";
+
+async fn client() -> Client {
+    Client::try_default()
+        .await
+        .expect("a client for the test cluster")
+}
+
+async fn ensure_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(name).await.unwrap().is_none() {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    }
+}
+
+/// Ready proxy pods of a group: name → (node, IP).
+async fn ready_pods(client: &Client, namespace: &str, group: &str) -> BTreeMap<String, (String, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("fanout.dev/group={group}")))
+        .await
+        .unwrap();
+    list.items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|p| {
+            let node = p.spec.as_ref()?.node_name.clone()?;
+            let ip = p.status.as_ref()?.pod_ip.clone()?;
+            Some((p.name_any(), (node, ip)))
+        })
+        .collect()
+}
+
+/// Every endpoint address in the group's slices, with duplicates kept, and the ready ones.
+async fn slice_addresses(
+    client: &Client,
+    namespace: &str,
+    group: &str,
+) -> (Vec<String>, BTreeSet<String>, usize) {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let list = slices
+        .list(&ListParams::default().labels(&format!("fanout.dev/group={group}")))
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let mut ready = BTreeSet::new();
+    for slice in &list.items {
+        for ep in &slice.endpoints {
+            let is_ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            for a in &ep.addresses {
+                all.push(a.clone());
+                if is_ready {
+                    ready.insert(a.clone());
+                }
+            }
+        }
+    }
+    (all, ready, list.items.len())
+}
+
+fn expected_endpoints(pods: &BTreeMap<String, (String, String)>, port: u16) -> Membership {
+    pods.values()
+        .map(|(_, ip)| format!("tcp://{ip}:{port}"))
+        .collect()
+}
+
+async fn group_status(client: &Client, namespace: &str, group: &str) -> serde_json::Value {
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::api::ApiResource {
+            group: "fanout.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "fanout.dev/v1alpha1".into(),
+            kind: "FanoutGroup".into(),
+            plural: "fanoutgroups".into(),
+        },
+    );
+    match api.get_opt(group).await.unwrap() {
+        Some(obj) => obj.data.get("status").cloned().unwrap_or_default(),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn condition_true(status: &serde_json::Value, kind: &str) -> bool {
+    status["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == kind && c["status"] == "True"))
+}
+
+/// A subscriber for one node, on its own thread; records when the first message arrived.
+struct NodeSubscriber {
+    received: Arc<std::sync::atomic::AtomicU64>,
+    first_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NodeSubscriber {
+    fn start(endpoint: String) -> Self {
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let first_at = Arc::new(std::sync::Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, f, s) = (received.clone(), first_at.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut sub =
+                Subscriber::connect(&endpoint, SubscriberConfig::default()).expect("subscriber connect");
+            sub.subscribe(TopicFilter::exact(TOPIC)).expect("subscribe");
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(Some(_)) = sub.recv(Duration::from_millis(100)) {
+                    if r.fetch_add(1, Ordering::Relaxed) == 0 {
+                        *f.lock().unwrap() = Some(Instant::now());
+                    }
+                }
+            }
+        });
+        Self {
+            received,
+            first_at,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    fn first_at(&self) -> Option<Instant> {
+        *self.first_at.lock().unwrap()
+    }
+}
+
+impl Drop for NodeSubscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A publisher thread sending on TOPIC every 5 ms until stopped.
+struct PublishLoop {
+    publisher: Arc<Publisher>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PublishLoop {
+    fn start(publisher: Publisher) -> Self {
+        let publisher = Arc::new(publisher);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (publisher.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let _ = p.publish(TOPIC.to_vec(), vec![format!("update {n}").into_bytes()]);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Self {
+            publisher,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PublishLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.publisher.close();
+    }
+}
+
+fn socket_of(kubelet: &FakeKubelet, node: &str) -> String {
+    let path = kubelet.host_path(
+        node,
+        &format!("/var/run/fanout/{EXAMPLE_NAMESPACE}.{EXAMPLE_GROUP}.sock"),
+    );
+    format!("ipc://{}", path.display())
+}
+
+/// Steps 1–5 of the user's path: helm install, kubectl apply the example on five nodes,
+/// publishers and subscribers, a node joining and one leaving, deleting the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn user_path_install_apply_publish_join_leave_delete() {
+    require_cluster();
+    let started = Instant::now();
+    ensure_chart_installed();
+    eprintln!("[{:>6.1}s] chart installed", started.elapsed().as_secs_f64());
+    let client = client().await;
+    let work = tempfile::Builder::new()
+        .prefix("fanout-e2e-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let kubeconfig = service_account_kubeconfig(work.path());
+    let mut controller =
+        ControllerProcess::start(&kubeconfig, "e2e-user-path", "127.0.0.1:18080", work.path());
+
+    let nodes: Vec<String> = (1..=5).map(|i| format!("up-node-{i}")).collect();
+    for node in &nodes {
+        add_node(node);
+    }
+    ensure_namespace(&client, EXAMPLE_NAMESPACE).await;
+    let kubelet = FakeKubelet::start(
+        client.clone(),
+        EXAMPLE_NAMESPACE,
+        fanout_binary(),
+        work.path().to_path_buf(),
+    );
+    let example = repo().join("examples/fanoutgroup.yaml");
+    kubectl_ok(&["apply", "-f", example.to_str().unwrap()]);
+    eprintln!("[{:>6.1}s] example applied", started.elapsed().as_secs_f64());
+
+    // The DaemonSet runs a proxy on every node, and the endpoint list names exactly the ready ones.
+    let pods = eventually(
+        Duration::from_secs(60),
+        "a ready proxy pod on each of the 5 nodes",
+        || async {
+            let pods = ready_pods(&client, EXAMPLE_NAMESPACE, EXAMPLE_GROUP).await;
+            (pods.len() == 5).then_some(pods)
+        },
+    )
+    .await;
+    let on_nodes: BTreeSet<&String> = pods.values().map(|(n, _)| n).collect();
+    assert_eq!(on_nodes.len(), 5, "one proxy per node: {pods:?}");
+    let want = expected_endpoints(&pods, 7100);
+    let want_ips: BTreeSet<String> = pods.values().map(|(_, ip)| ip.clone()).collect();
+    eventually(
+        Duration::from_secs(30),
+        "EndpointSlices listing exactly the ready proxies",
+        || async {
+            let (all, ready, _) = slice_addresses(&client, EXAMPLE_NAMESPACE, EXAMPLE_GROUP).await;
+            (all.len() == 5 && ready == want_ips).then_some(())
+        },
+    )
+    .await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), EXAMPLE_NAMESPACE);
+    let want_lines: String = want.iter().map(|e| format!("{e}\n")).collect();
+    eventually(
+        Duration::from_secs(30),
+        "the endpoints ConfigMap listing the ready proxies",
+        || async {
+            let cm = configmaps
+                .get_opt(&format!("{EXAMPLE_GROUP}-endpoints"))
+                .await
+                .unwrap()?;
+            let text = cm.data?.get("endpoints")?.clone();
+            (text.trim_end() == want_lines.trim_end()).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "status Ready with 5 desired and 5 ready",
+        || async {
+            let s = group_status(&client, EXAMPLE_NAMESPACE, EXAMPLE_GROUP).await;
+            (condition_true(&s, "Ready") && s["desiredProxies"] == 5 && s["readyProxies"] == 5).then_some(())
+        },
+    )
+    .await;
+    let table = kubectl_ok(&["get", "fg", "-n", EXAMPLE_NAMESPACE]);
+    eprintln!("{table}");
+    let header = table.lines().next().unwrap_or_default();
+    for column in ["NAME", "DESIRED", "READY", "AGE"] {
+        assert!(
+            header.contains(column),
+            "`kubectl get fg` lacks column {column}: {header}"
+        );
+    }
+    assert!(table.contains(EXAMPLE_GROUP));
+    eprintln!(
+        "[{:>6.1}s] 5 proxies ready and published",
+        started.elapsed().as_secs_f64()
+    );
+
+    // A publisher following the group through the API reaches a subscriber on every node.
+    let mut subscribers: BTreeMap<String, NodeSubscriber> = nodes
+        .iter()
+        .map(|n| (n.clone(), NodeSubscriber::start(socket_of(&kubelet, n))))
+        .collect();
+    let publisher = Publisher::new(PublisherConfig::default()).unwrap();
+    publisher
+        .follow(Box::new(
+            GroupSource::new(
+                Some(EXAMPLE_NAMESPACE.into()),
+                EXAMPLE_GROUP.into(),
+                GroupObject::Slices,
+            )
+            .with_client(client.clone()),
+        ))
+        .unwrap();
+    let publishing = PublishLoop::start(publisher);
+    eventually(
+        Duration::from_secs(20),
+        "the publisher connected to all 5 proxies",
+        || async { (publishing.publisher.connected() == want).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "messages on every node", || async {
+        subscribers.values().all(|s| s.count() > 0).then_some(())
+    })
+    .await;
+    eprintln!("[{:>6.1}s] every node receives", started.elapsed().as_secs_f64());
+
+    // A node joins: its subscriber (already waiting on the node's socket) receives within 2 s
+    // of its proxy pod turning ready.
+    let joining = "up-node-6".to_string();
+    subscribers.insert(
+        joining.clone(),
+        NodeSubscriber::start(socket_of(&kubelet, &joining)),
+    );
+    add_node(&joining);
+    let ready_at = eventually(
+        Duration::from_secs(60),
+        "the new node's proxy pod ready",
+        || async {
+            let pods = ready_pods(&client, EXAMPLE_NAMESPACE, EXAMPLE_GROUP).await;
+            pods.values().any(|(n, _)| n == &joining).then(Instant::now)
+        },
+    )
+    .await;
+    let first = eventually(
+        Duration::from_secs(10),
+        "the first message on the new node",
+        || async { subscribers[&joining].first_at() },
+    )
+    .await;
+    let join_latency = first.saturating_duration_since(ready_at);
+    eprintln!("MEASURED join: pod ready → first message on the new node: {join_latency:?}");
+    assert!(
+        join_latency < Duration::from_secs(2),
+        "the new node received only after {join_latency:?}"
+    );
+
+    // A node leaves: the publisher drops its connection.
+    let leaving = "up-node-5";
+    let pods = ready_pods(&client, EXAMPLE_NAMESPACE, EXAMPLE_GROUP).await;
+    let leaving_ip = pods
+        .values()
+        .find(|(n, _)| n == leaving)
+        .map(|(_, ip)| ip.clone())
+        .unwrap();
+    let leaving_endpoint = format!("tcp://{leaving_ip}:7100");
+    assert!(publishing.publisher.connected().contains(&leaving_endpoint));
+    let removed_at = Instant::now();
+    remove_node(leaving);
+    let unlisted_at = eventually(
+        Duration::from_secs(60),
+        "the leaving node's endpoint unlisted",
+        || async {
+            let (_, ready, _) = slice_addresses(&client, EXAMPLE_NAMESPACE, EXAMPLE_GROUP).await;
+            (!ready.contains(&leaving_ip)).then(Instant::now)
+        },
+    )
+    .await;
+    let dropped_at = eventually(
+        Duration::from_secs(10),
+        "the publisher dropping the leaving proxy",
+        || async { (!publishing.publisher.connected().contains(&leaving_endpoint)).then(Instant::now) },
+    )
+    .await;
+    eprintln!(
+        "MEASURED leave: node deleted → endpoint unlisted {:?}; unlisted → publisher disconnected {:?}",
+        unlisted_at - removed_at,
+        dropped_at.saturating_duration_since(unlisted_at)
+    );
+    kubelet.sweep(client.clone(), EXAMPLE_NAMESPACE).await;
+    let others_before: BTreeMap<String, u64> = subscribers
+        .iter()
+        .filter(|(n, _)| n.as_str() != leaving)
+        .map(|(n, s)| (n.clone(), s.count()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (node, before) in &others_before {
+        assert!(
+            subscribers[node].count() > *before,
+            "node {node} stopped receiving after another node left"
+        );
+    }
+    drop(publishing);
+    subscribers.clear();
+
+    // Deleting the group removes everything it owned.
+    kubectl_ok(&["delete", "-f", example.to_str().unwrap(), "--wait=true"]);
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), EXAMPLE_NAMESPACE);
+    let services: Api<Service> = Api::namespaced(client.clone(), EXAMPLE_NAMESPACE);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), EXAMPLE_NAMESPACE);
+    eventually(
+        Duration::from_secs(60),
+        "the DaemonSet, Service, slices and ConfigMap deleted",
+        || async {
+            let gone = daemonsets.get_opt(EXAMPLE_GROUP).await.unwrap().is_none()
+                && services.get_opt(EXAMPLE_GROUP).await.unwrap().is_none()
+                && configmaps
+                    .get_opt(&format!("{EXAMPLE_GROUP}-endpoints"))
+                    .await
+                    .unwrap()
+                    .is_none()
+                && slices
+                    .list(&ListParams::default().labels(&format!("fanout.dev/group={EXAMPLE_GROUP}")))
+                    .await
+                    .unwrap()
+                    .items
+                    .is_empty();
+            gone.then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "[{:>6.1}s] group deleted and its children collected",
+        started.elapsed().as_secs_f64()
+    );
+
+    controller.stop(false);
+    kubelet.stop_all();
+    for node in nodes.iter().chain([&joining]).filter(|n| n.as_str() != leaving) {
+        remove_node(node);
+    }
+}
+
+/// Step 4: the API server itself refuses invalid FanoutGroups with the validation message.
+#[tokio::test]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn invalid_groups_are_refused_at_admission() {
+    require_cluster();
+    ensure_chart_installed();
+    let client = client().await;
+    ensure_namespace(&client, "e2e-invalid").await;
+    let cases = [
+        ("publisherPort: 70000", "publisherPort"),
+        ("endpointsPerSlice: 0", "endpointsPerSlice"),
+        ("endpointsPerSlice: 1001", "endpointsPerSlice"),
+        ("highWaterMark: 0", "highWaterMark"),
+        ("maxMessageBytes: -1", "maxMessageBytes"),
+        ("socketDir: relative/path", "socketDir"),
+        ("publisherPort: 7100\n  httpPort: 7100", "Port"),
+    ];
+    for (spec, mentions) in cases {
+        let manifest = format!(
+            "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: bad\n  namespace: e2e-invalid\nspec:\n  {spec}\n"
+        );
+        let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "the API server accepted an invalid FanoutGroup ({spec})"
+        );
+        assert!(
+            stderr.contains(mentions),
+            "refusal of `{spec}` does not mention {mentions}: {stderr}"
+        );
+        eprintln!("refused `{}`: {}", spec.replace('\n', " "), stderr.trim());
+    }
+    let namespaces: Api<Namespace> = Api::all(client);
+    let _ = namespaces.delete("e2e-invalid", &DeleteParams::default()).await;
+}
+
+/// Step 6: a controller restarted mid-way converges without duplicate slices, and with two
+/// replicas only the Lease holder writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn restart_converges_and_only_the_leader_writes() {
+    require_cluster();
+    ensure_chart_installed();
+    let client = client().await;
+    let work = tempfile::Builder::new()
+        .prefix("fanout-e2e-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let kubeconfig = service_account_kubeconfig(work.path());
+    let namespace = "e2e-leader";
+    let group = "leader-test";
+    ensure_namespace(&client, namespace).await;
+    let nodes: Vec<String> = (1..=3).map(|i| format!("le-node-{i}")).collect();
+    for node in &nodes {
+        add_node(node);
+    }
+    let _kubelet = FakeKubelet::start(
+        client.clone(),
+        namespace,
+        fanout_binary(),
+        work.path().to_path_buf(),
+    );
+    let manifest = format!(
+        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n  endpointsPerSlice: 2\n"
+    );
+    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut a = ControllerProcess::start(&kubeconfig, "replica-a", "127.0.0.1:18081", work.path());
+    let mut b = ControllerProcess::start(&kubeconfig, "replica-b", "127.0.0.1:18082", work.path());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+    let holder = eventually(Duration::from_secs(60), "a leader", || async {
+        let lease = leases.get_opt("fanout-controller").await.unwrap()?;
+        let holder = lease.spec?.holder_identity?;
+        (holder == "replica-a" || holder == "replica-b").then_some(holder)
+    })
+    .await;
+    let (leader, follower) = if holder == "replica-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    eventually(Duration::from_secs(60), "3 endpoints in 2 slices", || async {
+        let (all, ready, count) = slice_addresses(&client, namespace, group).await;
+        (all.len() == 3 && ready.len() == 3 && count == 2).then_some(())
+    })
+    .await;
+    let leader_writes = leader.metric("fanout_controller_api_writes_total").unwrap_or(0.0);
+    let follower_writes = follower
+        .metric("fanout_controller_api_writes_total")
+        .unwrap_or(0.0);
+    eprintln!(
+        "API writes: leader {} = {leader_writes}, follower {} = {follower_writes}",
+        leader.identity, follower.identity
+    );
+    assert!(leader_writes > 0.0, "the leader wrote nothing");
+    assert_eq!(follower_writes, 0.0, "the follower wrote to the API");
+
+    // The leader crashes; a node joins while nobody leads; the follower takes over and converges.
+    let crashed_at = Instant::now();
+    leader.stop(true);
+    add_node("le-node-4");
+    eventually(
+        Duration::from_secs(90),
+        "4 endpoints after the failover",
+        || async {
+            let (all, ready, count) = slice_addresses(&client, namespace, group).await;
+            (all.len() == 4 && ready.len() == 4 && count == 2).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "MEASURED failover: leader killed → new node published {:?}",
+        crashed_at.elapsed()
+    );
+    assert!(
+        follower
+            .metric("fanout_controller_api_writes_total")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+
+    // The crashed replica comes back (a restart mid-way): no duplicate slices or endpoints.
+    let _restarted = ControllerProcess::start(
+        &kubeconfig,
+        &format!("{}-restarted", leader.identity),
+        "127.0.0.1:18083",
+        work.path(),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (all, ready, count) = slice_addresses(&client, namespace, group).await;
+    let unique: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "an endpoint is listed twice: {all:?}");
+    assert_eq!((ready.len(), count), (4, 2));
+
+    kubectl_ok(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
+    for node in nodes.iter().map(String::as_str).chain(["le-node-4"]) {
+        remove_node(node);
+    }
+}
+
+/// The chart's rendered manifests are accepted by a real API server.
+#[tokio::test]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn chart_manifests_pass_server_side_dry_run() {
+    require_cluster();
+    let client = client().await;
+    ensure_namespace(&client, "dry-run").await;
+    ensure_namespace(&client, "team-a").await;
+    for values in [vec![], vec!["--set", "watchNamespace=team-a"]] {
+        let chart = repo().join("charts/fanout");
+        let mut args = vec![
+            "template",
+            "dry",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "dry-run",
+        ];
+        args.extend(values.iter().copied());
+        let out = helm(&args);
+        assert!(
+            out.status.success(),
+            "helm template: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let manifests = String::from_utf8_lossy(&out.stdout).into_owned();
+        let out = run(
+            &tool("kubectl"),
+            &["apply", "--dry-run=server", "-n", "dry-run", "-f", "-"],
+            Some(&manifests),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "server-side dry run refused the chart ({values:?}): {stderr}"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! A stand-in for the kubelet of the fake (kwok) nodes, for the fanout proxies only.
+//!
+//! kwok marks pods running and gives them addresses but runs nothing. For every proxy pod it
+//! marks running, this starts the real `fanout proxy` with the container's own arguments from
+//! the pod spec, so what runs is exactly what the controller wrote. What a kubelet would do
+//! with namespaces, this does with rewriting, and says so:
+//! - every fake pod shares the test's one network namespace, so a wildcard bind address
+//!   (`*`, `0.0.0.0`) becomes the pod's own IP;
+//! - every fake node shares one filesystem, so a hostPath mount becomes a directory per node
+//!   under `root` (`<root>/<node>/<hostPath>`).
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One proxy process the fake kubelet runs.
+struct Running {
+    child: Child,
+}
+
+pub struct FakeKubelet {
+    task: tokio::task::JoinHandle<()>,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+    root: PathBuf,
+}
+
+impl FakeKubelet {
+    /// Runs proxies for pods labelled `fanout.dev/group` in `namespace`.
+    pub fn start(client: Client, namespace: &str, binary: PathBuf, root: PathBuf) -> Self {
+        let running: Arc<Mutex<HashMap<String, Running>>> = Arc::default();
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let state = running.clone();
+        let dir = root.clone();
+        let task = tokio::spawn(async move {
+            let mut events = watcher(pods, watcher::Config::default().labels("fanout.dev/group"))
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            let mut known: HashMap<String, Pod> = HashMap::new();
+            while let Some(event) = events.next().await {
+                let pod = match event {
+                    Ok(pod) => pod,
+                    Err(err) => {
+                        eprintln!("fake kubelet: watch error: {err}");
+                        continue;
+                    }
+                };
+                known.insert(pod.name_any(), pod.clone());
+                reconcile_pod(&pod, &binary, &dir, &state);
+            }
+        });
+        // Pods that vanish without a final update (deleted while the watch restarted) are
+        // caught by `sweep`.
+        Self { task, running, root }
+    }
+
+    /// Stops proxies whose pods no longer exist.
+    pub async fn sweep(&self, client: Client, namespace: &str) {
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let Ok(list) = pods.list(&Default::default()).await else {
+            return;
+        };
+        let alive: Vec<String> = list.items.iter().map(|p| p.name_any()).collect();
+        let mut running = self.running.lock().unwrap();
+        let gone: Vec<String> = running.keys().filter(|k| !alive.contains(k)).cloned().collect();
+        for name in gone {
+            if let Some(proc) = running.remove(&name) {
+                stop(proc, &name);
+            }
+        }
+    }
+
+    /// Where node `node`'s hostPath `path` lives in this test.
+    pub fn host_path(&self, node: &str, path: &str) -> PathBuf {
+        host_path(&self.root, node, path)
+    }
+
+    pub fn stop_all(&self) {
+        self.task.abort();
+        let mut running = self.running.lock().unwrap();
+        for (name, proc) in running.drain() {
+            stop(proc, &name);
+        }
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn host_path(root: &Path, node: &str, path: &str) -> PathBuf {
+    root.join(node).join(path.trim_start_matches('/'))
+}
+
+fn reconcile_pod(pod: &Pod, binary: &Path, root: &Path, running: &Mutex<HashMap<String, Running>>) {
+    let name = pod.name_any();
+    let status = pod.status.as_ref();
+    let ip = status.and_then(|s| s.pod_ip.clone());
+    let phase = status.and_then(|s| s.phase.clone()).unwrap_or_default();
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let deleting = pod.metadata.deletion_timestamp.is_some();
+    let mut running = running.lock().unwrap();
+    if deleting || phase == "Succeeded" || phase == "Failed" {
+        if let Some(proc) = running.remove(&name) {
+            stop(proc, &name);
+        }
+        return;
+    }
+    let (Some(ip), Some(node)) = (ip, node) else {
+        return;
+    };
+    if phase != "Running" || running.contains_key(&name) {
+        return;
+    }
+    match start_proxy(pod, &ip, &node, binary, root) {
+        Ok(child) => {
+            eprintln!(
+                "fake kubelet: started proxy for pod {name} on {node} at {ip} (pid {})",
+                child.id()
+            );
+            running.insert(name, Running { child });
+        }
+        Err(err) => eprintln!("fake kubelet: cannot start proxy for pod {name}: {err}"),
+    }
+}
+
+/// The container's command line with the kubelet's substitutions done.
+pub fn proxy_command_line(
+    container: &Container,
+    pod: &Pod,
+    ip: &str,
+    node: &str,
+    root: &Path,
+) -> Vec<String> {
+    let mut words: Vec<String> = container.command.clone().unwrap_or_default();
+    words.extend(container.args.clone().unwrap_or_default());
+    // The image's entrypoint is the `fanout` binary; the first word may name it.
+    if words.first().is_some_and(|w| w.ends_with("fanout")) {
+        words.remove(0);
+    }
+    let env: HashMap<String, String> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let value = match (&e.value, e.value_from.as_ref().and_then(|v| v.field_ref.as_ref())) {
+                (Some(v), _) => v.clone(),
+                (None, Some(field)) => match field.field_path.as_str() {
+                    "status.podIP" | "status.hostIP" => ip.to_string(),
+                    "spec.nodeName" => node.to_string(),
+                    "metadata.name" => pod.name_any(),
+                    "metadata.namespace" => pod.namespace().unwrap_or_default(),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            (e.name.clone(), value)
+        })
+        .collect();
+    let volumes: HashMap<String, String> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.host_path.as_ref().map(|h| (v.name.clone(), h.path.clone())))
+        .collect();
+    let mounts: Vec<(String, PathBuf)> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter_map(|m| {
+            volumes
+                .get(&m.name)
+                .map(|host| (m.mount_path.clone(), host_path(root, node, host)))
+        })
+        .collect();
+    words
+        .into_iter()
+        .map(|mut word| {
+            for (name, value) in &env {
+                word = word.replace(&format!("$({name})"), value);
+            }
+            word = word
+                .replace("tcp://*:", &format!("tcp://{ip}:"))
+                .replace("tcp://0.0.0.0:", &format!("tcp://{ip}:"));
+            if let Some(port) = word.strip_prefix("0.0.0.0:") {
+                word = format!("{ip}:{port}");
+            }
+            for (mount, host) in &mounts {
+                if let Some(pos) = word.find(mount.as_str()) {
+                    let rest = &word[pos + mount.len()..];
+                    word = format!("{}{}{}", &word[..pos], host.display(), rest);
+                }
+            }
+            word
+        })
+        .collect()
+}
+
+fn start_proxy(pod: &Pod, ip: &str, node: &str, binary: &Path, root: &Path) -> std::io::Result<Child> {
+    let container = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == "proxy"))
+        .ok_or_else(|| std::io::Error::other("pod has no container named proxy"))?;
+    let words = proxy_command_line(container, pod, ip, node, root);
+    for mount in container.volume_mounts.iter().flatten() {
+        if let Some(volume) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .and_then(|vs| vs.iter().find(|v| v.name == mount.name))
+        {
+            if let Some(host) = &volume.host_path {
+                std::fs::create_dir_all(host_path(root, node, &host.path))?;
+            }
+        }
+    }
+    let log = std::fs::File::create(root.join(format!("{}.log", pod.name_any())))?;
+    Command::new(binary)
+        .args(&words)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+}
+
+/// SIGTERM, then SIGKILL after a grace period, like a kubelet.
+fn stop(mut proc: Running, name: &str) {
+    let pid = proc.child.id() as i32;
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    for _ in 0..50 {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            eprintln!("fake kubelet: proxy for pod {name} exited ({status})");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("fake kubelet: proxy for pod {name} ignored SIGTERM for 5 s; killing it");
+    let _ = proc.child.kill();
+    let _ = proc.child.wait();
+}

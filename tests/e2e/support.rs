@@ -1,0 +1,313 @@
+//! What the end-to-end tests share: the user's tools (kubectl, helm) as subprocesses, the
+//! chart installed once, a controller process authenticated as the chart's ServiceAccount,
+//! fake nodes, and polling with deadlines.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const RELEASE: &str = "fanout";
+pub const RELEASE_NAMESPACE: &str = "fanout-system";
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fanout_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fanout"))
+}
+
+/// The path of a tool the harness built (`hack/tools.sh path NAME`).
+pub fn tool(name: &str) -> PathBuf {
+    static CACHE: OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(path) = cache.lock().unwrap().get(name) {
+        return path.clone();
+    }
+    let out = Command::new(repo().join("hack/tools.sh"))
+        .args(["path", name])
+        .output()
+        .expect("run hack/tools.sh");
+    assert!(
+        out.status.success(),
+        "hack/tools.sh path {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    cache.lock().unwrap().insert(name.to_string(), path.clone());
+    path
+}
+
+/// The test cluster must be there: these tests fail, never skip, without it.
+pub fn require_cluster() {
+    let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_default();
+    assert!(
+        !kubeconfig.is_empty() && Path::new(&kubeconfig).exists(),
+        "KUBECONFIG is not set to the test cluster's kubeconfig: run these tests through hack/test.sh \
+         (or `hack/cluster.sh up` then `hack/cluster.sh exec cargo test --test e2e -- --ignored --test-threads=1`)"
+    );
+    let out = kubectl(&["get", "--raw", "/readyz"]);
+    assert!(
+        out.status.success(),
+        "the test API server is not ready: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn kubectl(args: &[&str]) -> Output {
+    run(&tool("kubectl"), args, None)
+}
+
+/// kubectl that must succeed; returns stdout.
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn helm(args: &[&str]) -> Output {
+    run(&tool("helm"), args, None)
+}
+
+pub fn cluster_sh(args: &[&str]) {
+    let out = run(&repo().join("hack/cluster.sh"), args, None);
+    assert!(
+        out.status.success(),
+        "hack/cluster.sh {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn add_node(name: &str) {
+    cluster_sh(&["add-node", name]);
+}
+
+pub fn remove_node(name: &str) {
+    cluster_sh(&["remove-node", name]);
+}
+
+/// `helm install` the chart once per test process (idempotent across processes too).
+pub fn ensure_chart_installed() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        if helm(&["status", RELEASE, "-n", RELEASE_NAMESPACE])
+            .status
+            .success()
+        {
+            return;
+        }
+        let chart = repo().join("charts/fanout");
+        let out = helm(&[
+            "install",
+            RELEASE,
+            chart.to_str().unwrap(),
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--create-namespace",
+        ]);
+        assert!(
+            out.status.success(),
+            "helm install failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        // The CRD must be established before FanoutGroups can be created.
+        kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/fanoutgroups.fanout.dev",
+            "--timeout=60s",
+        ]);
+    });
+}
+
+/// A kubeconfig that authenticates as the chart's ServiceAccount with a token from the
+/// TokenRequest API, so the controller runs with exactly the chart's RBAC.
+pub fn service_account_kubeconfig(dir: &Path) -> PathBuf {
+    let account = kubectl_ok(&[
+        "get",
+        "deployment",
+        "-n",
+        RELEASE_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/component=controller",
+        "-o",
+        "jsonpath={.items[0].spec.template.spec.serviceAccountName}",
+    ]);
+    let account = account.trim();
+    assert!(
+        !account.is_empty(),
+        "the chart's controller Deployment names no ServiceAccount"
+    );
+    let token = kubectl_ok(&[
+        "create",
+        "token",
+        account,
+        "-n",
+        RELEASE_NAMESPACE,
+        "--duration=2h",
+    ]);
+    let server = kubectl_ok(&[
+        "config",
+        "view",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let ca = kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority}",
+    ]);
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+         users:\n- name: {account}\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context:\n    cluster: test\n    user: {account}\n    namespace: {RELEASE_NAMESPACE}\n\
+         current-context: sa\n",
+        token = token.trim(),
+        ca = ca.trim(),
+        server = server.trim(),
+    );
+    let path = dir.join(format!("{account}.kubeconfig"));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// A `fanout controller` process. Killed (SIGTERM, then SIGKILL) on drop.
+pub struct ControllerProcess {
+    pub identity: String,
+    pub http: String,
+    child: Option<Child>,
+}
+
+impl ControllerProcess {
+    pub fn start(kubeconfig: &Path, identity: &str, http: &str, log_dir: &Path) -> Self {
+        let log = std::fs::File::create(log_dir.join(format!("controller-{identity}.log"))).unwrap();
+        let child = Command::new(fanout_binary())
+            .args([
+                "controller",
+                "--http",
+                http,
+                "--identity",
+                identity,
+                "--lease-namespace",
+                RELEASE_NAMESPACE,
+                "--default-proxy-image",
+                "fanout:e2e",
+                "--log-level",
+                "info,fanout=debug",
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start fanout controller");
+        eprintln!(
+            "started controller {identity} (pid {}) serving {http}",
+            child.id()
+        );
+        Self {
+            identity: identity.to_string(),
+            http: http.to_string(),
+            child: Some(child),
+        }
+    }
+
+    /// Stops it the way Kubernetes does (SIGTERM), or crashes it (SIGKILL).
+    pub fn stop(&mut self, crash: bool) {
+        if let Some(mut child) = self.child.take() {
+            let signal = if crash { libc::SIGKILL } else { libc::SIGTERM };
+            // SAFETY: signalling our own unreaped child.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The sum of every sample of metric `name` (all label sets) on its /metrics.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let body = http_get(&self.http, "/metrics").ok()?;
+        let mut found = None;
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let (key, value) = line.rsplit_once(' ')?;
+            let metric = key.split('{').next().unwrap_or(key);
+            if metric == name {
+                *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+            }
+        }
+        found
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough for /metrics and probes.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
