@@ -507,8 +507,9 @@ fn api_server_accepts_the_rendered_chart() {
         r#"networkPolicy.httpFrom=[{"podSelector":{"matchLabels":{"app":"prometheus"}}}]"#,
     ];
     for extra in [&[][..], NAMESPACED, network_policy] {
-        if let Err(err) = support::server_dry_run(&kubectl, &kubeconfig, NS, extra) {
-            panic!("API server refused the chart rendered with {extra:?}:\n{err}");
+        match support::server_dry_run(&kubectl, &kubeconfig, NS, extra) {
+            Ok(log) => println!("{extra:?}:\n{log}"),
+            Err(err) => panic!("API server refused the chart rendered with {extra:?}:\n{err}"),
         }
     }
 }

@@ -191,8 +191,8 @@ pub fn server_dry_run(
             "--dry-run=server",
             "--validate=strict",
             "--field-manager=helm",
-            "--namespace",
-            namespace,
+            // No --namespace: every namespaced object names its own, and they differ in
+            // namespace-scoped mode.
             "-f",
             "-",
         ]),
