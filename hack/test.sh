@@ -56,6 +56,6 @@ trap cleanup EXIT
 hack/cluster.sh up
 
 phase "end-to-end tests against the cluster"
-hack/cluster.sh exec cargo test --locked --offline --test e2e -- --ignored --test-threads=1 --nocapture
+hack/cluster.sh exec cargo test --locked --offline --test e2e --test chart -- --ignored --test-threads=1 --nocapture
 
 phase "done"

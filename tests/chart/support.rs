@@ -34,28 +34,34 @@ fn find_helm() -> PathBuf {
         assert!(path.is_file(), "HELM={} is not a file", path.display());
         return path;
     }
+    hack_tool("helm")
+}
+
+/// A tool the cluster harness builds and caches: what `hack/tools.sh path NAME` prints
+/// (building it first if the cache lacks it). Panics with the reason when that fails.
+pub fn hack_tool(name: &str) -> PathBuf {
     let script = repo_root().join("hack/tools.sh");
     assert!(
         script.is_file(),
-        "helm not found: HELM is unset and {} does not exist (the cluster harness provides it)",
+        "{name} not found: {} does not exist",
         script.display()
     );
     let out = Command::new("bash")
         .arg(&script)
-        .args(["path", "helm"])
+        .args(["path", name])
         .current_dir(repo_root())
         .stderr(Stdio::inherit())
         .output()
         .expect("run hack/tools.sh");
     assert!(
         out.status.success(),
-        "hack/tools.sh path helm failed: {}",
+        "hack/tools.sh path {name} failed: {}",
         out.status
     );
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     assert!(
         path.is_file(),
-        "hack/tools.sh path helm printed {path:?}, not a file"
+        "hack/tools.sh path {name} printed {path:?}, not a file"
     );
     path
 }
@@ -191,6 +197,9 @@ pub fn server_dry_run(
             "--dry-run=server",
             "--validate=strict",
             "--field-manager=helm",
+            // A live release of the same chart (the e2e tests install one) owns these fields;
+            // a dry run is about validation and admission, not ownership.
+            "--force-conflicts",
             // No --namespace: every namespaced object names its own, and they differ in
             // namespace-scoped mode.
             "-f",

@@ -20,25 +20,14 @@ pub fn fanout_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fanout"))
 }
 
-/// The path of a tool the harness built (`hack/tools.sh path NAME`).
+/// The path of a tool the harness built (`hack/tools.sh path NAME`), looked up once.
 pub fn tool(name: &str) -> PathBuf {
     static CACHE: OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(path) = cache.lock().unwrap().get(name) {
-        return path.clone();
-    }
-    let out = Command::new(repo().join("hack/tools.sh"))
-        .args(["path", name])
-        .output()
-        .expect("run hack/tools.sh");
-    assert!(
-        out.status.success(),
-        "hack/tools.sh path {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    cache.lock().unwrap().insert(name.to_string(), path.clone());
-    path
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
+    cache
+        .entry(name.to_string())
+        .or_insert_with(|| crate::chart_support::hack_tool(name))
+        .clone()
 }
 
 /// The test cluster must be there: these tests fail, never skip, without it.
