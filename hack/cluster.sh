@@ -129,10 +129,11 @@ EOF
 # processes
 
 # start NAME CMD...: runs CMD inside the namespace in the background, logs to logs/NAME.log,
-# records the pid. `ip netns exec` execs the command, so $! is the component's own pid.
+# records the pid. A plain background command (not a shell function: that would fork a subshell)
+# whose `ip netns exec` execs the component, so $! is the component's own pid.
 start() {
   local name=$1; shift
-  in_ns "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  ip netns exec "$NETNS" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/pids/$name"
 }
 
@@ -143,15 +144,24 @@ pid_is_ours() {
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$name" 
 }
 
-stop_pid() { # stop_pid NAME PID
-  local name=$1 pid=$2 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || return 0
+# stop_pids LABEL PID...: SIGTERM to all, SIGKILL to those still alive after 10 s.
+stop_pids() {
+  local label=$1; shift
+  [ $# -gt 0 ] || return 0
+  local t0; t0=$(now_ms)
+  kill -TERM "$@" 2>/dev/null || true
+  local i pid left
+  for i in $(seq 1 100); do
+    left=()
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
+    if [ ${#left[@]} -eq 0 ]; then
+      log "stopped $label in $(( $(now_ms) - t0 )) ms"
+      return 0
+    fi
     sleep 0.1
   done
-  log "$name ($pid) ignored SIGTERM for 5s, sending SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
+  log "$label: ${left[*]} ignored SIGTERM for 10s, sending SIGKILL"
+  kill -KILL "${left[@]}" 2>/dev/null || true
 }
 
 alive() { local name=$1 pid; pid=$(cat "$DIR/pids/$name" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; }
@@ -179,18 +189,25 @@ etcd_ready() { in_ns curl -sf --max-time 2 "$ETCD_CLIENT/health"; }
 # ---------------------------------------------------------------------------------------------
 # commands
 
+# Pids from our pid files that still belong to the component named (others are left alone).
+our_pids() {
+  local name pid
+  for name in "$@"; do
+    pid=$(cat "$DIR/pids/$name" 2>/dev/null) || continue
+    pid_is_ours "$name" "$pid" && echo "$pid"
+  done
+  return 0
+}
+
 cmd_down() {
   local t0; t0=$(now_ms)
-  local i name pid
   if [ -d "$DIR/pids" ]; then
-    for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-      name=${COMPONENTS[$i]}
-      pid=$(cat "$DIR/pids/$name" 2>/dev/null) || continue
-      if pid_is_ours "$name" "$pid"; then
-        stop_pid "$name" "$pid"
-      fi
-      rm -f "$DIR/pids/$name"
-    done
+    # Clients first (all at once), then the apiserver, then etcd: each stops cleanly while what
+    # it talks to is still there.
+    stop_pids "controllers" $(our_pids kwok kube-scheduler kube-controller-manager)
+    stop_pids "kube-apiserver" $(our_pids kube-apiserver)
+    stop_pids "etcd" $(our_pids etcd)
+    rm -f "$DIR"/pids/*
   fi
   if ip netns list 2>/dev/null | grep -qw "^$NETNS"; then
     # Processes the tests started inside the namespace (proxies, publishers) would otherwise
@@ -199,7 +216,8 @@ cmd_down() {
     left=$(ip netns pids "$NETNS" 2>/dev/null || true)
     if [ -n "$left" ]; then
       log "stopping processes still inside $NETNS: $(echo $left)"
-      for pid in $left; do stop_pid "pid-$pid" "$pid"; done
+      # shellcheck disable=SC2086 # one pid per word
+      stop_pids "leftovers" $left
     fi
     ip netns del "$NETNS"
   fi
