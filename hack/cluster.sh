@@ -34,6 +34,11 @@ ETCD_CLIENT=http://127.0.0.1:2379
 ETCD_PEER=http://127.0.0.1:2380
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
 
+# The TaintNodesByCondition admission plugin is off: it puts node.kubernetes.io/not-ready on
+# every new node and only node-lifecycle-controller takes it off again; that controller also
+# taints and evicts nodes whose kwok heartbeat lags, which a busy 2-core machine invites. Without
+# both, a fake node is schedulable as soon as it exists, for pods without tolerations too.
+#
 # Start order; `down` stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 # Controllers the tests need. endpointslice-controller serves selector Services;
@@ -269,6 +274,7 @@ cmd_up() {
     --service-account-issuer="$SA_ISSUER" \
     --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
     --authorization-mode=RBAC --allow-privileged=true \
+    --disable-admission-plugins=TaintNodesByCondition \
     --enable-priority-and-fairness=false --max-requests-inflight=0 --max-mutating-requests-inflight=0 \
     --profiling=false --v=1
   wait_for "kube-apiserver /readyz" 120 kube-apiserver api_ready

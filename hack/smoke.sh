@@ -129,6 +129,31 @@ who=$("$CLUSTER" exec kubectl --token="$token" --server="https://10.200.0.1:6443
 echo "token authenticates as $who"
 [ "$who" = "system:serviceaccount:$NS:smoke" ] || fail "token authenticates as '$who'"
 
+say "a selector-less Service gets a cluster IP from the service range"
+k apply -n "$NS" -f - <<'EOF2'
+apiVersion: v1
+kind: Service
+metadata: {name: smoke}
+spec:
+  ports: [{name: pub, port: 5555, protocol: TCP}]
+EOF2
+cip=$(k get service -n "$NS" smoke -o jsonpath='{.spec.clusterIP}')
+echo "cluster IP $cip"
+case "$cip" in 10.200.9[6-9].*|10.200.10[0-9].*|10.200.11[01].*) ;; *) fail "cluster IP '$cip' outside 10.200.96.0/20" ;; esac
+
+say "helm install --wait of a generated chart (Deployment, Service, ServiceAccount)"
+chart_dir=$(mktemp -d)
+"$CLUSTER" exec helm create "$chart_dir/smokechart" >/dev/null
+t4=$(date +%s%3N)
+"$CLUSTER" exec helm install smokechart "$chart_dir/smokechart" -n "$NS" --wait --timeout 90s >/dev/null
+say "helm install --wait took $(( $(date +%s%3N) - t4 )) ms"
+k get deploy -n "$NS" smokechart
+"$CLUSTER" exec helm uninstall smokechart -n "$NS" --wait --timeout 60s >/dev/null
+rm -rf "$chart_dir"
+
+say "deleting the namespace finishes (namespace controller)"
+k delete namespace "$NS" --timeout=60s >/dev/null
+
 say "down"
 trap - EXIT
 t3=$(date +%s%3N)
