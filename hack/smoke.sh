@@ -36,6 +36,11 @@ t0=$(date +%s%3N)
 "$CLUSTER" up
 say "up took $(( $(date +%s%3N) - t0 )) ms"
 
+say "nothing the cluster started listens outside the namespace"
+pids=$(cat "$DIR"/pids/* | paste -sd'|')
+if ss -ltnpH | grep -E "pid=($pids)," ; then fail "a component listens in the host namespace"; fi
+"$CLUSTER" exec ss -ltnH | awk '{print $4}' | sort | tr '\n' ' '; echo
+
 say "versions"
 server_version=$(k version -o json | sed -n 's/.*"gitVersion": "\(v1\.[0-9]*\.[0-9]*\)".*/\1/p' | sort -u | tr '\n' ' ')
 k version
