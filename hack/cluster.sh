@@ -8,6 +8,8 @@
 #   hack/cluster.sh exec CMD...           run CMD inside the namespace with KUBECONFIG and PATH set
 #   hack/cluster.sh add-node NAME [IP]    create a fake kwok node with its own InternalIP
 #   hack/cluster.sh remove-node NAME      delete a fake node and the pods bound to it
+#   hack/cluster.sh sa-kubeconfig NS SA   write a kubeconfig authenticating as that ServiceAccount
+#                                         (TokenRequest token, default 2h), print its path
 #   hack/cluster.sh status                show the processes and whether the API answers
 #
 # Addresses (all inside the namespace; 10.200.0.0/16 is routed to `lo` there, so every address in
@@ -408,6 +410,39 @@ cmd_remove_node() {
   echo "$name removed"
 }
 
+# A kubeconfig that authenticates as a ServiceAccount with a TokenRequest token (what a pod of
+# that ServiceAccount would get), for running a controller locally with exactly its RBAC.
+cmd_sa_kubeconfig() {
+  [ $# -ge 2 ] && [ $# -le 3 ] || die "usage: $0 sa-kubeconfig NAMESPACE SERVICEACCOUNT [DURATION]"
+  local ns=$1 sa=$2 duration=${3:-2h}
+  BIN=$(bindir)
+  local token
+  token=$(kubectl_ns create token -n "$ns" "$sa" --duration="$duration") || die "TokenRequest for $ns/$sa failed"
+  local f="$DIR/sa-$ns-$sa.kubeconfig"
+  (umask 077 && cat >"$f" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: fanout-test
+  cluster:
+    server: https://$APISERVER_IP:$APISERVER_PORT
+    certificate-authority: $DIR/pki/ca.crt
+users:
+- name: $ns-$sa
+  user:
+    token: $token
+contexts:
+- name: $ns-$sa
+  context:
+    cluster: fanout-test
+    user: $ns-$sa
+    namespace: $ns
+current-context: $ns-$sa
+EOF
+  )
+  echo "$f"
+}
+
 cmd_status() {
   local name pid
   for name in "${COMPONENTS[@]}"; do
@@ -430,6 +465,7 @@ case "${1:-}" in
   exec) shift; cmd_exec "$@" ;;
   add-node) shift; cmd_add_node "$@" ;;
   remove-node) shift; cmd_remove_node "$@" ;;
+  sa-kubeconfig) shift; cmd_sa_kubeconfig "$@" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up | down | env | exec CMD... | add-node NAME [IP] | remove-node NAME | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up | down | env | exec CMD... | add-node NAME [IP] | remove-node NAME | sa-kubeconfig NS SA [DURATION] | status" >&2; exit 2 ;;
 esac

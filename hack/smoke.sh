@@ -134,6 +134,13 @@ who=$("$CLUSTER" exec kubectl --token="$token" --server="https://10.200.0.1:6443
 echo "token authenticates as $who"
 [ "$who" = "system:serviceaccount:$NS:smoke" ] || fail "token authenticates as '$who'"
 
+sakc=$("$CLUSTER" sa-kubeconfig "$NS" smoke)
+"$CLUSTER" exec kubectl --kubeconfig "$sakc" get pods >/dev/null 2>&1 \
+  && fail "ServiceAccount without RBAC could list pods"
+sa_user=$("$CLUSTER" exec kubectl --kubeconfig "$sakc" auth whoami -o jsonpath='{.status.userInfo.username}')
+[ "$sa_user" = "system:serviceaccount:$NS:smoke" ] || fail "sa-kubeconfig authenticates as '$sa_user'"
+echo "sa-kubeconfig $sakc: authenticated as the ServiceAccount, RBAC applies"
+
 say "a selector-less Service gets a cluster IP from the service range"
 k apply -n "$NS" -f - <<'EOF2'
 apiVersion: v1
