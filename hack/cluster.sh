@@ -157,8 +157,8 @@ stop_pids() {
   [ $# -gt 0 ] || return 0
   local t0; t0=$(now_ms)
   kill -TERM "$@" 2>/dev/null || true
-  local i pid left
-  for i in $(seq 1 100); do
+  local _ pid left
+  for _ in $(seq 1 100); do
     left=()
     for pid in "$@"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
     if [ ${#left[@]} -eq 0 ]; then
@@ -211,20 +211,23 @@ cmd_down() {
   if [ -d "$DIR/pids" ]; then
     # Clients first (all at once), then the apiserver, then etcd: each stops cleanly while what
     # it talks to is still there.
-    stop_pids "controllers" $(our_pids kwok kube-scheduler kube-controller-manager)
-    stop_pids "kube-apiserver" $(our_pids kube-apiserver)
-    stop_pids "etcd" $(our_pids etcd)
+    local pids
+    mapfile -t pids < <(our_pids kwok kube-scheduler kube-controller-manager)
+    stop_pids "controllers" "${pids[@]}"
+    mapfile -t pids < <(our_pids kube-apiserver)
+    stop_pids "kube-apiserver" "${pids[@]}"
+    mapfile -t pids < <(our_pids etcd)
+    stop_pids "etcd" "${pids[@]}"
     rm -f "$DIR"/pids/*
   fi
   if ip netns list 2>/dev/null | grep -qw "^$NETNS"; then
     # Processes the tests started inside the namespace (proxies, publishers) would otherwise
     # outlive it: stop them by pid too.
     local left
-    left=$(ip netns pids "$NETNS" 2>/dev/null || true)
-    if [ -n "$left" ]; then
-      log "stopping processes still inside $NETNS: $(echo $left)"
-      # shellcheck disable=SC2086 # one pid per word
-      stop_pids "leftovers" $left
+    mapfile -t left < <(ip netns pids "$NETNS" 2>/dev/null || true)
+    if [ ${#left[@]} -gt 0 ]; then
+      log "stopping processes still inside $NETNS: ${left[*]}"
+      stop_pids "leftovers" "${left[@]}"
     fi
     ip netns del "$NETNS"
   fi
@@ -349,7 +352,7 @@ allocate_node_ip() {
 }
 
 cmd_add_node() {
-  [ $# -ge 1 ] && [ $# -le 2 ] || die "usage: $0 add-node NAME [IP]"
+  if [ $# -lt 1 ] || [ $# -gt 2 ]; then die "usage: $0 add-node NAME [IP]"; fi
   local name=$1 ip=${2:-}
   BIN=$(bindir)
   [ -n "$ip" ] || ip=$(allocate_node_ip)
@@ -413,7 +416,7 @@ cmd_remove_node() {
 # A kubeconfig that authenticates as a ServiceAccount with a TokenRequest token (what a pod of
 # that ServiceAccount would get), for running a controller locally with exactly its RBAC.
 cmd_sa_kubeconfig() {
-  [ $# -ge 2 ] && [ $# -le 3 ] || die "usage: $0 sa-kubeconfig NAMESPACE SERVICEACCOUNT [DURATION]"
+  if [ $# -lt 2 ] || [ $# -gt 3 ]; then die "usage: $0 sa-kubeconfig NAMESPACE SERVICEACCOUNT [DURATION]"; fi
   local ns=$1 sa=$2 duration=${3:-2h}
   BIN=$(bindir)
   local token

@@ -136,9 +136,9 @@ EOF
 # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging
 # paths; the wrapper replaces each one with its published k8s.io/X v0.MINOR.PATCH instead.
 build_kubernetes() {
-  local b missing=0
-  for b in "${K8S_BINS[@]}"; do [ -x "$K8S_DIR/bin/$b" ] || missing=1; done
-  [ $missing = 0 ] && return 0
+  local b complete=1
+  for b in "${K8S_BINS[@]}"; do [ -x "$K8S_DIR/bin/$b" ] || complete=0; done
+  [ "$complete" = 1 ] && return 0
   log "building kubernetes $K8S_VERSION (${K8S_BINS[*]})"
   local mod="$K8S_DIR/module" staging_version="v0.${K8S_VERSION#v1.}"
   mkdir -p "$mod" "$K8S_DIR/bin"

@@ -23,6 +23,7 @@ if ! "$HACK/tools.sh" ensure; then
 fi
 phase "tools (build or cache)" $((SECONDS - t))
 
+# shellcheck disable=SC2317 # called by the EXIT trap
 teardown() {
   local t=$SECONDS
   "$HACK/cluster.sh" down || echo "[with-cluster] warning: cluster.sh down failed" >&2
