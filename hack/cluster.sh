@@ -8,6 +8,8 @@
 #   hack/cluster.sh exec CMD...           run CMD inside the namespace with KUBECONFIG and PATH set
 #   hack/cluster.sh add-node NAME [IP]    create a fake kwok node with its own InternalIP
 #   hack/cluster.sh remove-node NAME      delete a fake node and the pods bound to it
+#   hack/cluster.sh sa-kubeconfig NS SA   write a kubeconfig authenticating as that ServiceAccount
+#                                         (TokenRequest token, default 2h), print its path
 #   hack/cluster.sh status                show the processes and whether the API answers
 #
 # Addresses (all inside the namespace; 10.200.0.0/16 is routed to `lo` there, so every address in
@@ -34,6 +36,11 @@ ETCD_CLIENT=http://127.0.0.1:2379
 ETCD_PEER=http://127.0.0.1:2380
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
 
+# The TaintNodesByCondition admission plugin is off: it puts node.kubernetes.io/not-ready on
+# every new node and only node-lifecycle-controller takes it off again; that controller also
+# taints and evicts nodes whose kwok heartbeat lags, which a busy 2-core machine invites. Without
+# both, a fake node is schedulable as soon as it exists, for pods without tolerations too.
+#
 # Start order; `down` stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 # Controllers the tests need. endpointslice-controller serves selector Services;
@@ -129,10 +136,11 @@ EOF
 # processes
 
 # start NAME CMD...: runs CMD inside the namespace in the background, logs to logs/NAME.log,
-# records the pid. `ip netns exec` execs the command, so $! is the component's own pid.
+# records the pid. A plain background command (not a shell function: that would fork a subshell)
+# whose `ip netns exec` execs the component, so $! is the component's own pid.
 start() {
   local name=$1; shift
-  in_ns "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  ip netns exec "$NETNS" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/pids/$name"
 }
 
@@ -143,15 +151,24 @@ pid_is_ours() {
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$name" 
 }
 
-stop_pid() { # stop_pid NAME PID
-  local name=$1 pid=$2 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || return 0
+# stop_pids LABEL PID...: SIGTERM to all, SIGKILL to those still alive after 10 s.
+stop_pids() {
+  local label=$1; shift
+  [ $# -gt 0 ] || return 0
+  local t0; t0=$(now_ms)
+  kill -TERM "$@" 2>/dev/null || true
+  local _ pid left
+  for _ in $(seq 1 100); do
+    left=()
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
+    if [ ${#left[@]} -eq 0 ]; then
+      log "stopped $label in $(( $(now_ms) - t0 )) ms"
+      return 0
+    fi
     sleep 0.1
   done
-  log "$name ($pid) ignored SIGTERM for 5s, sending SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
+  log "$label: ${left[*]} ignored SIGTERM for 10s, sending SIGKILL"
+  kill -KILL "${left[@]}" 2>/dev/null || true
 }
 
 alive() { local name=$1 pid; pid=$(cat "$DIR/pids/$name" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; }
@@ -179,27 +196,38 @@ etcd_ready() { in_ns curl -sf --max-time 2 "$ETCD_CLIENT/health"; }
 # ---------------------------------------------------------------------------------------------
 # commands
 
+# Pids from our pid files that still belong to the component named (others are left alone).
+our_pids() {
+  local name pid
+  for name in "$@"; do
+    pid=$(cat "$DIR/pids/$name" 2>/dev/null) || continue
+    pid_is_ours "$name" "$pid" && echo "$pid"
+  done
+  return 0
+}
+
 cmd_down() {
   local t0; t0=$(now_ms)
-  local i name pid
   if [ -d "$DIR/pids" ]; then
-    for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-      name=${COMPONENTS[$i]}
-      pid=$(cat "$DIR/pids/$name" 2>/dev/null) || continue
-      if pid_is_ours "$name" "$pid"; then
-        stop_pid "$name" "$pid"
-      fi
-      rm -f "$DIR/pids/$name"
-    done
+    # Clients first (all at once), then the apiserver, then etcd: each stops cleanly while what
+    # it talks to is still there.
+    local pids
+    mapfile -t pids < <(our_pids kwok kube-scheduler kube-controller-manager)
+    stop_pids "controllers" "${pids[@]}"
+    mapfile -t pids < <(our_pids kube-apiserver)
+    stop_pids "kube-apiserver" "${pids[@]}"
+    mapfile -t pids < <(our_pids etcd)
+    stop_pids "etcd" "${pids[@]}"
+    rm -f "$DIR"/pids/*
   fi
   if ip netns list 2>/dev/null | grep -qw "^$NETNS"; then
     # Processes the tests started inside the namespace (proxies, publishers) would otherwise
     # outlive it: stop them by pid too.
     local left
-    left=$(ip netns pids "$NETNS" 2>/dev/null || true)
-    if [ -n "$left" ]; then
-      log "stopping processes still inside $NETNS: $(echo $left)"
-      for pid in $left; do stop_pid "pid-$pid" "$pid"; done
+    mapfile -t left < <(ip netns pids "$NETNS" 2>/dev/null || true)
+    if [ ${#left[@]} -gt 0 ]; then
+      log "stopping processes still inside $NETNS: ${left[*]}"
+      stop_pids "leftovers" "${left[@]}"
     fi
     ip netns del "$NETNS"
   fi
@@ -251,6 +279,7 @@ cmd_up() {
     --service-account-issuer="$SA_ISSUER" \
     --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
     --authorization-mode=RBAC --allow-privileged=true \
+    --disable-admission-plugins=TaintNodesByCondition \
     --enable-priority-and-fairness=false --max-requests-inflight=0 --max-mutating-requests-inflight=0 \
     --profiling=false --v=1
   wait_for "kube-apiserver /readyz" 120 kube-apiserver api_ready
@@ -323,7 +352,7 @@ allocate_node_ip() {
 }
 
 cmd_add_node() {
-  [ $# -ge 1 ] && [ $# -le 2 ] || die "usage: $0 add-node NAME [IP]"
+  if [ $# -lt 1 ] || [ $# -gt 2 ]; then die "usage: $0 add-node NAME [IP]"; fi
   local name=$1 ip=${2:-}
   BIN=$(bindir)
   [ -n "$ip" ] || ip=$(allocate_node_ip)
@@ -390,6 +419,39 @@ cmd_remove_node() {
   echo "$name removed"
 }
 
+# A kubeconfig that authenticates as a ServiceAccount with a TokenRequest token (what a pod of
+# that ServiceAccount would get), for running a controller locally with exactly its RBAC.
+cmd_sa_kubeconfig() {
+  if [ $# -lt 2 ] || [ $# -gt 3 ]; then die "usage: $0 sa-kubeconfig NAMESPACE SERVICEACCOUNT [DURATION]"; fi
+  local ns=$1 sa=$2 duration=${3:-2h}
+  BIN=$(bindir)
+  local token
+  token=$(kubectl_ns create token -n "$ns" "$sa" --duration="$duration") || die "TokenRequest for $ns/$sa failed"
+  local f="$DIR/sa-$ns-$sa.kubeconfig"
+  (umask 077 && cat >"$f" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: fanout-test
+  cluster:
+    server: https://$APISERVER_IP:$APISERVER_PORT
+    certificate-authority: $DIR/pki/ca.crt
+users:
+- name: $ns-$sa
+  user:
+    token: $token
+contexts:
+- name: $ns-$sa
+  context:
+    cluster: fanout-test
+    user: $ns-$sa
+    namespace: $ns
+current-context: $ns-$sa
+EOF
+  )
+  echo "$f"
+}
+
 cmd_status() {
   local name pid
   for name in "${COMPONENTS[@]}"; do
@@ -412,6 +474,7 @@ case "${1:-}" in
   exec) shift; cmd_exec "$@" ;;
   add-node) shift; cmd_add_node "$@" ;;
   remove-node) shift; cmd_remove_node "$@" ;;
+  sa-kubeconfig) shift; cmd_sa_kubeconfig "$@" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up | down | env | exec CMD... | add-node NAME [IP] | remove-node NAME | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up | down | env | exec CMD... | add-node NAME [IP] | remove-node NAME | sa-kubeconfig NS SA [DURATION] | status" >&2; exit 2 ;;
 esac

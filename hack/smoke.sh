@@ -36,6 +36,11 @@ t0=$(date +%s%3N)
 "$CLUSTER" up
 say "up took $(( $(date +%s%3N) - t0 )) ms"
 
+say "nothing the cluster started listens outside the namespace"
+pids=$(cat "$DIR"/pids/* | paste -sd'|')
+if ss -ltnpH | grep -E "pid=($pids)," ; then fail "a component listens in the host namespace"; fi
+"$CLUSTER" exec ss -ltnH | awk '{print $4}' | sort | tr '\n' ' '; echo
+
 say "versions"
 server_version=$(k version -o json | sed -n 's/.*"gitVersion": "\(v1\.[0-9]*\.[0-9]*\)".*/\1/p' | sort -u | tr '\n' ' ')
 k version
@@ -124,11 +129,42 @@ say "TokenRequest works for a ServiceAccount"
 k create serviceaccount -n "$NS" smoke >/dev/null
 token=$(k create token -n "$NS" smoke --duration=10m)
 [ -n "$token" ] || fail "no token"
-"$CLUSTER" exec kubectl --token="$token" --server="https://10.200.0.1:6443" \
-  --certificate-authority="$DIR/pki/ca.crt" --kubeconfig=/dev/null auth whoami -o name 2>/dev/null \
-  || "$CLUSTER" exec kubectl --token="$token" --server="https://10.200.0.1:6443" \
-  --certificate-authority="$DIR/pki/ca.crt" --kubeconfig=/dev/null auth whoami \
-  || fail "token not accepted"
+who=$("$CLUSTER" exec kubectl --token="$token" --server="https://10.200.0.1:6443" \
+  --certificate-authority="$DIR/pki/ca.crt" --kubeconfig=/dev/null auth whoami -o jsonpath='{.status.userInfo.username}')
+echo "token authenticates as $who"
+[ "$who" = "system:serviceaccount:$NS:smoke" ] || fail "token authenticates as '$who'"
+
+sakc=$("$CLUSTER" sa-kubeconfig "$NS" smoke)
+"$CLUSTER" exec kubectl --kubeconfig "$sakc" get pods >/dev/null 2>&1 \
+  && fail "ServiceAccount without RBAC could list pods"
+sa_user=$("$CLUSTER" exec kubectl --kubeconfig "$sakc" auth whoami -o jsonpath='{.status.userInfo.username}')
+[ "$sa_user" = "system:serviceaccount:$NS:smoke" ] || fail "sa-kubeconfig authenticates as '$sa_user'"
+echo "sa-kubeconfig $sakc: authenticated as the ServiceAccount, RBAC applies"
+
+say "a selector-less Service gets a cluster IP from the service range"
+k apply -n "$NS" -f - <<'EOF2'
+apiVersion: v1
+kind: Service
+metadata: {name: smoke}
+spec:
+  ports: [{name: pub, port: 5555, protocol: TCP}]
+EOF2
+cip=$(k get service -n "$NS" smoke -o jsonpath='{.spec.clusterIP}')
+echo "cluster IP $cip"
+case "$cip" in 10.200.9[6-9].*|10.200.10[0-9].*|10.200.11[01].*) ;; *) fail "cluster IP '$cip' outside 10.200.96.0/20" ;; esac
+
+say "helm install --wait of a generated chart (Deployment, Service, ServiceAccount)"
+chart_dir=$(mktemp -d)
+"$CLUSTER" exec helm create "$chart_dir/smokechart" >/dev/null
+t4=$(date +%s%3N)
+"$CLUSTER" exec helm install smokechart "$chart_dir/smokechart" -n "$NS" --wait --timeout 90s >/dev/null
+say "helm install --wait took $(( $(date +%s%3N) - t4 )) ms"
+k get deploy -n "$NS" smokechart
+"$CLUSTER" exec helm uninstall smokechart -n "$NS" --wait --timeout 60s >/dev/null
+rm -rf "$chart_dir"
+
+say "deleting the namespace finishes (namespace controller)"
+k delete namespace "$NS" --timeout=60s >/dev/null
 
 say "down"
 trap - EXIT

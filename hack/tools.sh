@@ -23,7 +23,20 @@ KWOK_VERSION="${FANOUT_KWOK_VERSION:-v0.8.0}"
 CACHE="${FANOUT_TOOLS_CACHE:-/var/cache/fanout-tools}"
 # All four chosen releases declare `go 1.26.0`; the machine's Go 1.26 builds them. Override with
 # e.g. FANOUT_GOTOOLCHAIN=go1.27.3 if a newer pin needs it (the module proxy serves toolchains).
-export GOTOOLCHAIN="${FANOUT_GOTOOLCHAIN:-local}"
+# A machine whose own Go is older (e.g. Debian's golang-go) fetches go1.26.8 from the proxy.
+GO_MIN=1.26
+go_is_recent() {
+  local v; v=$(GOTOOLCHAIN=local go env GOVERSION 2>/dev/null) || return 1
+  v=${v#go}
+  [ "$(printf '%s\n%s\n' "$GO_MIN" "$v" | sort -V | head -n1)" = "$GO_MIN" ]
+}
+if [ -n "${FANOUT_GOTOOLCHAIN:-}" ]; then
+  export GOTOOLCHAIN="$FANOUT_GOTOOLCHAIN"
+elif command -v go >/dev/null && ! go_is_recent; then
+  export GOTOOLCHAIN=go1.26.8
+else
+  export GOTOOLCHAIN=local
+fi
 export GOWORK=off
 export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
@@ -49,6 +62,10 @@ ensure_packages() {
     log "installing missing packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  fi
+  if [ "$GOTOOLCHAIN" = local ] && ! go_is_recent; then
+    export GOTOOLCHAIN=go1.26.8
+    log "local Go is older than $GO_MIN: using GOTOOLCHAIN=$GOTOOLCHAIN"
   fi
 }
 
@@ -119,9 +136,9 @@ EOF
 # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging
 # paths; the wrapper replaces each one with its published k8s.io/X v0.MINOR.PATCH instead.
 build_kubernetes() {
-  local b missing=0
-  for b in "${K8S_BINS[@]}"; do [ -x "$K8S_DIR/bin/$b" ] || missing=1; done
-  [ $missing = 0 ] && return 0
+  local b complete=1
+  for b in "${K8S_BINS[@]}"; do [ -x "$K8S_DIR/bin/$b" ] || complete=0; done
+  [ "$complete" = 1 ] && return 0
   log "building kubernetes $K8S_VERSION (${K8S_BINS[*]})"
   local mod="$K8S_DIR/module" staging_version="v0.${K8S_VERSION#v1.}"
   mkdir -p "$mod" "$K8S_DIR/bin"
