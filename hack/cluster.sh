@@ -395,12 +395,6 @@ EOF
     kubectl_ns patch node "$name" --subresource=status --type=merge \
       -p "{\"status\":{\"addresses\":[{\"type\":\"InternalIP\",\"address\":\"$ip\"},{\"type\":\"Hostname\",\"address\":\"$name\"}]}}" >/dev/null
   fi
-  # The TaintNodesByCondition admission plugin taints every new node not-ready:NoSchedule and
-  # the node-lifecycle controller lifts it once the node is Ready. That controller is not run
-  # here (kwok keeps no kubelet heartbeats it could judge), so do its part: wait for kwok to
-  # mark the node Ready, then lift the taint.
-  kubectl_ns wait --for=condition=Ready "node/$name" --timeout=60s >/dev/null
-  kubectl_ns taint node "$name" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
   echo "$ip" >"$DIR/nodes/$name"
   echo "$name $ip"
 }
