@@ -50,12 +50,7 @@ cargo build --locked --all-targets
 phase "unit, integration and chart tests"
 cargo test --locked
 
-phase "cluster up"
-cleanup() { hack/cluster.sh down || true; }
-trap cleanup EXIT
-hack/cluster.sh up
-
-phase "end-to-end tests against the cluster"
-hack/cluster.sh exec cargo test --locked --offline --test e2e --test chart -- --ignored --test-threads=1 --nocapture
+phase "end-to-end tests against a fresh cluster (up, tests, down)"
+tests/cluster/with-cluster.sh cargo test --locked --offline --test e2e --test chart -- --ignored --test-threads=1 --nocapture
 
 phase "done"

@@ -245,7 +245,7 @@ async fn user_path_install_apply_publish_join_leave_delete() {
         .prefix("fanout-e2e-")
         .tempdir_in("/tmp")
         .unwrap();
-    let kubeconfig = service_account_kubeconfig(work.path());
+    let kubeconfig = service_account_kubeconfig();
     let mut controller =
         ControllerProcess::start(&kubeconfig, "e2e-user-path", "127.0.0.1:18080", work.path());
 
@@ -520,7 +520,7 @@ async fn restart_converges_and_only_the_leader_writes() {
         .prefix("fanout-e2e-")
         .tempdir_in("/tmp")
         .unwrap();
-    let kubeconfig = service_account_kubeconfig(work.path());
+    let kubeconfig = service_account_kubeconfig();
     let namespace = "e2e-leader";
     let group = "leader-test";
     ensure_namespace(&client, namespace).await;

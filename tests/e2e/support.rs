@@ -135,8 +135,9 @@ pub fn ensure_chart_installed() {
 }
 
 /// A kubeconfig that authenticates as the chart's ServiceAccount with a token from the
-/// TokenRequest API, so the controller runs with exactly the chart's RBAC.
-pub fn service_account_kubeconfig(dir: &Path) -> PathBuf {
+/// TokenRequest API (`hack/cluster.sh sa-kubeconfig`), so the controller runs with exactly the
+/// chart's RBAC.
+pub fn service_account_kubeconfig() -> PathBuf {
     let account = kubectl_ok(&[
         "get",
         "deployment",
@@ -148,44 +149,10 @@ pub fn service_account_kubeconfig(dir: &Path) -> PathBuf {
         "jsonpath={.items[0].spec.template.spec.serviceAccountName}",
     ]);
     let account = account.trim();
-    assert!(
-        !account.is_empty(),
-        "the chart's controller Deployment names no ServiceAccount"
-    );
-    let token = kubectl_ok(&[
-        "create",
-        "token",
-        account,
-        "-n",
-        RELEASE_NAMESPACE,
-        "--duration=2h",
-    ]);
-    let server = kubectl_ok(&[
-        "config",
-        "view",
-        "--minify",
-        "-o",
-        "jsonpath={.clusters[0].cluster.server}",
-    ]);
-    let ca = kubectl_ok(&[
-        "config",
-        "view",
-        "--raw",
-        "--minify",
-        "-o",
-        "jsonpath={.clusters[0].cluster.certificate-authority}",
-    ]);
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
-         users:\n- name: {account}\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context:\n    cluster: test\n    user: {account}\n    namespace: {RELEASE_NAMESPACE}\n\
-         current-context: sa\n",
-        token = token.trim(),
-        ca = ca.trim(),
-        server = server.trim(),
-    );
-    let path = dir.join(format!("{account}.kubeconfig"));
-    std::fs::write(&path, config).unwrap();
-    path
+    assert!(!account.is_empty(), "the chart's controller Deployment names no ServiceAccount");
+    let out = run(&repo().join("hack/cluster.sh"), &["sa-kubeconfig", RELEASE_NAMESPACE, account], None);
+    assert!(out.status.success(), "hack/cluster.sh sa-kubeconfig: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// A `fanout controller` process. Killed (SIGTERM, then SIGKILL) on drop.
