@@ -46,28 +46,29 @@ pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
         std::thread::Builder::new()
             .name("fanout-proxy".into())
             .spawn(move || {
-                let result = Forwarder::bind(&config, metrics).and_then(|forwarder| {
-                    let endpoints = (
-                        forwarder.publisher_endpoints.clone(),
-                        forwarder.subscriber_endpoints.clone(),
-                    );
-                    // The receiver waits for this; if it is gone nobody wants the proxy.
-                    let _ = bound_tx.send(Ok(endpoints));
-                    forwarder.run(&stop_rx)
-                });
-                running.store(false, Ordering::Release);
-                match result {
+                let forwarder = match Forwarder::bind(&config, metrics) {
+                    Ok(forwarder) => forwarder,
                     Err(err) => {
-                        // Before binding finished this reaches start(); afterwards, the log.
-                        tracing::error!(error = %err, "proxy stopped with an error");
+                        running.store(false, Ordering::Release);
                         let text = err.to_string();
-                        if bound_tx.send(Err(err)).is_err() {
-                            return Err(ProxyError::Thread(text));
-                        }
-                        Err(ProxyError::Thread(text))
+                        // start() waits for this and returns the error itself.
+                        let _ = bound_tx.send(Err(err));
+                        return Err(ProxyError::Thread(format!("binding failed: {text}")));
                     }
-                    Ok(()) => Ok(()),
+                };
+                let endpoints = (
+                    forwarder.publisher_endpoints.clone(),
+                    forwarder.subscriber_endpoints.clone(),
+                );
+                // If start() is gone nobody wants the proxy; run() then ends at the first
+                // poll because the stop signal's other end is closed.
+                let _ = bound_tx.send(Ok(endpoints));
+                let result = forwarder.run(&stop_rx);
+                running.store(false, Ordering::Release);
+                if let Err(err) = &result {
+                    tracing::error!(error = %err, "proxy stopped with an error");
                 }
+                result
             })
             .map_err(ProxyError::io("spawning the proxy thread"))?
     };
@@ -167,7 +168,13 @@ struct Forwarder {
 /// Distinguishes the inproc monitor endpoints of several proxies in one process.
 static NEXT_PROXY_ID: AtomicU64 = AtomicU64::new(0);
 
-fn set_common_options(socket: &zmq::Socket, config: &ProxyConfig, what: &str) -> Result<(), ProxyError> {
+/// Applies the options a proxy sets on both of its sockets (HWM, size limit, heartbeats, ZAP
+/// domain, linger). Public so that the benchmark gives libzmq's stock proxy identical sockets.
+pub fn apply_socket_options(
+    socket: &zmq::Socket,
+    config: &ProxyConfig,
+    what: &str,
+) -> Result<(), ProxyError> {
     let heartbeat = HeartbeatOptions::from_interval(config.heartbeat);
     let ctx = |option: &str| ProxyError::zmq(format!("setting {option} on the {what} socket"));
     socket.set_sndhwm(config.hwm).map_err(ctx("SNDHWM"))?;
@@ -186,6 +193,11 @@ fn set_common_options(socket: &zmq::Socket, config: &ProxyConfig, what: &str) ->
             .set_heartbeat_ttl(heartbeat.ttl_ms)
             .map_err(ctx("HEARTBEAT_TTL"))?;
     }
+    // A ZAP domain makes libzmq refuse pre-ZMTP-3.0 peers. Without it any byte stream not
+    // starting with 0xFF (an HTTP request, a port scanner) is taken for a ZMTP 1.0 peer and
+    // its bytes for messages. No ZAP handler exists in the proxy's context and enforcement
+    // is off, so ZMTP 3.x peers with the NULL mechanism are accepted as before.
+    socket.set_zap_domain("fanout").map_err(ctx("ZAP_DOMAIN"))?;
     // Until shutdown nothing waits on close; shutdown sets the bounded linger.
     socket.set_linger(0).map_err(ctx("LINGER"))?;
     Ok(())
@@ -251,8 +263,8 @@ impl Forwarder {
         let xpub = context
             .socket(zmq::XPUB)
             .map_err(ProxyError::zmq("creating the XPUB socket"))?;
-        set_common_options(&xsub, config, "publisher (XSUB)")?;
-        set_common_options(&xpub, config, "subscriber (XPUB)")?;
+        apply_socket_options(&xsub, config, "publisher (XSUB)")?;
+        apply_socket_options(&xpub, config, "subscriber (XPUB)")?;
         let id = NEXT_PROXY_ID.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // Monitors first, so that no early connection escapes the peer counts.

@@ -18,6 +18,6 @@ pub use config::{
     ProxyConfig, SHUTDOWN_LINGER,
 };
 pub use error::ProxyError;
-pub use forwarder::{Proxy, start};
+pub use forwarder::{Proxy, apply_socket_options, start};
 pub use metrics::{ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};
 pub use subscriptions::LiveSubscriptions;

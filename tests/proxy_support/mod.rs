@@ -1,0 +1,189 @@
+//! Helpers shared by the proxy integration tests: proxies on 127.0.0.1 and unix sockets in
+//! temporary directories, plain libzmq peers, and a raw ZMTP client for hostile peers.
+#![allow(dead_code)]
+
+use fanout::proxy::{self, Proxy, ProxyConfig};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `check` until it holds or `WAIT` passes; returns whether it held.
+pub fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check()
+}
+
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("run").join("fanout").join("ns.group.sock")
+}
+
+pub fn config(dir: &Path) -> ProxyConfig {
+    ProxyConfig {
+        publishers: vec!["tcp://127.0.0.1:0".into()],
+        subscribers: vec![format!("ipc://{}", socket_path(dir).display())],
+        heartbeat: Duration::from_millis(500),
+        ..ProxyConfig::default()
+    }
+}
+
+pub fn start(dir: &Path) -> Proxy {
+    proxy::start(config(dir)).expect("proxy starts")
+}
+
+pub fn tcp_port(endpoint: &str) -> u16 {
+    endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("tcp endpoint with a port")
+}
+
+pub fn publisher(ctx: &zmq::Context, proxy: &Proxy) -> zmq::Socket {
+    let socket = ctx.socket(zmq::PUB).expect("PUB");
+    socket.set_linger(0).expect("linger");
+    socket
+        .connect(&proxy.publisher_endpoints()[0])
+        .expect("connect PUB");
+    socket
+}
+
+/// An XPUB connected to the proxy's publisher side: sees the subscription messages the proxy
+/// sends upstream, as any publisher would.
+pub fn observer(ctx: &zmq::Context, proxy: &Proxy) -> zmq::Socket {
+    let socket = ctx.socket(zmq::XPUB).expect("XPUB");
+    socket.set_linger(0).expect("linger");
+    socket.set_rcvtimeo(200).expect("rcvtimeo");
+    socket
+        .connect(&proxy.publisher_endpoints()[0])
+        .expect("connect XPUB");
+    socket
+}
+
+pub fn subscriber(ctx: &zmq::Context, proxy: &Proxy, topics: &[&[u8]]) -> zmq::Socket {
+    let socket = ctx.socket(zmq::SUB).expect("SUB");
+    socket.set_linger(0).expect("linger");
+    socket.set_rcvtimeo(5000).expect("rcvtimeo");
+    for topic in topics {
+        socket.set_subscribe(topic).expect("subscribe");
+    }
+    socket
+        .connect(&proxy.subscriber_endpoints()[0])
+        .expect("connect SUB");
+    socket
+}
+
+/// Next upstream message the observer sees within `timeout`, if any.
+pub fn upstream(observer: &zmq::Socket, timeout: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(message) = observer.recv_bytes(0) {
+            return Some(message);
+        }
+    }
+    None
+}
+
+/// Publishes `topic` probes until `subscriber` receives one: afterwards the whole path
+/// (subscription upstream, connections) is in place. Probes left in flight are drained.
+pub fn sync(publisher: &zmq::Socket, subscriber: &zmq::Socket, topic: &[u8]) {
+    let deadline = Instant::now() + WAIT;
+    subscriber.set_rcvtimeo(20).expect("rcvtimeo");
+    loop {
+        assert!(Instant::now() < deadline, "no probe on {topic:?} got through");
+        publisher
+            .send_multipart([topic, b"probe".as_slice()], 0)
+            .expect("send probe");
+        if let Ok(parts) = subscriber.recv_multipart(0) {
+            if parts.get(1).map(Vec::as_slice) == Some(b"probe") {
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    while subscriber.recv_multipart(zmq::DONTWAIT).is_ok() {}
+    subscriber.set_rcvtimeo(5000).expect("rcvtimeo");
+}
+
+// --- raw ZMTP 3.0 by hand, for peers that misbehave -------------------------------------
+
+/// A ZMTP 3.0 greeting with the NULL mechanism, as a client.
+pub fn greeting() -> Vec<u8> {
+    let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 1, 0x7F, 3, 0];
+    let mut mechanism = b"NULL".to_vec();
+    mechanism.resize(20, 0);
+    greeting.extend_from_slice(&mechanism);
+    greeting.push(0); // as-server
+    greeting.resize(64, 0);
+    greeting
+}
+
+/// A READY command announcing `socket_type`.
+pub fn ready(socket_type: &str) -> Vec<u8> {
+    let mut body = b"\x05READY".to_vec();
+    body.push(11);
+    body.extend_from_slice(b"Socket-Type");
+    body.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
+    body.extend_from_slice(socket_type.as_bytes());
+    let mut frame = vec![0x04, body.len() as u8];
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Connects a raw TCP client and completes the ZMTP handshake as `socket_type`.
+pub fn raw_zmtp_peer(port: u16, socket_type: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("raw connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    stream.write_all(&greeting()).expect("send greeting");
+    stream.write_all(&ready(socket_type)).expect("send READY");
+    // The proxy's greeting (64 bytes) and READY; read at least the greeting.
+    let mut greeting_back = [0u8; 64];
+    stream
+        .read_exact(&mut greeting_back)
+        .expect("greeting from the proxy");
+    stream
+}
+
+/// Whether the proxy closes `stream` within `WAIT`, reading and discarding whatever it sends.
+/// Returns everything read before the close.
+pub fn closed_by_proxy(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(seen),
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(seen),
+        }
+    }
+    None
+}
+
+/// Resident memory of this test process, in KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .expect("VmRSS in /proc/self/status")
+}
