@@ -9,5 +9,7 @@ pub fn source_for_group(
     group: String,
 ) -> Result<Box<dyn MembershipSource>, MembershipError> {
     let _ = (namespace, group);
-    Err(MembershipError::Kubernetes("the Kubernetes membership source is not written yet".into()))
+    Err(MembershipError::Kubernetes(
+        "the Kubernetes membership source is not written yet".into(),
+    ))
 }
