@@ -7,7 +7,7 @@
 //! (first to last message seen by any subscriber). Prints numbers; asserts nothing about speed.
 //!
 //! `cargo bench --bench fanout` (env `FANOUT_BENCH_MESSAGES`, `FANOUT_BENCH_SIZE`,
-//! `FANOUT_BENCH_PROXIES=1,8,32` to change the defaults).
+//! `FANOUT_BENCH_PROXIES=1,8,32`, `FANOUT_BENCH_HWM` to change the defaults).
 
 use fanout::proxy::ProxyConfig;
 use fanout::subscriber::{Subscriber, SubscriberConfig, TopicFilter};
@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const HWM: i32 = 50_000;
 const TOPIC: &str = "bench";
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -33,14 +32,14 @@ struct SubscriberResult {
     last: Option<Instant>,
 }
 
-fn run(proxies: usize, messages: u64, size: usize) {
+fn run(proxies: usize, messages: u64, size: usize, hwm: i32) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut running = Vec::new();
     for i in 0..proxies {
         let proxy = fanout::proxy::start(ProxyConfig {
             publishers: vec!["tcp://127.0.0.1:0".into()],
             subscribers: vec![format!("ipc://{}/p{i}.sock", dir.path().display())],
-            hwm: HWM,
+            hwm,
             ..ProxyConfig::default()
         })
         .expect("proxy starts");
@@ -57,14 +56,8 @@ fn run(proxies: usize, messages: u64, size: usize) {
         let endpoint = proxy.subscriber_endpoints()[0].clone();
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {
-            let mut sub = Subscriber::connect(
-                &endpoint,
-                SubscriberConfig {
-                    hwm: HWM,
-                    heartbeat: None,
-                },
-            )
-            .expect("subscriber connects");
+            let mut sub = Subscriber::connect(&endpoint, SubscriberConfig { hwm, heartbeat: None })
+                .expect("subscriber connects");
             sub.subscribe(TopicFilter::exact(TOPIC)).expect("subscribe");
             let mut result = SubscriberResult {
                 received: 0,
@@ -101,7 +94,7 @@ fn run(proxies: usize, messages: u64, size: usize) {
             "--size",
             &size.to_string(),
             "--hwm",
-            &HWM.to_string(),
+            &hwm.to_string(),
             "--settle",
             "1",
             "--linger",
@@ -166,8 +159,11 @@ fn parse_publisher_summary(summary: &str) -> (f64, f64) {
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs us too: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let messages: u64 = env_or("FANOUT_BENCH_MESSAGES", if quick { 1_000 } else { 200_000 });
+    let messages: u64 = env_or("FANOUT_BENCH_MESSAGES", if quick { 1_000 } else { 100_000 });
     let size: usize = env_or("FANOUT_BENCH_SIZE", 64);
+    // Queues as deep as the run by default, so the numbers are for delivering everything;
+    // set FANOUT_BENCH_HWM lower to see how a flood is shed instead.
+    let hwm: i32 = env_or("FANOUT_BENCH_HWM", i32::try_from(messages).unwrap_or(i32::MAX));
     let proxies: Vec<usize> = std::env::var("FANOUT_BENCH_PROXIES")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
@@ -176,7 +172,8 @@ fn main() {
         "fanout benchmark: one publisher (fanout publish, child process) -> N in-process proxies -> one Subscriber each over unix sockets; {} CPUs",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
+    println!("{messages} messages of {size} B payload per run, topic {TOPIC:?}, HWM {hwm} on every socket");
     for n in proxies {
-        run(n, messages, size);
+        run(n, messages, size, hwm);
     }
 }

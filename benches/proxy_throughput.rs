@@ -65,25 +65,28 @@ fn start(implementation: Implementation, dir: &std::path::Path) -> Running {
             let (endpoints_tx, endpoints_rx) = mpsc::channel();
             let context = zmq::Context::new();
             let control_context = context.clone();
-            let handle = thread::spawn(move || {
-                let mut xsub = context.socket(zmq::XSUB).expect("XSUB");
-                let mut xpub = context.socket(zmq::XPUB).expect("XPUB");
-                proxy::apply_socket_options(&xsub, &config, "XSUB").expect("options");
-                proxy::apply_socket_options(&xpub, &config, "XPUB").expect("options");
-                xsub.bind(&config.publishers[0]).expect("bind XSUB");
-                xpub.bind(&config.subscribers[0]).expect("bind XPUB");
-                let mut control = context.socket(zmq::PAIR).expect("PAIR");
-                control
-                    .bind("inproc://stock-proxy-control")
-                    .expect("bind control");
-                endpoints_tx
-                    .send((
-                        xsub.get_last_endpoint().expect("endpoint").expect("utf-8"),
-                        xpub.get_last_endpoint().expect("endpoint").expect("utf-8"),
-                    ))
-                    .expect("send endpoints");
-                let _ = zmq::proxy_steerable(&mut xsub, &mut xpub, &mut control);
-            });
+            let handle = thread::Builder::new()
+                .name("stock-proxy".into())
+                .spawn(move || {
+                    let mut xsub = context.socket(zmq::XSUB).expect("XSUB");
+                    let mut xpub = context.socket(zmq::XPUB).expect("XPUB");
+                    proxy::apply_socket_options(&xsub, &config, "XSUB").expect("options");
+                    proxy::apply_socket_options(&xpub, &config, "XPUB").expect("options");
+                    xsub.bind(&config.publishers[0]).expect("bind XSUB");
+                    xpub.bind(&config.subscribers[0]).expect("bind XPUB");
+                    let mut control = context.socket(zmq::PAIR).expect("PAIR");
+                    control
+                        .bind("inproc://stock-proxy-control")
+                        .expect("bind control");
+                    endpoints_tx
+                        .send((
+                            xsub.get_last_endpoint().expect("endpoint").expect("utf-8"),
+                            xpub.get_last_endpoint().expect("endpoint").expect("utf-8"),
+                        ))
+                        .expect("send endpoints");
+                    let _ = zmq::proxy_steerable(&mut xsub, &mut xpub, &mut control);
+                })
+                .expect("spawn the stock proxy thread");
             let (publisher_endpoint, subscriber_endpoint) = endpoints_rx.recv().expect("stock proxy bound");
             Running {
                 publisher_endpoint,
@@ -104,6 +107,36 @@ fn start(implementation: Implementation, dir: &std::path::Path) -> Running {
 struct Measurement {
     messages: u64,
     elapsed: Duration,
+    /// CPU time the proxy's forwarding thread used during the run.
+    proxy_cpu: Duration,
+}
+
+/// CPU time so far of this process's thread named `name` (from /proc/self/task/*/schedstat,
+/// whose first field is nanoseconds on the CPU).
+fn thread_cpu(name: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let ns = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            return Duration::from_nanos(ns);
+        }
+    }
+    Duration::ZERO
+}
+
+fn thread_name(implementation: Implementation) -> &'static str {
+    match implementation {
+        Implementation::Ours => "fanout-proxy",
+        Implementation::Stock => "stock-proxy",
+    }
 }
 
 /// One run: returns the receiver's count and time from its first to its last message.
@@ -145,6 +178,7 @@ fn run_once(implementation: Implementation, size: usize, count: u64) -> Measurem
     go_tx.send(()).expect("go");
     let mut received = 0u64;
     let mut started = None;
+    let mut cpu_at_start = Duration::ZERO;
     receiver.set_rcvtimeo(20_000).expect("rcvtimeo");
     while received < count {
         if receiver.recv(&mut message, 0).is_err() {
@@ -157,11 +191,13 @@ fn run_once(implementation: Implementation, size: usize, count: u64) -> Measurem
         if message.len() == size && message.first() == Some(&b'd') {
             if received == 0 {
                 started = Some(Instant::now());
+                cpu_at_start = thread_cpu(thread_name(implementation));
             }
             received += 1;
         }
     }
     let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
+    let proxy_cpu = thread_cpu(thread_name(implementation)).saturating_sub(cpu_at_start);
     publisher.join().expect("publisher thread");
     drop(receiver);
     (running.stop)();
@@ -169,6 +205,7 @@ fn run_once(implementation: Implementation, size: usize, count: u64) -> Measurem
     Measurement {
         messages: received.saturating_sub(1),
         elapsed,
+        proxy_cpu,
     }
 }
 
@@ -196,12 +233,13 @@ fn main() {
         zmq::version()
     );
     println!(
-        "| size | messages | {:>26} | {:>26} | ratio |",
+        "| size | messages | {:>26} | {:>26} | ratio | fanout ns CPU/msg | stock ns CPU/msg | CPU ratio |",
         "fanout proxy msg/s (MB/s)", "zmq_proxy msg/s (MB/s)"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &(size, count) in cases {
         let mut rates = [Vec::new(), Vec::new()];
+        let mut cpu_ns = [Vec::new(), Vec::new()];
         for rep in 0..reps {
             // Alternate the order so neither kind always runs on a warmer machine.
             let order = if rep % 2 == 0 {
@@ -212,26 +250,34 @@ fn main() {
             for implementation in order {
                 let m = run_once(implementation, size, count);
                 let rate = m.messages as f64 / m.elapsed.as_secs_f64();
+                let ns_per_message = m.proxy_cpu.as_nanos() as f64 / m.messages.max(1) as f64;
                 eprintln!(
-                    "  size {size:5} run {rep} {:18}: {:>10.0} msg/s over {} msgs in {:.3} s",
+                    "  size {size:5} run {rep} {:18}: {:>10.0} msg/s over {} msgs in {:.3} s, proxy thread {:.0} ns CPU/msg",
                     implementation.name(),
                     rate,
                     m.messages + 1,
-                    m.elapsed.as_secs_f64()
+                    m.elapsed.as_secs_f64(),
+                    ns_per_message
                 );
-                rates[usize::from(implementation == Implementation::Stock)].push(rate);
+                let i = usize::from(implementation == Implementation::Stock);
+                rates[i].push(rate);
+                cpu_ns[i].push(ns_per_message);
             }
         }
         let ours = median(rates[0].clone());
         let stock = median(rates[1].clone());
+        let (ours_cpu, stock_cpu) = (median(cpu_ns[0].clone()), median(cpu_ns[1].clone()));
         let mb = |rate: f64| rate * size as f64 / 1e6;
         println!(
-            "| {size} B | {count} | {:>14.0} ({:>7.1}) | {:>14.0} ({:>7.1}) | {:.2}x |",
+            "| {size} B | {count} | {:>14.0} ({:>7.1}) | {:>14.0} ({:>7.1}) | {:.2}x | {:.0} | {:.0} | {:.2}x |",
             ours,
             mb(ours),
             stock,
             mb(stock),
-            ours / stock
+            ours / stock,
+            ours_cpu,
+            stock_cpu,
+            stock_cpu / ours_cpu
         );
     }
 }

@@ -129,16 +129,16 @@ pub enum SequenceCheck {
 /// Last sequence seen per (publisher, topic), and the loss accounting that follows from it.
 #[derive(Debug, Default)]
 pub struct GapTracker {
-    last: HashMap<(PublisherId, Vec<u8>), u64>,
+    // Nested so the per-message lookup borrows the topic instead of allocating a key.
+    last: HashMap<PublisherId, HashMap<Vec<u8>, u64>>,
 }
 
 impl GapTracker {
     pub fn observe(&mut self, publisher: PublisherId, topic: &[u8], sequence: u64) -> SequenceCheck {
-        // One small key allocation per message; negligible next to the socket receive.
-        let key = (publisher, topic.to_vec());
-        match self.last.get_mut(&key) {
+        let topics = self.last.entry(publisher).or_default();
+        match topics.get_mut(topic) {
             None => {
-                self.last.insert(key, sequence);
+                topics.insert(topic.to_vec(), sequence);
                 SequenceCheck::First
             }
             Some(last) if sequence <= *last => SequenceCheck::OutOfOrder,

@@ -239,3 +239,18 @@ fn connected_peers_are_counted_from_monitor_events() {
     assert_eq!(stats.subscribers.disconnects, 1);
     drop(b);
 }
+
+#[test]
+fn a_proxy_handle_can_be_shared_between_threads() {
+    // The demo and the CLI keep the handle on other threads than the sockets' owner.
+    fn shareable<T: Send + Sync>() {}
+    shareable::<fanout::proxy::Proxy>();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = std::sync::Arc::new(start(dir.path()));
+    let reader = {
+        let proxy = proxy.clone();
+        std::thread::spawn(move || proxy.stats())
+    };
+    assert_eq!(reader.join().expect("thread").live_subscriptions, 0);
+    assert!(proxy.is_running());
+}

@@ -157,3 +157,26 @@ fn the_timer_covers_a_directory_that_does_not_exist_yet() {
     assert_eq!(running.next(), set(&["tcp://10.3.0.2:7100"]));
     running.stop();
 }
+
+#[test]
+fn a_publisher_following_the_file_sees_a_change_after_a_quiet_spell() {
+    // Through the Publisher, whose `follow` drives the source on a current-thread runtime.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endpoints");
+    write_atomically(&path, "tcp://127.0.0.1:1\n");
+    let publisher = fanout::publisher::Publisher::new(Default::default()).unwrap();
+    publisher
+        .follow(Box::new(FileSource::new(&path).with_recheck_interval(NO_TIMER)))
+        .unwrap();
+    let wait_for = |want: Membership, within: Duration| {
+        let start = std::time::Instant::now();
+        while publisher.connected() != want {
+            assert!(start.elapsed() < within, "still {:?}", publisher.connected());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_for(set(&["tcp://127.0.0.1:1"]), WAIT);
+    std::thread::sleep(Duration::from_secs(3));
+    write_atomically(&path, "tcp://127.0.0.1:2\n");
+    wait_for(set(&["tcp://127.0.0.1:2"]), Duration::from_secs(2));
+}

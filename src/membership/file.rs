@@ -88,8 +88,12 @@ impl FileSource {
 fn watch_directory(dir: &Path, changed: Arc<tokio::sync::Notify>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Err(err) = &event {
-            tracing::debug!(error = %err, "membership file watch error");
+        match &event {
+            // Our own reads of the file show up as access (open/close) events: reacting to
+            // them would re-read forever.
+            Ok(e) if e.kind.is_access() => return,
+            Ok(e) => tracing::trace!(kind = ?e.kind, paths = ?e.paths, "membership directory event"),
+            Err(err) => tracing::debug!(error = %err, "membership file watch error"),
         }
         changed.notify_one();
     }) {

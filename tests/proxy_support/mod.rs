@@ -102,10 +102,10 @@ pub fn sync(publisher: &zmq::Socket, subscriber: &zmq::Socket, topic: &[u8]) {
         publisher
             .send_multipart([topic, b"probe".as_slice()], 0)
             .expect("send probe");
-        if let Ok(parts) = subscriber.recv_multipart(0) {
-            if parts.get(1).map(Vec::as_slice) == Some(b"probe") {
-                break;
-            }
+        if let Ok(parts) = subscriber.recv_multipart(0)
+            && parts.get(1).map(Vec::as_slice) == Some(b"probe")
+        {
+            break;
         }
     }
     std::thread::sleep(Duration::from_millis(50));
