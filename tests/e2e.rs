@@ -152,10 +152,10 @@ impl NodeSubscriber {
                 Subscriber::connect(&endpoint, SubscriberConfig::default()).expect("subscriber connect");
             sub.subscribe(TopicFilter::exact(TOPIC)).expect("subscribe");
             while !s.load(Ordering::Relaxed) {
-                if let Ok(Some(_)) = sub.recv(Duration::from_millis(100)) {
-                    if r.fetch_add(1, Ordering::Relaxed) == 0 {
-                        *f.lock().unwrap() = Some(Instant::now());
-                    }
+                if let Ok(Some(_)) = sub.recv(Duration::from_millis(100))
+                    && r.fetch_add(1, Ordering::Relaxed) == 0
+                {
+                    *f.lock().unwrap() = Some(Instant::now());
                 }
             }
         });

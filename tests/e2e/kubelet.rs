@@ -214,15 +214,13 @@ fn start_proxy(pod: &Pod, ip: &str, node: &str, binary: &Path, root: &Path) -> s
         .ok_or_else(|| std::io::Error::other("pod has no container named proxy"))?;
     let words = proxy_command_line(container, pod, ip, node, root);
     for mount in container.volume_mounts.iter().flatten() {
-        if let Some(volume) = pod
+        let volume = pod
             .spec
             .as_ref()
             .and_then(|s| s.volumes.as_ref())
-            .and_then(|vs| vs.iter().find(|v| v.name == mount.name))
-        {
-            if let Some(host) = &volume.host_path {
-                std::fs::create_dir_all(host_path(root, node, &host.path))?;
-            }
+            .and_then(|vs| vs.iter().find(|v| v.name == mount.name));
+        if let Some(host) = volume.and_then(|v| v.host_path.as_ref()) {
+            std::fs::create_dir_all(host_path(root, node, &host.path))?;
         }
     }
     let log = std::fs::File::create(root.join(format!("{}.log", pod.name_any())))?;
