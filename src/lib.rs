@@ -12,6 +12,7 @@ pub mod http;
 pub mod membership;
 pub mod proxy;
 pub mod publisher;
+pub mod shutdown;
 pub mod subscriber;
 pub mod telemetry;
 pub mod wire;

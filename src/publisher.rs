@@ -130,11 +130,8 @@ impl Publisher {
         socket.set_linger(i32::try_from(config.linger.as_millis()).unwrap_or(i32::MAX))?;
         socket.set_reconnect_ivl(100)?;
         socket.set_reconnect_ivl_max(5_000)?;
-        if let Some(hb) = config.heartbeat {
-            let ivl = i32::try_from(hb.as_millis()).unwrap_or(i32::MAX).max(1);
-            socket.set_heartbeat_ivl(ivl)?;
-            socket.set_heartbeat_timeout(ivl.saturating_mul(3))?;
-            socket.set_heartbeat_ttl(ivl.saturating_mul(3))?;
+        if let Some(interval) = config.heartbeat {
+            crate::proxy::HeartbeatOptions::from_interval(interval).apply(&socket)?;
         }
         let (tx, rx) = mpsc::sync_channel(config.queue.max(1));
         let shared = Arc::new(Shared {

@@ -204,10 +204,8 @@ impl Subscriber {
         socket.set_linger(0)?;
         socket.set_reconnect_ivl(100)?;
         socket.set_reconnect_ivl_max(5_000)?;
-        if let Some(hb) = config.heartbeat {
-            let ivl = i32::try_from(hb.as_millis()).unwrap_or(i32::MAX).max(1);
-            socket.set_heartbeat_ivl(ivl)?;
-            socket.set_heartbeat_timeout(ivl.saturating_mul(3))?;
+        if let Some(interval) = config.heartbeat {
+            crate::proxy::HeartbeatOptions::from_interval(interval).apply(&socket)?;
         }
         socket.connect(endpoint)?;
         Ok(Self {

@@ -44,6 +44,18 @@ async fn client() -> Client {
         .expect("a client for the test cluster")
 }
 
+/// The cluster with the chart installed: an admin client, a scratch directory, and a
+/// kubeconfig for the chart's ServiceAccount.
+async fn installed_cluster() -> (Client, tempfile::TempDir, std::path::PathBuf) {
+    require_cluster();
+    ensure_chart_installed();
+    let work = tempfile::Builder::new()
+        .prefix("fanout-e2e-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    (client().await, work, service_account_kubeconfig())
+}
+
 async fn ensure_namespace(client: &Client, name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(name).await.unwrap().is_none() {
@@ -236,16 +248,9 @@ fn socket_of(kubelet: &FakeKubelet, node: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: run hack/test.sh"]
 async fn user_path_install_apply_publish_join_leave_delete() {
-    require_cluster();
     let started = Instant::now();
-    ensure_chart_installed();
+    let (client, work, kubeconfig) = installed_cluster().await;
     eprintln!("[{:>6.1}s] chart installed", started.elapsed().as_secs_f64());
-    let client = client().await;
-    let work = tempfile::Builder::new()
-        .prefix("fanout-e2e-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let kubeconfig = service_account_kubeconfig();
     let mut controller =
         ControllerProcess::start(&kubeconfig, "e2e-user-path", "127.0.0.1:18080", work.path());
 
@@ -513,14 +518,7 @@ async fn invalid_groups_are_refused_at_admission() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: run hack/test.sh"]
 async fn restart_converges_and_only_the_leader_writes() {
-    require_cluster();
-    ensure_chart_installed();
-    let client = client().await;
-    let work = tempfile::Builder::new()
-        .prefix("fanout-e2e-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let kubeconfig = service_account_kubeconfig();
+    let (client, work, kubeconfig) = installed_cluster().await;
     let namespace = "e2e-leader";
     let group = "leader-test";
     ensure_namespace(&client, namespace).await;

@@ -55,7 +55,7 @@ pub fn run(args: EndpointsArgs) -> crate::Result<()> {
     runtime.block_on(async move {
         tokio::select! {
             result = source.run(sink) => result.map_err(crate::Error::from),
-            _ = crate::cli::shutdown_signal() => Ok(()),
+            _ = crate::shutdown::signal() => Ok(()),
         }
     })
 }

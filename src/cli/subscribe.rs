@@ -84,16 +84,7 @@ fn stop_on_signal() -> crate::Result<Arc<AtomicBool>> {
         .name("fanout-signals".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                else {
-                    let _ = tokio::signal::ctrl_c().await;
-                    flag.store(true, Ordering::Release);
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+                crate::shutdown::signal().await;
                 flag.store(true, Ordering::Release);
             });
         })?;

@@ -84,25 +84,6 @@ pub fn run(args: ControllerArgs) -> crate::Result<()> {
     runtime.block_on(run_async(args))
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn termination() {
-    let sigterm = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = sigterm => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 pub async fn run_async(args: ControllerArgs) -> crate::Result<()> {
     let client = Client::try_default().await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
@@ -132,7 +113,7 @@ pub async fn run_async(args: ControllerArgs) -> crate::Result<()> {
     health.set_ready(true);
 
     let signal_task = tokio::spawn(async move {
-        termination().await;
+        crate::shutdown::signal().await;
         tracing::info!("termination requested");
         let _ = shutdown_tx.send(true);
     });

@@ -14,18 +14,15 @@ use std::collections::BTreeMap;
 
 /// The one field manager for every server-side apply the controller makes.
 pub const FIELD_MANAGER: &str = "fanout-controller";
-/// `endpointslice.kubernetes.io/managed-by` value on our slices (the kube EndpointSlice
-/// controller leaves slices with another value alone).
-pub const SLICE_MANAGER: &str = "controller.fanout.dev";
+/// The names publishers rely on (slice manager, port name, ConfigMap key) are the live
+/// endpoint list's contract, defined once beside the code that reads it.
+pub use crate::membership::kubernetes::{CONFIGMAP_KEY, PUBLISH_PORT_NAME, SLICE_MANAGER};
 pub const SLICE_MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Name of the proxy container and of its ports.
 pub const PROXY_CONTAINER: &str = "proxy";
-pub const PUBLISH_PORT_NAME: &str = "publish";
 pub const SUBSCRIBE_PORT_NAME: &str = "subscribe";
 pub const HTTP_PORT_NAME: &str = "http";
-/// Key of the endpoint list in the ConfigMap.
-pub const CONFIGMAP_KEY: &str = "endpoints";
 /// Fixed unprivileged uid/gid of the proxy (the distroless "nonroot" user).
 pub const PROXY_UID: i64 = 65532;
 /// Time a proxy gets after SIGTERM to flush and close its sockets.
@@ -78,7 +75,7 @@ impl GroupId {
         Ok(Self { namespace, name })
     }
     pub fn configmap_name(&self) -> String {
-        format!("{}-endpoints", self.name)
+        crate::membership::kubernetes::configmap_name(&self.name)
     }
     /// File name of the node-local subscriber socket.
     pub fn socket_file(&self) -> String {

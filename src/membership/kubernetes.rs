@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 /// Label every EndpointSlice and ConfigMap of a group carries.
-pub const GROUP_LABEL: &str = "fanout.dev/group";
+pub use crate::crd::GROUP_LABEL;
 /// The `managed-by` value of the slices the controller writes.
 pub const SLICE_MANAGER: &str = "controller.fanout.dev";
 /// Name of the port, in each slice, that publishers connect to.
@@ -78,8 +78,9 @@ pub fn slice_endpoints(slice: &EndpointSlice) -> Membership {
         .collect()
 }
 
-/// The membership a `<group>-endpoints` ConfigMap lists: one `tcp://IP:PORT` a line; blank
-/// lines and `#` comments skipped; invalid lines are returned apart so the caller can warn.
+/// The membership a `<group>-endpoints` ConfigMap lists, parsed like a membership file
+/// (`tcp://IP:PORT` lines; blank lines and `#` comments skipped); invalid lines are returned
+/// apart so the caller can warn.
 pub fn configmap_endpoints(configmap: &ConfigMap) -> (Membership, Vec<String>) {
     let text = configmap
         .data
@@ -87,21 +88,8 @@ pub fn configmap_endpoints(configmap: &ConfigMap) -> (Membership, Vec<String>) {
         .and_then(|d| d.get(CONFIGMAP_KEY))
         .map(String::as_str)
         .unwrap_or("");
-    let mut members = Membership::new();
-    let mut invalid = Vec::new();
-    for line in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        match super::validate_endpoint(line) {
-            Ok(()) => {
-                members.insert(line.to_string());
-            }
-            Err(_) => invalid.push(line.to_string()),
-        }
-    }
-    (members, invalid)
+    let (members, invalid) = super::file::parse_endpoints(text);
+    (members, invalid.into_iter().map(|line| line.text).collect())
 }
 
 /// Folds watch events for a set of objects into one membership. Pure: fed events, it says

@@ -73,6 +73,17 @@ impl HeartbeatOptions {
             ttl_ms: timeout_ms.min(MAX_HEARTBEAT_TTL_MS) as i32,
         }
     }
+
+    /// Sets the three options on `socket` (nothing when the interval is zero: heartbeats off).
+    /// Proxies, publishers and subscribers all use this, so both ends agree on the timing.
+    pub fn apply(&self, socket: &zmq::Socket) -> zmq::Result<()> {
+        if self.interval_ms > 0 {
+            socket.set_heartbeat_ivl(self.interval_ms)?;
+            socket.set_heartbeat_timeout(self.timeout_ms)?;
+            socket.set_heartbeat_ttl(self.ttl_ms)?;
+        }
+        Ok(())
+    }
 }
 
 impl ProxyConfig {

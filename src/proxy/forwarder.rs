@@ -182,17 +182,9 @@ pub fn apply_socket_options(
     socket
         .set_maxmsgsize(config.max_message_bytes)
         .map_err(ctx("MAXMSGSIZE"))?;
-    if heartbeat.interval_ms > 0 {
-        socket
-            .set_heartbeat_ivl(heartbeat.interval_ms)
-            .map_err(ctx("HEARTBEAT_IVL"))?;
-        socket
-            .set_heartbeat_timeout(heartbeat.timeout_ms)
-            .map_err(ctx("HEARTBEAT_TIMEOUT"))?;
-        socket
-            .set_heartbeat_ttl(heartbeat.ttl_ms)
-            .map_err(ctx("HEARTBEAT_TTL"))?;
-    }
+    heartbeat
+        .apply(socket)
+        .map_err(ctx("HEARTBEAT_IVL/TIMEOUT/TTL"))?;
     // A ZAP domain makes libzmq refuse pre-ZMTP-3.0 peers. Without it any byte stream not
     // starting with 0xFF (an HTTP request, a port scanner) is taken for a ZMTP 1.0 peer and
     // its bytes for messages. No ZAP handler exists in the proxy's context and enforcement
