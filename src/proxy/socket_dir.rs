@@ -4,8 +4,8 @@
 //! root-owned with mode 0755 and the image has no shell or `chown`.
 //!
 //! It touches exactly one inode, the directory itself (never what is inside it), through a
-//! descriptor opened with `O_NOFOLLOW | O_DIRECTORY`, so a symlink is refused rather than
-//! followed. Before it changes anything it checks that the directory holds nothing but unix
+//! descriptor opened with `O_NOFOLLOW | O_DIRECTORY` (and `/proc/self/fd`), so a symlink is
+//! refused rather than followed. Before it changes anything it checks that the directory holds nothing but unix
 //! sockets, so a `socketDir` pointing at a system directory such as `/etc` is refused instead
 //! of handed to the proxy user. A directory already as wanted is left alone (idempotent).
 
@@ -13,6 +13,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -187,17 +188,21 @@ pub fn prepare(path: &Path, wanted: DirAttrs) -> Result<Prepared, SocketDirError
             changes,
         });
     }
-    if !created {
-        refuse_foreign_contents(path)?;
+    // The guard is for taking a directory over; one the proxy user owns already was taken
+    // over by an earlier run (and root without CAP_DAC_READ_SEARCH may not list it).
+    if !created && before.uid != wanted.uid {
+        refuse_foreign_contents(path, &dir)?;
     }
-    // chown before chmod: chown may clear setgid, chmod sets it last. (The kernel keeps setgid
-    // on chmod only when the new group is one of ours: the pod's supplementalGroups see to it.)
+    let inode = inode_path(&dir);
+    // chown before chmod, so that chmod has the last word on the setgid bit. (The kernel keeps
+    // setgid on chmod only when the group is one of the process's groups: the pod's
+    // supplementalGroups see to it.)
     if changes.chown {
-        std::os::unix::fs::fchown(&dir, Some(wanted.uid), Some(wanted.gid))
+        std::os::unix::fs::chown(&inode, Some(wanted.uid), Some(wanted.gid))
             .map_err(io_error(path, format!("chown to {}:{}", wanted.uid, wanted.gid)))?;
     }
     if changes.chmod {
-        dir.set_permissions(Permissions::from_mode(wanted.mode))
+        std::fs::set_permissions(&inode, Permissions::from_mode(wanted.mode))
             .map_err(io_error(path, format!("chmod to {:04o}", wanted.mode)))?;
     }
     let found = DirAttrs::of(&dir.metadata().map_err(io_error(path, "inspect"))?);
@@ -213,6 +218,12 @@ pub fn prepare(path: &Path, wanted: DirAttrs) -> Result<Prepared, SocketDirError
         before,
         changes,
     })
+}
+
+/// The `/proc/self/fd` path of an open descriptor: chown, chmod and opendir on it reach
+/// exactly the inode behind the descriptor, whatever happens to `path` meanwhile.
+fn inode_path(dir: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }
 
 /// Creates the last component only (mode 0700 until chown/chmod), refusing a symlink or a
@@ -234,23 +245,26 @@ fn create_if_missing(path: &Path) -> Result<bool, SocketDirError> {
     }
 }
 
-/// Opens the directory itself: with `O_NOFOLLOW | O_DIRECTORY` a symlink or file swapped in
-/// since `create_if_missing` looked is refused, and every change goes through this descriptor.
+/// Opens the directory itself as an `O_PATH` descriptor: with `O_NOFOLLOW | O_DIRECTORY` a
+/// symlink or file swapped in since `create_if_missing` looked is refused, and `O_PATH` needs
+/// no read permission on the directory (root without CAP_DAC_OVERRIDE has none on a 0750
+/// directory it does not own). Every later step goes through this descriptor.
 fn open_directory(path: &Path) -> Result<File, SocketDirError> {
     OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => refused(path, "is a symlink; refusing to follow it"),
-            Some(libc::ENOTDIR) => refused(path, "exists and is not a directory"),
+            // O_PATH with O_NOFOLLOW opens a symlink itself, which O_DIRECTORY then refuses.
+            Some(libc::ENOTDIR) => refused(path, "is not a directory (or is a symlink)"),
             _ => io_error(path, "open")(e),
         })
 }
 
-fn refuse_foreign_contents(path: &Path) -> Result<(), SocketDirError> {
+fn refuse_foreign_contents(path: &Path, dir: &File) -> Result<(), SocketDirError> {
     let mut entries = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(io_error(path, "list"))? {
+    for entry in std::fs::read_dir(inode_path(dir)).map_err(io_error(path, "list"))? {
         let entry = entry.map_err(io_error(path, "list"))?;
         let file_type = entry.file_type().map_err(io_error(path, "list"))?;
         entries.push((entry.file_name(), file_type.is_socket()));
@@ -432,7 +446,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_file_a_missing_parent_and_foreign_contents() {
+    fn refuses_a_file_and_a_missing_parent() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("file");
         std::fs::write(&file, b"x").unwrap();
@@ -445,33 +459,53 @@ mod tests {
             Err(SocketDirError::Io { .. })
         ));
         assert!(!tmp.path().join("missing").exists(), "never creates parents");
+    }
 
+    #[test]
+    fn a_directory_the_owner_already_has_is_adjusted_whatever_it_holds() {
+        // The contents guard is for taking a directory over; this one is ours already.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fanout");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(dir.join("note"), b"x").unwrap();
+        assert!(prepare(&dir, wanted(0o750)).unwrap().changes.chmod);
+        assert!(!prepare(&dir, wanted(0o750)).unwrap().changes.any());
+    }
+
+    fn skip_unless_root() -> bool {
+        let root = me().0 == 0;
+        if !root {
+            eprintln!("skipped: needs root to chown to another uid");
+        }
+        !root
+    }
+
+    #[test]
+    fn as_root_refuses_to_take_over_a_directory_with_other_contents() {
+        if skip_unless_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
         let system = tmp.path().join("etc");
         std::fs::create_dir(&system).unwrap();
         std::fs::set_permissions(&system, Permissions::from_mode(0o755)).unwrap();
         std::fs::write(system.join("passwd"), b"root:x:0:0").unwrap();
-        let err = prepare(&system, wanted(0o750)).unwrap_err();
+        let proxy = DirAttrs {
+            uid: 65532,
+            gid: 65532,
+            mode: 0o750,
+        };
+        let err = prepare(&system, proxy).unwrap_err();
         assert!(err.to_string().contains("\"passwd\""), "{err}");
-        assert_eq!(attrs(&system).mode, 0o755, "left as it was");
-    }
-
-    #[test]
-    fn directory_already_as_wanted_is_accepted_whatever_it_holds() {
-        // Nothing to change means nothing to guard: the contents check only gates changes.
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fanout");
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, Permissions::from_mode(0o750)).unwrap();
-        std::fs::write(dir.join("note"), b"x").unwrap();
-        assert!(!prepare(&dir, wanted(0o750)).unwrap().changes.any());
+        assert_eq!(attrs(&system), wanted(0o755), "left as it was");
     }
 
     /// As root (as in the init container), the owner really changes, setgid survives, and
     /// nothing inside the directory changes owner (never recursive).
     #[test]
     fn as_root_changes_owner_and_group_but_not_the_contents() {
-        if me().0 != 0 {
-            eprintln!("skipped: needs root to chown to another uid");
+        if skip_unless_root() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
