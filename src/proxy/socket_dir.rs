@@ -5,9 +5,9 @@
 //!
 //! It touches exactly one inode, the directory itself (never what is inside it), through a
 //! descriptor opened with `O_NOFOLLOW | O_DIRECTORY` (and `/proc/self/fd`), so a symlink is
-//! refused rather than followed. Before it changes anything it checks that the directory holds nothing but unix
-//! sockets, so a `socketDir` pointing at a system directory such as `/etc` is refused instead
-//! of handed to the proxy user. A directory already as wanted is left alone (idempotent).
+//! refused rather than followed. Before it takes a directory over (gives it a new owner) it
+//! checks that the directory holds nothing but unix sockets, so a `socketDir` pointing at a
+//! system directory such as `/etc` is refused instead of handed to the proxy user. A directory already as wanted is left alone (idempotent).
 
 use std::ffi::OsString;
 use std::fmt;
