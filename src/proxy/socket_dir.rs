@@ -141,7 +141,9 @@ pub fn parse_dir_mode(text: &str) -> Result<u32, String> {
         .filter(|mode| *mode <= MODE_BITS)
         .ok_or_else(|| format!("{text:?} is not an octal mode such as 0750 or 2750"))?;
     if mode & 0o4000 != 0 {
-        return Err(format!("{text:?} sets setuid, which means nothing on a directory"));
+        return Err(format!(
+            "{text:?} sets setuid, which means nothing on a directory"
+        ));
     }
     if mode & 0o002 != 0 {
         return Err(format!("{text:?} lets everyone write to the directory"));
@@ -338,7 +340,10 @@ mod tests {
             normalize_path(Path::new("/var/run/fanout/")).unwrap(),
             Path::new("/var/run/fanout")
         );
-        assert_eq!(normalize_path(Path::new("/run//x/./")).unwrap(), Path::new("/run/x"));
+        assert_eq!(
+            normalize_path(Path::new("/run//x/./")).unwrap(),
+            Path::new("/run/x")
+        );
         for bad in ["", "relative/dir", "/", "//", "/var/../etc", "/a/.."] {
             assert!(normalize_path(Path::new(bad)).is_err(), "{bad}");
         }
@@ -363,7 +368,10 @@ mod tests {
         let socket = |name: &str| (OsString::from(name), true);
         let file = |name: &str| (OsString::from(name), false);
         assert_eq!(first_foreign_entry(vec![]), None);
-        assert_eq!(first_foreign_entry(vec![socket("a.b.sock"), socket("c.d.sock")]), None);
+        assert_eq!(
+            first_foreign_entry(vec![socket("a.b.sock"), socket("c.d.sock")]),
+            None
+        );
         assert_eq!(
             first_foreign_entry(vec![socket("a.b.sock"), file("passwd")]),
             Some(OsString::from("passwd"))
@@ -378,7 +386,15 @@ mod tests {
             args: PrepareSocketDirArgs,
         }
         let cli = <Cli as clap::Parser>::try_parse_from([
-            "x", "--path", "/var/run/fanout", "--uid", "65532", "--gid", "2000", "--mode", "2750",
+            "x",
+            "--path",
+            "/var/run/fanout",
+            "--uid",
+            "65532",
+            "--gid",
+            "2000",
+            "--mode",
+            "2750",
         ])
         .unwrap();
         assert_eq!(
