@@ -23,10 +23,6 @@ pub const SLICE_MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Name of the proxy container and of its ports.
 pub const PROXY_CONTAINER: &str = "proxy";
-/// Name of the init container that hands the socket directory to the proxy user.
-pub const PREPARE_SOCKET_DIR_CONTAINER: &str = "prepare-socket-dir";
-/// Volume (hostPath `spec.socketDir`) holding the subscriber socket.
-pub const SOCKET_DIR_VOLUME: &str = "socket-dir";
 pub const PUBLISH_PORT_NAME: &str = "publish";
 pub const SUBSCRIBE_PORT_NAME: &str = "subscribe";
 pub const HTTP_PORT_NAME: &str = "http";
@@ -43,6 +39,10 @@ pub const SOCKET_DIR_MODE: u32 = 0o750;
 pub const SOCKET_DIR_MODE_SHARED: u32 = 0o2750;
 /// Time a proxy gets after SIGTERM to flush and close its sockets.
 pub const TERMINATION_GRACE_SECONDS: i64 = 30;
+/// Name of the init container that hands the socket directory to the proxy user.
+pub const PREPARE_SOCKET_DIR_CONTAINER: &str = "prepare-socket-dir";
+/// Volume (hostPath `spec.socketDir`) holding the subscriber socket.
+pub const SOCKET_DIR_VOLUME: &str = "socket-dir";
 
 /// Why a group cannot be turned into objects. Reported as the `Degraded` reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
