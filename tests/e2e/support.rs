@@ -149,20 +149,9 @@ pub fn service_account_kubeconfig() -> PathBuf {
         "jsonpath={.items[0].spec.template.spec.serviceAccountName}",
     ]);
     let account = account.trim();
-    assert!(
-        !account.is_empty(),
-        "the chart's controller Deployment names no ServiceAccount"
-    );
-    let out = run(
-        &repo().join("hack/cluster.sh"),
-        &["sa-kubeconfig", RELEASE_NAMESPACE, account],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "hack/cluster.sh sa-kubeconfig: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(!account.is_empty(), "the chart's controller Deployment names no ServiceAccount");
+    let out = run(&repo().join("hack/cluster.sh"), &["sa-kubeconfig", RELEASE_NAMESPACE, account], None);
+    assert!(out.status.success(), "hack/cluster.sh sa-kubeconfig: {}", String::from_utf8_lossy(&out.stderr));
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
