@@ -67,9 +67,23 @@ pub struct FanoutGroupSpec {
 
     /// Directory on the node for the subscriber socket `<namespace>.<name>.sock`.
     #[serde(default = "default_socket_dir")]
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message("socketDir must be an absolute path"))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('/')").message("socketDir must be an absolute path"),
+        // The init container hands this host directory to the proxy user: never the root.
+        validation = Rule::new("!self.matches('^/+$') && !self.matches('(^|/)[.][.](/|$)')").message("socketDir must not be / and must not contain .."),
+    )]
     #[schemars(length(max = 64))]
     pub socket_dir: String,
+
+    /// Group (gid) that may connect to the subscriber socket. When set, the proxy pod's init
+    /// container makes `socketDir` owned by the proxy user (65532) and this group with mode
+    /// 2750 (setgid, so the socket inherits the group) and the pod joins the group; node-local
+    /// agents then connect when they run with this gid among their groups. When absent the
+    /// directory is 65532:65532 with mode 0750, and only agents running as uid 65532 or as root
+    /// can connect. Groups sharing a `socketDir` must agree on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub socket_group: Option<i64>,
 
     /// Optional TCP port of an additional XPUB socket for subscribers off the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,6 +190,7 @@ impl Default for FanoutGroupSpec {
             publisher_port: default_publisher_port(),
             host_network: false,
             socket_dir: default_socket_dir(),
+            socket_group: None,
             subscriber_port: None,
             http_port: default_http_port(),
             high_water_mark: default_high_water_mark(),
@@ -199,4 +214,27 @@ pub fn print_crd() -> crate::Result<()> {
     let yaml = crd_yaml().map_err(|err| crate::Error::Other(format!("cannot render the CRD: {err}")))?;
     print!("{yaml}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_group_is_optional_and_bounded_to_a_gid() {
+        let crd = serde_json::to_value(FanoutGroup::crd()).unwrap();
+        let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["socketGroup"];
+        assert_eq!(field["minimum"], 0.0);
+        assert_eq!(field["maximum"], 2147483647.0);
+        assert!(field.get("default").is_none());
+        let spec: FanoutGroupSpec = serde_json::from_str(r#"{"socketGroup": 2000}"#).unwrap();
+        assert_eq!(spec.socket_group, Some(2000));
+        assert_eq!(
+            serde_json::from_str::<FanoutGroupSpec>("{}")
+                .unwrap()
+                .socket_group,
+            None
+        );
+    }
 }

@@ -22,6 +22,10 @@ enum Command {
     Controller(fanout::controller::ControllerArgs),
     /// Run the per-node proxy: XSUB for publishers, XPUB for local subscribers.
     Proxy(fanout::proxy::ProxyArgs),
+    /// Give the proxy's socket directory its owner, group and mode (the proxy pod's init
+    /// container, run as root with CAP_CHOWN and CAP_FOWNER only).
+    #[command(name = fanout::proxy::socket_dir::SUBCOMMAND)]
+    PrepareSocketDir(fanout::proxy::socket_dir::PrepareSocketDirArgs),
     /// Publish messages to every proxy of a group.
     Publish(fanout::cli::publish::PublishArgs),
     /// Subscribe to topics on a proxy and print what arrives.
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Controller(args) => fanout::controller::run(args),
         Command::Proxy(args) => fanout::proxy::run(args),
+        Command::PrepareSocketDir(args) => fanout::proxy::socket_dir::run(args),
         Command::Publish(args) => fanout::cli::publish::run(args),
         Command::Subscribe(args) => fanout::cli::subscribe::run(args),
         Command::Endpoints(args) => fanout::cli::endpoints::run(args),

@@ -4,9 +4,11 @@
 use crate::crd::{FanoutGroup, GROUP_LABEL};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ContainerPort, HTTPGetAction, HostPathVolumeSource, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, Container, ContainerPort, HTTPGetAction, HostPathVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -25,8 +27,19 @@ pub const SUBSCRIBE_PORT_NAME: &str = "subscribe";
 pub const HTTP_PORT_NAME: &str = "http";
 /// Fixed unprivileged uid/gid of the proxy (the distroless "nonroot" user).
 pub const PROXY_UID: i64 = 65532;
+/// Mode of the socket directory without `socketGroup`: the proxy user creates sockets, its
+/// group may only reach them. Agents connect without write access to the directory, so none
+/// is granted (a group member could otherwise unlink the proxy's socket and plant its own).
+pub const SOCKET_DIR_MODE: u32 = 0o750;
+/// Mode with `socketGroup`: as above plus setgid, so every socket created inside inherits
+/// the group and agents in it can connect (with the proxy's `--socket-mode`, default 0660).
+pub const SOCKET_DIR_MODE_SHARED: u32 = 0o2750;
 /// Time a proxy gets after SIGTERM to flush and close its sockets.
 pub const TERMINATION_GRACE_SECONDS: i64 = 30;
+/// Name of the init container that hands the socket directory to the proxy user.
+pub const PREPARE_SOCKET_DIR_CONTAINER: &str = "prepare-socket-dir";
+/// Volume (hostPath `spec.socketDir`) holding the subscriber socket.
+pub const SOCKET_DIR_VOLUME: &str = "socket-dir";
 
 /// Why a group cannot be turned into objects. Reported as the `Degraded` reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,6 +181,82 @@ pub fn proxy_args(group: &FanoutGroup, id: &GroupId) -> Vec<String> {
     args
 }
 
+/// Group and mode the socket directory gets: `socketGroup` with setgid when set, otherwise
+/// the proxy's own group.
+pub fn socket_dir_group_and_mode(group: &FanoutGroup) -> (i64, u32) {
+    match group.spec.socket_group {
+        Some(gid) => (gid, SOCKET_DIR_MODE_SHARED),
+        None => (PROXY_UID, SOCKET_DIR_MODE),
+    }
+}
+
+/// The arguments of the init container: `fanout prepare-socket-dir ...`.
+pub fn prepare_socket_dir_args(group: &FanoutGroup) -> Vec<String> {
+    let (gid, mode) = socket_dir_group_and_mode(group);
+    vec![
+        crate::proxy::socket_dir::SUBCOMMAND.to_string(),
+        "--path".to_string(),
+        group.spec.socket_dir.clone(),
+        "--uid".to_string(),
+        PROXY_UID.to_string(),
+        "--gid".to_string(),
+        gid.to_string(),
+        "--mode".to_string(),
+        format!("{mode:04o}"),
+    ]
+}
+
+fn socket_dir_mount(spec: &crate::crd::FanoutGroupSpec) -> VolumeMount {
+    VolumeMount {
+        name: SOCKET_DIR_VOLUME.to_string(),
+        mount_path: spec.socket_dir.clone(),
+        ..VolumeMount::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_string(),
+        ..SeccompProfile::default()
+    }
+}
+
+/// The init container that makes the kubelet's root-owned 0755 hostPath directory usable by the
+/// non-root proxy. The one root process of the pod: it runs our own binary (the image has no
+/// shell), with CAP_CHOWN and CAP_FOWNER only, and exits.
+fn prepare_socket_dir_container(group: &FanoutGroup, image: &str) -> Container {
+    let quantity = |text: &str| Quantity(text.to_string());
+    Container {
+        name: PREPARE_SOCKET_DIR_CONTAINER.to_string(),
+        image: Some(image.to_string()),
+        command: Some(vec!["fanout".to_string()]),
+        args: Some(prepare_socket_dir_args(group)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity("10m")),
+                ("memory".to_string(), quantity("16Mi")),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), quantity("64Mi"))])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: Some(vec!["CHOWN".to_string(), "FOWNER".to_string()]),
+            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![socket_dir_mount(&group.spec)]),
+        ..Container::default()
+    }
+}
+
 fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -233,22 +322,22 @@ pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<Da
                 drop: Some(vec!["ALL".to_string()]),
                 ..Capabilities::default()
             }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_string(),
-                ..SeccompProfile::default()
-            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "socket-dir".to_string(),
-            mount_path: spec.socket_dir.clone(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![socket_dir_mount(spec)]),
         ..Container::default()
     };
 
     let pod = PodSpec {
+        init_containers: Some(vec![prepare_socket_dir_container(group, image)]),
         containers: vec![container],
+        // With `socketGroup` every container of the pod has the group: the init container needs
+        // it for the kernel to keep setgid when it chmods the directory (it lacks CAP_FSETID).
+        security_context: spec.socket_group.map(|gid| PodSecurityContext {
+            supplemental_groups: Some(vec![gid]),
+            ..PodSecurityContext::default()
+        }),
         host_network: spec.host_network.then_some(true),
         // With hostNetwork the pod still resolves cluster names.
         dns_policy: spec.host_network.then(|| "ClusterFirstWithHostNet".to_string()),
@@ -259,7 +348,7 @@ pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<Da
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         volumes: Some(vec![Volume {
-            name: "socket-dir".to_string(),
+            name: SOCKET_DIR_VOLUME.to_string(),
             host_path: Some(HostPathVolumeSource {
                 path: spec.socket_dir.clone(),
                 type_: Some("DirectoryOrCreate".to_string()),
@@ -481,6 +570,140 @@ mod tests {
         assert_eq!(ready.port, IntOrString::Int(9102));
         let live = container(&ds).liveness_probe.clone().unwrap().http_get.unwrap();
         assert_eq!(live.path.as_deref(), Some("/healthz"));
+    }
+
+    fn pod_spec(ds: &DaemonSet) -> &PodSpec {
+        ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    fn init_container(ds: &DaemonSet) -> &Container {
+        let inits = pod_spec(ds).init_containers.as_ref().unwrap();
+        assert_eq!(inits.len(), 1);
+        &inits[0]
+    }
+
+    #[test]
+    fn init_container_prepares_the_socket_dir_as_root_with_two_capabilities() {
+        let ds = daemon_set(&group(FanoutGroupSpec::default()), Some("img:1")).unwrap();
+        let init = init_container(&ds);
+        assert_eq!(init.name, PREPARE_SOCKET_DIR_CONTAINER);
+        assert_eq!(init.image.as_deref(), Some("img:1"), "same image as the proxy");
+        assert_eq!(init.command.as_deref(), Some(&["fanout".to_string()][..]));
+        assert_eq!(
+            init.args.clone().unwrap(),
+            [
+                "prepare-socket-dir",
+                "--path",
+                "/var/run/fanout",
+                "--uid",
+                "65532",
+                "--gid",
+                "65532",
+                "--mode",
+                "0750"
+            ]
+        );
+        assert_eq!(
+            init.security_context,
+            Some(SecurityContext {
+                run_as_non_root: Some(false),
+                run_as_user: Some(0),
+                run_as_group: Some(0),
+                read_only_root_filesystem: Some(true),
+                allow_privilege_escalation: Some(false),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    add: Some(vec!["CHOWN".into(), "FOWNER".into()]),
+                }),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..SecurityContext::default()
+            })
+        );
+        assert_eq!(init.volume_mounts, container(&ds).volume_mounts, "same mount");
+        let volume = &pod_spec(&ds).volumes.as_ref().unwrap()[0];
+        assert_eq!(init.volume_mounts.as_ref().unwrap()[0].name, volume.name);
+        let resources = init.resources.clone().unwrap();
+        assert_eq!(resources.requests.unwrap()["cpu"], Quantity("10m".into()));
+        assert_eq!(resources.limits.unwrap()["memory"], Quantity("64Mi".into()));
+        assert!(init.ports.is_none() && init.readiness_probe.is_none());
+        assert_eq!(
+            pod_spec(&ds).security_context,
+            None,
+            "no extra group without socketGroup"
+        );
+        // The proxy itself stays non-root whatever the init container does.
+        let sc = container(&ds).security_context.clone().unwrap();
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_non_root),
+            (Some(PROXY_UID), Some(true))
+        );
+        assert_eq!(sc.capabilities.unwrap().add, None);
+    }
+
+    #[test]
+    fn socket_group_owns_the_dir_with_setgid_and_joins_the_pod() {
+        let spec = FanoutGroupSpec {
+            socket_group: Some(2000),
+            socket_dir: "/run/x/".into(),
+            ..FanoutGroupSpec::default()
+        };
+        let ds = daemon_set(&group(spec), Some("img:1")).unwrap();
+        let args = init_container(&ds).args.clone().unwrap();
+        assert_eq!(
+            args[1..],
+            [
+                "--path", "/run/x/", "--uid", "65532", "--gid", "2000", "--mode", "2750"
+            ]
+        );
+        let pod_security = pod_spec(&ds).security_context.clone().unwrap();
+        assert_eq!(pod_security.supplemental_groups, Some(vec![2000]));
+        assert_eq!(
+            init_container(&ds).volume_mounts.as_ref().unwrap()[0].mount_path,
+            "/run/x/"
+        );
+    }
+
+    /// The contract between the DaemonSet and the binary: the init container's arguments parse
+    /// as `fanout prepare-socket-dir` and ask for what the controller means.
+    #[test]
+    fn init_container_args_parse_as_the_subcommand() {
+        use crate::proxy::socket_dir::PrepareSocketDirArgs;
+        #[derive(clap::Parser)]
+        struct Fanout {
+            #[command(subcommand)]
+            command: Subcommand,
+        }
+        #[derive(clap::Subcommand)]
+        enum Subcommand {
+            #[command(name = crate::proxy::socket_dir::SUBCOMMAND)]
+            PrepareSocketDir(PrepareSocketDirArgs),
+        }
+        for (socket_group, gid, mode) in [
+            (None, 65532, 0o750),
+            (Some(0), 0, 0o2750),
+            (Some(2000), 2000, 0o2750),
+        ] {
+            let spec = FanoutGroupSpec {
+                socket_group,
+                ..FanoutGroupSpec::default()
+            };
+            let ds = daemon_set(&group(spec), Some("img:1")).unwrap();
+            let argv = std::iter::once("fanout".to_string()).chain(init_container(&ds).args.clone().unwrap());
+            let Subcommand::PrepareSocketDir(args) =
+                <Fanout as clap::Parser>::try_parse_from(argv).unwrap().command;
+            assert_eq!(
+                args,
+                PrepareSocketDirArgs {
+                    path: "/var/run/fanout".into(),
+                    uid: 65532,
+                    gid,
+                    mode,
+                }
+            );
+        }
     }
 
     #[test]

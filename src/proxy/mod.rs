@@ -10,6 +10,7 @@ mod forwarder;
 mod ipc;
 mod metrics;
 mod monitor;
+pub mod socket_dir;
 mod subscriptions;
 
 pub use cli::{ProxyArgs, run};
