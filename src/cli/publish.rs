@@ -22,7 +22,7 @@ pub struct PublishArgs {
     #[arg(long)]
     pub group: Option<String>,
     /// Namespace of `--group` (default: the client's namespace).
-    #[arg(long, requires = "group")]
+    #[arg(long, short = 'n', requires = "group")]
     pub namespace: Option<String>,
     /// Topic (frame 0) of every message.
     #[arg(long, default_value = "fanout")]
