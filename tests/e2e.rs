@@ -326,6 +326,33 @@ async fn user_path_install_apply_publish_join_leave_delete() {
         );
     }
     assert!(table.contains(EXAMPLE_GROUP));
+    // What a person would look at next: the live endpoint list in both its forms.
+    let selector = format!("fanout.dev/group={EXAMPLE_GROUP}");
+    eprintln!(
+        "{}",
+        kubectl_ok(&[
+            "get",
+            "endpointslices",
+            "-n",
+            EXAMPLE_NAMESPACE,
+            "-l",
+            &selector,
+            "-o",
+            "wide"
+        ])
+    );
+    eprintln!(
+        "{}",
+        kubectl_ok(&[
+            "get",
+            "configmap",
+            &format!("{EXAMPLE_GROUP}-endpoints"),
+            "-n",
+            EXAMPLE_NAMESPACE,
+            "-o",
+            "jsonpath={.data.endpoints}",
+        ])
+    );
     eprintln!(
         "[{:>6.1}s] 5 proxies ready and published",
         started.elapsed().as_secs_f64()
@@ -436,6 +463,15 @@ async fn user_path_install_apply_publish_join_leave_delete() {
         );
     }
     drop(publishing);
+    eprintln!("messages received per node (the publisher sent every 5 ms):");
+    for (node, subscriber) in &subscribers {
+        let note = match node.as_str() {
+            n if n == joining => "  (joined mid-run)",
+            n if n == leaving => "  (left mid-run)",
+            _ => "",
+        };
+        eprintln!("  {node:<12} {:>7}{note}", subscriber.count());
+    }
     subscribers.clear();
 
     // Deleting the group removes everything it owned.
