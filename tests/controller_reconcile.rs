@@ -10,6 +10,7 @@ use http::{Request, Response};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -86,7 +87,13 @@ struct State {
 /// Runs one reconcile of `group` over `state` against a mock API server that answers every
 /// request (echoing apply bodies; the group for status patches). Returns the requests.
 async fn reconcile_once(group: FanoutGroup, state: State) -> (Result<(), String>, Vec<Seen>) {
-    reconcile_with(group, state, Some("img:1"), None).await
+    reconcile_with(group, state, Some("img:1"), None, false).await
+}
+
+/// `reconcile_once` by a replica that applied every child moments ago, so the skip-if-unchanged
+/// check is in force (a fresh replica's first pass applies everything to undo drift).
+async fn reconcile_warm(group: FanoutGroup, state: State) -> (Result<(), String>, Vec<Seen>) {
+    reconcile_with(group, state, Some("img:1"), None, true).await
 }
 
 /// `reconcile_once` with the controller's `--default-proxy-image` given.
@@ -96,6 +103,7 @@ async fn reconcile_with(
     state: State,
     default_image: Option<&str>,
     reject: Option<(&'static str, &'static str)>,
+    warm: bool,
 ) -> (Result<(), String>, Vec<Seen>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -179,6 +187,13 @@ async fn reconcile_with(
         default_image.map(str::to_string),
         leading,
     ));
+    if warm {
+        ctx.full_apply_done(&format!(
+            "{}/{}",
+            group.namespace().unwrap_or_default(),
+            group.name_any()
+        ));
+    }
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(group), ctx))
         .await
         .map_err(|_| "reconcile hung".to_string())
@@ -287,7 +302,7 @@ async fn settled() -> (FanoutGroup, State) {
         config_maps: vec![body_of(&seen, "configmaps/updates-endpoints")],
     };
     // The second pass sees the DaemonSet in the cache, so the conditions move once more.
-    let (result, seen) = reconcile_once(group(Some(status.clone())), state.clone()).await;
+    let (result, seen) = reconcile_warm(group(Some(status.clone())), state.clone()).await;
     assert_eq!(result, Ok(()));
     let status = match seen.iter().find(|s| s.path.ends_with("/status")) {
         Some(patch) => serde_json::from_value(patch.body["status"].clone()).unwrap(),
@@ -299,7 +314,7 @@ async fn settled() -> (FanoutGroup, State) {
 #[tokio::test]
 async fn unchanged_state_makes_no_request_at_all() {
     let (group, state) = settled().await;
-    let (result, seen) = reconcile_once(group, state).await;
+    let (result, seen) = reconcile_warm(group, state).await;
     assert_eq!(result, Ok(()));
     let lines: Vec<String> = seen.iter().map(Seen::line).collect();
     assert!(lines.is_empty(), "expected no writes, got {lines:?}");
@@ -313,7 +328,7 @@ async fn one_pod_turning_unready_rewrites_its_slice_and_a_stale_slice_is_pruned(
     stale.metadata.name = Some("updates-v4-7".into());
     stale.endpoints.clear();
     state.slices.push(stale);
-    let (result, seen) = reconcile_once(group, state).await;
+    let (result, seen) = reconcile_warm(group, state).await;
     assert_eq!(result, Ok(()));
     let lines: Vec<String> = seen.iter().map(Seen::line).collect();
     assert_eq!(
@@ -333,7 +348,7 @@ async fn one_pod_turning_unready_rewrites_its_slice_and_a_stale_slice_is_pruned(
 
 #[tokio::test]
 async fn a_group_without_image_is_degraded_and_gets_no_daemon_set() {
-    let (result, seen) = reconcile_with(group(None), State::default(), None, None).await;
+    let (result, seen) = reconcile_with(group(None), State::default(), None, None, false).await;
     assert_eq!(result, Ok(()));
     let lines: Vec<String> = seen.iter().map(Seen::line).collect();
     assert!(!lines.iter().any(|l| l.contains("daemonsets")), "{lines:?}");
@@ -363,6 +378,7 @@ async fn an_object_the_api_refuses_makes_the_group_degraded_and_the_reconcile_fa
             "services/updates",
             "Service \"updates\" is invalid: spec.ports[0].port: Invalid value",
         )),
+        false,
     )
     .await;
     let error = result.expect_err("the reconcile reports the refusal");

@@ -143,6 +143,16 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// When each group's last reconcile started, for the per-group throttle.
     last_start: Mutex<HashMap<String, Instant>>,
+    /// When each group's children were last applied without the skip-if-unchanged check.
+    last_full_apply: Mutex<HashMap<String, Instant>>,
+}
+
+/// Pure: whether a group is due for an apply of every child regardless of the applied-hash
+/// annotation. The hash only says what we last wrote; a field of ours that someone else edited
+/// since leaves it unchanged, so every `every` the controller re-asserts all it owns (a no-op
+/// server-side apply costs the API server no write).
+pub fn full_apply_due(last: Option<Instant>, now: Instant, every: Duration) -> bool {
+    last.is_none_or(|last| now.saturating_duration_since(last) >= every)
 }
 
 /// Pure: how long to wait before reconciling a group that last started at `last`.
@@ -169,6 +179,7 @@ impl Context {
             leading,
             failures: Mutex::new(HashMap::new()),
             last_start: Mutex::new(HashMap::new()),
+            last_full_apply: Mutex::new(HashMap::new()),
         }
     }
 
@@ -184,6 +195,21 @@ impl Context {
         }
         if let Ok(mut starts) = self.last_start.lock() {
             starts.insert(key.to_string(), Instant::now());
+        }
+    }
+
+    fn full_apply_due(&self, key: &str) -> bool {
+        match self.last_full_apply.lock() {
+            Ok(last) => full_apply_due(last.get(key).copied(), Instant::now(), RESYNC),
+            Err(_) => true,
+        }
+    }
+
+    /// Records that every child of the group was just applied (the next full apply is one
+    /// RESYNC away). A fresh replica knows nothing, so its first pass is a full apply.
+    pub fn full_apply_done(&self, key: &str) {
+        if let Ok(mut last) = self.last_full_apply.lock() {
+            last.insert(key.to_string(), Instant::now());
         }
     }
 
@@ -445,13 +471,17 @@ async fn report_problem(group: &FanoutGroup, ctx: &Context, id: &GroupId, reason
 async fn write_children(group: &FanoutGroup, ctx: &Context, id: &GroupId) -> Result<Written, Error> {
     let spec = &group.spec;
     let caches = &ctx.caches;
+    let key = format!("{}/{}", id.namespace, id.name);
+    // When due, compare with nothing: every child is applied and drift is undone.
+    let force = ctx.full_apply_due(&key);
 
     // 1. The proxy DaemonSet (unless the group cannot be realised).
     let cached_ds = cached(&caches.daemon_sets, &id.namespace, &id.name);
     let mut problem = None;
     match objects::daemon_set(group, ctx.default_image.as_deref()) {
         Ok(ds) => {
-            ctx.apply(&id.namespace, ds, cached_ds.as_deref()).await?;
+            ctx.apply(&id.namespace, ds, cached_ds.as_deref().filter(|_| !force))
+                .await?;
         }
         Err(unrealisable) => {
             tracing::warn!(group = %id.name, namespace = %id.namespace, reason = unrealisable.reason(), "group cannot be realised");
@@ -465,8 +495,12 @@ async fn write_children(group: &FanoutGroup, ctx: &Context, id: &GroupId) -> Res
     // 2. The headless Service the slices belong to.
     let service = objects::headless_service(group)?;
     let cached_service = cached(&caches.services, &id.namespace, &id.name);
-    ctx.apply(&id.namespace, service, cached_service.as_deref())
-        .await?;
+    ctx.apply(
+        &id.namespace,
+        service,
+        cached_service.as_deref().filter(|_| !force),
+    )
+    .await?;
 
     // 3. EndpointSlices from the proxy pods, with stable slots.
     let mut pods: Vec<Arc<Pod>> = caches.pods.state_filter(|pod| belongs_to(pod, id));
@@ -497,7 +531,11 @@ async fn write_children(group: &FanoutGroup, ctx: &Context, id: &GroupId) -> Res
         let slice = slices::endpoint_slice(group, plan)?;
         let fresh = slices::newly_ready(plan, before.map(|s| s.as_ref()));
         if ctx
-            .apply(&id.namespace, slice, before.map(|s| s.as_ref()))
+            .apply(
+                &id.namespace,
+                slice,
+                before.map(|s| s.as_ref()).filter(|_| !force),
+            )
             .await?
         {
             let now = Timestamp::now();
@@ -527,11 +565,15 @@ async fn write_children(group: &FanoutGroup, ctx: &Context, id: &GroupId) -> Res
     if spec.config_map {
         let list = slices::endpoint_list(&endpoints, spec.publisher_port);
         let cm = objects::endpoints_configmap(group, list)?;
-        ctx.apply(&id.namespace, cm, cached_cm.as_deref()).await?;
+        ctx.apply(&id.namespace, cm, cached_cm.as_deref().filter(|_| !force))
+            .await?;
     } else if cached_cm.as_deref().is_some_and(|cm| belongs_to(cm, id)) {
         ctx.delete::<ConfigMap>(&id.namespace, &cm_name).await?;
     }
 
+    if force {
+        ctx.full_apply_done(&key);
+    }
     Ok(Written {
         cached_ds,
         slices_before,
@@ -586,6 +628,14 @@ mod tests {
             throttle_delay(Some(now), now + Duration::from_secs(1), min),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn a_full_apply_is_due_first_and_then_every_resync() {
+        let now = Instant::now();
+        assert!(full_apply_due(None, now, RESYNC));
+        assert!(!full_apply_due(Some(now), now + Duration::from_secs(1), RESYNC));
+        assert!(full_apply_due(Some(now), now + RESYNC, RESYNC));
     }
 
     #[test]
