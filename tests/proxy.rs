@@ -8,12 +8,13 @@ use std::time::Duration;
 
 #[test]
 fn every_multipart_message_is_forwarded_unchanged() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = start(dir.path());
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &proxy);
-    let subscriber = subscriber(&ctx, &proxy, &[b"t"]);
-    sync(&publisher, &subscriber, b"t");
+    let Rig {
+        dir: _dir,
+        proxy,
+        ctx: _ctx,
+        publisher,
+        subscriber,
+    } = Rig::new(b"t");
     let before = proxy.stats();
 
     let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();

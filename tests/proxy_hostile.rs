@@ -23,12 +23,13 @@ fn still_forwarding(publisher: &zmq::Socket, subscriber: &zmq::Socket) {
 
 #[test]
 fn a_garbage_greeting_is_cut_off_and_forwarding_goes_on() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = start(dir.path());
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &proxy);
-    let subscriber = subscriber(&ctx, &proxy, &[b"t"]);
-    sync(&publisher, &subscriber, b"t");
+    let Rig {
+        dir: _dir,
+        proxy,
+        ctx: _ctx,
+        publisher,
+        subscriber,
+    } = Rig::new(b"t");
     let port = tcp_port(&proxy.publisher_endpoints()[0]);
 
     // A ZMTP signature followed by a version and mechanism that mean nothing.
@@ -81,12 +82,13 @@ fn a_garbage_greeting_is_cut_off_and_forwarding_goes_on() {
 
 #[test]
 fn a_frame_claiming_a_terabyte_is_cut_off_with_bounded_memory() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = start(dir.path());
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &proxy);
-    let subscriber = subscriber(&ctx, &proxy, &[b"t"]);
-    sync(&publisher, &subscriber, b"t");
+    let Rig {
+        dir: _dir,
+        proxy,
+        ctx: _ctx,
+        publisher,
+        subscriber,
+    } = Rig::new(b"t");
     let port = tcp_port(&proxy.publisher_endpoints()[0]);
     let rss_before = rss_kib();
 
@@ -123,12 +125,13 @@ fn a_frame_claiming_a_terabyte_is_cut_off_with_bounded_memory() {
 
 #[test]
 fn a_malformed_command_after_the_handshake_is_cut_off() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = start(dir.path());
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &proxy);
-    let subscriber = subscriber(&ctx, &proxy, &[b"t"]);
-    sync(&publisher, &subscriber, b"t");
+    let Rig {
+        dir: _dir,
+        proxy,
+        ctx: _ctx,
+        publisher,
+        subscriber,
+    } = Rig::new(b"t");
     let port = tcp_port(&proxy.publisher_endpoints()[0]);
 
     let mut peer = raw_zmtp_peer(port, "PUB");
@@ -167,12 +170,13 @@ fn a_silent_peer_is_dropped_by_heartbeats() {
 
 #[test]
 fn a_peer_speaking_another_protocol_is_cut_off() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = start(dir.path());
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &proxy);
-    let subscriber = subscriber(&ctx, &proxy, &[b"t"]);
-    sync(&publisher, &subscriber, b"t");
+    let Rig {
+        dir: _dir,
+        proxy,
+        ctx: _ctx,
+        publisher,
+        subscriber,
+    } = Rig::new(b"t");
     let port = tcp_port(&proxy.publisher_endpoints()[0]);
 
     let before = proxy.stats();

@@ -187,3 +187,31 @@ pub fn rss_kib() -> u64 {
         })
         .expect("VmRSS in /proc/self/status")
 }
+
+/// The usual set-up: a proxy on a temp dir's socket, a publisher and a subscriber to `topic`
+/// on it, synchronised (a probe went through). Fields drop sockets first, the dir last.
+pub struct Rig {
+    pub publisher: zmq::Socket,
+    pub subscriber: zmq::Socket,
+    pub proxy: Proxy,
+    pub ctx: zmq::Context,
+    pub dir: tempfile::TempDir,
+}
+
+impl Rig {
+    pub fn new(topic: &[u8]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy = start(dir.path());
+        let ctx = zmq::Context::new();
+        let publisher = publisher(&ctx, &proxy);
+        let subscriber = subscriber(&ctx, &proxy, &[topic]);
+        sync(&publisher, &subscriber, topic);
+        Self {
+            publisher,
+            subscriber,
+            proxy,
+            ctx,
+            dir,
+        }
+    }
+}
