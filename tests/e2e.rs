@@ -479,8 +479,10 @@ async fn user_path_install_apply_publish_join_leave_delete() {
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), EXAMPLE_NAMESPACE);
     let services: Api<Service> = Api::namespaced(client.clone(), EXAMPLE_NAMESPACE);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), EXAMPLE_NAMESPACE);
+    // The garbage collector resolves the owner's kind through discovery, which it refreshes
+    // every 30 s: on a cluster younger than that, a new CRD's dependents wait for the refresh.
     eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         "the DaemonSet, Service, slices and ConfigMap deleted",
         || async {
             let gone = daemonsets.get_opt(EXAMPLE_GROUP).await.unwrap().is_none()
