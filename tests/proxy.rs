@@ -8,12 +8,13 @@ use std::time::Duration;
 
 #[test]
 fn every_multipart_message_is_forwarded_unchanged() {
+    // This test shuts the proxy down itself, so it takes the proxy out of the rig.
     let Rig {
-        dir: _dir,
         proxy,
-        ctx: _ctx,
         publisher,
         subscriber,
+        ctx: _ctx,
+        dir: _dir,
     } = Rig::new(b"t");
     let before = proxy.stats();
 

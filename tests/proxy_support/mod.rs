@@ -215,3 +215,16 @@ impl Rig {
         }
     }
 }
+
+/// Checks that the honest publisher and subscriber still talk through the proxy.
+pub fn still_forwarding(publisher: &zmq::Socket, subscriber: &zmq::Socket) {
+    for n in 0..100u32 {
+        publisher
+            .send_multipart([b"t".as_slice(), &n.to_be_bytes()], 0)
+            .expect("publish");
+    }
+    for n in 0..100u32 {
+        let parts = subscriber.recv_multipart(0).expect("forwarding goes on");
+        assert_eq!(parts[1], n.to_be_bytes());
+    }
+}
