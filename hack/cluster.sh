@@ -109,27 +109,8 @@ EOF
     rm -f ./*.csr ./*.ext ca.srl
     chmod 600 ./*.key
   )
-  cat >"$DIR/kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: fanout-test
-  cluster:
-    server: https://$APISERVER_IP:$APISERVER_PORT
-    certificate-authority: $c/ca.crt
-users:
-- name: fanout-admin
-  user:
-    client-certificate: $c/admin.crt
-    client-key: $c/admin.key
-contexts:
-- name: fanout-test
-  context:
-    cluster: fanout-test
-    user: fanout-admin
-    namespace: default
-current-context: fanout-test
-EOF
+  write_kubeconfig "$DIR/kubeconfig" fanout-admin default "    client-certificate: $c/admin.crt
+    client-key: $c/admin.key"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -415,13 +396,10 @@ cmd_remove_node() {
 
 # A kubeconfig that authenticates as a ServiceAccount with a TokenRequest token (what a pod of
 # that ServiceAccount would get), for running a controller locally with exactly its RBAC.
-cmd_sa_kubeconfig() {
-  if [ $# -lt 2 ] || [ $# -gt 3 ]; then die "usage: $0 sa-kubeconfig NAMESPACE SERVICEACCOUNT [DURATION]"; fi
-  local ns=$1 sa=$2 duration=${3:-2h}
-  BIN=$(bindir)
-  local token
-  token=$(kubectl_ns create token -n "$ns" "$sa" --duration="$duration") || die "TokenRequest for $ns/$sa failed"
-  local f="$DIR/sa-$ns-$sa.kubeconfig"
+# write_kubeconfig FILE USER NAMESPACE CREDENTIALS: a kubeconfig (mode 0600) for the test
+# apiserver; CREDENTIALS are the user's fields, indented four spaces (client cert or token).
+write_kubeconfig() {
+  local f=$1 user=$2 ns=$3 credentials=$4
   (umask 077 && cat >"$f" <<EOF
 apiVersion: v1
 kind: Config
@@ -431,18 +409,28 @@ clusters:
     server: https://$APISERVER_IP:$APISERVER_PORT
     certificate-authority: $DIR/pki/ca.crt
 users:
-- name: $ns-$sa
+- name: $user
   user:
-    token: $token
+$credentials
 contexts:
-- name: $ns-$sa
+- name: $user
   context:
     cluster: fanout-test
-    user: $ns-$sa
+    user: $user
     namespace: $ns
-current-context: $ns-$sa
+current-context: $user
 EOF
   )
+}
+
+cmd_sa_kubeconfig() {
+  if [ $# -lt 2 ] || [ $# -gt 3 ]; then die "usage: $0 sa-kubeconfig NAMESPACE SERVICEACCOUNT [DURATION]"; fi
+  local ns=$1 sa=$2 duration=${3:-2h}
+  BIN=$(bindir)
+  local token
+  token=$(kubectl_ns create token -n "$ns" "$sa" --duration="$duration") || die "TokenRequest for $ns/$sa failed"
+  local f="$DIR/sa-$ns-$sa.kubeconfig"
+  write_kubeconfig "$f" "$ns-$sa" "$ns" "    token: $token"
   echo "$f"
 }
 

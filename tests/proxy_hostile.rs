@@ -58,7 +58,7 @@ fn a_garbage_greeting_is_cut_off_and_forwarding_goes_on() {
         let stats = proxy.stats().publishers;
         stats.handshake_failures == 2 && stats.disconnects == 3 && stats.connected == 1
     }));
-    still_forwarding(publisher, subscriber);
+    still_forwarding(publisher, subscriber, b"t");
     assert!(proxy.is_running());
 }
 
@@ -79,7 +79,7 @@ fn a_frame_claiming_a_terabyte_is_cut_off_with_bounded_memory() {
         let _ = liar.write_all(&frame);
         assert!(closed_by_proxy(&mut liar).is_some(), "the liar must be cut off");
     }
-    still_forwarding(publisher, subscriber);
+    still_forwarding(publisher, subscriber, b"t");
 
     // A frame just above the configured limit is refused the same way.
     let mut big = raw_zmtp_peer(port, "PUB");
@@ -96,7 +96,7 @@ fn a_frame_claiming_a_terabyte_is_cut_off_with_bounded_memory() {
     let grown_mib = rss_kib().saturating_sub(rss_before) / 1024;
     assert!(grown_mib < 64, "memory grew by {grown_mib} MiB");
     assert!(eventually(|| proxy.stats().publishers.disconnects >= 4));
-    still_forwarding(publisher, subscriber);
+    still_forwarding(publisher, subscriber, b"t");
     assert!(proxy.is_running());
 }
 
@@ -113,7 +113,7 @@ fn a_malformed_command_after_the_handshake_is_cut_off() {
         closed_by_proxy(&mut peer).is_some(),
         "a malformed command must be cut off"
     );
-    still_forwarding(publisher, subscriber);
+    still_forwarding(publisher, subscriber, b"t");
 }
 
 #[test]
@@ -156,7 +156,7 @@ fn a_peer_speaking_another_protocol_is_cut_off() {
         closed_by_proxy(&mut http).is_some(),
         "an HTTP client must be cut off"
     );
-    still_forwarding(publisher, subscriber);
+    still_forwarding(publisher, subscriber, b"t");
     // Nothing it sent was taken for a message.
     assert_eq!(
         proxy.stats().publishers.messages_received,

@@ -293,13 +293,19 @@ fn plain_warm_up(pub_sock: &zmq::Socket, sub: &mut Subscriber, topic: &str) {
     while sub.recv(Duration::from_millis(100)).unwrap().is_some() {}
 }
 
+/// A plain PUB and a Subscriber to the exact `topic` on it, warmed up.
+fn plain_pub_with_subscriber(topic: &str) -> (zmq::Context, zmq::Socket, Subscriber) {
+    let (ctx, pub_sock, ep) = plain_pub();
+    let mut sub = Subscriber::connect(&ep, SubscriberConfig::default()).unwrap();
+    sub.subscribe(TopicFilter::exact(topic)).unwrap();
+    plain_warm_up(&pub_sock, &mut sub, topic);
+    (ctx, pub_sock, sub)
+}
+
 #[test]
 fn gaps_are_counted_from_sequence_numbers() {
     // Hand-made envelopes from a plain PUB: sequences 0,1,2,5,6,10 lose 2 then 3 messages.
-    let (_ctx, pub_sock, ep) = plain_pub();
-    let mut sub = Subscriber::connect(&ep, SubscriberConfig::default()).unwrap();
-    sub.subscribe(TopicFilter::exact("t")).unwrap();
-    plain_warm_up(&pub_sock, &mut sub, "t");
+    let (_ctx, pub_sock, mut sub) = plain_pub_with_subscriber("t");
     let id = PublisherId([9; 16]);
     for seq in [0u64, 1, 2, 5, 6, 10, 4] {
         let env = Envelope {
@@ -370,10 +376,7 @@ fn real_loss_through_a_tiny_queue_is_accounted_exactly() {
 
 #[test]
 fn malformed_envelopes_are_counted_and_delivered_as_plain() {
-    let (_ctx, pub_sock, ep) = plain_pub();
-    let mut sub = Subscriber::connect(&ep, SubscriberConfig::default()).unwrap();
-    sub.subscribe(TopicFilter::exact("t")).unwrap();
-    plain_warm_up(&pub_sock, &mut sub, "t");
+    let (_ctx, pub_sock, mut sub) = plain_pub_with_subscriber("t");
     let bad_version = {
         let mut e = Envelope {
             publisher: PublisherId([1; 16]),

@@ -216,11 +216,12 @@ impl Rig {
     }
 }
 
-/// Checks that the honest publisher and subscriber still talk through the proxy.
-pub fn still_forwarding(publisher: &zmq::Socket, subscriber: &zmq::Socket) {
+/// Checks that the honest publisher and subscriber still talk through the proxy on `topic`:
+/// 100 numbered messages arrive, all and in order.
+pub fn still_forwarding(publisher: &zmq::Socket, subscriber: &zmq::Socket, topic: &[u8]) {
     for n in 0..100u32 {
         publisher
-            .send_multipart([b"t".as_slice(), &n.to_be_bytes()], 0)
+            .send_multipart([topic, &n.to_be_bytes()], 0)
             .expect("publish");
     }
     for n in 0..100u32 {
