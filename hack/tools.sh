@@ -46,7 +46,7 @@ ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
 HELM_DIR="$CACHE/helm-$HELM_VERSION"
 KWOK_DIR="$CACHE/kwok-$KWOK_VERSION"
 BIN_DIR="$CACHE/bin-k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-kwok-$KWOK_VERSION"
-K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 
 log() { printf '[tools %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -214,7 +214,7 @@ ensure_all() {
 tool_path() {
   local name=$1
   case "$name" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) local f="$K8S_DIR/bin/$name" builder=build_kubernetes ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet) local f="$K8S_DIR/bin/$name" builder=build_kubernetes ;;
     etcd) local f="$ETCD_DIR/bin/etcd" builder=build_etcd ;;
     helm) local f="$HELM_DIR/bin/helm" builder=build_helm ;;
     kwok) local f="$KWOK_DIR/bin/kwok" builder=build_kwok ;;
