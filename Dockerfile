@@ -32,6 +32,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Same Debian release as the builder, so the glibc the binary was linked against is there.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /out/fanout /usr/local/bin/fanout
+# Everything below is mirrored by hack/image.sh, which builds the same image without Docker by
+# reading these lines: keep them in the KEY=VALUE / exec forms it parses.
+ENV PATH=/usr/local/bin:/usr/bin:/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+LABEL org.opencontainers.image.title=fanout \
+      org.opencontainers.image.description="ZeroMQ publish/subscribe fanout fabric for Kubernetes: controller, per-node proxy and CLI" \
+      org.opencontainers.image.licenses=Apache-2.0
 # nonroot is uid/gid 65532; the chart's securityContext pins the same numbers.
 USER 65532:65532
 # Controller and proxy HTTP (/healthz, /readyz, /metrics), proxy publisher port (FanoutGroup default).

@@ -8,15 +8,23 @@
 #   hack/cluster.sh exec CMD...           run CMD inside the namespace with KUBECONFIG and PATH set
 #   hack/cluster.sh add-node NAME [IP]    create a fake kwok node with its own InternalIP
 #   hack/cluster.sh remove-node NAME      delete a fake node and the pods bound to it
+#   hack/cluster.sh add-real-node NAME    start a real node (kubelet, containerd, runc, CNI, kube-proxy)
+#                                         running the images of hack/image.sh; see hack/real-node.sh
+#   hack/cluster.sh remove-real-node NAME stop it and remove every trace (processes, mounts, cgroups,
+#                                         namespaces, state, the Node object)
+#   hack/cluster.sh node-exec NAME CMD... run CMD inside a real node's namespaces (crictl, ctr, ls)
 #   hack/cluster.sh sa-kubeconfig NS SA   write a kubeconfig authenticating as that ServiceAccount
 #                                         (TokenRequest token, default 2h), print its path
 #   hack/cluster.sh status                show the processes and whether the API answers
 #
-# Addresses (all inside the namespace; 10.200.0.0/16 is routed to `lo` there, so every address in
-# it is local to the namespace and no packet can leave it; the namespace has no other interface):
+# Addresses (all inside the namespace; 10.200.0.0/16 but for the real nodes' 10.200.64.0/19 is
+# routed to `lo` there, so every such address is local to the namespace; the namespace has no
+# other interface than the real nodes' bridge and no default route, so no packet can leave it):
 #   10.200.0.1:6443        kube-apiserver (serving cert SANs: this IP, 127.0.0.1, 10.200.96.1)
 #   127.0.0.1:2379/2380    etcd client/peer (namespace loopback)
 #   10.200.1.1 ...         node InternalIPs handed out by add-node (10.200.1-63.1-250)
+#   10.200.64.1/24         bridge `fnodes` to the real nodes; real node i is 10.200.64.(10+i)
+#   10.200.65.0/24 ...     pods of real node i: 10.200.(64+i).0/24, routed to that node
 #   10.200.96.0/20         service cluster IP range (kubernetes service = 10.200.96.1)
 #   10.200.128.0/17        pod IPs assigned by kwok (32766 addresses)
 set -euo pipefail
@@ -26,6 +34,8 @@ NETNS="${FANOUT_NETNS:-fanout-test}"
 DIR="${FANOUT_CLUSTER_DIR:-/tmp/fanout-cluster}"
 
 TEST_RANGE=10.200.0.0/16
+# TEST_RANGE minus the real nodes' 10.200.64.0/19: these are routed to `lo` (local addresses).
+LOCAL_RANGES=(10.200.0.0/18 10.200.96.0/19 10.200.128.0/17)
 APISERVER_IP=10.200.0.1
 APISERVER_PORT=6443
 KWOK_DEFAULT_NODE_IP=10.200.0.2
@@ -66,6 +76,7 @@ ensure_packages() {
 }
 
 bindir() { "$HACK_DIR/tools.sh" bindir; }
+netns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qxF -- "$1"; }
 in_ns() { ip netns exec "$NETNS" "$@"; }
 kubectl_ns() { in_ns "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" "$@"; }
 
@@ -189,6 +200,9 @@ our_pids() {
 
 cmd_down() {
   local t0; t0=$(now_ms)
+  # Real nodes first, while the API still answers (their Node objects go too).
+  BIN=$(bindir)
+  remove_all_real_nodes
   if [ -d "$DIR/pids" ]; then
     # Clients first (all at once), then the apiserver, then etcd: each stops cleanly while what
     # it talks to is still there.
@@ -199,9 +213,11 @@ cmd_down() {
     stop_pids "kube-apiserver" "${pids[@]}"
     mapfile -t pids < <(our_pids etcd)
     stop_pids "etcd" "${pids[@]}"
+    mapfile -t pids < <(our_pids "$HOST_NS_HOLDER")
+    stop_pids "$HOST_NS_HOLDER" "${pids[@]}"
     rm -f "$DIR"/pids/*
   fi
-  if ip netns list 2>/dev/null | grep -qw "^$NETNS"; then
+  if netns_exists "$NETNS"; then
     # Processes the tests started inside the namespace (proxies, publishers) would otherwise
     # outlive it: stop them by pid too.
     local left
@@ -233,7 +249,9 @@ cmd_up() {
   mkdir -p "$DIR/logs" "$DIR/pids" "$DIR/etcd" "$DIR/nodes"
   ip netns add "$NETNS"
   in_ns ip link set lo up
-  in_ns ip route add local "$TEST_RANGE" dev lo
+  start_host_ns_holder
+  local r
+  for r in "${LOCAL_RANGES[@]}"; do in_ns ip route add local "$r" dev lo; done
   phase_end netns
 
   phase_start
@@ -259,8 +277,11 @@ cmd_up() {
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --service-account-issuer="$SA_ISSUER" \
     --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
-    --authorization-mode=RBAC --allow-privileged=true \
+    --authorization-mode=Node,RBAC --allow-privileged=true \
+    --enable-admission-plugins=NodeRestriction \
     --disable-admission-plugins=TaintNodesByCondition \
+    --kubelet-client-certificate="$p/admin.crt" --kubelet-client-key="$p/admin.key" \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
     --enable-priority-and-fairness=false --max-requests-inflight=0 --max-mutating-requests-inflight=0 \
     --profiling=false --v=1
   wait_for "kube-apiserver /readyz" 120 kube-apiserver api_ready
@@ -288,7 +309,9 @@ EOF
     --authentication-kubeconfig="$DIR/kubeconfig" --authorization-kubeconfig="$DIR/kubeconfig" \
     --bind-address=127.0.0.1 --v=1
   local s="$BIN/kwok-stages"
-  start kwok "$BIN/kwok" --kubeconfig="$DIR/kubeconfig" --manage-all-nodes=true \
+  # kwok plays the kubelet of the fake nodes only (add-node annotates them); real nodes have their own.
+  start kwok "$BIN/kwok" --kubeconfig="$DIR/kubeconfig" --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr="$POD_CIDR" --node-ip="$KWOK_DEFAULT_NODE_IP" \
     -c "$s/node/fast/node-initialize.yaml" -c "$s/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
     -c "$s/pod/fast/pod-ready.yaml" -c "$s/pod/fast/pod-complete.yaml" -c "$s/pod/fast/pod-delete.yaml"
@@ -440,13 +463,23 @@ cmd_status() {
     pid=$(cat "$DIR/pids/$name" 2>/dev/null || echo -)
     if [ "$pid" != - ] && kill -0 "$pid" 2>/dev/null; then echo "$name running pid $pid"; else echo "$name not running"; fi
   done
-  if ip netns list 2>/dev/null | grep -qw "^$NETNS"; then
+  if netns_exists "$NETNS"; then
     echo "netns $NETNS present"
     api_ready >/dev/null 2>&1 && echo "apiserver ready" || echo "apiserver not ready"
   else
     echo "netns $NETNS absent"
   fi
+  local node comp
+  for node in $(real_node_names); do
+    for comp in containerd kubelet kube-proxy; do
+      pid=$(our_node_pids "$node" "$comp")
+      if [ -n "$pid" ]; then echo "real node $node: $comp running pid $pid"; else echo "real node $node: $comp not running"; fi
+    done
+  done
 }
+
+# shellcheck source=hack/real-node.sh
+. "$HACK_DIR/real-node.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root (network namespaces)"
 case "${1:-}" in
@@ -456,7 +489,10 @@ case "${1:-}" in
   exec) shift; cmd_exec "$@" ;;
   add-node) shift; cmd_add_node "$@" ;;
   remove-node) shift; cmd_remove_node "$@" ;;
+  add-real-node) run_on_host "$@"; shift; cmd_add_real_node "$@" ;;
+  remove-real-node) run_on_host "$@"; shift; cmd_remove_real_node "$@" ;;
+  node-exec) run_on_host "$@"; shift; cmd_node_exec "$@" ;;
   sa-kubeconfig) shift; cmd_sa_kubeconfig "$@" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up | down | env | exec CMD... | add-node NAME [IP] | remove-node NAME | sa-kubeconfig NS SA [DURATION] | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up | down | env | exec CMD... | add-node NAME [IP] | remove-node NAME | add-real-node NAME | remove-real-node NAME | node-exec NAME CMD... | sa-kubeconfig NS SA [DURATION] | status" >&2; exit 2 ;;
 esac

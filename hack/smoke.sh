@@ -171,7 +171,7 @@ trap - EXIT
 t3=$(date +%s%3N)
 "$CLUSTER" down
 say "down took $(( $(date +%s%3N) - t3 )) ms"
-ip netns list | grep -qw "^$NETNS" && fail "netns $NETNS still exists"
+ip netns list | awk "{print \$1}" | grep -qxF "$NETNS" && fail "netns $NETNS still exists"
 for f in "$DIR"/pids/*; do
   [ -e "$f" ] || continue
   fail "pid file left: $f"

@@ -50,7 +50,13 @@ cargo build --locked --all-targets
 phase "unit, integration and chart tests"
 cargo test --locked
 
-phase "end-to-end tests against a fresh cluster (up, tests, down)"
+phase "the container images (hack/image.sh: release build, OCI archives, chroot check)"
+hack/image.sh
+
+phase "end-to-end tests on kwok nodes against a fresh cluster (up, tests, down)"
 tests/cluster/with-cluster.sh cargo test --locked --offline --test e2e --test chart -- --ignored --test-threads=1 --nocapture
+
+phase "end-to-end tests on real nodes (kubelet, containerd, runc, CNI) against a fresh cluster"
+tests/cluster/with-cluster.sh cargo test --locked --offline --test e2e_real_nodes -- --ignored --test-threads=1 --nocapture
 
 phase "done"

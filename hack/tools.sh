@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Builds and caches the control-plane tools the cluster tests need, from the Go module proxy.
 #
-#   hack/tools.sh ensure        build whatever is missing (helm, kwok, etcd, kubernetes, in that order)
+#   hack/tools.sh ensure        build whatever is missing (helm, kwok, etcd, kubernetes, then the
+#                               node parts: runc, containerd, CNI plugins, crictl, umoci)
 #   hack/tools.sh path NAME     absolute path of a cached binary (built first if missing);
 #                               NAME is one of: kube-apiserver kube-controller-manager
-#                               kube-scheduler kubectl etcd helm kwok kwok-stages (a directory)
+#                               kube-scheduler kubectl kubelet kube-proxy etcd helm kwok
+#                               kwok-stages (a directory) containerd containerd-shim-runc-v2 ctr
+#                               runc crictl umoci cni-bin (a directory of CNI plugins)
 #   hack/tools.sh bindir        directory holding (symlinks to) all binaries
 #   hack/tools.sh versions      print the pinned versions
 #
@@ -19,6 +22,14 @@ K8S_VERSION="${FANOUT_K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${FANOUT_ETCD_VERSION:-v3.7.0}"
 HELM_VERSION="${FANOUT_HELM_VERSION:-v3.22.0}"
 KWOK_VERSION="${FANOUT_KWOK_VERSION:-v0.8.0}"
+# Real nodes (hack/cluster.sh add-real-node): Kubernetes 1.36+ needs containerd 2.x; Debian 12
+# has 1.6, so containerd, runc and the CNI plugins are built from their Go modules too.
+CONTAINERD_VERSION="${FANOUT_CONTAINERD_VERSION:-v2.4.2}"
+RUNC_VERSION="${FANOUT_RUNC_VERSION:-v1.5.3}"
+CNI_PLUGINS_VERSION="${FANOUT_CNI_PLUGINS_VERSION:-v1.10.0}"
+CRICTL_VERSION="${FANOUT_CRICTL_VERSION:-v1.37.0}"
+# The image tool (hack/image.sh): umoci edits OCI image layouts on disk, no daemon, no registry.
+UMOCI_VERSION="${FANOUT_UMOCI_VERSION:-v0.6.0}"
 
 CACHE="${FANOUT_TOOLS_CACHE:-/var/cache/fanout-tools}"
 # All four chosen releases declare `go 1.26.0`; the machine's Go 1.26 builds them. Override with
@@ -45,8 +56,17 @@ K8S_DIR="$CACHE/kubernetes-$K8S_VERSION"
 ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
 HELM_DIR="$CACHE/helm-$HELM_VERSION"
 KWOK_DIR="$CACHE/kwok-$KWOK_VERSION"
-BIN_DIR="$CACHE/bin-k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-kwok-$KWOK_VERSION"
-K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
+CONTAINERD_DIR="$CACHE/containerd-$CONTAINERD_VERSION"
+RUNC_DIR="$CACHE/runc-$RUNC_VERSION"
+CNI_DIR="$CACHE/cni-plugins-$CNI_PLUGINS_VERSION"
+CRICTL_DIR="$CACHE/crictl-$CRICTL_VERSION"
+UMOCI_DIR="$CACHE/umoci-$UMOCI_VERSION"
+ALL_VERSIONS="k8s=$K8S_VERSION etcd=$ETCD_VERSION helm=$HELM_VERSION kwok=$KWOK_VERSION containerd=$CONTAINERD_VERSION runc=$RUNC_VERSION cni=$CNI_PLUGINS_VERSION crictl=$CRICTL_VERSION umoci=$UMOCI_VERSION"
+# One directory of symlinks per combination of versions.
+BIN_DIR="$CACHE/bin-$(printf '%s' "$ALL_VERSIONS" | sha256sum | cut -c1-12)"
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+CONTAINERD_BINS=(containerd containerd-shim-runc-v2 ctr)
+CNI_PLUGINS=(main/bridge main/loopback ipam/host-local meta/portmap)
 
 log() { printf '[tools %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -57,6 +77,10 @@ ensure_packages() {
   command -v go >/dev/null || missing+=(golang-go)
   command -v curl >/dev/null || missing+=(curl)
   command -v git >/dev/null || missing+=(git)
+  # runc is the one cgo build: its nsenter is C, and seccomp filters come from libseccomp.
+  command -v gcc >/dev/null || missing+=(gcc)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  [ -e /usr/include/seccomp.h ] || missing+=(libseccomp-dev)
   [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing missing packages: ${missing[*]}"
@@ -183,6 +207,85 @@ build_kubernetes() {
   )
 }
 
+# go_install DIR LABEL PKG@VERSION...: `go install` into DIR/bin through a private GOBIN, so a
+# half-built tool never looks cached. Extra environment comes from the caller.
+go_install() {
+  local dir=$1 label=$2; shift 2
+  mkdir -p "$dir/bin"
+  rm -rf "$dir/bin.tmp"
+  GOBIN="$dir/bin.tmp" timed "$label" nice -n 10 go install -trimpath "$@"
+  mv "$dir"/bin.tmp/* "$dir/bin/" && rmdir "$dir/bin.tmp"
+}
+
+build_runc() {
+  [ -x "$RUNC_DIR/bin/runc" ] && return 0
+  log "building runc $RUNC_VERSION (cgo, with seccomp)"
+  CGO_ENABLED=1 go_install "$RUNC_DIR" "runc-$RUNC_VERSION" -tags seccomp \
+    -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION"
+}
+
+build_containerd() {
+  local b complete=1
+  for b in "${CONTAINERD_BINS[@]}"; do [ -x "$CONTAINERD_DIR/bin/$b" ] || complete=0; done
+  [ "$complete" = 1 ] && return 0
+  log "building containerd $CONTAINERD_VERSION (${CONTAINERD_BINS[*]})"
+  # btrfs is the one plugin that needs cgo; nothing here uses it.
+  local pkgs=() m=github.com/containerd/containerd/v2
+  for b in "${CONTAINERD_BINS[@]}"; do pkgs+=("$m/cmd/$b@$CONTAINERD_VERSION"); done
+  go_install "$CONTAINERD_DIR" "containerd-$CONTAINERD_VERSION" -tags "no_btrfs no_devmapper" \
+    -ldflags "-s -w -X $m/version.Version=$CONTAINERD_VERSION -X $m/version.Package=github.com/containerd/containerd/v2" \
+    "${pkgs[@]}"
+}
+
+build_cni_plugins() {
+  local p complete=1
+  for p in "${CNI_PLUGINS[@]}"; do [ -x "$CNI_DIR/bin/${p#*/}" ] || complete=0; done
+  [ "$complete" = 1 ] && return 0
+  log "building CNI plugins $CNI_PLUGINS_VERSION (${CNI_PLUGINS[*]})"
+  local pkgs=()
+  for p in "${CNI_PLUGINS[@]}"; do pkgs+=("github.com/containernetworking/plugins/plugins/$p@$CNI_PLUGINS_VERSION"); done
+  go_install "$CNI_DIR" "cni-plugins-$CNI_PLUGINS_VERSION" \
+    -ldflags "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$CNI_PLUGINS_VERSION" \
+    "${pkgs[@]}"
+}
+
+build_crictl() {
+  [ -x "$CRICTL_DIR/bin/crictl" ] && return 0
+  log "building crictl $CRICTL_VERSION"
+  go_install "$CRICTL_DIR" "crictl-$CRICTL_VERSION" \
+    -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+}
+
+# umoci's go.mod replaces go-mtree with a fork, so (like etcd) a wrapper module builds it with
+# the same replace, read from umoci's own go.mod.
+build_umoci() {
+  [ -x "$UMOCI_DIR/bin/umoci" ] && return 0
+  log "building umoci $UMOCI_VERSION"
+  local mod="$UMOCI_DIR/module" upstream_mod
+  mkdir -p "$mod" "$UMOCI_DIR/bin"
+  upstream_mod=$(cd /tmp && go mod download -json "github.com/opencontainers/umoci@$UMOCI_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
+  [ -f "$upstream_mod" ] || die "could not download github.com/opencontainers/umoci@$UMOCI_VERSION go.mod"
+  {
+    echo "module fanout.local/tools/umoci"
+    echo
+    echo "go 1.26.0"
+    echo
+    echo "require github.com/opencontainers/umoci $UMOCI_VERSION"
+    echo
+    grep '^replace ' "$upstream_mod"
+    echo
+    echo "tool github.com/opencontainers/umoci/cmd/umoci"
+  } >"$mod/go.mod"
+  (
+    cd "$mod"
+    go mod tidy
+    timed "umoci-$UMOCI_VERSION" nice -n 10 go build -trimpath \
+      -ldflags "-s -w -X main.version=${UMOCI_VERSION#v}" -o "$UMOCI_DIR/bin/umoci.tmp" github.com/opencontainers/umoci/cmd/umoci
+  )
+  mv "$UMOCI_DIR/bin/umoci.tmp" "$UMOCI_DIR/bin/umoci"
+}
+
 link_bindir() {
   mkdir -p "$BIN_DIR"
   local b
@@ -191,6 +294,11 @@ link_bindir() {
   [ -x "$HELM_DIR/bin/helm" ] && ln -sfn "$HELM_DIR/bin/helm" "$BIN_DIR/helm"
   [ -x "$KWOK_DIR/bin/kwok" ] && ln -sfn "$KWOK_DIR/bin/kwok" "$BIN_DIR/kwok"
   [ -d "$KWOK_DIR/stages" ] && ln -sfn "$KWOK_DIR/stages" "$BIN_DIR/kwok-stages"
+  for b in "${CONTAINERD_BINS[@]}"; do [ -x "$CONTAINERD_DIR/bin/$b" ] && ln -sfn "$CONTAINERD_DIR/bin/$b" "$BIN_DIR/$b"; done
+  [ -x "$RUNC_DIR/bin/runc" ] && ln -sfn "$RUNC_DIR/bin/runc" "$BIN_DIR/runc"
+  [ -x "$CRICTL_DIR/bin/crictl" ] && ln -sfn "$CRICTL_DIR/bin/crictl" "$BIN_DIR/crictl"
+  [ -x "$UMOCI_DIR/bin/umoci" ] && ln -sfn "$UMOCI_DIR/bin/umoci" "$BIN_DIR/umoci"
+  [ -d "$CNI_DIR/bin" ] && ln -sfn "$CNI_DIR/bin" "$BIN_DIR/cni-bin"
   true
 }
 
@@ -209,12 +317,22 @@ ensure_all() {
   build_kwok; link_bindir
   build_etcd; link_bindir
   build_kubernetes; link_bindir
+  build_runc; link_bindir
+  build_containerd; link_bindir
+  build_cni_plugins; link_bindir
+  build_crictl; link_bindir
+  build_umoci; link_bindir
 }
 
 tool_path() {
   local name=$1
   case "$name" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet) local f="$K8S_DIR/bin/$name" builder=build_kubernetes ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) local f="$K8S_DIR/bin/$name" builder=build_kubernetes ;;
+    containerd|containerd-shim-runc-v2|ctr) local f="$CONTAINERD_DIR/bin/$name" builder=build_containerd ;;
+    runc) local f="$RUNC_DIR/bin/runc" builder=build_runc ;;
+    crictl) local f="$CRICTL_DIR/bin/crictl" builder=build_crictl ;;
+    umoci) local f="$UMOCI_DIR/bin/umoci" builder=build_umoci ;;
+    cni-bin) local f="$CNI_DIR/bin" builder=build_cni_plugins ;;
     etcd) local f="$ETCD_DIR/bin/etcd" builder=build_etcd ;;
     helm) local f="$HELM_DIR/bin/helm" builder=build_helm ;;
     kwok) local f="$KWOK_DIR/bin/kwok" builder=build_kwok ;;
@@ -233,6 +351,6 @@ case "${1:-}" in
   ensure) with_lock ensure_all ;;
   path) [ $# -eq 2 ] || die "usage: $0 path NAME"; tool_path "$2" ;;
   bindir) link_bindir; echo "$BIN_DIR" ;;
-  versions) echo "kubernetes $K8S_VERSION"; echo "etcd $ETCD_VERSION"; echo "helm $HELM_VERSION"; echo "kwok $KWOK_VERSION" ;;
+  versions) printf '%s\n' $ALL_VERSIONS | tr = ' ' ;;
   *) echo "usage: $0 ensure | path NAME | bindir | versions" >&2; exit 2 ;;
 esac

@@ -145,6 +145,7 @@ fn default_values_render_a_cluster_wide_controller() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "Lease",
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
@@ -161,6 +162,12 @@ fn default_values_render_a_cluster_wide_controller() {
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": "fanout", "namespace": NS}])
     );
+
+    // The chart makes the Lease (empty: the controller fills in its spec), so uninstalling removes it.
+    let lease = the(&objects, "Lease");
+    assert_eq!(lease["metadata"]["name"], "fanout-controller");
+    assert_eq!(lease["metadata"]["namespace"], NS);
+    assert!(lease.get("spec").is_none_or(|spec| spec.is_null()));
 
     // The only namespaced Role is the Lease one, in the release namespace.
     let lease_role = the(&objects, "Role");
@@ -193,6 +200,7 @@ fn namespaced_values_render_roles_and_the_namespace_flag() {
         kinds,
         [
             "Deployment",
+            "Lease",
             "PodDisruptionBudget",
             "Role",
             "Role",

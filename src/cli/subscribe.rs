@@ -3,7 +3,9 @@
 //! One line per message on stdout: the topic, a tab, then each payload frame (tab separated)
 //! as text when it is printable UTF-8, else as `0x` + hex. A summary with counts and gaps goes
 //! to stderr at the end (after `--count` messages, `--timeout` seconds without a message, or
-//! Ctrl-C / SIGTERM).
+//! Ctrl-C / SIGTERM). With `--stats-every`, a node agent's log also tells, while it runs, what
+//! arrived and what was lost: a `stats {json}` line at that interval and a `gap {json}` line
+//! as soon as a sequence gap shows a loss.
 
 use crate::subscriber::{Subscriber, SubscriberConfig, SubscriberStats, TopicFilter};
 use std::io::Write;
@@ -34,6 +36,27 @@ pub struct SubscribeArgs {
     /// Print nothing per message, only the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Every this many seconds, print a `stats {json}` line to stderr (received, gaps, lost,
+    /// publishers, wall-clock `at_ms`); also a `gap {json}` line whenever messages were lost.
+    #[arg(long)]
+    pub stats_every: Option<f64>,
+}
+
+/// A `stats` or `gap` report line: the counters as one JSON object, stamped with the wall clock
+/// (milliseconds since the Unix epoch) so that a reader can line it up with its own events.
+pub fn render_report(kind: &str, stats: &SubscriberStats, lost_now: u64) -> String {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let body = serde_json::json!({
+        "at_ms": at_ms,
+        "received": stats.received,
+        "gaps": stats.total_gaps(),
+        "lost": stats.total_lost(),
+        "lost_now": lost_now,
+        "publishers": stats.per_publisher.len(),
+    });
+    format!("{kind} {body}")
 }
 
 /// A frame as printable text, or `0x` + hex when it is not printable UTF-8.
@@ -115,6 +138,17 @@ pub fn run(args: SubscribeArgs) -> crate::Result<()> {
     if args.topics.is_empty() && args.prefixes.is_empty() {
         subscriber.subscribe(TopicFilter::prefix(""))?;
     }
+    let report_every = args
+        .stats_every
+        .map(|t| {
+            Duration::try_from_secs_f64(t)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| crate::Error::InvalidArgument(format!("--stats-every {t}: a positive number of seconds")))
+        })
+        .transpose()?;
+    let mut last_report = Instant::now();
+    let mut reported_lost = 0;
     let stop = stop_on_signal()?;
     let start = Instant::now();
     let mut last_message = Instant::now();
@@ -145,6 +179,17 @@ pub fn run(args: SubscribeArgs) -> crate::Result<()> {
             }
             None => out.flush()?,
         }
+        if let Some(every) = report_every {
+            let lost = subscriber.stats().total_lost();
+            if lost > reported_lost {
+                eprintln!("{}", render_report("gap", subscriber.stats(), lost - reported_lost));
+                reported_lost = lost;
+            }
+            if last_report.elapsed() >= every {
+                eprintln!("{}", render_report("stats", subscriber.stats(), 0));
+                last_report = Instant::now();
+            }
+        }
     }
     out.flush()?;
     eprintln!("{}", render_summary(subscriber.stats(), start.elapsed()));
@@ -161,6 +206,21 @@ mod tests {
         assert_eq!(render_frame(b""), "");
         assert_eq!(render_frame(&[0xff, 0x00]), "0xff00");
         assert_eq!(render_frame(b"a\nb"), "0x610a62");
+    }
+
+    #[test]
+    fn reports_are_one_json_object_after_a_word() {
+        let stats = SubscriberStats {
+            received: 7,
+            ..Default::default()
+        };
+        let line = render_report("gap", &stats, 3);
+        let (kind, json) = line.split_once(' ').unwrap();
+        assert_eq!(kind, "gap");
+        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(value["received"], 7);
+        assert_eq!(value["lost_now"], 3);
+        assert!(value["at_ms"].as_u64().unwrap() > 1_700_000_000_000);
     }
 
     #[test]
