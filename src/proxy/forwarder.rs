@@ -2,11 +2,12 @@
 //! thread-safe) and their monitors, and forwards between them until told to stop.
 
 use super::ProxyError;
-use super::config::{HeartbeatOptions, ProxyConfig, SHUTDOWN_LINGER};
+use super::config::{ProxyConfig, SHUTDOWN_LINGER};
 use super::ipc::{self, BoundSocketFile};
 use super::metrics::{ProxyMetrics, ProxyStats, Side};
 use super::monitor::{self, MonitorEvent, PeerChange, PeerTracker};
 use super::subscriptions::LiveSubscriptions;
+use crate::socket_options::HeartbeatOptions;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
