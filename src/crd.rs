@@ -144,8 +144,10 @@ pub struct FanoutGroupStatus {
     /// Ready endpoints published in the EndpointSlices (and the ConfigMap).
     #[serde(default)]
     pub published_endpoints: i32,
-    /// `Ready`, `Progressing` and `Degraded`.
+    /// `Ready`, `Progressing` and `Degraded`. A list-map keyed by `type`, so that server-side
+    /// apply merges conditions by type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

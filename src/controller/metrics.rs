@@ -189,12 +189,7 @@ mod tests {
         };
         metrics.set_published(&key, 3);
         drop(metrics.time_reconcile());
-        let text = |registry: &Registry| {
-            let mut text = String::new();
-            prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
-            text
-        };
-        let before = text(&registry);
+        let before = crate::metrics::encode(&registry);
         assert!(
             before.contains("fanout_controller_endpoints_published{namespace=\"net\",group=\"updates\"} 3"),
             "{before}"
@@ -204,6 +199,6 @@ mod tests {
             "{before}"
         );
         metrics.forget_group(&key);
-        assert!(!text(&registry).contains("group=\"updates\""));
+        assert!(!crate::metrics::encode(&registry).contains("group=\"updates\""));
     }
 }

@@ -322,6 +322,15 @@ mod tests {
         }
     }
 
+    /// The first plan of the test group over nothing but `pods`.
+    fn plan_for_pods(pods: Vec<Arc<Pod>>) -> Plan {
+        let children = Children {
+            pods,
+            ..Children::default()
+        };
+        plan(&group(), &id(), &children, Some("img:1"), now()).unwrap()
+    }
+
     fn slice_names(plan: &Plan) -> Vec<&str> {
         plan.slices
             .iter()
@@ -360,17 +369,7 @@ mod tests {
     #[test]
     fn the_same_state_once_written_plans_the_cached_copies_and_no_report() {
         let pods = vec![pod("p1", "10.0.0.1", true)];
-        let first = plan(
-            &group(),
-            &id(),
-            &Children {
-                pods: pods.clone(),
-                ..Children::default()
-            },
-            Some("img:1"),
-            now(),
-        )
-        .unwrap();
+        let first = plan_for_pods(pods.clone());
         let mut settled = group();
         settled.status = first.report.status.clone();
         let children = written(&first, pods);
@@ -390,17 +389,7 @@ mod tests {
     #[test]
     fn a_pod_turning_unready_leaves_and_an_unwanted_slice_is_pruned() {
         let pods = vec![pod("p1", "10.0.0.1", true), pod("p2", "10.0.0.2", true)];
-        let first = plan(
-            &group(),
-            &id(),
-            &Children {
-                pods: pods.clone(),
-                ..Children::default()
-            },
-            Some("img:1"),
-            now(),
-        )
-        .unwrap();
+        let first = plan_for_pods(pods.clone());
         let mut children = written(&first, vec![pods[0].clone(), pod("p2", "10.0.0.2", false)]);
         let mut stale = (*children.slices[0]).clone();
         stale.metadata.name = Some("updates-v4-7".into());

@@ -5,6 +5,9 @@
 //! endpoints fill free slots of existing slices (in name order) before a new slice is made.
 //! Slices are named `<group>-v4-<n>` / `<group>-v6-<n>` with the lowest free `n`, so the same
 //! input always gives the same names.
+//!
+//! Longer than 500 lines for a reason: half of it is the tests that pin slot assignment (which
+//! slice a change rewrites) case by case.
 
 use crate::controller::objects::{Component, GroupId, Unrealisable, child_meta};
 use crate::crd::FanoutGroup;

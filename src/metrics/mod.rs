@@ -22,12 +22,19 @@ pub fn registry() -> Registry {
     registry
 }
 
+/// The registry as OpenMetrics text, as `/metrics` serves it.
+pub fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail; a metric that fails to encode leaves the text short.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    text
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn build_info_and_process_metrics_are_served() {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &super::registry()).unwrap();
+        let text = super::encode(&super::registry());
         assert!(
             text.contains(&format!(
                 "fanout_build_info{{version=\"{}\"}} 1",

@@ -98,8 +98,7 @@ mod tests {
         metrics.messages_sent.inc_by(3);
         metrics.connected_proxies.set(2);
         metrics.membership_lag.observe(0.001);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = crate::metrics::encode(&registry);
         for line in [
             "fanout_publisher_sent_messages_total 3",
             "fanout_publisher_send_failures_total 0",
