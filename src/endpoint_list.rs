@@ -66,10 +66,10 @@ impl Endpoint {
     /// `tcp://HOST:PORT` for a host as an EndpointSlice lists it: an IPv6 address is
     /// bracketed, anything else (IPv4, a name) is taken as it is and checked.
     pub fn from_host(host: &str, port: u16) -> Result<Self, InvalidEndpoint> {
-        match host.parse::<IpAddr>() {
-            Ok(address) if port != 0 => Ok(Self::tcp(address, port)),
-            _ if host.parse::<Ipv6Addr>().is_err() => Self::parse(&format!("tcp://{host}:{port}")),
-            _ => Self::parse(&format!("tcp://[{host}]:{port}")),
+        if host.parse::<Ipv6Addr>().is_ok() {
+            Self::parse(&format!("tcp://[{host}]:{port}"))
+        } else {
+            Self::parse(&format!("tcp://{host}:{port}"))
         }
     }
 

@@ -48,11 +48,12 @@ pub struct PlannedSlice {
     pub newly_ready_since: Vec<Timestamp>,
 }
 
-/// The kinds of child the controller writes, in the order it prunes them.
+/// The kinds of child whose names vary, so that one can fall out of the plan: these are
+/// pruned, in this order. The DaemonSet and the Service are named after the group, so a plan
+/// always wants the one there is; the garbage collector deletes them with the group, and the
+/// controller is given no `delete` on them (docs/rbac.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ChildKind {
-    DaemonSet,
-    Service,
     EndpointSlice,
     ConfigMap,
 }
@@ -84,7 +85,7 @@ pub struct Plan {
     /// `None` with `spec.configMap: false` (the existing one is then pruned).
     pub config_map: Option<Desired<ConfigMap>>,
     /// Children of the group that this plan does not want: apply, then prune (stackable's
-    /// `ClusterResources`), every kind in one place.
+    /// `ClusterResources`), every prunable kind in one place.
     pub prune: Vec<ChildRef>,
     pub report: Report,
     /// Ready endpoints published, all families (status and `endpoints_published`).
@@ -101,11 +102,9 @@ fn names<K: Resource>(objects: &[Arc<K>]) -> impl Iterator<Item = &str> {
 fn prune_set(children: &Children, kept: &BTreeSet<(ChildKind, &str)>) -> Vec<ChildRef> {
     let cached = [
         (
-            ChildKind::DaemonSet,
-            names(&children.daemon_sets).collect::<Vec<_>>(),
+            ChildKind::EndpointSlice,
+            names(&children.slices).collect::<Vec<_>>(),
         ),
-        (ChildKind::Service, names(&children.services).collect()),
-        (ChildKind::EndpointSlice, names(&children.slices).collect()),
         (ChildKind::ConfigMap, names(&children.config_maps).collect()),
     ];
     cached
@@ -168,7 +167,6 @@ pub fn plan(
     let mut kept: BTreeSet<(ChildKind, &str)> = BTreeSet::new();
 
     // The proxies (or the problem that prevents them; the existing DaemonSet is kept then).
-    kept.insert((ChildKind::DaemonSet, id.name.as_str()));
     let (daemon_set, problem) = match objects::daemon_set(group, default_image) {
         Ok(ds) => (Some(Desired::new(ds, &children.daemon_sets)), None),
         Err(unrealisable) => (
@@ -180,7 +178,6 @@ pub fn plan(
         ),
     };
 
-    kept.insert((ChildKind::Service, id.name.as_str()));
     let service = Desired::new(objects::headless_service(group)?, &children.services);
 
     // The slices, with stable slots.

@@ -12,8 +12,7 @@ use super::objects::FIELD_MANAGER;
 use super::plan::{ChildKind, ChildRef, Desired, Plan, Report};
 use crate::crd::{FanoutGroup, FanoutGroupStatus};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -134,8 +133,6 @@ impl Writer {
 
     async fn delete(&self, namespace: &str, child: &ChildRef) -> Result<(), Error> {
         match child.kind {
-            ChildKind::DaemonSet => self.delete_one::<DaemonSet>(namespace, &child.name).await,
-            ChildKind::Service => self.delete_one::<Service>(namespace, &child.name).await,
             ChildKind::EndpointSlice => self.delete_one::<EndpointSlice>(namespace, &child.name).await,
             ChildKind::ConfigMap => self.delete_one::<ConfigMap>(namespace, &child.name).await,
         }
