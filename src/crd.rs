@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 /// API group of the custom resource.
 pub const GROUP: &str = "fanout.dev";
-/// Label on every object that belongs to a group; its value is the group's name.
-pub const GROUP_LABEL: &str = "fanout.dev/group";
+/// Label on every object that belongs to a group (defined with the endpoint-list contract).
+pub use crate::endpoint_list::GROUP_LABEL;
 
 /// A fanout group: one ZeroMQ proxy per selected node, and the live list of their endpoints.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -144,8 +144,10 @@ pub struct FanoutGroupStatus {
     /// Ready endpoints published in the EndpointSlices (and the ConfigMap).
     #[serde(default)]
     pub published_endpoints: i32,
-    /// `Ready`, `Progressing` and `Degraded`.
+    /// `Ready`, `Progressing` and `Degraded`. A list-map keyed by `type`, so that server-side
+    /// apply merges conditions by type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -207,13 +209,6 @@ impl Default for FanoutGroupSpec {
 /// The CustomResourceDefinition as YAML, exactly what `crds/fanoutgroup.yaml` holds.
 pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     serde_norway::to_string(&FanoutGroup::crd())
-}
-
-/// `fanout crd`: print the CustomResourceDefinition.
-pub fn print_crd() -> crate::Result<()> {
-    let yaml = crd_yaml().map_err(|err| crate::Error::Other(format!("cannot render the CRD: {err}")))?;
-    print!("{yaml}");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -19,21 +19,48 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct DemoArgs {
-    /// Proxies (nodes) at the start.
-    #[arg(long, default_value_t = 4)]
+/// The demo's shape (built from `fanout demo`'s flags).
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Proxies (nodes) at the start; at least 2.
     pub nodes: usize,
     /// Messages per second from the publisher.
-    #[arg(long, default_value_t = 2000)]
     pub rate: u64,
-    /// Length of the run in seconds.
-    #[arg(long, default_value_t = 15.0)]
-    pub seconds: f64,
+    /// Length of the run; at least 1 s.
+    pub duration: Duration,
     /// Payload size in bytes.
-    #[arg(long, default_value_t = 64)]
     pub size: usize,
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("--nodes must be at least 2")]
+    TooFewNodes,
+    #[error("--seconds must be at least 1")]
+    TooShort,
+    #[error("proxy {node}: {source}")]
+    Proxy {
+        node: String,
+        #[source]
+        source: crate::proxy::ProxyError,
+    },
+    #[error("proxy {0} bound no endpoints")]
+    NoEndpoints(String),
+    #[error(transparent)]
+    Publisher(#[from] crate::publisher::PublisherError),
+    #[error(transparent)]
+    Subscriber(#[from] crate::subscriber::SubscriberError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the {0} thread panicked")]
+    Panicked(String),
+    #[error("the publisher did not pick up the membership file")]
+    NotFollowed,
+    #[error("demo failed: {0}")]
+    Failed(String),
+}
+
+type Result<T, E = DemoError> = std::result::Result<T, E>;
 
 const TOPIC: &str = "demo.updates";
 /// Queue bound per peer: large enough that the demo's rate never drops.
@@ -46,20 +73,23 @@ struct NodeProxy {
     proxy: crate::proxy::Proxy,
 }
 
-fn start_proxy(dir: &Path, name: &str) -> crate::Result<NodeProxy> {
+fn start_proxy(dir: &Path, name: &str) -> Result<NodeProxy> {
     let config = crate::proxy::ProxyConfig {
         publishers: vec!["tcp://127.0.0.1:0".to_string()],
         subscribers: vec![format!("ipc://{}/{name}.sock", dir.display())],
         hwm: HWM,
         ..crate::proxy::ProxyConfig::default()
     };
-    let proxy = crate::proxy::start(config).map_err(|e| crate::Error::Other(format!("proxy {name}: {e}")))?;
+    let proxy = crate::proxy::start(config).map_err(|source| DemoError::Proxy {
+        node: name.to_string(),
+        source,
+    })?;
     let first = |eps: &[String]| eps.first().cloned();
     let (Some(publisher_endpoint), Some(subscriber_endpoint)) = (
         first(proxy.publisher_endpoints()),
         first(proxy.subscriber_endpoints()),
     ) else {
-        return Err(crate::Error::Other(format!("proxy {name} bound no endpoints")));
+        return Err(DemoError::NoEndpoints(name.to_string()));
     };
     Ok(NodeProxy {
         publisher_endpoint,
@@ -82,13 +112,13 @@ struct Node {
     received: Arc<AtomicU64>,
     observation: Arc<Mutex<NodeObservation>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<crate::Result<()>>>,
+    thread: Option<JoinHandle<Result<()>>>,
     joined_at: Option<Instant>,
     removed: bool,
 }
 
 impl Node {
-    fn start(dir: &Path, name: String) -> crate::Result<Self> {
+    fn start(dir: &Path, name: String) -> Result<Self> {
         let proxy = start_proxy(dir, &name)?;
         let mut subscriber = Subscriber::connect(
             &proxy.subscriber_endpoint,
@@ -105,7 +135,7 @@ impl Node {
             let (received, observation, stop) = (received.clone(), observation.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("demo-{name}"))
-                .spawn(move || -> crate::Result<()> {
+                .spawn(move || -> Result<()> {
                     while !stop.load(Ordering::Acquire) {
                         if subscriber.recv(Duration::from_millis(50))?.is_some() {
                             let n = received.fetch_add(1, Ordering::Relaxed);
@@ -132,24 +162,19 @@ impl Node {
     }
 
     /// Stops the subscriber thread, then the proxy.
-    fn stop(&mut self) -> crate::Result<()> {
+    fn stop(&mut self) -> Result<()> {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             match thread.join() {
                 Ok(result) => result?,
-                Err(_) => {
-                    return Err(crate::Error::Other(format!(
-                        "{}: subscriber thread panicked",
-                        self.name
-                    )));
-                }
+                Err(_) => return Err(DemoError::Panicked(format!("{} subscriber", self.name))),
             }
         }
         if let Some(node_proxy) = self.proxy.take() {
-            node_proxy
-                .proxy
-                .shutdown()
-                .map_err(|e| crate::Error::Other(format!("{}: proxy shutdown: {e}", self.name)))?;
+            node_proxy.proxy.shutdown().map_err(|source| DemoError::Proxy {
+                node: self.name.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -161,7 +186,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Writes the membership file the way the kubelet updates a ConfigMap volume: a new file
 /// renamed over the old one, so a reader never sees a half-written list.
-fn write_membership(path: &Path, nodes: &[Node]) -> crate::Result<()> {
+fn write_membership(path: &Path, nodes: &[Node]) -> Result<()> {
     let mut text = String::from("# fanout demo membership\n");
     for node in nodes.iter().filter(|n| !n.removed) {
         text.push_str(&node.publisher_endpoint);
@@ -184,16 +209,13 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duratio
     None
 }
 
-pub fn run(args: DemoArgs) -> crate::Result<()> {
+pub fn run(args: DemoOptions) -> Result<()> {
     if args.nodes < 2 {
-        return Err(crate::Error::InvalidArgument("--nodes must be at least 2".into()));
+        return Err(DemoError::TooFewNodes);
     }
-    let total = Duration::try_from_secs_f64(args.seconds)
-        .map_err(|e| crate::Error::InvalidArgument(format!("--seconds {}: {e}", args.seconds)))?;
+    let total = args.duration;
     if total < Duration::from_secs(1) {
-        return Err(crate::Error::InvalidArgument(
-            "--seconds must be at least 1".into(),
-        ));
+        return Err(DemoError::TooShort);
     }
     let dir = tempfile::Builder::new().prefix("fanout-demo-").tempdir()?;
     let membership_file = dir.path().join("endpoints");
@@ -223,9 +245,7 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
     })
     .is_none()
     {
-        return Err(crate::Error::Other(
-            "the publisher did not pick up the membership file".into(),
-        ));
+        return Err(DemoError::NotFollowed);
     }
     // Let subscriptions travel upstream before counting (a PUB drops what nobody asked for).
     std::thread::sleep(Duration::from_millis(300));
@@ -237,7 +257,7 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
         let (rate, size) = (args.rate.max(1), args.size);
         std::thread::Builder::new()
             .name("demo-publisher".into())
-            .spawn(move || -> crate::Result<u64> {
+            .spawn(move || -> Result<u64> {
                 let mut sent = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
@@ -306,7 +326,7 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
     stop_publishing.store(true, Ordering::Release);
     let sent = match publishing.join() {
         Ok(result) => result?,
-        Err(_) => return Err(crate::Error::Other("publisher thread panicked".into())),
+        Err(_) => return Err(DemoError::Panicked("publisher".into())),
     };
     // Let the last messages arrive before stopping the subscribers.
     let expected_tail = publisher.stats().sent;
@@ -372,9 +392,6 @@ pub fn run(args: DemoArgs) -> crate::Result<()> {
         for f in &failures {
             println!("FAILED: {f}");
         }
-        Err(crate::Error::Other(format!(
-            "demo failed: {}",
-            failures.join("; ")
-        )))
+        Err(DemoError::Failed(failures.join("; ")))
     }
 }

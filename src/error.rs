@@ -1,21 +1,33 @@
-//! The error a subcommand returns to `main`. Each module keeps its own precise error type and
-//! converts into this one at the edge.
+//! The error a subcommand returns to `main`. Each module keeps its own precise error type;
+//! this one only says which module failed, with that error as its source.
 
-/// Everything a subcommand can fail with, with the module's own error as the source.
+/// Everything a subcommand can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("ZeroMQ: {0}")]
-    Zmq(#[from] zmq::Error),
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("membership: {0}")]
+    #[error(transparent)]
     Membership(#[from] crate::membership::MembershipError),
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
+    #[error(transparent)]
+    SocketDir(#[from] crate::proxy::socket_dir::SocketDirError),
+    #[error(transparent)]
+    Publish(#[from] crate::publisher::command::PublishError),
+    #[error(transparent)]
+    Subscribe(#[from] crate::subscriber::command::SubscribeError),
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
+    #[error(transparent)]
+    Probe(#[from] crate::probe::ProbeError),
+    #[cfg(feature = "kubernetes")]
+    #[error("cannot render the CRD: {0}")]
+    Crd(#[from] serde_norway::Error),
+    #[cfg(feature = "controller")]
+    #[error(transparent)]
+    Controller(#[from] crate::controller::ControllerError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,23 +1,36 @@
 //! fanout: a ZeroMQ publish/subscribe fanout fabric with live Kubernetes group membership.
 //!
-//! The pure core (membership diffs, desired Kubernetes objects, endpoint slicing, the wire
-//! envelope) has no I/O; sockets, HTTP and the Kubernetes API sit around it.
+//! The pure core (the endpoint-list contract, membership diffs, desired Kubernetes objects and
+//! the controller's plan, endpoint slicing, the wire envelope) has no I/O; sockets, HTTP and
+//! the Kubernetes API sit around it. Cargo features: `kubernetes` (following groups through
+//! the API, the FanoutGroup types; picks no Kubernetes API version), `http` (the `/metrics`
+//! endpoint), `controller`, and `cli` (the `fanout` binary; default).
 
+#[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "controller")]
 pub mod controller;
+#[cfg(feature = "kubernetes")]
 pub mod crd;
 pub mod demo;
+pub mod endpoint_list;
 pub mod error;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod membership;
+pub mod metrics;
+pub mod probe;
 pub mod proxy;
 pub mod publisher;
-pub mod shutdown;
+pub mod runtime;
+pub mod socket_options;
 pub mod subscriber;
+#[cfg(feature = "cli")]
 pub mod telemetry;
 pub mod wire;
 
+pub use endpoint_list::Endpoint;
 pub use error::{Error, Result};
-pub use membership::{Membership, MembershipSink, MembershipSource};
+pub use membership::{Membership, MembershipSource};
 pub use publisher::Publisher;
 pub use subscriber::Subscriber;

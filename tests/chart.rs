@@ -96,6 +96,42 @@ fn chart_version_and_app_version_follow_the_crate() {
     let crate_version = env!("CARGO_PKG_VERSION");
     assert_eq!(chart["version"], crate_version, "Chart.yaml version");
     assert_eq!(chart["appVersion"], crate_version, "Chart.yaml appVersion");
+    assert_eq!(chart["home"], env!("CARGO_PKG_HOMEPAGE"), "Chart.yaml home");
+    assert_eq!(
+        chart["sources"],
+        json!([env!("CARGO_PKG_REPOSITORY")]),
+        "Chart.yaml sources"
+    );
+}
+
+#[test]
+fn helm_test_probes_the_controller_through_its_service() {
+    let objects = template(NS, &[]);
+    let pod = the(&objects, "Pod");
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    let service = the(&objects, "Service");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(
+        container["args"],
+        json!([
+            "probe",
+            "--timeout=5",
+            format!(
+                "http://{}.{NS}.svc:{}/readyz",
+                service["metadata"]["name"].as_str().unwrap(),
+                service["spec"]["ports"][0]["port"]
+            )
+        ])
+    );
+    assert_eq!(container["image"], controller_container(&objects)["image"]);
+    assert_eq!(container["securityContext"]["runAsNonRoot"], true);
+    // Not one of the controller pods the Service selects.
+    let labels = &pod["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/component"], "test");
+    assert_eq!(labels["app.kubernetes.io/part-of"], "fanout");
+    let without_service = template(NS, &["--set", "metrics.service.enabled=false"]);
+    assert!(!kinds(&without_service).contains(&"Pod".to_owned()));
 }
 
 #[test]
@@ -146,6 +182,7 @@ fn default_values_render_a_cluster_wide_controller() {
             "ClusterRoleBinding",
             "Deployment",
             "Lease",
+            "Pod",
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
@@ -201,6 +238,7 @@ fn namespaced_values_render_roles_and_the_namespace_flag() {
         [
             "Deployment",
             "Lease",
+            "Pod",
             "PodDisruptionBudget",
             "Role",
             "Role",

@@ -2,15 +2,16 @@
 //! which server-side-apply parameters; then that a second pass over unchanged state writes
 //! nothing, and that one pod changing rewrites only its slice (plus list, status, event).
 
+use fanout::controller::children::Caches;
+use fanout::controller::memory::GroupKey;
 use fanout::controller::metrics::Metrics;
-use fanout::controller::reconcile::{Caches, Context, reconcile};
+use fanout::controller::reconcile::{Context, reconcile};
 use fanout::crd::{FanoutGroup, FanoutGroupSpec, FanoutGroupStatus};
 use futures::pin_mut;
 use http::{Request, Response};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::ResourceExt;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -188,11 +189,7 @@ async fn reconcile_with(
         leading,
     ));
     if warm {
-        ctx.full_apply_done(&format!(
-            "{}/{}",
-            group.namespace().unwrap_or_default(),
-            group.name_any()
-        ));
+        ctx.memory.full_apply_done(&GroupKey::of(&group));
     }
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(group), ctx))
         .await
@@ -335,8 +332,9 @@ async fn one_pod_turning_unready_rewrites_its_slice_and_a_stale_slice_is_pruned(
         lines,
         [
             "PATCH /apis/discovery.k8s.io/v1/namespaces/net/endpointslices/updates-v4-0",
-            "DELETE /apis/discovery.k8s.io/v1/namespaces/net/endpointslices/updates-v4-7",
             "PATCH /api/v1/namespaces/net/configmaps/updates-endpoints",
+            // Every child is applied, then what the pass did not want is pruned.
+            "DELETE /apis/discovery.k8s.io/v1/namespaces/net/endpointslices/updates-v4-7",
             "PATCH /apis/fanout.dev/v1alpha1/namespaces/net/fanoutgroups/updates/status",
             "POST /apis/events.k8s.io/v1/namespaces/net/events",
         ]

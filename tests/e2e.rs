@@ -117,7 +117,7 @@ async fn slice_addresses(
 
 fn expected_endpoints(pods: &BTreeMap<String, (String, String)>, port: u16) -> Membership {
     pods.values()
-        .map(|(_, ip)| format!("tcp://{ip}:{port}"))
+        .map(|(_, ip)| format!("tcp://{ip}:{port}").parse().unwrap())
         .collect()
 }
 

@@ -38,7 +38,7 @@ use proxy_under_test::Proxy;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn members(endpoints: &[&str]) -> Membership {
-    endpoints.iter().map(|e| e.to_string()).collect()
+    endpoints.iter().map(|e| e.parse().unwrap()).collect()
 }
 
 fn subscriber(proxy: &Proxy, filters: &[TopicFilter]) -> Subscriber {
@@ -82,8 +82,7 @@ fn messages_are_forwarded_in_order_with_the_envelope() {
     let mut sub = subscriber(&proxy, &[TopicFilter::exact("t")]);
     let publisher = publisher();
     publisher
-        .membership_sink()
-        .update(members(&[&proxy.publisher_endpoint]))
+        .set_membership(members(&[&proxy.publisher_endpoint]))
         .unwrap();
     warm_up(&publisher, &mut sub, "t");
 
@@ -116,9 +115,10 @@ fn a_joining_proxy_starts_receiving_and_a_departed_one_stops() {
     let mut sub_a = subscriber(&a, &[TopicFilter::exact("t")]);
     let mut sub_b = subscriber(&b, &[TopicFilter::exact("t")]);
     let publisher = publisher();
-    let sink = publisher.membership_sink();
 
-    sink.update(members(&[&a.publisher_endpoint])).unwrap();
+    publisher
+        .set_membership(members(&[&a.publisher_endpoint]))
+        .unwrap();
     warm_up(&publisher, &mut sub_a, "t");
     assert!(
         sub_b.recv(Duration::from_millis(200)).unwrap().is_none(),
@@ -126,7 +126,8 @@ fn a_joining_proxy_starts_receiving_and_a_departed_one_stops() {
     );
 
     // b joins: it starts receiving, a is undisturbed.
-    sink.update(members(&[&a.publisher_endpoint, &b.publisher_endpoint]))
+    publisher
+        .set_membership(members(&[&a.publisher_endpoint, &b.publisher_endpoint]))
         .unwrap();
     let start = Instant::now();
     let mut sent_after_join = 0;
@@ -151,7 +152,9 @@ fn a_joining_proxy_starts_receiving_and_a_departed_one_stops() {
     );
 
     // a leaves: it stops getting traffic, b keeps receiving everything.
-    sink.update(members(&[&b.publisher_endpoint])).unwrap();
+    publisher
+        .set_membership(members(&[&b.publisher_endpoint]))
+        .unwrap();
     let start = Instant::now();
     while publisher.connected().contains(&a.publisher_endpoint) {
         assert!(start.elapsed() < WAIT, "leave not applied");
@@ -190,15 +193,14 @@ fn the_connection_to_a_departed_proxy_is_closed() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("tcp://{}", listener.local_addr().unwrap());
     let publisher = publisher();
-    let sink = publisher.membership_sink();
-    sink.update(members(&[&endpoint])).unwrap();
+    publisher.set_membership(members(&[&endpoint])).unwrap();
     let (mut conn, _) = listener.accept().unwrap();
     conn.set_read_timeout(Some(WAIT)).unwrap();
     let mut greeting = [0u8; 10];
     conn.read_exact(&mut greeting).unwrap();
     assert_eq!(greeting[0], 0xFF, "ZMTP greeting signature");
 
-    sink.update(Membership::new()).unwrap();
+    publisher.set_membership(Membership::new()).unwrap();
     let mut buf = [0u8; 256];
     let start = Instant::now();
     loop {
@@ -228,8 +230,7 @@ fn exact_topics_never_deliver_longer_topics_and_prefixes_are_explicit() {
     );
     let publisher = publisher();
     publisher
-        .membership_sink()
-        .update(members(&[&proxy.publisher_endpoint]))
+        .set_membership(members(&[&proxy.publisher_endpoint]))
         .unwrap();
     warm_up(&publisher, &mut sub, "end");
 
@@ -343,8 +344,7 @@ fn real_loss_through_a_tiny_queue_is_accounted_exactly() {
     })
     .unwrap();
     publisher
-        .membership_sink()
-        .update(members(&[&proxy.publisher_endpoint]))
+        .set_membership(members(&[&proxy.publisher_endpoint]))
         .unwrap();
     warm_up(&publisher, &mut sub, "t");
 
@@ -429,8 +429,7 @@ fn a_plain_libzmq_sub_receives_from_our_publisher_through_the_proxy() {
     sub.set_subscribe(b"news").unwrap();
     let publisher = publisher();
     publisher
-        .membership_sink()
-        .update(members(&[&proxy.publisher_endpoint]))
+        .set_membership(members(&[&proxy.publisher_endpoint]))
         .unwrap();
     let start = Instant::now();
     let frames = loop {
@@ -460,8 +459,8 @@ fn close_is_bounded_by_the_linger_when_a_proxy_is_unreachable() {
         ..PublisherConfig::default()
     })
     .unwrap();
-    let sink = publisher.membership_sink();
-    sink.update(members(&[&format!("tcp://127.0.0.1:{port}")]))
+    publisher
+        .set_membership(members(&[&format!("tcp://127.0.0.1:{port}")]))
         .unwrap();
     let start = Instant::now();
     while publisher.connected().is_empty() {
@@ -483,25 +482,28 @@ fn close_is_bounded_by_the_linger_when_a_proxy_is_unreachable() {
         Err(fanout::publisher::PublisherError::Closed)
     ));
     assert!(matches!(
-        sink.update(Membership::new()),
-        Err(fanout::membership::MembershipError::SinkClosed)
+        publisher.set_membership(Membership::new()),
+        Err(fanout::publisher::PublisherError::Closed)
     ));
     assert!(publisher.connected().is_empty());
 }
 
 #[test]
-fn invalid_endpoints_in_a_snapshot_are_skipped_and_the_rest_applied() {
+fn invalid_endpoints_never_reach_a_snapshot_and_the_rest_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
     let publisher = publisher();
-    publisher
-        .membership_sink()
-        .update(members(&[
-            &proxy.publisher_endpoint,
-            "not-an-endpoint",
-            "tcp://127.0.0.1:0",
-        ]))
-        .unwrap();
+    // A membership holds checked endpoints only: what does not parse never reaches the socket.
+    let snapshot: Membership = [
+        proxy.publisher_endpoint.as_str(),
+        "not-an-endpoint",
+        "tcp://127.0.0.1:0",
+    ]
+    .iter()
+    .filter_map(|e| e.parse().ok())
+    .collect();
+    assert_eq!(snapshot.len(), 1);
+    publisher.set_membership(snapshot).unwrap();
     let start = Instant::now();
     while publisher.connected().is_empty() {
         assert!(start.elapsed() < WAIT);

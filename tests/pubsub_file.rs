@@ -2,7 +2,7 @@
 //! updated by an atomic `..data` symlink swap, a missing file, a directory that appears late.
 
 use fanout::membership::file::FileSource;
-use fanout::membership::{Membership, MembershipSink, MembershipSource};
+use fanout::membership::{Membership, MembershipSource};
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::sync::mpsc;
@@ -20,16 +20,21 @@ struct Running {
 impl Running {
     fn start(source: FileSource) -> Self {
         let (tx, updates) = mpsc::channel();
-        let sink = MembershipSink::new(move |m| {
-            tx.send(m)
-                .map_err(|_| fanout::membership::MembershipError::SinkClosed)
-        });
+        let (sender, mut snapshots) = tokio::sync::watch::channel(Membership::new());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        runtime.spawn(Box::new(source).run(sink));
+        runtime.spawn(Box::new(source).run(sender));
+        // Every snapshot the source sends, in order, to the test thread.
+        runtime.spawn(async move {
+            while snapshots.changed().await.is_ok() {
+                if tx.send(snapshots.borrow_and_update().clone()).is_err() {
+                    return;
+                }
+            }
+        });
         Self { updates, runtime }
     }
 
@@ -47,7 +52,7 @@ impl Running {
 }
 
 fn set(items: &[&str]) -> Membership {
-    items.iter().map(|s| s.to_string()).collect()
+    items.iter().map(|s| s.parse().unwrap()).collect()
 }
 
 fn write_atomically(path: &Path, text: &str) {

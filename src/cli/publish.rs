@@ -5,10 +5,10 @@
 //! or one payload per line of stdin. A summary goes to stdout at the end.
 
 use crate::membership::{MembershipSource, StaticSource, file::FileSource, kubernetes};
-use crate::publisher::{Publisher, PublisherConfig};
-use std::io::BufRead;
+use crate::publisher::command::PublishRun;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct PublishArgs {
@@ -49,106 +49,47 @@ pub struct PublishArgs {
     /// Seconds `close` may spend flushing unsent messages.
     #[arg(long, default_value_t = 5.0)]
     pub linger: f64,
+    /// Serve `/healthz`, `/readyz` and `/metrics` (the publisher's counters) on this address
+    /// while publishing, e.g. `127.0.0.1:9103`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<SocketAddr>,
 }
 
-fn seconds(name: &str, value: f64) -> crate::Result<Duration> {
+/// `--NAME VALUE` seconds as a duration.
+pub fn seconds(name: &str, value: f64) -> crate::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|e| crate::Error::InvalidArgument(format!("--{name} {value}: {e}")))
 }
 
-fn source(args: &PublishArgs) -> crate::Result<Box<dyn MembershipSource>> {
-    if let Some(path) = &args.endpoints_file {
-        Ok(Box::new(FileSource::new(path.clone())))
-    } else if let Some(group) = &args.group {
-        Ok(kubernetes::source_for_group(
-            args.namespace.clone(),
-            group.clone(),
-        )?)
-    } else {
-        Ok(Box::new(StaticSource::new(
-            args.endpoints.iter().map(|e| e.trim().to_string()),
-        )?))
-    }
-}
-
-/// Process CPU time (user + system) so far.
-pub fn process_cpu_time() -> Duration {
-    // SAFETY: getrusage only writes into the struct we pass; a zeroed rusage is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// Sleeps until message `index` is due at `rate` msgs/s from `start`.
-fn pace(start: Instant, index: u64, rate: u64) {
-    if rate == 0 {
-        return;
-    }
-    let due = start + Duration::from_secs_f64(index as f64 / rate as f64);
-    let now = Instant::now();
-    if due > now {
-        std::thread::sleep(due - now);
-    }
-}
-
-pub fn run(args: PublishArgs) -> crate::Result<()> {
-    let wait_membership = seconds("wait-membership", args.wait_membership)?;
-    let settle = seconds("settle", args.settle)?;
-    let linger = seconds("linger", args.linger)?;
-    let publisher = Publisher::new(PublisherConfig {
-        hwm: args.hwm,
-        linger,
-        ..PublisherConfig::default()
-    })?;
-    publisher.follow(source(&args)?)?;
-
-    let deadline = Instant::now() + wait_membership;
-    while publisher.connected().is_empty() {
-        if Instant::now() >= deadline {
-            return Err(crate::Error::Other(format!(
-                "no proxy endpoints after {:.1} s",
-                wait_membership.as_secs_f64()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(settle);
-    tracing::info!(proxies = publisher.connected().len(), "publishing");
-
-    let topic = args.topic.as_bytes().to_vec();
-    let cpu_before = process_cpu_time();
-    let start = Instant::now();
-    let mut sent = 0u64;
-    if let Some(count) = args.count {
-        let payload = vec![b'x'; args.size];
-        for i in 0..count {
-            pace(start, i, args.rate);
-            publisher.publish(topic.clone(), vec![payload.clone()])?;
-            sent += 1;
-        }
-    } else {
-        for line in std::io::stdin().lock().lines() {
-            let line = line?;
-            pace(start, sent, args.rate);
-            publisher.publish(topic.clone(), vec![line.into_bytes()])?;
-            sent += 1;
+impl PublishArgs {
+    fn source(&self) -> crate::Result<Box<dyn MembershipSource>> {
+        if let Some(path) = &self.endpoints_file {
+            Ok(Box::new(FileSource::new(path.clone())))
+        } else if let Some(group) = &self.group {
+            Ok(kubernetes::source_for_group(
+                self.namespace.clone(),
+                group.clone(),
+            )?)
+        } else {
+            Ok(Box::new(StaticSource::new(
+                self.endpoints.iter().map(|e| e.trim().to_string()),
+            )?))
         }
     }
-    let proxies = publisher.connected().len();
-    publisher.close();
-    let wall = start.elapsed();
-    let cpu = process_cpu_time().saturating_sub(cpu_before);
-    let secs = wall.as_secs_f64().max(1e-9);
-    println!(
-        "published {sent} messages to {proxies} proxies in {:.3} s ({:.0} msg/s); cpu {:.3} s ({:.0}% of wall)",
-        secs,
-        sent as f64 / secs,
-        cpu.as_secs_f64(),
-        100.0 * cpu.as_secs_f64() / secs
-    );
-    Ok(())
+
+    pub fn run(self) -> crate::Result<()> {
+        let run = PublishRun {
+            source: self.source()?,
+            topic: self.topic,
+            count: self.count,
+            rate: self.rate,
+            size: self.size,
+            hwm: self.hwm,
+            wait_membership: seconds("wait-membership", self.wait_membership)?,
+            settle: seconds("settle", self.settle)?,
+            linger: seconds("linger", self.linger)?,
+            http: self.http,
+        };
+        Ok(crate::publisher::command::run(run)?)
+    }
 }

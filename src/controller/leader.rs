@@ -1,5 +1,9 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, the way client-go's `leaderelection`
-//! does it (no maintained crate supports kube 5).
+//! does it. `kube-lease-manager` 0.13 supports kube 5, but ours stays: its decision is a pure
+//! function with plain tests (below), expiry is measured on our own clock so skew between
+//! replicas cannot matter, a standby takes over within one retry period because the holder
+//! releases the lease on shutdown, and the whole of it is one file we can read, not another
+//! dependency to keep in step with kube.
 //!
 //! - Every `RETRY_PERIOD` a replica reads the Lease and decides (pure [`decide`]): renew it
 //!   (it holds it), acquire it (absent, unheld, released, or not renewed for

@@ -1,11 +1,15 @@
-//! The controller's Prometheus metrics.
+//! The controller's Prometheus metrics (`fanout_controller_...`; all listed in
+//! `docs/metrics.md`).
 
+use super::memory::GroupKey;
+use k8s_openapi::jiff::Timestamp;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -34,7 +38,21 @@ pub struct Metrics {
     pub skipped_writes: Family<WriteLabels, Counter>,
     pub endpoints_published: Family<GroupLabels, Gauge>,
     pub publish_latency: Histogram,
+    pub reconcile_duration: Histogram,
     pub leader: Gauge,
+}
+
+/// Observes the time from its creation to its drop into `reconcile_duration`, whichever way
+/// the reconcile ends.
+pub struct ReconcileTimer {
+    started: Instant,
+    histogram: Histogram,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 impl Metrics {
@@ -48,6 +66,10 @@ impl Metrics {
             // 5 ms .. ~80 s
             publish_latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
                 0.005, 2.0, 15,
+            )),
+            // 1 ms .. ~16 s
+            reconcile_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 15,
             )),
             leader: Gauge::default(),
         };
@@ -83,6 +105,12 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             metrics.publish_latency.clone(),
         );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time one reconcile took, throttle wait included",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.reconcile_duration.clone(),
+        );
         registry.register(
             "leader",
             "1 while this replica holds the leader lease",
@@ -100,6 +128,43 @@ impl Metrics {
             .inc();
     }
 
+    /// Starts timing a reconcile (see [`ReconcileTimer`]).
+    pub fn time_reconcile(&self) -> ReconcileTimer {
+        ReconcileTimer {
+            started: Instant::now(),
+            histogram: self.reconcile_duration.clone(),
+        }
+    }
+
+    fn group_labels(key: &GroupKey) -> GroupLabels {
+        GroupLabels {
+            namespace: key.namespace.clone(),
+            group: key.name.clone(),
+        }
+    }
+
+    pub fn set_published(&self, key: &GroupKey, endpoints: i32) {
+        self.endpoints_published
+            .get_or_create(&Self::group_labels(key))
+            .set(i64::from(endpoints));
+    }
+
+    /// Removes the series of a deleted group.
+    pub fn forget_group(&self, key: &GroupKey) {
+        self.endpoints_published.remove(&Self::group_labels(key));
+    }
+
+    /// Observes, for each endpoint a written slice newly published, the time since its pod
+    /// turned Ready.
+    pub fn observe_publish_latency(&self, ready_since: &[Timestamp], now: Timestamp) {
+        for since in ready_since {
+            let seconds = now.duration_since(*since).as_secs_f64();
+            if seconds >= 0.0 {
+                self.publish_latency.observe(seconds);
+            }
+        }
+    }
+
     pub fn skipped(&self, kind: &str) {
         self.skipped_writes
             .get_or_create(&WriteLabels {
@@ -107,5 +172,33 @@ impl Metrics {
                 verb: "apply".to_string(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_group_loses_its_series_and_reconciles_are_timed() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let key = GroupKey {
+            namespace: "net".into(),
+            name: "updates".into(),
+        };
+        metrics.set_published(&key, 3);
+        drop(metrics.time_reconcile());
+        let before = crate::metrics::encode(&registry);
+        assert!(
+            before.contains("fanout_controller_endpoints_published{namespace=\"net\",group=\"updates\"} 3"),
+            "{before}"
+        );
+        assert!(
+            before.contains("fanout_controller_reconcile_duration_seconds_count 1"),
+            "{before}"
+        );
+        metrics.forget_group(&key);
+        assert!(!crate::metrics::encode(&registry).contains("group=\"updates\""));
     }
 }

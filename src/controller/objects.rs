@@ -1,7 +1,11 @@
 //! Pure: a FanoutGroup → the objects the controller wants to exist (DaemonSet, headless Service,
 //! endpoints ConfigMap), with the labels and owner reference every child carries. No I/O.
+//!
+//! Longer than 500 lines for a reason: more than half of it is tests, and the DaemonSet is one
+//! pod spec's worth of fields that a reader should see in one place.
 
-use crate::crd::{FanoutGroup, GROUP_LABEL};
+use crate::crd::FanoutGroup;
+use crate::endpoint_list::{CONFIGMAP_KEY, GROUP_LABEL, PUBLISH_PORT_NAME};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, HTTPGetAction, HostPathVolumeSource,
@@ -14,13 +18,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
-/// The one field manager for every server-side apply the controller makes.
+/// The one field manager for every server-side apply the controller makes, and the value of
+/// `app.kubernetes.io/managed-by` on every child (how `children` knows its own).
 pub const FIELD_MANAGER: &str = "fanout-controller";
-/// The names publishers rely on (slice manager, port name, ConfigMap key) are the live
-/// endpoint list's contract, defined once beside the code that reads it.
-pub use crate::membership::kubernetes::{CONFIGMAP_KEY, PUBLISH_PORT_NAME, SLICE_MANAGER};
-pub const SLICE_MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+/// `app.kubernetes.io/part-of` of every child: the same as on the chart's objects.
+pub const PART_OF: &str = "fanout";
 /// Name of the proxy container and of its ports.
 pub const PROXY_CONTAINER: &str = "proxy";
 pub const SUBSCRIBE_PORT_NAME: &str = "subscribe";
@@ -52,6 +57,8 @@ pub enum Unrealisable {
         "name {0:?} cannot name a Service: it must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, ending with a letter or digit)"
     )]
     InvalidName(String),
+    #[error("publisherPort {0} is not a TCP port")]
+    InvalidPort(i32),
 }
 
 impl Unrealisable {
@@ -61,6 +68,7 @@ impl Unrealisable {
             Unrealisable::NoProxyImage => "NoProxyImage",
             Unrealisable::MissingMetadata(_) => "MissingMetadata",
             Unrealisable::InvalidName(_) => "InvalidName",
+            Unrealisable::InvalidPort(_) => "InvalidPort",
         }
     }
 }
@@ -88,7 +96,7 @@ impl GroupId {
         Ok(Self { namespace, name })
     }
     pub fn configmap_name(&self) -> String {
-        crate::membership::kubernetes::configmap_name(&self.name)
+        crate::endpoint_list::configmap_name(&self.name)
     }
     /// File name of the node-local subscriber socket.
     pub fn socket_file(&self) -> String {
@@ -111,16 +119,33 @@ pub fn is_dns1035_label(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
+/// Which part of a group a child is (`app.kubernetes.io/component`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The DaemonSet and its pods.
+    Proxy,
+    /// The headless Service, the EndpointSlices and the ConfigMap.
+    EndpointList,
+}
+
+impl Component {
+    pub fn label(self) -> &'static str {
+        match self {
+            Component::Proxy => "proxy",
+            Component::EndpointList => "endpoint-list",
+        }
+    }
+}
+
 /// Labels on every child object (and on the proxy pods).
-pub fn child_labels(name: &str) -> BTreeMap<String, String> {
+pub fn child_labels(name: &str, component: Component) -> BTreeMap<String, String> {
     BTreeMap::from([
         (GROUP_LABEL.to_string(), name.to_string()),
         ("app.kubernetes.io/name".to_string(), "fanout-proxy".to_string()),
         ("app.kubernetes.io/instance".to_string(), name.to_string()),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            FIELD_MANAGER.to_string(),
-        ),
+        (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
+        (COMPONENT_LABEL.to_string(), component.label().to_string()),
+        (PART_OF_LABEL.to_string(), PART_OF.to_string()),
     ])
 }
 
@@ -143,11 +168,16 @@ pub fn owner_reference(group: &FanoutGroup) -> Result<OwnerReference, Unrealisab
 }
 
 /// Metadata of a child: name, namespace, labels, owner.
-pub fn child_meta(group: &FanoutGroup, id: &GroupId, name: String) -> Result<ObjectMeta, Unrealisable> {
+pub fn child_meta(
+    group: &FanoutGroup,
+    id: &GroupId,
+    name: String,
+    component: Component,
+) -> Result<ObjectMeta, Unrealisable> {
     Ok(ObjectMeta {
         name: Some(name),
         namespace: Some(id.namespace.clone()),
-        labels: Some(child_labels(&id.name)),
+        labels: Some(child_labels(&id.name, component)),
         owner_references: Some(vec![owner_reference(group)?]),
         ..ObjectMeta::default()
     })
@@ -291,7 +321,7 @@ pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<Da
         .or(default_image)
         .filter(|image| !image.is_empty())
         .ok_or(Unrealisable::NoProxyImage)?;
-    let labels = child_labels(&id.name);
+    let labels = child_labels(&id.name, Component::Proxy);
     let selector = BTreeMap::from([
         (GROUP_LABEL.to_string(), id.name.clone()),
         ("app.kubernetes.io/name".to_string(), "fanout-proxy".to_string()),
@@ -359,7 +389,7 @@ pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<Da
     };
 
     Ok(DaemonSet {
-        metadata: child_meta(group, &id, id.name.clone())?,
+        metadata: child_meta(group, &id, id.name.clone(), Component::Proxy)?,
         spec: Some(DaemonSetSpec {
             selector: LabelSelector {
                 match_labels: Some(selector),
@@ -390,7 +420,7 @@ pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<Da
 pub fn headless_service(group: &FanoutGroup) -> Result<Service, Unrealisable> {
     let id = GroupId::of(group)?;
     Ok(Service {
-        metadata: child_meta(group, &id, id.name.clone())?,
+        metadata: child_meta(group, &id, id.name.clone(), Component::EndpointList)?,
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_string()),
             // No selector: the kube EndpointSlice controller leaves this Service to us.
@@ -414,7 +444,7 @@ pub fn headless_service(group: &FanoutGroup) -> Result<Service, Unrealisable> {
 pub fn endpoints_configmap(group: &FanoutGroup, endpoints: String) -> Result<ConfigMap, Unrealisable> {
     let id = GroupId::of(group)?;
     Ok(ConfigMap {
-        metadata: child_meta(group, &id, id.configmap_name())?,
+        metadata: child_meta(group, &id, id.configmap_name(), Component::EndpointList)?,
         data: Some(BTreeMap::from([(CONFIGMAP_KEY.to_string(), endpoints)])),
         ..ConfigMap::default()
     })
@@ -669,8 +699,9 @@ mod tests {
     /// The contract between the DaemonSet and the binary: the init container's arguments parse
     /// as `fanout prepare-socket-dir` and ask for what the controller means.
     #[test]
+    #[cfg(feature = "cli")]
     fn init_container_args_parse_as_the_subcommand() {
-        use crate::proxy::socket_dir::PrepareSocketDirArgs;
+        use crate::cli::prepare_socket_dir::PrepareSocketDirArgs;
         #[derive(clap::Parser)]
         struct Fanout {
             #[command(subcommand)]
@@ -734,6 +765,7 @@ mod tests {
             let labels = meta.labels.as_ref().unwrap();
             assert_eq!(labels[GROUP_LABEL], "updates");
             assert_eq!(labels["app.kubernetes.io/managed-by"], "fanout-controller");
+            assert_eq!(labels["app.kubernetes.io/part-of"], "fanout");
             let owner = &meta.owner_references.as_ref().unwrap()[0];
             assert_eq!(
                 (owner.kind.as_str(), owner.uid.as_str()),
@@ -743,6 +775,13 @@ mod tests {
             assert_eq!(meta.namespace.as_deref(), Some("net"));
         }
         assert_eq!(cm.metadata.name.as_deref(), Some("updates-endpoints"));
+        let component =
+            |meta: &ObjectMeta| meta.labels.as_ref().unwrap()["app.kubernetes.io/component"].clone();
+        assert_eq!(component(&ds.metadata), "proxy");
+        let template = ds.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+        assert_eq!(component(template), "proxy");
+        assert_eq!(component(&svc.metadata), "endpoint-list");
+        assert_eq!(component(&cm.metadata), "endpoint-list");
         let svc_spec = svc.spec.unwrap();
         assert_eq!(svc_spec.cluster_ip.as_deref(), Some("None"));
         assert!(svc_spec.selector.is_none());

@@ -5,12 +5,16 @@
 //! endpoints fill free slots of existing slices (in name order) before a new slice is made.
 //! Slices are named `<group>-v4-<n>` / `<group>-v6-<n>` with the lowest free `n`, so the same
 //! input always gives the same names.
+//!
+//! Longer than 500 lines for a reason: half of it is the tests that pin slot assignment (which
+//! slice a change rewrites) case by case.
 
-use crate::controller::objects::{
-    GroupId, PUBLISH_PORT_NAME, SERVICE_NAME_LABEL, SLICE_MANAGED_BY_LABEL, SLICE_MANAGER, Unrealisable,
-    child_meta,
-};
+use crate::controller::objects::{Component, GroupId, Unrealisable, child_meta};
 use crate::crd::FanoutGroup;
+use crate::endpoint_list::{
+    self, Endpoint as ZmqEndpoint, PUBLISH_PORT_NAME, SERVICE_NAME_LABEL, SLICE_MANAGED_BY_LABEL,
+    SLICE_MANAGER,
+};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::jiff::Timestamp;
@@ -267,7 +271,7 @@ pub fn plan_slices(
 /// The EndpointSlice object for a plan.
 pub fn endpoint_slice(group: &FanoutGroup, plan: &SlicePlan) -> Result<EndpointSlice, Unrealisable> {
     let id = GroupId::of(group)?;
-    let mut metadata = child_meta(group, &id, plan.name.clone())?;
+    let mut metadata = child_meta(group, &id, plan.name.clone(), Component::EndpointList)?;
     let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
     labels.insert(SLICE_MANAGED_BY_LABEL.to_string(), SLICE_MANAGER.to_string());
     labels.insert(SERVICE_NAME_LABEL.to_string(), id.name.clone());
@@ -304,45 +308,28 @@ pub fn endpoint_slice(group: &FanoutGroup, plan: &SlicePlan) -> Result<EndpointS
     })
 }
 
-/// `tcp://IP:PORT` of an address (IPv6 in brackets).
-pub fn tcp_endpoint(address: &IpAddr, port: i32) -> String {
-    match address {
-        IpAddr::V4(v4) => format!("tcp://{v4}:{port}"),
-        IpAddr::V6(v6) => format!("tcp://[{v6}]:{port}"),
-    }
-}
-
-/// The ConfigMap's `endpoints` value: ready endpoints only, one `tcp://IP:PORT` a line, sorted,
-/// no duplicates, each line ending in a newline.
-pub fn endpoint_list(endpoints: &[ProxyEndpoint], port: i32) -> String {
-    let lines: BTreeSet<String> = endpoints
+/// The ConfigMap's `endpoints` value: the ready endpoints, as the contract renders them.
+pub fn endpoint_list(endpoints: &[ProxyEndpoint], port: u16) -> String {
+    let ready: Vec<ZmqEndpoint> = endpoints
         .iter()
         .filter(|endpoint| endpoint.ready)
-        .map(|endpoint| tcp_endpoint(&endpoint.address, port))
+        .map(|endpoint| ZmqEndpoint::tcp(endpoint.address, port))
         .collect();
-    lines.into_iter().map(|line| line + "\n").collect()
+    endpoint_list::render_list(&ready)
 }
 
-/// Endpoints of `plan` that are ready now but were not ready (or absent) in `before`: the
-/// ones whose publication the latency histogram measures once the slice is written.
+/// Endpoints of `plan` that are ready now but were not published (or absent) in `before`:
+/// the ones whose publication the latency histogram measures once the slice is written.
 pub fn newly_ready<'a>(plan: &'a SlicePlan, before: Option<&EndpointSlice>) -> Vec<&'a ProxyEndpoint> {
-    let was_ready: BTreeSet<(String, String)> = before
-        .map(|slice| {
-            slice
-                .endpoints
-                .iter()
-                .filter(|endpoint| endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-                .filter_map(|endpoint| {
-                    let pod = endpoint.target_ref.as_ref()?.name.clone()?;
-                    Some((pod, endpoint.addresses.first()?.clone()))
-                })
-                .collect()
-        })
+    let was_published: BTreeSet<(&str, &str)> = before
+        .map(|slice| endpoint_list::published_pods(slice).collect())
         .unwrap_or_default();
     plan.endpoints
         .iter()
         .filter(|endpoint| endpoint.ready)
-        .filter(|endpoint| !was_ready.contains(&(endpoint.pod_name.clone(), endpoint.address.to_string())))
+        .filter(|endpoint| {
+            !was_published.contains(&(endpoint.pod_name.as_str(), endpoint.address.to_string().as_str()))
+        })
         .collect()
 }
 

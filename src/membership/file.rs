@@ -6,10 +6,12 @@
 //! we watch the *directory* (any event there triggers a re-read) and also re-read on a slow
 //! timer as a safety net (missed events, network filesystems, a directory that appears later).
 //!
-//! Blank lines and `#` comments are ignored; invalid lines are logged and skipped. A missing or
+//! The format is the ConfigMap's (`endpoint_list::parse_list`): blank lines and `#` comments
+//! are ignored; invalid lines are logged and skipped. A missing or
 //! unreadable file keeps the last known list (with a warning) until it is readable again.
 
-use super::{Membership, MembershipError, MembershipSink, MembershipSource, validate_endpoint};
+use super::{Membership, MembershipError, MembershipSender, MembershipSource, deliver};
+use crate::endpoint_list::{InvalidLine, parse_list};
 use futures::future::BoxFuture;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,41 +19,6 @@ use std::time::Duration;
 
 /// Pause after a directory event before reading the file.
 const DEBOUNCE: Duration = Duration::from_millis(20);
-
-/// One line that was not a valid endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidLine {
-    /// 1-based line number.
-    pub line: usize,
-    pub text: String,
-    pub reason: String,
-}
-
-/// Parses the file's text (pure): the valid endpoints and the lines that were skipped.
-pub fn parse_endpoints(text: &str) -> (Membership, Vec<InvalidLine>) {
-    let mut members = Membership::new();
-    let mut invalid = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match validate_endpoint(line) {
-            Ok(()) => {
-                members.insert(line.to_string());
-            }
-            Err(err) => invalid.push(InvalidLine {
-                line: i + 1,
-                text: line.to_string(),
-                reason: match err {
-                    MembershipError::InvalidEndpoint { reason, .. } => reason,
-                    other => other.to_string(),
-                },
-            }),
-        }
-    }
-    (members, invalid)
-}
 
 /// Follows a membership file. See the module documentation.
 #[derive(Debug, Clone)]
@@ -129,7 +96,7 @@ impl Reader {
                     tracing::info!(path = %self.path.display(), "membership file is readable again");
                     self.warned_missing = false;
                 }
-                let (members, invalid) = parse_endpoints(&text);
+                let (members, invalid) = parse_list(&text);
                 if invalid != self.last_invalid {
                     for bad in &invalid {
                         tracing::warn!(path = %self.path.display(), line = bad.line, text = %bad.text, reason = %bad.reason, "skipping invalid endpoint line");
@@ -155,7 +122,7 @@ impl Reader {
 }
 
 impl MembershipSource for FileSource {
-    fn run(self: Box<Self>, sink: MembershipSink) -> BoxFuture<'static, Result<(), MembershipError>> {
+    fn run(self: Box<Self>, updates: MembershipSender) -> BoxFuture<'static, Result<(), MembershipError>> {
         Box::pin(async move {
             let dir = self.directory();
             let changed = Arc::new(tokio::sync::Notify::new());
@@ -171,10 +138,8 @@ impl MembershipSource for FileSource {
             loop {
                 if let Some(members) = reader.poll().await {
                     tracing::debug!(path = %self.path.display(), endpoints = members.len(), "membership file changed");
-                    match sink.update(members) {
-                        Ok(()) => {}
-                        Err(MembershipError::SinkClosed) => return Ok(()),
-                        Err(other) => return Err(other),
+                    if !deliver(&updates, members) {
+                        return Ok(());
                     }
                 }
                 tokio::select! {
@@ -199,32 +164,6 @@ impl MembershipSource for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_lines_comments_and_blanks() {
-        let text = "# proxies\n\ntcp://10.0.0.2:7100\n  tcp://10.0.0.1:7100  \n#tcp://10.0.0.9:1\ntcp://10.0.0.1:7100\n";
-        let (members, invalid) = parse_endpoints(text);
-        assert_eq!(
-            members.into_iter().collect::<Vec<_>>(),
-            vec!["tcp://10.0.0.1:7100", "tcp://10.0.0.2:7100"]
-        );
-        assert!(invalid.is_empty());
-    }
-
-    #[test]
-    fn invalid_lines_are_reported_and_skipped() {
-        let (members, invalid) = parse_endpoints("tcp://10.0.0.1:7100\nnot an endpoint\ntcp://10.0.0.2:0\n");
-        assert_eq!(members.len(), 1);
-        assert_eq!(invalid.len(), 2);
-        assert_eq!(invalid[0].line, 2);
-        assert_eq!(invalid[1].text, "tcp://10.0.0.2:0");
-    }
-
-    #[test]
-    fn empty_text_is_an_empty_membership() {
-        let (members, invalid) = parse_endpoints("");
-        assert!(members.is_empty() && invalid.is_empty());
-    }
 
     #[test]
     fn relative_path_watches_current_directory() {

@@ -5,7 +5,8 @@
 //! off and relists); a relist is buffered until it is complete, so a restart of the watch
 //! never delivers a transient empty or partial list.
 
-use super::{Membership, MembershipError, MembershipSink, MembershipSource};
+use super::{Membership, MembershipError, MembershipSender, MembershipSource, deliver};
+use crate::endpoint_list::{self, configmap_members, slice_members};
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -16,80 +17,15 @@ use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
-/// Label every EndpointSlice and ConfigMap of a group carries.
-pub use crate::crd::GROUP_LABEL;
-/// The `managed-by` value of the slices the controller writes.
-pub const SLICE_MANAGER: &str = "controller.fanout.dev";
-/// Name of the port, in each slice, that publishers connect to.
-pub const PUBLISH_PORT_NAME: &str = "publish";
-/// Key of the ConfigMap that holds one `tcp://IP:PORT` a line.
-pub const CONFIGMAP_KEY: &str = "endpoints";
-
-/// Name of the ConfigMap that lists a group's ready proxies.
-pub fn configmap_name(group: &str) -> String {
-    format!("{group}-endpoints")
-}
-
 /// Which API object a publisher follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum GroupObject {
     /// The group's EndpointSlices (what the controller writes first; preferred).
     #[default]
     Slices,
     /// The `<group>-endpoints` ConfigMap.
     Configmap,
-}
-
-/// The ready publisher endpoints one EndpointSlice lists, as `tcp://IP:PORT`.
-///
-/// An endpoint counts when it is not known to be unready (`ready` absent means ready, as the
-/// EndpointSlice API says) and not terminating. The port is the one named `publish`, or the
-/// only port when there is just one.
-pub fn slice_endpoints(slice: &EndpointSlice) -> Membership {
-    let ports = slice.ports.as_deref().unwrap_or_default();
-    let port = ports
-        .iter()
-        .find(|p| p.name.as_deref() == Some(PUBLISH_PORT_NAME))
-        .or(if ports.len() == 1 { ports.first() } else { None })
-        .and_then(|p| p.port)
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p != 0);
-    let Some(port) = port else {
-        return Membership::new();
-    };
-    let ipv6 = slice.address_type == "IPv6";
-    slice
-        .endpoints
-        .iter()
-        .filter(|ep| {
-            let conditions = ep.conditions.as_ref();
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            ready && !terminating
-        })
-        .flat_map(|ep| ep.addresses.iter())
-        .map(|address| {
-            if ipv6 {
-                format!("tcp://[{address}]:{port}")
-            } else {
-                format!("tcp://{address}:{port}")
-            }
-        })
-        .collect()
-}
-
-/// The membership a `<group>-endpoints` ConfigMap lists, parsed like a membership file
-/// (`tcp://IP:PORT` lines; blank lines and `#` comments skipped); invalid lines are returned
-/// apart so the caller can warn.
-pub fn configmap_endpoints(configmap: &ConfigMap) -> (Membership, Vec<String>) {
-    let text = configmap
-        .data
-        .as_ref()
-        .and_then(|d| d.get(CONFIGMAP_KEY))
-        .map(String::as_str)
-        .unwrap_or("");
-    let (members, invalid) = super::file::parse_endpoints(text);
-    (members, invalid.into_iter().map(|line| line.text).collect())
 }
 
 /// Folds watch events for a set of objects into one membership. Pure: fed events, it says
@@ -162,12 +98,10 @@ impl GroupSource {
         self
     }
 
-    async fn follow(self, sink: MembershipSink) -> Result<(), MembershipError> {
+    async fn follow(self, updates: MembershipSender) -> Result<(), MembershipError> {
         let client = match self.client {
             Some(client) => client,
-            None => Client::try_default()
-                .await
-                .map_err(|e| MembershipError::Kubernetes(e.to_string()))?,
+            None => Client::try_default().await.map_err(MembershipError::Client)?,
         };
         let namespace = self
             .namespace
@@ -176,23 +110,23 @@ impl GroupSource {
         match self.object {
             GroupObject::Slices => {
                 let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
-                let selector = format!(
-                    "{GROUP_LABEL}={},endpointslice.kubernetes.io/managed-by={SLICE_MANAGER}",
-                    self.group
-                );
-                follow_objects(api, watcher::Config::default().labels(&selector), sink, |s| {
-                    slice_endpoints(s)
-                })
+                let selector = endpoint_list::slice_selector(&self.group);
+                follow_objects(
+                    api,
+                    watcher::Config::default().labels(&selector),
+                    updates,
+                    slice_members,
+                )
                 .await
             }
             GroupObject::Configmap => {
                 let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-                let name = configmap_name(&self.group);
+                let name = endpoint_list::configmap_name(&self.group);
                 let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-                follow_objects(api, config, sink, |cm| {
-                    let (members, invalid) = configmap_endpoints(cm);
+                follow_objects(api, config, updates, |cm| {
+                    let (members, invalid) = configmap_members(cm);
                     if !invalid.is_empty() {
-                        tracing::warn!(configmap = %cm.name_any(), ?invalid, "skipping invalid endpoint lines");
+                        tracing::warn!(configmap = %cm.name_any(), invalid = ?invalid.iter().map(|line| &line.text).collect::<Vec<_>>(), "skipping invalid endpoint lines");
                     }
                     members
                 })
@@ -203,8 +137,8 @@ impl GroupSource {
 }
 
 impl MembershipSource for GroupSource {
-    fn run(self: Box<Self>, sink: MembershipSink) -> BoxFuture<'static, Result<(), MembershipError>> {
-        Box::pin(self.follow(sink))
+    fn run(self: Box<Self>, updates: MembershipSender) -> BoxFuture<'static, Result<(), MembershipError>> {
+        Box::pin(self.follow(updates))
     }
 }
 
@@ -214,7 +148,7 @@ impl MembershipSource for GroupSource {
 async fn follow_objects<K>(
     api: Api<K>,
     config: watcher::Config,
-    sink: MembershipSink,
+    updates: MembershipSender,
     members_of: impl Fn(&K) -> Membership + Send + Sync + 'static,
 ) -> Result<(), MembershipError>
 where
@@ -240,13 +174,12 @@ where
         if last.as_ref() == Some(&members) {
             continue;
         }
-        match sink.update(members.clone()) {
-            Ok(()) => last = Some(members),
-            Err(MembershipError::SinkClosed) => return Ok(()),
-            Err(other) => return Err(other),
+        if !deliver(&updates, members.clone()) {
+            return Ok(());
         }
+        last = Some(members);
     }
-    Err(MembershipError::Kubernetes("the watch stream ended".into()))
+    Err(MembershipError::WatchEnded)
 }
 
 /// `watcher::Event` has no `map`; this is one.
@@ -267,7 +200,7 @@ pub fn source_for_group(
     group: String,
 ) -> Result<Box<dyn MembershipSource>, MembershipError> {
     if group.is_empty() {
-        return Err(MembershipError::Kubernetes("the group name is empty".into()));
+        return Err(MembershipError::EmptyGroupName);
     }
     Ok(Box::new(GroupSource::new(namespace, group, GroupObject::Slices)))
 }
@@ -275,105 +208,10 @@ pub fn source_for_group(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
-
-    fn endpoint(ip: &str, ready: Option<bool>, terminating: Option<bool>) -> Endpoint {
-        Endpoint {
-            addresses: vec![ip.to_string()],
-            conditions: Some(EndpointConditions {
-                ready,
-                serving: ready,
-                terminating,
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn slice(address_type: &str, ports: Vec<(&str, i32)>, endpoints: Vec<Endpoint>) -> EndpointSlice {
-        EndpointSlice {
-            address_type: address_type.to_string(),
-            endpoints,
-            ports: Some(
-                ports
-                    .into_iter()
-                    .map(|(name, port)| EndpointPort {
-                        name: Some(name.to_string()),
-                        port: Some(port),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        }
-    }
+    use crate::endpoint_list::Endpoint;
 
     fn set(items: &[&str]) -> Membership {
-        items.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn only_ready_non_terminating_endpoints_count() {
-        let s = slice(
-            "IPv4",
-            vec![("publish", 7100)],
-            vec![
-                endpoint("10.200.1.1", Some(true), Some(false)),
-                endpoint("10.200.1.2", Some(false), Some(false)),
-                endpoint("10.200.1.3", Some(true), Some(true)),
-                endpoint("10.200.1.4", None, None),
-            ],
-        );
-        assert_eq!(
-            slice_endpoints(&s),
-            set(&["tcp://10.200.1.1:7100", "tcp://10.200.1.4:7100"])
-        );
-    }
-
-    #[test]
-    fn ipv6_addresses_are_bracketed() {
-        let s = slice(
-            "IPv6",
-            vec![("publish", 7100)],
-            vec![endpoint("fd00::5", Some(true), None)],
-        );
-        assert_eq!(slice_endpoints(&s), set(&["tcp://[fd00::5]:7100"]));
-    }
-
-    #[test]
-    fn the_publish_port_is_chosen_by_name() {
-        let s = slice(
-            "IPv4",
-            vec![("http", 9102), ("publish", 7200)],
-            vec![endpoint("10.200.1.1", Some(true), None)],
-        );
-        assert_eq!(slice_endpoints(&s), set(&["tcp://10.200.1.1:7200"]));
-        let unnamed_many = slice(
-            "IPv4",
-            vec![("a", 1), ("b", 2)],
-            vec![endpoint("10.200.1.1", None, None)],
-        );
-        assert!(slice_endpoints(&unnamed_many).is_empty());
-        let no_ports = slice("IPv4", vec![], vec![endpoint("10.200.1.1", None, None)]);
-        assert!(slice_endpoints(&no_ports).is_empty());
-    }
-
-    #[test]
-    fn configmap_lines_are_parsed_and_bad_lines_set_apart() {
-        let cm = ConfigMap {
-            data: Some(
-                [(
-                    CONFIGMAP_KEY.to_string(),
-                    "tcp://10.200.1.2:7100\n\n# comment\ntcp://10.200.1.1:7100\nnot-an-endpoint\n"
-                        .to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        };
-        let (members, invalid) = configmap_endpoints(&cm);
-        assert_eq!(members, set(&["tcp://10.200.1.1:7100", "tcp://10.200.1.2:7100"]));
-        assert_eq!(invalid, vec!["not-an-endpoint"]);
-        assert!(configmap_endpoints(&ConfigMap::default()).0.is_empty());
+        items.iter().map(|s| Endpoint::parse(s).unwrap()).collect()
     }
 
     fn entry(name: &str, members: &[&str]) -> (String, Membership) {

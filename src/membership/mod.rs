@@ -1,26 +1,30 @@
 //! Group membership: the set of proxy endpoints a publisher must be connected to.
 //!
-//! The pure part is [`Membership`] and [`diff`]. Sources ([`MembershipSource`]) push full
-//! snapshots into a [`MembershipSink`]; whoever owns the sink (a `Publisher`, or the
-//! `fanout endpoints` printer) diffs snapshots and acts on joins and leaves at once.
+//! The pure part is [`Membership`] and [`diff`]. Sources ([`MembershipSource`]) send full
+//! snapshots into a `tokio::sync::watch` channel (the newest snapshot wins; nothing queues
+//! up behind a slow reader); whoever holds the receiving end (a `Publisher`'s socket thread,
+//! the `fanout endpoints` printer) diffs snapshots and acts on joins and leaves at once.
 
+use crate::endpoint_list::{Endpoint, InvalidEndpoint};
 use futures::future::BoxFuture;
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use tokio::sync::watch;
 
 pub mod file;
+#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod print;
 
-/// A full snapshot of a group's live endpoints (`tcp://IP:PORT`), sorted and de-duplicated.
-pub type Membership = BTreeSet<String>;
+/// A full snapshot of a group's live endpoints, sorted and de-duplicated.
+pub type Membership = BTreeSet<Endpoint>;
 
 /// What changed between two snapshots.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MembershipDiff {
     /// Endpoints in the new snapshot only, sorted.
-    pub joined: Vec<String>,
+    pub joined: Vec<Endpoint>,
     /// Endpoints in the old snapshot only, sorted.
-    pub left: Vec<String>,
+    pub left: Vec<Endpoint>,
 }
 
 impl MembershipDiff {
@@ -39,46 +43,33 @@ pub fn diff(old: &Membership, new: &Membership) -> MembershipDiff {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
-    #[error("the membership sink is closed (its publisher has shut down)")]
-    SinkClosed,
-    #[error("membership file {path}: {source}")]
-    File { path: String, source: std::io::Error },
-    #[error("invalid endpoint {endpoint:?}: {reason}")]
-    InvalidEndpoint { endpoint: String, reason: String },
-    #[error("Kubernetes membership source: {0}")]
-    Kubernetes(String),
+    #[error(transparent)]
+    InvalidEndpoint(#[from] InvalidEndpoint),
+    #[error("the group name is empty")]
+    EmptyGroupName,
+    #[cfg(feature = "kubernetes")]
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error("the Kubernetes watch stream ended")]
+    WatchEnded,
 }
 
-/// Where a source delivers snapshots. Cheap to clone; `update` never blocks on the network.
-#[derive(Clone)]
-pub struct MembershipSink {
-    deliver: Arc<dyn Fn(Membership) -> Result<(), MembershipError> + Send + Sync>,
-}
+/// Where a source sends its snapshots: the sending half of a `watch` channel.
+pub type MembershipSender = watch::Sender<Membership>;
 
-impl MembershipSink {
-    /// A sink that hands each snapshot to `deliver`, which returns `Err(SinkClosed)` once its
-    /// owner has gone away (the source then stops).
-    pub fn new(deliver: impl Fn(Membership) -> Result<(), MembershipError> + Send + Sync + 'static) -> Self {
-        Self {
-            deliver: Arc::new(deliver),
-        }
-    }
-
-    /// Delivers a full snapshot. Sinks are level-triggered: sending the same snapshot twice is
-    /// harmless.
-    pub fn update(&self, members: Membership) -> Result<(), MembershipError> {
-        (self.deliver)(members)
-    }
+/// Sends a snapshot; false once every receiver has gone (the source should stop then).
+pub fn deliver(updates: &MembershipSender, members: Membership) -> bool {
+    updates.send(members).is_ok()
 }
 
 /// A source of membership snapshots: a static list, a file, the Kubernetes API.
 ///
-/// `run` delivers the first snapshot as soon as it knows it, then one on every change, until
-/// the sink reports it is closed (then it returns `Ok`) or the source fails for good. Sources
-/// are async so that the Kubernetes watch and the file watcher share one shape; a publisher
+/// `run` sends the first snapshot as soon as it knows it, then one on every change, until
+/// every receiver is gone (then it returns `Ok`) or the source fails for good. Sources are
+/// async so that the Kubernetes watch and the file watcher share one shape; a publisher
 /// drives them on a runtime of its own.
 pub trait MembershipSource: Send + 'static {
-    fn run(self: Box<Self>, sink: MembershipSink) -> BoxFuture<'static, Result<(), MembershipError>>;
+    fn run(self: Box<Self>, updates: MembershipSender) -> BoxFuture<'static, Result<(), MembershipError>>;
 }
 
 /// A fixed list, delivered once.
@@ -88,55 +79,22 @@ pub struct StaticSource {
 }
 
 impl StaticSource {
+    /// Checks every endpoint.
     pub fn new(endpoints: impl IntoIterator<Item = String>) -> Result<Self, MembershipError> {
         let members = endpoints
             .into_iter()
-            .map(|e| validate_endpoint(&e).map(|()| e))
+            .map(|e| Endpoint::parse(&e))
             .collect::<Result<_, _>>()?;
         Ok(Self { members })
     }
 }
 
 impl MembershipSource for StaticSource {
-    fn run(self: Box<Self>, sink: MembershipSink) -> BoxFuture<'static, Result<(), MembershipError>> {
+    fn run(self: Box<Self>, updates: MembershipSender) -> BoxFuture<'static, Result<(), MembershipError>> {
         Box::pin(async move {
-            match sink.update(self.members) {
-                Ok(()) | Err(MembershipError::SinkClosed) => Ok(()),
-                Err(other) => Err(other),
-            }
-        })
-    }
-}
-
-/// Checks that `endpoint` is a ZeroMQ endpoint a publisher can connect to: `tcp://HOST:PORT`
-/// (IPv6 hosts in brackets) or `ipc://PATH`.
-pub fn validate_endpoint(endpoint: &str) -> Result<(), MembershipError> {
-    let invalid = |reason: &str| MembershipError::InvalidEndpoint {
-        endpoint: endpoint.to_string(),
-        reason: reason.to_string(),
-    };
-    if let Some(rest) = endpoint.strip_prefix("tcp://") {
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| invalid("expected tcp://HOST:PORT"))?;
-        if host.is_empty() {
-            return Err(invalid("empty host"));
-        }
-        if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-            return Err(invalid("an IPv6 host must be in brackets"));
-        }
-        match port.parse::<u16>() {
-            Ok(0) | Err(_) => Err(invalid("port must be 1..65535")),
-            Ok(_) => Ok(()),
-        }
-    } else if let Some(path) = endpoint.strip_prefix("ipc://") {
-        if path.is_empty() {
-            Err(invalid("empty ipc path"))
-        } else {
+            deliver(&updates, self.members);
             Ok(())
-        }
-    } else {
-        Err(invalid("expected tcp:// or ipc://"))
+        })
     }
 }
 
@@ -145,7 +103,7 @@ mod tests {
     use super::*;
 
     fn set(items: &[&str]) -> Membership {
-        items.iter().map(|s| s.to_string()).collect()
+        items.iter().map(|s| Endpoint::parse(s).unwrap()).collect()
     }
 
     #[test]
@@ -161,8 +119,14 @@ mod tests {
             "tcp://10.0.0.1:7100",
         ]);
         let d = diff(&old, &new);
-        assert_eq!(d.joined, vec!["tcp://10.0.0.4:7100"]);
-        assert_eq!(d.left, vec!["tcp://10.0.0.2:7100"]);
+        assert_eq!(
+            d.joined,
+            set(&["tcp://10.0.0.4:7100"]).into_iter().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            d.left,
+            set(&["tcp://10.0.0.2:7100"]).into_iter().collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -180,33 +144,16 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_are_validated() {
-        for ok in [
-            "tcp://10.0.0.1:7100",
-            "tcp://[fd00::1]:7100",
-            "tcp://proxy.ns.svc:1",
-            "ipc:///tmp/x.sock",
-        ] {
-            assert!(validate_endpoint(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "10.0.0.1:7100",
-            "tcp://10.0.0.1",
-            "tcp://:7100",
-            "tcp://10.0.0.1:0",
-            "tcp://10.0.0.1:70000",
-            "tcp://fd00::1:7100",
-            "ipc://",
-            "udp://1.2.3.4:5",
-        ] {
-            assert!(validate_endpoint(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn static_source_rejects_bad_endpoints() {
         assert!(StaticSource::new(vec!["tcp://10.0.0.1:7100".to_string()]).is_ok());
         assert!(StaticSource::new(vec!["nonsense".to_string()]).is_err());
+    }
+
+    #[test]
+    fn delivering_to_nobody_says_stop() {
+        let (updates, receiver) = watch::channel(Membership::new());
+        assert!(deliver(&updates, set(&["tcp://10.0.0.1:7100"])));
+        drop(receiver);
+        assert!(!deliver(&updates, Membership::new()));
     }
 }

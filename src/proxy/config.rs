@@ -1,4 +1,4 @@
-//! The proxy's configuration and the libzmq socket options derived from it (pure).
+//! The proxy's configuration (pure).
 
 use super::ProxyError;
 use std::time::Duration;
@@ -46,46 +46,6 @@ impl Default for ProxyConfig {
     }
 }
 
-/// The heartbeat options libzmq takes, in milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeartbeatOptions {
-    /// ZMQ_HEARTBEAT_IVL: how often a PING is sent on an otherwise idle connection.
-    pub interval_ms: i32,
-    /// ZMQ_HEARTBEAT_TIMEOUT: how long without any traffic after a PING before disconnecting.
-    pub timeout_ms: i32,
-    /// ZMQ_HEARTBEAT_TTL: asks the remote peer to drop us after this long without traffic.
-    pub ttl_ms: i32,
-}
-
-/// libzmq carries the TTL on the wire in deciseconds in 16 bits.
-const MAX_HEARTBEAT_TTL_MS: i64 = 6_553_599;
-
-impl HeartbeatOptions {
-    /// Derives timeout and TTL as three intervals, so one or two lost PINGs are tolerated.
-    pub fn from_interval(interval: Duration) -> Self {
-        let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
-        let interval_ms = interval_ms.min(i64::from(i32::MAX) / 3);
-        let timeout_ms = interval_ms * 3;
-        Self {
-            // The min() above keeps every value within i32.
-            interval_ms: interval_ms as i32,
-            timeout_ms: timeout_ms as i32,
-            ttl_ms: timeout_ms.min(MAX_HEARTBEAT_TTL_MS) as i32,
-        }
-    }
-
-    /// Sets the three options on `socket` (nothing when the interval is zero: heartbeats off).
-    /// Proxies, publishers and subscribers all use this, so both ends agree on the timing.
-    pub fn apply(&self, socket: &zmq::Socket) -> zmq::Result<()> {
-        if self.interval_ms > 0 {
-            socket.set_heartbeat_ivl(self.interval_ms)?;
-            socket.set_heartbeat_timeout(self.timeout_ms)?;
-            socket.set_heartbeat_ttl(self.ttl_ms)?;
-        }
-        Ok(())
-    }
-}
-
 impl ProxyConfig {
     /// Refuses configurations libzmq would reject late or interpret surprisingly.
     pub fn validate(&self) -> Result<(), ProxyError> {
@@ -128,32 +88,6 @@ impl ProxyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn heartbeat_timeout_and_ttl_are_three_intervals() {
-        let options = HeartbeatOptions::from_interval(Duration::from_secs(2));
-        assert_eq!(
-            options,
-            HeartbeatOptions {
-                interval_ms: 2000,
-                timeout_ms: 6000,
-                ttl_ms: 6000
-            }
-        );
-    }
-
-    #[test]
-    fn heartbeat_ttl_is_capped_at_what_the_wire_carries() {
-        let options = HeartbeatOptions::from_interval(Duration::from_secs(3600));
-        assert_eq!(options.interval_ms, 3_600_000);
-        assert_eq!(options.ttl_ms, 6_553_599);
-    }
-
-    #[test]
-    fn huge_heartbeat_does_not_overflow() {
-        let options = HeartbeatOptions::from_interval(Duration::from_secs(u64::MAX));
-        assert!(options.interval_ms > 0 && options.timeout_ms >= options.interval_ms);
-    }
 
     #[test]
     fn validation_refuses_missing_endpoints_and_odd_values() {

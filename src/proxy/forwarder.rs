@@ -1,12 +1,17 @@
 //! The running proxy: one thread owns the XSUB and XPUB sockets (libzmq sockets are not
 //! thread-safe) and their monitors, and forwards between them until told to stop.
+//!
+//! Longer than 500 lines for a reason: it is one thread's state (two sockets, two monitors, the
+//! socket files and counters) and the loop that owns it; split, that state would be spread
+//! across files that must change together.
 
 use super::ProxyError;
-use super::config::{HeartbeatOptions, ProxyConfig, SHUTDOWN_LINGER};
+use super::config::{ProxyConfig, SHUTDOWN_LINGER};
 use super::ipc::{self, BoundSocketFile};
 use super::metrics::{ProxyMetrics, ProxyStats, Side};
 use super::monitor::{self, MonitorEvent, PeerChange, PeerTracker};
 use super::subscriptions::LiveSubscriptions;
+use crate::socket_options::HeartbeatOptions;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;

@@ -6,7 +6,7 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 type SideLabels = [(&'static str, &'static str); 1];
 
@@ -123,9 +123,10 @@ impl ProxyMetrics {
             "Messages received, by side (publishers: from publishers; subscribers: subscription and other upstream messages)",
             f.messages_received.clone(),
         );
-        registry.register(
-            "bytes_received",
+        registry.register_with_unit(
+            "received",
             "Frame bytes received, by side",
+            Unit::Bytes,
             f.bytes_received.clone(),
         );
         registry.register(
@@ -133,9 +134,10 @@ impl ProxyMetrics {
             "Messages handed to the socket of a side (subscribers: once per message, whatever the number of subscribers)",
             f.messages_sent.clone(),
         );
-        registry.register(
-            "bytes_sent",
+        registry.register_with_unit(
+            "sent",
             "Frame bytes handed to the socket of a side",
+            Unit::Bytes,
             f.bytes_sent.clone(),
         );
         registry.register(
@@ -228,8 +230,7 @@ mod tests {
         metrics.publishers.messages_received.inc_by(3);
         metrics.subscribers.connected.set(2);
         metrics.live_subscriptions.set(5);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoding to a String");
+        let text = crate::metrics::encode(&registry);
         assert!(
             text.contains("fanout_proxy_messages_received_total{side=\"publishers\"} 3"),
             "{text}"
@@ -239,6 +240,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("fanout_proxy_live_subscriptions 5"), "{text}");
+        assert!(
+            text.contains("fanout_proxy_received_bytes_total{side=\"publishers\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fanout_proxy_sent_bytes_total{side=\"subscribers\"} 0"),
+            "{text}"
+        );
         assert!(
             text.contains("fanout_proxy_dropped_messages_total{side=\"subscribers\"} 0"),
             "{text}"

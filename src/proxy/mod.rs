@@ -3,22 +3,24 @@
 //! between them. Every message goes through unchanged; subscriptions go upstream as libzmq's
 //! XPUB reference-counts them.
 
-mod cli;
 mod config;
 mod error;
 mod forwarder;
 mod ipc;
 mod metrics;
 mod monitor;
+#[cfg(feature = "http")]
+mod serve;
 pub mod socket_dir;
 mod subscriptions;
 
-pub use cli::{ProxyArgs, run};
 pub use config::{
-    DEFAULT_HEARTBEAT, DEFAULT_HWM, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SOCKET_MODE, HeartbeatOptions,
-    ProxyConfig, SHUTDOWN_LINGER,
+    DEFAULT_HEARTBEAT, DEFAULT_HWM, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SOCKET_MODE, ProxyConfig,
+    SHUTDOWN_LINGER,
 };
 pub use error::ProxyError;
 pub use forwarder::{Proxy, apply_socket_options, start};
 pub use metrics::{ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};
+#[cfg(feature = "http")]
+pub use serve::run;
 pub use subscriptions::LiveSubscriptions;

@@ -1,4 +1,4 @@
-//! `fanout prepare-socket-dir`: gives the proxy's socket directory the owner, group and mode
+//! What `fanout prepare-socket-dir` does: gives the proxy's socket directory the owner, group and mode
 //! the non-root proxy needs. It runs as the init container of the proxy pod, as root with only
 //! CAP_CHOWN and CAP_FOWNER, because the kubelet creates a `DirectoryOrCreate` hostPath
 //! root-owned with mode 0755 and the image has no shell or `chown`.
@@ -17,29 +17,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-/// The subcommand's name, shared by `main.rs` and the DaemonSet the controller writes.
+/// The subcommand's name, shared by the CLI and the DaemonSet the controller writes.
 pub const SUBCOMMAND: &str = "prepare-socket-dir";
 /// Highest uid/gid accepted: Kubernetes ids are non-negative int32s, and `u32::MAX` would mean
 /// "leave unchanged" to chown(2).
 pub const MAX_ID: u32 = i32::MAX as u32;
 /// The permission bits (with setgid and sticky) a mode may carry.
 const MODE_BITS: u32 = 0o7777;
-
-#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
-pub struct PrepareSocketDirArgs {
-    /// Directory to prepare: absolute, created (one level) if missing, never a symlink.
-    #[arg(long, value_name = "DIR")]
-    pub path: PathBuf,
-    /// Owner to give the directory (the proxy's uid).
-    #[arg(long, value_name = "UID", value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_ID)))]
-    pub uid: u32,
-    /// Group to give the directory (the agents' group when sockets are shared through it).
-    #[arg(long, value_name = "GID", value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_ID)))]
-    pub gid: u32,
-    /// Permission bits in octal, e.g. 0750, or 2750 so that sockets inherit the group.
-    #[arg(long, value_name = "OCTAL", value_parser = parse_dir_mode)]
-    pub mode: u32,
-}
 
 /// Owner, group and permission bits of a directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,16 +267,11 @@ fn refuse_foreign_contents(path: &Path, dir: &File) -> Result<(), SocketDirError
     }
 }
 
-/// `fanout prepare-socket-dir`.
-pub fn run(args: PrepareSocketDirArgs) -> crate::Result<()> {
-    let wanted = DirAttrs {
-        uid: args.uid,
-        gid: args.gid,
-        mode: args.mode,
-    };
-    let prepared = prepare(&args.path, wanted).map_err(|e| crate::Error::Other(e.to_string()))?;
+/// `fanout prepare-socket-dir`: [`prepare`], then one log line saying what it did.
+pub fn run(path: &Path, wanted: DirAttrs) -> Result<(), SocketDirError> {
+    let prepared = prepare(path, wanted)?;
     tracing::info!(
-        path = %args.path.display(),
+        path = %path.display(),
         created = prepared.created,
         before = %prepared.before,
         now = %wanted,
@@ -376,42 +355,6 @@ mod tests {
             first_foreign_entry(vec![socket("a.b.sock"), file("passwd")]),
             Some(OsString::from("passwd"))
         );
-    }
-
-    #[test]
-    fn args_parse_as_the_controller_writes_them() {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: PrepareSocketDirArgs,
-        }
-        let cli = <Cli as clap::Parser>::try_parse_from([
-            "x",
-            "--path",
-            "/var/run/fanout",
-            "--uid",
-            "65532",
-            "--gid",
-            "2000",
-            "--mode",
-            "2750",
-        ])
-        .unwrap();
-        assert_eq!(
-            cli.args,
-            PrepareSocketDirArgs {
-                path: "/var/run/fanout".into(),
-                uid: 65532,
-                gid: 2000,
-                mode: 0o2750,
-            }
-        );
-        for bad_id in ["-1", "4294967295", "2147483648"] {
-            let parsed = <Cli as clap::Parser>::try_parse_from([
-                "x", "--path", "/d", "--uid", bad_id, "--gid", "1", "--mode", "750",
-            ]);
-            assert!(parsed.is_err(), "{bad_id}");
-        }
     }
 
     #[test]

@@ -26,8 +26,15 @@ is used as it is, so `helm install fanout ./charts/fanout` gives "fanout", not "
 
 {{/* Labels on every object of the release. */}}
 {{- define "fanout.labels" -}}
+{{ include "fanout.commonLabels" . }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{/* The labels every object shares, whatever its component. */}}
+{{- define "fanout.commonLabels" -}}
 helm.sh/chart: {{ include "fanout.chart" . }}
-{{ include "fanout.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "fanout.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: fanout

@@ -9,6 +9,9 @@
 //! The `Subscriber` is a plain synchronous type that owns its socket; use it from one thread
 //! at a time (it is `Send`, not `Sync`).
 
+pub mod command;
+
+use crate::socket_options::{ClientOptions, client_socket};
 use crate::wire::{self, Envelope, Parsed, PublisherId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -56,14 +59,6 @@ impl Default for SubscriberConfig {
 pub enum SubscriberError {
     #[error("ZeroMQ: {0}")]
     Zmq(#[from] zmq::Error),
-}
-
-impl From<SubscriberError> for crate::Error {
-    fn from(e: SubscriberError) -> Self {
-        match e {
-            SubscriberError::Zmq(z) => crate::Error::Zmq(z),
-        }
-    }
 }
 
 /// One delivered message.
@@ -199,14 +194,16 @@ impl Subscriber {
     /// The connection is made in the background and retried by libzmq.
     pub fn connect(endpoint: &str, config: SubscriberConfig) -> Result<Self, SubscriberError> {
         let ctx = zmq::Context::new();
-        let socket = ctx.socket(zmq::SUB)?;
-        socket.set_rcvhwm(config.hwm)?;
-        socket.set_linger(0)?;
-        socket.set_reconnect_ivl(100)?;
-        socket.set_reconnect_ivl_max(5_000)?;
-        if let Some(interval) = config.heartbeat {
-            crate::proxy::HeartbeatOptions::from_interval(interval).apply(&socket)?;
-        }
+        let socket = client_socket(
+            &ctx,
+            zmq::SUB,
+            &ClientOptions {
+                hwm: config.hwm,
+                // Nothing is sent but subscriptions: closing never waits.
+                linger: Duration::ZERO,
+                heartbeat: config.heartbeat,
+            },
+        )?;
         socket.connect(endpoint)?;
         Ok(Self {
             socket,

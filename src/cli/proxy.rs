@@ -1,11 +1,8 @@
-//! The `fanout proxy` subcommand: flags (a contract with the controller's DaemonSet), the
-//! HTTP endpoint, and SIGTERM/SIGINT handling around a [`Proxy`](super::Proxy).
+//! `fanout proxy`: the per-node proxy's flags, a contract with the DaemonSet the controller
+//! writes (`controller::objects::proxy_args`).
 
-use super::config::{DEFAULT_HWM, DEFAULT_MAX_MESSAGE_BYTES, ProxyConfig};
-use crate::http::Health;
-use prometheus_client::registry::Registry;
+use crate::proxy::{DEFAULT_HWM, DEFAULT_MAX_MESSAGE_BYTES, ProxyConfig};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -63,73 +60,11 @@ impl From<ProxyArgs> for ProxyConfig {
     }
 }
 
-/// Runs the proxy until SIGTERM or SIGINT, then stops it cleanly and returns (exit 0).
-pub fn run(args: ProxyArgs) -> crate::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(args))
-}
-
-async fn serve(args: ProxyArgs) -> crate::Result<()> {
-    let health = Arc::new(Health::default());
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-
-    let http_addr = args.http;
-    let proxy = tokio::task::spawn_blocking(move || super::start(args.into()))
-        .await
-        .map_err(|e| crate::Error::Other(format!("starting the proxy: {e}")))?
-        .map_err(|e| crate::Error::Other(e.to_string()))?;
-    let mut registry = Registry::default();
-    proxy.metrics().register(&mut registry);
-    let registry = Arc::new(registry);
-
-    let http = match http_addr {
-        Some(addr) => {
-            let mut stop = shutdown_rx.clone();
-            let shutdown = async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            };
-            let (local, server) = crate::http::bind(addr, health.clone(), registry, shutdown).await?;
-            tracing::info!(%local, "serving /healthz, /readyz, /metrics");
-            Some(tokio::spawn(server))
-        }
-        None => None,
-    };
-    // Every socket is bound: start() returned.
-    health.set_ready(true);
-
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let signal = loop {
-        tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-            _ = ticker.tick() => {
-                if !proxy.is_running() {
-                    health.set_live(false);
-                    health.set_ready(false);
-                }
-            }
-        }
-    };
-    tracing::info!(signal, "stopping the proxy");
-    health.set_ready(false);
-    let stats = tokio::task::spawn_blocking(move || proxy.shutdown())
-        .await
-        .map_err(|e| crate::Error::Other(format!("stopping the proxy: {e}")))?;
-    let _ = shutdown_tx.send(true);
-    if let Some(http) = http {
-        match http.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
-        }
+impl ProxyArgs {
+    pub fn run(self) -> crate::Result<()> {
+        let http = self.http;
+        Ok(crate::proxy::run(self.into(), http)?)
     }
-    let stats = stats.map_err(|e| crate::Error::Other(e.to_string()))?;
-    tracing::info!(?stats, "proxy stopped");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,96 @@
+//! The watch caches the reconciler reads, and one group's objects picked out of them: the
+//! input of the plan. Which objects are a group's is decided here and nowhere else:
+//! - proxy pods: in the group's namespace, labelled `fanout.dev/group: <name>`;
+//! - children (DaemonSet, Service, EndpointSlices, ConfigMap): that, and also labelled
+//!   `app.kubernetes.io/managed-by: fanout-controller`, so that nothing anyone else labels
+//!   with the group is ever pruned.
+
+use super::error::Error;
+use super::objects::{FIELD_MANAGER, GroupId, MANAGED_BY_LABEL};
+use crate::endpoint_list::GROUP_LABEL;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use kube::runtime::reflector::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a reconcile waits for the watch caches to list everything once.
+const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The watch caches the reconciler reads (filled by reflectors in `watches`).
+#[derive(Clone)]
+pub struct Caches {
+    pub pods: Store<Pod>,
+    pub slices: Store<EndpointSlice>,
+    pub daemon_sets: Store<DaemonSet>,
+    pub services: Store<Service>,
+    pub config_maps: Store<ConfigMap>,
+}
+
+impl Caches {
+    pub async fn wait_until_synced(&self) -> Result<(), Error> {
+        let all = async {
+            // A dropped writer only happens at shutdown; treat it like "not synced".
+            self.pods.wait_until_ready().await.is_ok()
+                && self.slices.wait_until_ready().await.is_ok()
+                && self.daemon_sets.wait_until_ready().await.is_ok()
+                && self.services.wait_until_ready().await.is_ok()
+                && self.config_maps.wait_until_ready().await.is_ok()
+        };
+        match tokio::time::timeout(CACHE_SYNC_TIMEOUT, all).await {
+            Ok(true) => Ok(()),
+            _ => Err(Error::CacheNotSynced(CACHE_SYNC_TIMEOUT)),
+        }
+    }
+
+    /// The group's pods and children as the caches hold them now, each list sorted by name.
+    pub fn children_of(&self, id: &GroupId) -> Children {
+        fn sorted<K: Resource>(mut objects: Vec<Arc<K>>) -> Vec<Arc<K>> {
+            objects.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+            objects
+        }
+        let owned = |meta: &ObjectMeta| is_child(meta, id);
+        Children {
+            pods: sorted(self.pods.state_filter(|pod| is_member(&pod.metadata, id))),
+            daemon_sets: sorted(self.daemon_sets.state_filter(|o| owned(&o.metadata))),
+            services: sorted(self.services.state_filter(|o| owned(&o.metadata))),
+            slices: sorted(self.slices.state_filter(|o| owned(&o.metadata))),
+            config_maps: sorted(self.config_maps.state_filter(|o| owned(&o.metadata))),
+        }
+    }
+}
+
+/// A group's proxy pods and children, as cached.
+#[derive(Debug, Clone, Default)]
+pub struct Children {
+    pub pods: Vec<Arc<Pod>>,
+    pub daemon_sets: Vec<Arc<DaemonSet>>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub config_maps: Vec<Arc<ConfigMap>>,
+}
+
+/// The object called `name` in `objects`.
+pub fn named<'a, K: Resource>(objects: &'a [Arc<K>], name: &str) -> Option<&'a Arc<K>> {
+    objects
+        .iter()
+        .find(|object| object.meta().name.as_deref() == Some(name))
+}
+
+fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+/// In the group's namespace and labelled with its name (proxy pods).
+pub fn is_member(meta: &ObjectMeta, id: &GroupId) -> bool {
+    meta.namespace.as_deref() == Some(id.namespace.as_str())
+        && label(meta, GROUP_LABEL) == Some(id.name.as_str())
+}
+
+/// A member that the controller manages: one of the group's children.
+pub fn is_child(meta: &ObjectMeta, id: &GroupId) -> bool {
+    is_member(meta, id) && label(meta, MANAGED_BY_LABEL) == Some(FIELD_MANAGER)
+}

@@ -1,0 +1,172 @@
+//! The publisher's socket thread: the only code that touches the PUB socket.
+
+use super::metrics::PublisherMetrics;
+use crate::membership::{self, Membership};
+use crate::wire::{Envelope, PublisherId};
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Messages handled per wake-up before the membership is looked at again.
+const BATCH: usize = 1024;
+/// After a membership change, how long the idle socket thread keeps poking libzmq often so
+/// connection set-up and teardown complete promptly.
+const SETTLE: Duration = Duration::from_secs(2);
+
+pub(super) enum Command {
+    Publish {
+        topic: Vec<u8>,
+        frames: Vec<Vec<u8>>,
+    },
+    /// The membership watch changed at `at` (may be dropped when the queue is full, in which
+    /// case the busy socket thread sees the change before its next batch anyway).
+    MembershipChanged {
+        at: Instant,
+    },
+    Close,
+}
+
+/// Everything the owning thread keeps: the socket, the membership channels, per-topic
+/// sequences.
+pub(super) struct SocketThread {
+    pub(super) id: PublisherId,
+    pub(super) socket: zmq::Socket,
+    /// What to be connected to.
+    pub(super) wanted: watch::Receiver<Membership>,
+    /// What the socket is connected to: the one copy of that state.
+    pub(super) connected: watch::Sender<Membership>,
+    pub(super) metrics: PublisherMetrics,
+    pub(super) sequences: HashMap<Vec<u8>, u64>,
+    /// When a snapshot was last applied (for the membership lag).
+    pub(super) last_applied: Instant,
+}
+
+impl SocketThread {
+    pub(super) fn run(mut self, queue: Receiver<Command>, context: zmq::Context) {
+        let mut changed_at = None;
+        'outer: loop {
+            if self.apply_wanted_membership() {
+                changed_at = Some(Instant::now());
+            }
+            // libzmq runs a socket's side of connection teardown (after `disconnect`) and
+            // set-up only when the owning thread calls into the socket. An idle publisher
+            // would otherwise keep a departed proxy's TCP connection open indefinitely, so
+            // poke the socket on every wake-up, and often for a while after a change.
+            if let Err(err) = self.socket.get_events() {
+                tracing::warn!(error = %err, "cannot process socket commands");
+            }
+            let settling = changed_at.is_some_and(|t: Instant| t.elapsed() < SETTLE);
+            let idle_wait = if settling {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_millis(200)
+            };
+            let first = match queue.recv_timeout(idle_wait) {
+                Ok(command) => command,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut next = Some(first);
+            let mut handled = 0;
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Publish { topic, frames } => self.send(topic, frames),
+                    Command::MembershipChanged { at } => {
+                        if self.apply_wanted_membership() {
+                            changed_at = Some(Instant::now());
+                        }
+                        let lag = self.last_applied.saturating_duration_since(at);
+                        self.metrics.membership_lag.observe(lag.as_secs_f64());
+                    }
+                    Command::Close => break 'outer,
+                }
+                handled += 1;
+                if handled < BATCH {
+                    next = queue.try_recv().ok();
+                }
+            }
+        }
+        self.connected.send_replace(Membership::new());
+        self.metrics.connected_proxies.set(0);
+        // Dropping the socket then the context waits at most LINGER for unsent messages.
+        drop(self.socket);
+        drop(context);
+        tracing::debug!(publisher = %self.id, "publisher closed");
+    }
+
+    /// Applies the newest wanted membership, if it changed; true if it did.
+    fn apply_wanted_membership(&mut self) -> bool {
+        if !self.wanted.has_changed().unwrap_or(false) {
+            return false;
+        }
+        let next = self.wanted.borrow_and_update().clone();
+        let socket = &self.socket;
+        self.connected.send_modify(|current| {
+            let change = membership::diff(current, &next);
+            for endpoint in &change.left {
+                match socket.disconnect(endpoint.as_str()) {
+                    Ok(()) => tracing::info!(%endpoint, "disconnected from departed proxy"),
+                    Err(err) => tracing::warn!(%endpoint, error = %err, "disconnect failed"),
+                }
+                current.remove(endpoint);
+            }
+            for endpoint in change.joined {
+                match socket.connect(endpoint.as_str()) {
+                    Ok(()) => {
+                        tracing::info!(%endpoint, "connecting to new proxy");
+                        current.insert(endpoint);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%endpoint, error = %err, "connect failed; skipping this proxy")
+                    }
+                }
+            }
+        });
+        let connected = self.connected.borrow().len();
+        self.metrics
+            .connected_proxies
+            .set(i64::try_from(connected).unwrap_or(i64::MAX));
+        self.metrics.membership_updates.inc();
+        self.last_applied = Instant::now();
+        true
+    }
+
+    fn send(&mut self, topic: Vec<u8>, frames: Vec<Vec<u8>>) {
+        let sequence = match self.sequences.get_mut(&topic) {
+            Some(seq) => {
+                *seq += 1;
+                *seq
+            }
+            None => {
+                self.sequences.insert(topic.clone(), 0);
+                0
+            }
+        };
+        let envelope = Envelope {
+            publisher: self.id,
+            sequence,
+        }
+        .encode();
+        let result = (|| {
+            self.socket.send(topic, zmq::SNDMORE)?;
+            let n = frames.len();
+            self.socket
+                .send(&envelope[..], if n == 0 { 0 } else { zmq::SNDMORE })?;
+            for (i, frame) in frames.into_iter().enumerate() {
+                self.socket
+                    .send(frame, if i + 1 == n { 0 } else { zmq::SNDMORE })?;
+            }
+            Ok::<(), zmq::Error>(())
+        })();
+        match result {
+            Ok(()) => {
+                self.metrics.messages_sent.inc();
+            }
+            Err(err) => {
+                self.metrics.send_failures.inc();
+                tracing::warn!(error = %err, "send failed");
+            }
+        };
+    }
+}
