@@ -13,7 +13,6 @@
 //! skips) when the cluster or the images are missing.
 
 #[path = "chart/support.rs"]
-#[allow(dead_code)]
 mod chart_support;
 #[path = "e2e/support.rs"]
 #[allow(dead_code)]
@@ -81,7 +80,10 @@ fn apply_example(file: &str, image: &Images, real_only: bool) {
     let mut text = text.replace(EXAMPLE_IMAGE, &image.reference());
     if real_only {
         const ANY_LINUX: &str = "kubernetes.io/os: linux";
-        assert!(text.contains(ANY_LINUX), "examples/{file} has no {ANY_LINUX} node selector");
+        assert!(
+            text.contains(ANY_LINUX),
+            "examples/{file} has no {ANY_LINUX} node selector"
+        );
         text = text.replace(ANY_LINUX, "fanout.dev/node-kind: real");
     }
     let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&text));
@@ -154,7 +156,10 @@ async fn ready_on_each_real_node(
     eventually(Duration::from_secs(180), what, || async {
         let all = pods(namespace, selector);
         let real = on_real_nodes(&all);
-        let count = all.iter().filter(|p| REAL_NODES.contains(&p.node.as_str())).count();
+        let count = all
+            .iter()
+            .filter(|p| REAL_NODES.contains(&p.node.as_str()))
+            .count();
         let done = count == REAL_NODES.len()
             && real.len() == REAL_NODES.len()
             && real
@@ -213,7 +218,10 @@ async fn agents_receiving(agents: &BTreeMap<String, PodView>, base: &BTreeMap<St
 
 fn print_agents(title: &str, agents: &BTreeMap<String, PodView>) -> BTreeMap<String, Report> {
     eprintln!("{title}");
-    eprintln!("  {:<8} {:<28} {:>9} {:>6} {:>6}", "node", "agent", "received", "gaps", "lost");
+    eprintln!(
+        "  {:<8} {:<28} {:>9} {:>6} {:>6}",
+        "node", "agent", "received", "gaps", "lost"
+    );
     let mut out = BTreeMap::new();
     for (node, pod) in agents {
         let reports = agent_reports(&pod.name);
@@ -238,7 +246,10 @@ fn loss_since(pod: &str, since_ms: u64) -> (u64, Option<u64>) {
         .find(|r| r.at_ms < since_ms)
         .map_or(0, |r| r.lost);
     let last = reports.last().map_or(0, |r| r.lost);
-    let first_gap = reports.iter().find(|r| r.gap && r.at_ms >= since_ms).map(|r| r.at_ms);
+    let first_gap = reports
+        .iter()
+        .find(|r| r.gap && r.at_ms >= since_ms)
+        .map(|r| r.at_ms);
     (last.saturating_sub(before), first_gap)
 }
 
@@ -257,7 +268,11 @@ fn node_stat(node: &str, path: &str) -> String {
 }
 
 fn node_ls(node: &str, path: &str) -> String {
-    let out = run(&repo().join("hack/cluster.sh"), &["node-exec", node, "ls", "-A", path], None);
+    let out = run(
+        &repo().join("hack/cluster.sh"),
+        &["node-exec", node, "ls", "-A", path],
+        None,
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -353,7 +368,9 @@ async fn user_path_on_real_nodes() {
             let pods = pods(RELEASE_NAMESPACE, "app.kubernetes.io/component=controller");
             let holder = lease_holder();
             (pods.len() == 2
-                && pods.iter().all(|p| p.ready && REAL_NODES.contains(&p.node.as_str()))
+                && pods
+                    .iter()
+                    .all(|p| p.ready && REAL_NODES.contains(&p.node.as_str()))
                 && pods.iter().any(|p| p.name == holder))
             .then_some(pods)
         },
@@ -426,7 +443,11 @@ async fn user_path_on_real_nodes() {
     let want: Vec<String> = {
         let mut ips: Vec<String> = all_proxies
             .iter()
-            .filter_map(|p| p.raw["status"]["podIP"].as_str().map(|ip| format!("tcp://{ip}:7100")))
+            .filter_map(|p| {
+                p.raw["status"]["podIP"]
+                    .as_str()
+                    .map(|ip| format!("tcp://{ip}:7100"))
+            })
             .collect();
         ips.sort();
         ips
@@ -446,14 +467,23 @@ async fn user_path_on_real_nodes() {
         },
     )
     .await;
-    eprintln!("{}", kubectl_ok(&["get", "fg,ds,pods", "-n", NAMESPACE, "-o", "wide"]));
+    eprintln!(
+        "{}",
+        kubectl_ok(&["get", "fg,ds,pods", "-n", NAMESPACE, "-o", "wide"])
+    );
     eprintln!("[{:>6.1}s] group published: {want:?}", elapsed(started));
 
     // 4. Agents on every real node and a publisher pod following the group through the API.
     apply_example("agent.yaml", &image, true);
     apply_example("publisher.yaml", &image, true);
-    let agents = ready_on_each_real_node(NAMESPACE, "app=port-agent", None, "an agent on each real node").await;
-    agents_receiving(&agents, &BTreeMap::new(), "every agent receiving from the publisher").await;
+    let agents =
+        ready_on_each_real_node(NAMESPACE, "app=port-agent", None, "an agent on each real node").await;
+    agents_receiving(
+        &agents,
+        &BTreeMap::new(),
+        "every agent receiving from the publisher",
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before_delete = print_agents("every agent receives (publisher: 200 msg/s):", &agents);
     for (node, report) in &before_delete {
@@ -487,7 +517,12 @@ async fn user_path_on_real_nodes() {
     .await;
     let ready_ms = now_ms();
     let base = before_delete.clone();
-    agents_receiving(&agents, &base, "every agent receiving again after the proxy was replaced").await;
+    agents_receiving(
+        &agents,
+        &base,
+        "every agent receiving again after the proxy was replaced",
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     print_agents("after a proxy pod was deleted and replaced:", &agents);
     let (lost, recovered_at) = loss_since(&agents[victim_node].name, deleted_at);
@@ -501,7 +536,10 @@ async fn user_path_on_real_nodes() {
     );
     for node in REAL_NODES.iter().filter(|n| **n != victim_node) {
         let (lost, _) = loss_since(&agents[*node].name, deleted_at);
-        assert_eq!(lost, 0, "the agent on {node} lost messages when another node's proxy went away");
+        assert_eq!(
+            lost, 0,
+            "the agent on {node} lost messages when another node's proxy went away"
+        );
     }
     eprintln!("[{:>6.1}s] proxy replaced, others untouched", elapsed(started));
 
@@ -565,26 +603,60 @@ async fn user_path_on_real_nodes() {
     )
     .await;
     let generation = json(&["get", "fanoutgroup", GROUP, "-n", NAMESPACE]);
-    eventually(Duration::from_secs(60), "status observing the new generation", || async {
-        let g = json(&["get", "fanoutgroup", GROUP, "-n", NAMESPACE]);
-        (g["status"]["observedGeneration"] == generation["metadata"]["generation"]).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "status observing the new generation",
+        || async {
+            let g = json(&["get", "fanoutgroup", GROUP, "-n", NAMESPACE]);
+            (g["status"]["observedGeneration"] == generation["metadata"]["generation"]).then_some(())
+        },
+    )
     .await;
     agents_receiving(&agents, &base, "every agent receiving after the proxies rolled").await;
     for node in REAL_NODES {
         let (lost, recovered_at) = loss_since(&agents[node].name, rolled_at);
         eprintln!(
             "MEASURED proxy rollout on {node}: lost {lost} messages, receiving again {} ms after the patch",
-            recovered_at.map_or("(no loss)".to_string(), |at| at.saturating_sub(rolled_at).to_string())
+            recovered_at.map_or("(no loss)".to_string(), |at| at
+                .saturating_sub(rolled_at)
+                .to_string())
         );
     }
     eprintln!("[{:>6.1}s] a changed group rolled the proxies", elapsed(started));
 
     // 7. helm uninstall and deleting the CRD leave nothing behind.
-    kubectl_ok(&["delete", "deployment", "port-publisher", "-n", NAMESPACE, "--wait=true"]);
-    kubectl_ok(&["delete", "daemonset", "port-agent", "-n", NAMESPACE, "--wait=true"]);
-    helm_ok(&["uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--timeout", "120s"]);
-    kubectl_ok(&["delete", "crd", "fanoutgroups.fanout.dev", "--wait=true", "--timeout=120s"]);
+    kubectl_ok(&[
+        "delete",
+        "deployment",
+        "port-publisher",
+        "-n",
+        NAMESPACE,
+        "--wait=true",
+    ]);
+    kubectl_ok(&[
+        "delete",
+        "daemonset",
+        "port-agent",
+        "-n",
+        NAMESPACE,
+        "--wait=true",
+    ]);
+    helm_ok(&[
+        "uninstall",
+        RELEASE,
+        "-n",
+        RELEASE_NAMESPACE,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    kubectl_ok(&[
+        "delete",
+        "crd",
+        "fanoutgroups.fanout.dev",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
     // The garbage collector deletes the group's children once their owner is gone.
     eventually(
         Duration::from_secs(120),
@@ -609,10 +681,7 @@ async fn user_path_on_real_nodes() {
     .await;
     for node in REAL_NODES {
         let left = node_ls(node, "/var/run/fanout");
-        assert!(
-            !left.contains(".sock"),
-            "a socket is left on {node}: {left}"
-        );
+        assert!(!left.contains(".sock"), "a socket is left on {node}: {left}");
     }
     eprintln!(
         "[{:>6.1}s] helm uninstall + CRD deleted: no objects, no sockets left",
@@ -626,6 +695,12 @@ async fn user_path_on_real_nodes() {
     for node in FAKE_NODES {
         remove_node(node);
     }
-    kubectl_ok(&["delete", "namespace", NAMESPACE, RELEASE_NAMESPACE, "--wait=false"]);
+    kubectl_ok(&[
+        "delete",
+        "namespace",
+        NAMESPACE,
+        RELEASE_NAMESPACE,
+        "--wait=false",
+    ]);
     eprintln!("[{:>6.1}s] done", elapsed(started));
 }

@@ -143,7 +143,10 @@ pub fn run(options: SubscribeRun) -> Result<(), SubscribeError> {
         if let Some(every) = options.stats_every {
             let lost = subscriber.stats().total_lost();
             if lost > reported_lost {
-                eprintln!("{}", render_report("gap", subscriber.stats(), lost - reported_lost));
+                eprintln!(
+                    "{}",
+                    render_report("gap", subscriber.stats(), lost - reported_lost)
+                );
                 reported_lost = lost;
             }
             if last_report.elapsed() >= every {
