@@ -219,7 +219,10 @@ fn default_values_render_a_cluster_wide_controller() {
         [
             "controller",
             "--http=0.0.0.0:8080",
-            "--lease-name=fanout-controller"
+            "--lease-name=fanout-controller",
+            "--lease-duration=15s",
+            "--renew-deadline=10s",
+            "--retry-period=2s"
         ]
     );
     assert!(!args.iter().any(|a| a.starts_with("--namespace")));

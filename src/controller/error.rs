@@ -78,4 +78,6 @@ pub enum ControllerError {
     },
     #[error("cannot start a runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("invalid leader election timings: {0}")]
+    LeaseTimings(#[source] super::leader::LeaseTimingsError),
 }

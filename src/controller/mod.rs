@@ -56,6 +56,7 @@ pub struct ControllerConfig {
     pub lease_namespace: String,
     /// Identity in the Lease (None: hostname and pid).
     pub identity: Option<String>,
+    pub lease_timings: leader::LeaseTimings,
 }
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -97,6 +98,7 @@ pub async fn run_async(args: ControllerConfig) -> Result<(), ControllerError> {
         api: Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
         lease_name: args.lease_name.clone(),
         identity: identity.clone(),
+        timings: args.lease_timings,
     };
     let elector_task = tokio::spawn(elector.run(leading_tx, shutdown_rx.clone()));
     // Leader or standby, this replica is ready (see the module comment).
