@@ -18,6 +18,7 @@ pub mod error;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod membership;
+pub mod message_budget;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

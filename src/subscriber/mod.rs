@@ -129,10 +129,22 @@ pub struct GapTracker {
 }
 
 impl GapTracker {
+    /// The most publishers tracked; a new one beyond it evicts one (issue 10, 0b: publisher ids
+    /// and topics come from the peer, so the tracker must not grow without bound).
+    pub const MAX_PUBLISHERS: usize = 1024;
+    /// The most topics tracked per publisher; a new one beyond it evicts one.
+    pub const MAX_TOPICS_PER_PUBLISHER: usize = 16 * 1024;
+
     pub fn observe(&mut self, publisher: PublisherId, topic: &[u8], sequence: u64) -> SequenceCheck {
+        if !self.last.contains_key(&publisher) && self.last.len() >= Self::MAX_PUBLISHERS {
+            evict_one(&mut self.last);
+        }
         let topics = self.last.entry(publisher).or_default();
         match topics.get_mut(topic) {
             None => {
+                if topics.len() >= Self::MAX_TOPICS_PER_PUBLISHER {
+                    evict_one(topics);
+                }
                 topics.insert(topic.to_vec(), sequence);
                 SequenceCheck::First
             }
@@ -149,6 +161,13 @@ impl GapTracker {
                 }
             }
         }
+    }
+}
+
+/// Removes one entry (whichever the map yields first): an evicted stream restarts as `First`.
+fn evict_one<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if let Some(key) = map.keys().next().cloned() {
+        map.remove(&key);
     }
 }
 
@@ -331,6 +350,37 @@ mod tests {
         // Another publisher on the same topic too.
         assert_eq!(g.observe(B, b"t", 100), SequenceCheck::First);
         assert_eq!(g.observe(B, b"t", 102), SequenceCheck::Gap { lost: 1 });
+    }
+
+    #[test]
+    fn forged_extreme_sequences_do_not_overflow() {
+        let mut g = GapTracker::default();
+        assert_eq!(g.observe(A, b"t", 0), SequenceCheck::First);
+        assert_eq!(
+            g.observe(A, b"t", u64::MAX),
+            SequenceCheck::Gap { lost: u64::MAX - 1 }
+        );
+        assert_eq!(g.observe(A, b"t", u64::MAX), SequenceCheck::OutOfOrder);
+        assert_eq!(g.observe(A, b"t", 0), SequenceCheck::OutOfOrder);
+    }
+
+    #[test]
+    fn the_tracker_is_bounded_by_publishers_and_topics() {
+        let mut g = GapTracker::default();
+        for i in 0..(GapTracker::MAX_PUBLISHERS + 10) {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            g.observe(PublisherId(id), b"t", 1);
+        }
+        assert_eq!(g.last.len(), GapTracker::MAX_PUBLISHERS);
+        for i in 0..(GapTracker::MAX_TOPICS_PER_PUBLISHER + 10) {
+            g.observe(A, &(i as u64).to_le_bytes(), 1);
+        }
+        assert_eq!(g.last.len(), GapTracker::MAX_PUBLISHERS);
+        assert_eq!(g.last[&A].len(), GapTracker::MAX_TOPICS_PER_PUBLISHER);
+        // A tracked stream keeps its accounting.
+        assert_eq!(g.observe(A, b"t2", 1), SequenceCheck::First);
+        assert_eq!(g.observe(A, b"t2", 3), SequenceCheck::Gap { lost: 1 });
     }
 
     #[test]
