@@ -35,7 +35,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 pub(super) struct Leader {
     pub recorder: Recorder,
     pub metrics: super::metrics::Metrics,
-    pub default_image: Option<String>,
+    pub policy: super::policy::ProxyPolicy,
     pub leading: watch::Receiver<bool>,
 }
 
@@ -96,7 +96,7 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
             services,
             config_maps,
         },
-        leader.default_image,
+        leader.policy,
         leader.leading,
     ));
 
