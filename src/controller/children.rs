@@ -116,7 +116,10 @@ mod tests {
         );
         let ds = build(&group());
         let template = ds.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
-        for labels in [ds.metadata.labels.as_ref().unwrap(), template.labels.as_ref().unwrap()] {
+        for labels in [
+            ds.metadata.labels.as_ref().unwrap(),
+            template.labels.as_ref().unwrap(),
+        ] {
             assert!(labels.contains_key(GROUP_LABEL));
             assert_eq!(labels[MANAGED_BY_LABEL], FIELD_MANAGER);
         }
