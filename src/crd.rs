@@ -16,6 +16,9 @@ use std::collections::BTreeMap;
 pub const GROUP: &str = "fanout.dev";
 /// Label on every object that belongs to a group (defined with the endpoint-list contract).
 pub use crate::endpoint_list::GROUP_LABEL;
+/// Default root of the groups' socket directories, and the prefix admission requires of
+/// `socketDir` (the controller's `--socket-root` may narrow it).
+pub const DEFAULT_SOCKET_ROOT: &str = "/var/run/fanout";
 
 /// A fanout group: one ZeroMQ proxy per selected node, and the live list of their endpoints.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -42,8 +45,10 @@ pub use crate::endpoint_list::GROUP_LABEL;
     validation = Rule::new("!has(self.subscriberPort) || (self.subscriberPort != self.publisherPort && self.subscriberPort != self.httpPort)").message("subscriberPort must differ from publisherPort and httpPort"),
 )]
 pub struct FanoutGroupSpec {
-    /// Container image of the proxy (runs `fanout proxy`). When absent the controller uses its
-    /// `--default-proxy-image`.
+    /// Container image of the proxy container (runs `fanout proxy`). When absent the controller
+    /// uses its own proxy image (`--default-proxy-image`). Another image is admitted only when
+    /// the controller's allow-list (`--allowed-proxy-image`) names it; the pod's root init
+    /// container always runs the controller's own image, never this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
@@ -52,9 +57,11 @@ pub struct FanoutGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
 
-    /// Tolerations of the proxy pods. Default: tolerate every taint, so a proxy runs on every node.
-    #[serde(default = "default_tolerations")]
-    pub tolerations: Vec<Toleration>,
+    /// Tolerations of the proxy pods. When absent, the controller's default
+    /// (`--default-proxy-tolerations`, none unless the admin set some). Tolerating the
+    /// control-plane taint is refused unless the controller allows it (`--allow-control-plane`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
 
     /// TCP port of the proxy's XSUB socket, where publishers connect.
     #[serde(default = "default_publisher_port")]
@@ -62,27 +69,32 @@ pub struct FanoutGroupSpec {
     pub publisher_port: i32,
 
     /// Run the proxy in the node's network namespace (the endpoints are then the node IPs).
+    /// Refused unless the controller allows it (`--allow-host-network`).
     #[serde(default)]
     pub host_network: bool,
 
-    /// Directory on the node for the subscriber socket `<namespace>.<name>.sock`.
+    /// Directory on the node under which the group gets its own directory
+    /// `<socketDir>/<namespace>.<name>`, holding the subscriber socket `<namespace>.<name>.sock`.
+    /// Absolute and normalized, `/var/run/fanout` or below it (admission), and inside the
+    /// controller's `--socket-root` (checked by the controller).
     #[serde(default = "default_socket_dir")]
     #[x_kube(
-        validation = Rule::new("self.startsWith('/')").message("socketDir must be an absolute path"),
-        // The init container hands this host directory to the proxy user: never the root.
-        validation = Rule::new("!self.matches('^/+$') && !self.matches('(^|/)[.][.](/|$)')").message("socketDir must not be / and must not contain .."),
+        validation = Rule::new("self.startsWith('/') && !self.endsWith('/') && !self.contains('//') && !self.matches('(^|/)[.][.]?(/|$)')").message("socketDir must be a normalized absolute path: no trailing '/', no '//', no '.' or '..' segment"),
+        // The init container hands the group's directory below this one to the proxy user.
+        validation = Rule::new("self == '/var/run/fanout' || self.startsWith('/var/run/fanout/')").message("socketDir must be /var/run/fanout or a directory below it"),
     )]
     #[schemars(length(max = 64))]
     pub socket_dir: String,
 
-    /// Group (gid) that may connect to the subscriber socket. When set, the proxy pod's init
-    /// container makes `socketDir` owned by the proxy user (65532) and this group with mode
+    /// Group (gid) that may connect to the subscriber socket. The proxy pod's init container
+    /// makes the group's directory owned by the proxy user (65532) and this group with mode
     /// 2750 (setgid, so the socket inherits the group) and the pod joins the group; node-local
-    /// agents then connect when they run with this gid among their groups. When absent the
-    /// directory is 65532:65532 with mode 0750, and only agents running as uid 65532 or as root
-    /// can connect. Groups sharing a `socketDir` must agree on it.
+    /// agents then connect when they run with this gid among their groups (and never as uid
+    /// 65532). When absent the directory is 65532:65532 with mode 0750, and agents connect with
+    /// gid 65532 among their supplemental groups. 0 (root) is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 2147483647))]
+    #[x_kube(validation = Rule::new("self != 0").message("socketGroup must not be 0 (root)"))]
     pub socket_group: Option<i64>,
 
     /// Optional TCP port of an additional XPUB socket for subscribers off the node.
@@ -123,7 +135,8 @@ pub struct FanoutGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// PriorityClass of the proxy pods.
+    /// PriorityClass of the proxy pods. Refused unless the controller allows it
+    /// (`--allowed-priority-class`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
 }
@@ -151,17 +164,11 @@ pub struct FanoutGroupStatus {
     pub conditions: Vec<Condition>,
 }
 
-pub fn default_tolerations() -> Vec<Toleration> {
-    vec![Toleration {
-        operator: Some("Exists".into()),
-        ..Toleration::default()
-    }]
-}
 pub fn default_publisher_port() -> i32 {
     7100
 }
 pub fn default_socket_dir() -> String {
-    "/var/run/fanout".into()
+    DEFAULT_SOCKET_ROOT.into()
 }
 pub fn default_http_port() -> i32 {
     9102
@@ -188,7 +195,7 @@ impl Default for FanoutGroupSpec {
         Self {
             image: None,
             node_selector: None,
-            tolerations: default_tolerations(),
+            tolerations: None,
             publisher_port: default_publisher_port(),
             host_network: false,
             socket_dir: default_socket_dir(),

@@ -222,10 +222,90 @@ fn default_values_render_a_cluster_wide_controller() {
             "--lease-name=fanout-controller",
             "--lease-duration=15s",
             "--renew-deadline=10s",
-            "--retry-period=2s"
+            "--retry-period=2s",
+            "--socket-root=/var/run/fanout",
         ]
     );
     assert!(!args.iter().any(|a| a.starts_with("--namespace")));
+    assert_eq!(env(&objects, "FANOUT_PROXY_TOLERATIONS")["value"], "[]");
+}
+
+/// The proxy policy: nothing beyond the own image and the socket root by default, each
+/// widening a value the admin sets, and the flags parse as `fanout controller` reads them.
+#[test]
+fn proxy_policy_values_become_controller_flags() {
+    let objects = template(
+        NS,
+        &[
+            "--set-json",
+            r#"proxyPolicy.allowedImages=["reg.example/fanout@sha256:0123","reg.example/proxies/*"]"#,
+            "--set",
+            "proxyPolicy.socketRoot=/var/run/fanout/prod",
+            "--set",
+            "proxyPolicy.allowHostNetwork=true",
+            "--set-json",
+            r#"proxyPolicy.allowedPriorityClasses=["system-node-critical"]"#,
+            "--set-json",
+            r#"proxyPolicy.defaultTolerations=[{"key":"dedicated","operator":"Exists"}]"#,
+            "--set",
+            "proxyPolicy.allowControlPlane=true",
+        ],
+    );
+    let args = args(&objects);
+    assert_eq!(
+        args[6..],
+        [
+            "--socket-root=/var/run/fanout/prod",
+            "--allowed-proxy-image=reg.example/fanout@sha256:0123",
+            "--allowed-proxy-image=reg.example/proxies/*",
+            "--allow-host-network",
+            "--allowed-priority-class=system-node-critical",
+            "--allow-control-plane",
+        ]
+    );
+    let tolerations: Value = serde_json::from_str(
+        env(&objects, "FANOUT_PROXY_TOLERATIONS")["value"]
+            .as_str()
+            .expect("a string"),
+    )
+    .expect("JSON");
+    assert_eq!(tolerations, json!([{"key": "dedicated", "operator": "Exists"}]));
+
+    #[derive(clap::Parser)]
+    struct Controller {
+        #[command(flatten)]
+        args: fanout::cli::controller::ControllerArgs,
+    }
+    let mut argv = args.clone();
+    argv.push(format!("--default-proxy-tolerations={tolerations}"));
+    let parsed = <Controller as clap::Parser>::try_parse_from(argv).expect("the flags parse");
+    let policy = parsed.args.policy();
+    assert_eq!(
+        policy.allowed_images,
+        ["reg.example/fanout@sha256:0123", "reg.example/proxies/*"]
+    );
+    assert_eq!(policy.socket_root, "/var/run/fanout/prod");
+    assert!(policy.allow_host_network && policy.allow_control_plane);
+    assert_eq!(policy.allowed_priority_classes, ["system-node-critical"]);
+    assert_eq!(policy.default_tolerations[0].key.as_deref(), Some("dedicated"));
+}
+
+#[test]
+fn the_proxy_image_is_pinned_by_digest_when_the_chart_knows_it() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let objects = template(
+        NS,
+        &[
+            "--set",
+            "image.repository=reg.example/fanout",
+            "--set",
+            &format!("image.digest={digest}"),
+        ],
+    );
+    assert_eq!(
+        env(&objects, "FANOUT_PROXY_IMAGE")["value"],
+        format!("reg.example/fanout@{digest}")
+    );
 }
 
 #[test]
@@ -501,6 +581,19 @@ fn schema_refuses_bad_values() {
         (&["--set", "watchNamespace=Not_A_Namespace"], "'/watchNamespace'"),
         (&["--set", "pdb.minAvailable=-1"], "'/pdb/minAvailable'"),
         (&["--set", "replicaz=2"], "'replicaz' not allowed"),
+        (
+            &["--set", "proxyPolicy.socketRoot=/etc"],
+            "'/proxyPolicy/socketRoot'",
+        ),
+        (
+            &["--set", "proxyPolicy.socketRoot=/var/run/fanout/../../etc"],
+            "'/proxyPolicy/socketRoot'",
+        ),
+        (
+            &["--set", "proxyPolicy.allowHostNetwork=yes"],
+            "'/proxyPolicy/allowHostNetwork'",
+        ),
+        (&["--set", "proxyPolicy.allowAll=true"], "'allowAll' not allowed"),
         // An empty peer list would admit everyone: refused.
         (
             &["--set", "networkPolicy.enabled=true"],

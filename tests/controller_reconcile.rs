@@ -53,13 +53,37 @@ fn pod(name: &str, ip: &str, ready: bool) -> Pod {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": "net", "uid": format!("uid-{name}"),
-                     "labels": {"fanout.dev/group": "updates"}},
+                     "labels": {"fanout.dev/group": "updates"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                          "name": "updates", "uid": DS_UID, "controller": true}]},
         "spec": {"nodeName": format!("node-{name}"), "containers": []},
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
                    "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
                                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
     }))
     .expect("a valid pod")
+}
+
+/// The uid the API server gave the group's DaemonSet (its pods' owner).
+const DS_UID: &str = "ds-uid";
+
+/// The group's DaemonSet as the cache holds it: what the controller applied, with its uid.
+fn cached_daemon_set(mut applied: DaemonSet) -> DaemonSet {
+    applied.metadata.uid = Some(DS_UID.into());
+    applied
+}
+
+/// A DaemonSet already there before the first pass (labels as the controller writes them).
+fn existing_daemon_set() -> DaemonSet {
+    cached_daemon_set(
+        serde_json::from_value(json!({
+            "metadata": {"name": "updates", "namespace": "net",
+                         "labels": {"fanout.dev/group": "updates",
+                                    "app.kubernetes.io/managed-by": "fanout-controller"}},
+            "spec": {"selector": {}, "template": {}}
+        }))
+        .expect("a valid DaemonSet"),
+    )
 }
 
 fn store_of<K>(objects: Vec<K>) -> Store<K>
@@ -185,7 +209,10 @@ async fn reconcile_with(
         recorder,
         Metrics::register(&mut registry),
         caches,
-        default_image.map(str::to_string),
+        fanout::controller::policy::ProxyPolicy {
+            own_image: default_image.map(str::to_string),
+            ..Default::default()
+        },
         leading,
     ));
     if warm {
@@ -212,6 +239,7 @@ fn body_of<K: DeserializeOwned>(seen: &[Seen], path_end: &str) -> K {
 async fn first_reconcile_applies_children_in_order_then_status_then_event() {
     let state = State {
         pods: vec![pod("p1", "10.0.0.1", true), pod("p2", "10.0.0.2", true)],
+        daemon_sets: vec![existing_daemon_set()],
         ..State::default()
     };
     let (result, seen) = reconcile_once(group(None), state).await;
@@ -282,6 +310,7 @@ async fn settled() -> (FanoutGroup, State) {
         group(None),
         State {
             pods: pods.clone(),
+            daemon_sets: vec![existing_daemon_set()],
             ..State::default()
         },
     )
@@ -294,7 +323,7 @@ async fn settled() -> (FanoutGroup, State) {
     let state = State {
         pods,
         slices: vec![body_of(&seen, "endpointslices/updates-v4-0")],
-        daemon_sets: vec![body_of(&seen, "daemonsets/updates")],
+        daemon_sets: vec![cached_daemon_set(body_of(&seen, "daemonsets/updates"))],
         services: vec![body_of(&seen, "services/updates")],
         config_maps: vec![body_of(&seen, "configmaps/updates-endpoints")],
     };

@@ -238,7 +238,9 @@ impl Drop for PublishLoop {
 fn socket_of(kubelet: &FakeKubelet, node: &str) -> String {
     let path = kubelet.host_path(
         node,
-        &format!("/var/run/fanout/{EXAMPLE_NAMESPACE}.{EXAMPLE_GROUP}.sock"),
+        &format!(
+            "/var/run/fanout/{EXAMPLE_NAMESPACE}.{EXAMPLE_GROUP}/{EXAMPLE_NAMESPACE}.{EXAMPLE_GROUP}.sock"
+        ),
     );
     format!("ipc://{}", path.display())
 }
@@ -528,7 +530,31 @@ async fn invalid_groups_are_refused_at_admission() {
         ("endpointsPerSlice: 1001", "endpointsPerSlice"),
         ("highWaterMark: 0", "highWaterMark"),
         ("maxMessageBytes: -1", "maxMessageBytes"),
-        ("socketDir: relative/path", "socketDir"),
+        (
+            "socketDir: relative/path",
+            "socketDir must be a normalized absolute path",
+        ),
+        (
+            "socketDir: /etc/kubernetes/manifests",
+            "socketDir must be /var/run/fanout or a directory below it",
+        ),
+        (
+            "socketDir: /var/lib/kubelet/pod-resources",
+            "socketDir must be /var/run/fanout or a directory below it",
+        ),
+        (
+            "socketDir: /var/run/fanout/../../etc",
+            "socketDir must be a normalized absolute path",
+        ),
+        (
+            "socketDir: /var/run/fanout/",
+            "socketDir must be a normalized absolute path",
+        ),
+        (
+            "socketDir: /var/run/fanoutx",
+            "socketDir must be /var/run/fanout or a directory below it",
+        ),
+        ("socketGroup: 0", "socketGroup must not be 0 (root)"),
         ("publisherPort: 7100\n  httpPort: 7100", "Port"),
     ];
     for (spec, mentions) in cases {
@@ -647,4 +673,164 @@ async fn restart_converges_and_only_the_leader_writes() {
     for node in nodes.iter().map(String::as_str).chain(["le-node-4"]) {
         remove_node(node);
     }
+}
+
+/// The reason of the group's `Degraded` condition when it is True.
+fn degraded_reason(status: &serde_json::Value) -> Option<String> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Degraded" && c["status"] == "True")
+        .and_then(|c| c["reason"].as_str().map(str::to_string))
+}
+
+/// Issue 10 §0: what a FanoutGroup may not ask for is refused by the controller, with the
+/// reason in the group's status and no DaemonSet written; and a Ready pod carrying the group's
+/// labels that its DaemonSet does not own is never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn the_policy_refuses_groups_and_only_the_daemon_sets_pods_are_endpoints() {
+    let (client, work, kubeconfig) = installed_cluster().await;
+    let namespace = "e2e-policy";
+    ensure_namespace(&client, namespace).await;
+    let node = "pol-node-1";
+    add_node(node);
+    let _kubelet = FakeKubelet::start(
+        client.clone(),
+        namespace,
+        fanout_binary(),
+        work.path().to_path_buf(),
+    );
+    // A root narrower than the CRD's, so the controller's own check is the one that refuses.
+    let _controller = ControllerProcess::start_with(
+        &kubeconfig,
+        "e2e-policy",
+        "127.0.0.1:18084",
+        work.path(),
+        &["--socket-root", "/var/run/fanout/e2e"],
+    );
+    let apply = |name: &str, spec: &str| {
+        let manifest = format!(
+            "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  {spec}\n"
+        );
+        let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
+        assert!(
+            out.status.success(),
+            "kubectl apply {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    apply("good", "socketDir: /var/run/fanout/e2e");
+    let refused = [
+        (
+            "bad-image",
+            "socketDir: /var/run/fanout/e2e\n  image: evil.example/root:1",
+            "ProxyImageNotAllowed",
+        ),
+        ("bad-dir", "socketDir: /var/run/fanout", "SocketDirOutsideRoot"),
+        (
+            "bad-host",
+            "socketDir: /var/run/fanout/e2e\n  hostNetwork: true",
+            "HostNetworkNotAllowed",
+        ),
+        (
+            "bad-priority",
+            "socketDir: /var/run/fanout/e2e\n  priorityClassName: system-node-critical",
+            "PriorityClassNotAllowed",
+        ),
+        (
+            "bad-tolerations",
+            "socketDir: /var/run/fanout/e2e\n  tolerations: [{operator: Exists}]",
+            "ControlPlaneNotAllowed",
+        ),
+    ];
+    for (name, spec, _) in refused {
+        apply(name, spec);
+    }
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
+    for (name, spec, reason) in refused {
+        let status = eventually(
+            Duration::from_secs(60),
+            &format!("{name} Degraded with {reason}"),
+            || async {
+                let status = group_status(&client, namespace, name).await;
+                (degraded_reason(&status).as_deref() == Some(reason)).then_some(status)
+            },
+        )
+        .await;
+        assert!(
+            daemon_sets.get_opt(name).await.unwrap().is_none(),
+            "a DaemonSet was written for the refused group {name}"
+        );
+        let message = status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Degraded"))
+            .map(|c| c["message"].to_string())
+            .unwrap_or_default();
+        eprintln!("refused `{}`: {reason}: {message}", spec.replace('\n', " "));
+    }
+
+    // The good group: its proxy is its only endpoint, in its own directory, the init container
+    // running the controller's own image.
+    let proxies = eventually(
+        Duration::from_secs(60),
+        "the good group's proxy ready",
+        || async {
+            let pods = ready_pods(&client, namespace, "good").await;
+            (pods.len() == 1).then_some(pods)
+        },
+    )
+    .await;
+    let (_, proxy_ip) = proxies.values().next().unwrap().clone();
+    let ds = daemon_sets.get("good").await.unwrap();
+    let pod_spec = ds.spec.unwrap().template.spec.unwrap();
+    let init = &pod_spec.init_containers.unwrap()[0];
+    assert_eq!(init.image.as_deref(), Some("fanout:e2e"));
+    assert_eq!(
+        pod_spec.volumes.unwrap()[0].host_path.as_ref().unwrap().path,
+        "/var/run/fanout/e2e/e2e-policy.good"
+    );
+    eventually(Duration::from_secs(30), "the proxy in the slices", || async {
+        let (all, ready, _) = slice_addresses(&client, namespace, "good").await;
+        (all == [proxy_ip.clone()] && ready.contains(&proxy_ip)).then_some(())
+    })
+    .await;
+
+    // A stray Ready pod with the group's and the controller's labels, on the same node, that
+    // the DaemonSet neither owns nor selects (so it does not adopt it either).
+    let stray: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stray", "namespace": namespace, "labels": {
+            "fanout.dev/group": "good",
+            "app.kubernetes.io/managed-by": "fanout-controller",
+            "app.kubernetes.io/component": "proxy"}},
+        "spec": {"nodeName": node, "containers": [{"name": "stray", "image": "stray:1"}]}
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    pods.create(&PostParams::default(), &stray).await.unwrap();
+    let stray_ip = eventually(Duration::from_secs(60), "the stray pod Ready", || async {
+        let ready = ready_pods(&client, namespace, "good").await;
+        ready.get("stray").map(|(_, ip)| ip.clone())
+    })
+    .await;
+    // The pod's events reach the controller within a reconcile or two (throttle 250 ms); give
+    // it ten times that, then the slices and the ConfigMap must still list the proxy alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (all, _, _) = slice_addresses(&client, namespace, "good").await;
+    assert_eq!(
+        all.as_slice(),
+        std::slice::from_ref(&proxy_ip),
+        "the stray pod {stray_ip} was published"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let listed = configmaps.get("good-endpoints").await.unwrap().data.unwrap()["endpoints"].clone();
+    assert_eq!(listed, format!("tcp://{proxy_ip}:7100\n"));
+    eprintln!(
+        "stray Ready pod {stray_ip} not published; endpoints: {}",
+        listed.trim()
+    );
+
+    let namespaces: Api<Namespace> = Api::all(client);
+    let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
+    remove_node(node);
 }

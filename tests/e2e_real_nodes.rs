@@ -26,7 +26,9 @@ use support::*;
 
 const NAMESPACE: &str = "networking";
 const GROUP: &str = "port-updates";
-const SOCKET: &str = "/var/run/fanout/networking.port-updates.sock";
+/// The group's own directory on each node (`<socketDir>/<namespace>.<name>`) and its socket.
+const SOCKET_DIR: &str = "/var/run/fanout/networking.port-updates";
+const SOCKET: &str = "/var/run/fanout/networking.port-updates/networking.port-updates.sock";
 const REAL_NODES: [&str; 2] = ["real-1", "real-2"];
 const FAKE_NODES: [&str; 2] = ["kwok-1", "kwok-2"];
 /// The image the examples name; the test substitutes the one it built, as a user would.
@@ -421,7 +423,7 @@ async fn user_path_on_real_nodes() {
             image.reference().as_str()
         );
         assert_eq!(
-            node_stat(node, "/var/run/fanout"),
+            node_stat(node, SOCKET_DIR),
             "2750 65532:2000 directory",
             "socket directory on {node}"
         );
@@ -680,7 +682,7 @@ async fn user_path_on_real_nodes() {
     )
     .await;
     for node in REAL_NODES {
-        let left = node_ls(node, "/var/run/fanout");
+        let left = node_ls(node, SOCKET_DIR);
         assert!(!left.contains(".sock"), "a socket is left on {node}: {left}");
     }
     eprintln!(

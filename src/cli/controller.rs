@@ -2,8 +2,20 @@
 
 use crate::controller::ControllerConfig;
 use crate::controller::leader::LeaseTimings;
+use crate::controller::policy::{DEFAULT_SOCKET_ROOT, ProxyPolicy};
+use k8s_openapi::api::core::v1::Toleration;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// Tolerations as JSON (`[{"key": "dedicated", "operator": "Exists"}]`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tolerations(pub Vec<Toleration>);
+
+fn parse_tolerations(text: &str) -> Result<Tolerations, String> {
+    serde_json::from_str(text)
+        .map(Tolerations)
+        .map_err(|err| format!("not a JSON list of tolerations: {err}"))
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
@@ -13,9 +25,32 @@ pub struct ControllerArgs {
     /// Address of the /healthz, /readyz and /metrics endpoint.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
-    /// Proxy image for groups that do not set spec.image.
+    /// The controller's own proxy image (by digest when known): proxies of groups that set no
+    /// spec.image run it, and the root init container of every proxy pod always does. Without
+    /// it no DaemonSet is written.
     #[arg(long, env = "FANOUT_PROXY_IMAGE")]
     pub default_proxy_image: Option<String>,
+    /// Another image spec.image may name: an exact reference, or a prefix ending in `*`.
+    /// Repeat for more. Default: only --default-proxy-image.
+    #[arg(long = "allowed-proxy-image", value_name = "IMAGE")]
+    pub allowed_proxy_images: Vec<String>,
+    /// Every group's spec.socketDir must be this directory or below it; each group gets its
+    /// own directory `<socketDir>/<namespace>.<name>`.
+    #[arg(long, default_value = DEFAULT_SOCKET_ROOT, value_name = "DIR")]
+    pub socket_root: String,
+    /// Allow groups to set spec.hostNetwork: true.
+    #[arg(long)]
+    pub allow_host_network: bool,
+    /// A PriorityClass spec.priorityClassName may name. Repeat for more. Default: none.
+    #[arg(long = "allowed-priority-class", value_name = "NAME")]
+    pub allowed_priority_classes: Vec<String>,
+    /// Tolerations (JSON list) of proxy pods whose group sets none. Default: none (the
+    /// DaemonSet controller still adds its node-condition tolerations).
+    #[arg(long, env = "FANOUT_PROXY_TOLERATIONS", default_value = "[]", value_parser = parse_tolerations)]
+    pub default_proxy_tolerations: Tolerations,
+    /// Allow proxy pods to tolerate the control-plane taint (and so run on control-plane nodes).
+    #[arg(long)]
+    pub allow_control_plane: bool,
     /// Name of the coordination.k8s.io Lease used for leader election.
     #[arg(long, default_value = "fanout-controller")]
     pub lease_name: String,
@@ -47,17 +82,84 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl ControllerArgs {
+    pub fn policy(&self) -> ProxyPolicy {
+        ProxyPolicy {
+            own_image: self.default_proxy_image.clone(),
+            allowed_images: self.allowed_proxy_images.clone(),
+            socket_root: self.socket_root.clone(),
+            allow_host_network: self.allow_host_network,
+            allowed_priority_classes: self.allowed_priority_classes.clone(),
+            default_tolerations: self.default_proxy_tolerations.0.clone(),
+            allow_control_plane: self.allow_control_plane,
+        }
+    }
+
     pub fn run(self) -> crate::Result<()> {
         let lease_timings = LeaseTimings::new(self.lease_duration, self.renew_deadline, self.retry_period)
             .map_err(crate::controller::ControllerError::LeaseTimings)?;
         crate::controller::run(ControllerConfig {
+            policy: self.policy(),
             namespace: self.namespace,
             http: self.http,
-            default_proxy_image: self.default_proxy_image,
             lease_name: self.lease_name,
             lease_namespace: self.lease_namespace,
             identity: self.identity,
             lease_timings,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ControllerArgs, clap::Error> {
+        <Cli as clap::Parser>::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))
+            .map(|cli| cli.args)
+    }
+
+    #[test]
+    fn policy_flags_default_to_the_narrowest() {
+        let args = parse(&["--default-proxy-image", "reg/fanout@sha256:1"]).unwrap();
+        assert_eq!(
+            args.policy(),
+            ProxyPolicy {
+                own_image: Some("reg/fanout@sha256:1".into()),
+                ..ProxyPolicy::default()
+            }
+        );
+    }
+
+    #[test]
+    fn policy_flags_widen_what_the_admin_asks() {
+        let args = parse(&[
+            "--allowed-proxy-image",
+            "a:1",
+            "--allowed-proxy-image",
+            "b/*",
+            "--socket-root",
+            "/var/run/fanout/prod",
+            "--allow-host-network",
+            "--allowed-priority-class",
+            "system-node-critical",
+            "--default-proxy-tolerations",
+            r#"[{"key": "dedicated", "operator": "Exists"}]"#,
+            "--allow-control-plane",
+        ])
+        .unwrap();
+        let policy = args.policy();
+        assert_eq!(policy.allowed_images, ["a:1", "b/*"]);
+        assert_eq!(policy.socket_root, "/var/run/fanout/prod");
+        assert!(policy.allow_host_network && policy.allow_control_plane);
+        assert_eq!(policy.allowed_priority_classes, ["system-node-critical"]);
+        assert_eq!(policy.default_tolerations[0].key.as_deref(), Some("dedicated"));
+        let bad = parse(&["--default-proxy-tolerations", "{"]).unwrap_err();
+        assert!(bad.to_string().contains("tolerations"), "{bad}");
     }
 }

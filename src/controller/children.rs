@@ -84,6 +84,14 @@ fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 
+/// The label selector of every watch but the groups': objects labelled with some group and
+/// managed by the controller (its children, and the proxy pods, which carry the DaemonSet
+/// template's labels). The API server filters, so nothing else is cached, and the caches hold
+/// no object the controller would not read.
+pub fn watch_selector() -> String {
+    format!("{GROUP_LABEL},{MANAGED_BY_LABEL}={FIELD_MANAGER}")
+}
+
 /// In the group's namespace and labelled with its name (proxy pods).
 pub fn is_member(meta: &ObjectMeta, id: &GroupId) -> bool {
     meta.namespace.as_deref() == Some(id.namespace.as_str())
@@ -93,4 +101,27 @@ pub fn is_member(meta: &ObjectMeta, id: &GroupId) -> bool {
 /// A member that the controller manages: one of the group's children.
 pub fn is_child(meta: &ObjectMeta, id: &GroupId) -> bool {
     is_member(meta, id) && label(meta, MANAGED_BY_LABEL) == Some(FIELD_MANAGER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::objects::tests_support::{build, group};
+
+    #[test]
+    fn the_watch_selector_matches_what_the_controller_writes() {
+        assert_eq!(
+            watch_selector(),
+            "fanout.dev/group,app.kubernetes.io/managed-by=fanout-controller"
+        );
+        let ds = build(&group());
+        let template = ds.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+        for labels in [
+            ds.metadata.labels.as_ref().unwrap(),
+            template.labels.as_ref().unwrap(),
+        ] {
+            assert!(labels.contains_key(GROUP_LABEL));
+            assert_eq!(labels[MANAGED_BY_LABEL], FIELD_MANAGER);
+        }
+    }
 }

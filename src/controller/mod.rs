@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod notices;
 pub mod objects;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod slices;
 pub mod status;
@@ -50,8 +51,8 @@ pub struct ControllerConfig {
     pub namespace: Option<String>,
     /// Address of `/healthz`, `/readyz`, `/metrics`.
     pub http: SocketAddr,
-    /// Proxy image for groups that name none.
-    pub default_proxy_image: Option<String>,
+    /// What groups may ask for: the own proxy image, the allow-list, the socket root, ...
+    pub policy: policy::ProxyPolicy,
     pub lease_name: String,
     pub lease_namespace: String,
     /// Identity in the Lease (None: hostname and pid).
@@ -127,7 +128,7 @@ pub async fn run_async(args: ControllerConfig) -> Result<(), ControllerError> {
                 },
             ),
             metrics: metrics.clone(),
-            default_image: args.default_proxy_image.clone(),
+            policy: args.policy.clone(),
             leading: leading_rx.clone(),
         };
         let controller = run_controller(client.clone(), args.namespace.clone(), leader);

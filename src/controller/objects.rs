@@ -4,6 +4,7 @@
 //! Longer than 500 lines for a reason: more than half of it is tests, and the DaemonSet is one
 //! pod spec's worth of fields that a reader should see in one place.
 
+use super::policy::{Admitted, Refused};
 use crate::crd::FanoutGroup;
 use crate::endpoint_list::{CONFIGMAP_KEY, GROUP_LABEL, PUBLISH_PORT_NAME};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
@@ -49,8 +50,9 @@ pub const SOCKET_DIR_VOLUME: &str = "socket-dir";
 /// Why a group cannot be turned into objects. Reported as the `Degraded` reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unrealisable {
-    #[error("no proxy image: set spec.image or start the controller with --default-proxy-image")]
-    NoProxyImage,
+    /// The controller's policy refuses what the group asks for.
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("the FanoutGroup has no {0}")]
     MissingMetadata(&'static str),
     #[error(
@@ -65,7 +67,7 @@ impl Unrealisable {
     /// The CamelCase reason used in conditions, events and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Unrealisable::NoProxyImage => "NoProxyImage",
+            Unrealisable::Refused(refused) => refused.reason(),
             Unrealisable::MissingMetadata(_) => "MissingMetadata",
             Unrealisable::InvalidName(_) => "InvalidName",
             Unrealisable::InvalidPort(_) => "InvalidPort",
@@ -183,10 +185,11 @@ pub fn child_meta(
     })
 }
 
-/// The `fanout proxy` arguments for a group (after the `proxy` subcommand word).
-pub fn proxy_args(group: &FanoutGroup, id: &GroupId) -> Vec<String> {
+/// The `fanout proxy` arguments for a group whose own socket directory is `socket_dir` (after
+/// the `proxy` subcommand word).
+pub fn proxy_args(group: &FanoutGroup, id: &GroupId, socket_dir: &str) -> Vec<String> {
     let spec = &group.spec;
-    let socket = format!("{}/{}", spec.socket_dir.trim_end_matches('/'), id.socket_file());
+    let socket = format!("{socket_dir}/{}", id.socket_file());
     let mut args = vec![
         "proxy".to_string(),
         "--publishers".to_string(),
@@ -220,13 +223,14 @@ pub fn socket_dir_group_and_mode(group: &FanoutGroup) -> (i64, u32) {
     }
 }
 
-/// The arguments of the init container: `fanout prepare-socket-dir ...`.
-pub fn prepare_socket_dir_args(group: &FanoutGroup) -> Vec<String> {
+/// The arguments of the init container: `fanout prepare-socket-dir ...` on the group's own
+/// directory `socket_dir`.
+pub fn prepare_socket_dir_args(group: &FanoutGroup, socket_dir: &str) -> Vec<String> {
     let (gid, mode) = socket_dir_group_and_mode(group);
     vec![
         crate::proxy::socket_dir::SUBCOMMAND.to_string(),
         "--path".to_string(),
-        group.spec.socket_dir.clone(),
+        socket_dir.to_string(),
         "--uid".to_string(),
         PROXY_UID.to_string(),
         "--gid".to_string(),
@@ -236,10 +240,10 @@ pub fn prepare_socket_dir_args(group: &FanoutGroup) -> Vec<String> {
     ]
 }
 
-fn socket_dir_mount(spec: &crate::crd::FanoutGroupSpec) -> VolumeMount {
+fn socket_dir_mount(socket_dir: &str) -> VolumeMount {
     VolumeMount {
         name: SOCKET_DIR_VOLUME.to_string(),
-        mount_path: spec.socket_dir.clone(),
+        mount_path: socket_dir.to_string(),
         ..VolumeMount::default()
     }
 }
@@ -253,14 +257,15 @@ fn runtime_default_seccomp() -> SeccompProfile {
 
 /// The init container that makes the kubelet's root-owned 0755 hostPath directory usable by the
 /// non-root proxy. The one root process of the pod: it runs our own binary (the image has no
-/// shell), with CAP_CHOWN and CAP_FOWNER only, and exits.
-fn prepare_socket_dir_container(group: &FanoutGroup, image: &str) -> Container {
+/// shell), with CAP_CHOWN and CAP_FOWNER only, and exits. `admitted.init_image` is always the
+/// controller's own image, whatever `spec.image` says.
+fn prepare_socket_dir_container(group: &FanoutGroup, admitted: &Admitted) -> Container {
     let quantity = |text: &str| Quantity(text.to_string());
     Container {
         name: PREPARE_SOCKET_DIR_CONTAINER.to_string(),
-        image: Some(image.to_string()),
+        image: Some(admitted.init_image.clone()),
         command: Some(vec!["fanout".to_string()]),
-        args: Some(prepare_socket_dir_args(group)),
+        args: Some(prepare_socket_dir_args(group, &admitted.socket_dir)),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_string(), quantity("10m")),
@@ -282,7 +287,7 @@ fn prepare_socket_dir_container(group: &FanoutGroup, image: &str) -> Container {
             seccomp_profile: Some(runtime_default_seccomp()),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![socket_dir_mount(&group.spec)]),
+        volume_mounts: Some(vec![socket_dir_mount(&admitted.socket_dir)]),
         ..Container::default()
     }
 }
@@ -311,16 +316,11 @@ fn tcp_port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
-/// The proxy DaemonSet of a group. `default_image` is the controller's `--default-proxy-image`.
-pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<DaemonSet, Unrealisable> {
+/// The proxy DaemonSet of a group, with what the controller's policy `admitted` of it
+/// (images, the group's own socket directory, tolerations).
+pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet, Unrealisable> {
     let id = GroupId::of(group)?;
     let spec = &group.spec;
-    let image = spec
-        .image
-        .as_deref()
-        .or(default_image)
-        .filter(|image| !image.is_empty())
-        .ok_or(Unrealisable::NoProxyImage)?;
     let labels = child_labels(&id.name, Component::Proxy);
     let selector = BTreeMap::from([
         (GROUP_LABEL.to_string(), id.name.clone()),
@@ -335,9 +335,9 @@ pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<Da
 
     let container = Container {
         name: PROXY_CONTAINER.to_string(),
-        image: Some(image.to_string()),
+        image: Some(admitted.proxy_image.clone()),
         command: Some(vec!["fanout".to_string()]),
-        args: Some(proxy_args(group, &id)),
+        args: Some(proxy_args(group, &id, &admitted.socket_dir)),
         ports: Some(ports),
         readiness_probe: Some(http_probe("/readyz", spec.http_port, 2, 2)),
         liveness_probe: Some(http_probe("/healthz", spec.http_port, 10, 3)),
@@ -355,12 +355,12 @@ pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<Da
             seccomp_profile: Some(runtime_default_seccomp()),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![socket_dir_mount(spec)]),
+        volume_mounts: Some(vec![socket_dir_mount(&admitted.socket_dir)]),
         ..Container::default()
     };
 
     let pod = PodSpec {
-        init_containers: Some(vec![prepare_socket_dir_container(group, image)]),
+        init_containers: Some(vec![prepare_socket_dir_container(group, admitted)]),
         containers: vec![container],
         // With `socketGroup` every container of the pod has the group: the init container needs
         // it for the kernel to keep setgid when it chmods the directory (it lacks CAP_FSETID).
@@ -372,7 +372,7 @@ pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<Da
         // With hostNetwork the pod still resolves cluster names.
         dns_policy: spec.host_network.then(|| "ClusterFirstWithHostNet".to_string()),
         node_selector: spec.node_selector.clone().filter(|selector| !selector.is_empty()),
-        tolerations: Some(spec.tolerations.clone()),
+        tolerations: Some(admitted.tolerations.clone()),
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         automount_service_account_token: Some(false),
@@ -380,7 +380,7 @@ pub fn daemon_set(group: &FanoutGroup, default_image: Option<&str>) -> Result<Da
         volumes: Some(vec![Volume {
             name: SOCKET_DIR_VOLUME.to_string(),
             host_path: Some(HostPathVolumeSource {
-                path: spec.socket_dir.clone(),
+                path: admitted.socket_dir.clone(),
                 type_: Some("DirectoryOrCreate".to_string()),
             }),
             ..Volume::default()
@@ -467,11 +467,30 @@ pub(crate) mod tests_support {
     pub fn group() -> FanoutGroup {
         group_with(FanoutGroupSpec::default())
     }
+
+    /// A policy with the own image `img:1` that allows everything else the tests ask for.
+    pub fn open_policy() -> crate::controller::policy::ProxyPolicy {
+        crate::controller::policy::ProxyPolicy {
+            own_image: Some("img:1".into()),
+            allowed_images: vec!["*".into()],
+            allow_host_network: true,
+            allowed_priority_classes: vec!["system-node-critical".into()],
+            allow_control_plane: true,
+            ..Default::default()
+        }
+    }
+
+    /// The DaemonSet of `group` under [`open_policy`].
+    pub fn build(group: &FanoutGroup) -> k8s_openapi::api::apps::v1::DaemonSet {
+        let id = super::GroupId::of(group).unwrap();
+        let admitted = open_policy().admit(&group.spec, &id.namespace, &id.name).unwrap();
+        super::daemon_set(group, &admitted).unwrap()
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::tests_support::group_with as group;
+    use super::tests_support::{build, group_with as group};
     use super::*;
     use crate::crd::FanoutGroupSpec;
 
@@ -501,7 +520,7 @@ mod tests {
 
     #[test]
     fn args_follow_the_spec() {
-        let ds = daemon_set(&group(FanoutGroupSpec::default()), Some("img:1")).unwrap();
+        let ds = build(&group(FanoutGroupSpec::default()));
         let args = container(&ds).args.clone().unwrap();
         assert_eq!(
             args,
@@ -510,7 +529,7 @@ mod tests {
                 "--publishers",
                 "tcp://*:7100",
                 "--subscribers",
-                "ipc:///var/run/fanout/net.updates.sock",
+                "ipc:///var/run/fanout/net.updates/net.updates.sock",
                 "--http",
                 "0.0.0.0:9102",
                 "--hwm",
@@ -531,10 +550,10 @@ mod tests {
     fn subscriber_port_adds_a_tcp_subscriber_socket_and_port() {
         let spec = FanoutGroupSpec {
             subscriber_port: Some(7200),
-            socket_dir: "/run/x/".into(),
+            socket_dir: "/var/run/fanout/x".into(),
             ..FanoutGroupSpec::default()
         };
-        let ds = daemon_set(&group(spec), Some("img:1")).unwrap();
+        let ds = build(&group(spec));
         let c = container(&ds);
         let args = c.args.clone().unwrap();
         let subs: Vec<_> = args
@@ -542,7 +561,13 @@ mod tests {
             .filter(|w| w[0] == "--subscribers")
             .map(|w| w[1].clone())
             .collect();
-        assert_eq!(subs, ["ipc:///run/x/net.updates.sock", "tcp://*:7200"]);
+        assert_eq!(
+            subs,
+            [
+                "ipc:///var/run/fanout/x/net.updates/net.updates.sock",
+                "tcp://*:7200"
+            ]
+        );
         let names: Vec<_> = c
             .ports
             .as_ref()
@@ -554,22 +579,19 @@ mod tests {
     }
 
     #[test]
-    fn spec_image_wins_over_default_and_missing_image_is_unrealisable() {
+    fn spec_image_reaches_the_proxy_only_and_the_init_container_runs_the_own_image() {
         let spec = FanoutGroupSpec {
             image: Some("mine:2".into()),
             ..FanoutGroupSpec::default()
         };
-        let ds = daemon_set(&group(spec), Some("img:1")).unwrap();
+        let ds = build(&group(spec));
         assert_eq!(container(&ds).image.as_deref(), Some("mine:2"));
-        assert_eq!(
-            daemon_set(&group(FanoutGroupSpec::default()), None).unwrap_err(),
-            Unrealisable::NoProxyImage
-        );
+        assert_eq!(init_container(&ds).image.as_deref(), Some("img:1"));
     }
 
     #[test]
-    fn pod_is_locked_down_and_tolerates_everything_by_default() {
-        let ds = daemon_set(&group(FanoutGroupSpec::default()), Some("img:1")).unwrap();
+    fn pod_is_locked_down_and_tolerates_what_the_policy_admitted() {
+        let ds = build(&group(FanoutGroupSpec::default()));
         let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let sc = container(&ds).security_context.clone().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -578,10 +600,11 @@ mod tests {
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
         assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
-        let tolerations = pod.tolerations.clone().unwrap();
-        assert_eq!(tolerations.len(), 1);
-        assert_eq!(tolerations[0].operator.as_deref(), Some("Exists"));
-        assert_eq!(tolerations[0].key, None);
+        assert_eq!(
+            pod.tolerations.as_deref(),
+            Some(&[][..]),
+            "the policy's default: none"
+        );
         assert_eq!(pod.host_network, None);
         assert_eq!(
             pod.termination_grace_period_seconds,
@@ -589,11 +612,11 @@ mod tests {
         );
         let volume = &pod.volumes.as_ref().unwrap()[0];
         let host_path = volume.host_path.as_ref().unwrap();
-        assert_eq!(host_path.path, "/var/run/fanout");
+        assert_eq!(host_path.path, "/var/run/fanout/net.updates");
         assert_eq!(host_path.type_.as_deref(), Some("DirectoryOrCreate"));
         assert_eq!(
             container(&ds).volume_mounts.as_ref().unwrap()[0].mount_path,
-            "/var/run/fanout"
+            "/var/run/fanout/net.updates"
         );
         let ready = container(&ds).readiness_probe.clone().unwrap().http_get.unwrap();
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
@@ -614,17 +637,17 @@ mod tests {
 
     #[test]
     fn init_container_prepares_the_socket_dir_as_root_with_two_capabilities() {
-        let ds = daemon_set(&group(FanoutGroupSpec::default()), Some("img:1")).unwrap();
+        let ds = build(&group(FanoutGroupSpec::default()));
         let init = init_container(&ds);
         assert_eq!(init.name, PREPARE_SOCKET_DIR_CONTAINER);
-        assert_eq!(init.image.as_deref(), Some("img:1"), "same image as the proxy");
+        assert_eq!(init.image.as_deref(), Some("img:1"), "the controller's own image");
         assert_eq!(init.command.as_deref(), Some(&["fanout".to_string()][..]));
         assert_eq!(
             init.args.clone().unwrap(),
             [
                 "prepare-socket-dir",
                 "--path",
-                "/var/run/fanout",
+                "/var/run/fanout/net.updates",
                 "--uid",
                 "65532",
                 "--gid",
@@ -677,22 +700,29 @@ mod tests {
     fn socket_group_owns_the_dir_with_setgid_and_joins_the_pod() {
         let spec = FanoutGroupSpec {
             socket_group: Some(2000),
-            socket_dir: "/run/x/".into(),
+            socket_dir: "/var/run/fanout/x".into(),
             ..FanoutGroupSpec::default()
         };
-        let ds = daemon_set(&group(spec), Some("img:1")).unwrap();
+        let ds = build(&group(spec));
         let args = init_container(&ds).args.clone().unwrap();
         assert_eq!(
             args[1..],
             [
-                "--path", "/run/x/", "--uid", "65532", "--gid", "2000", "--mode", "2750"
+                "--path",
+                "/var/run/fanout/x/net.updates",
+                "--uid",
+                "65532",
+                "--gid",
+                "2000",
+                "--mode",
+                "2750"
             ]
         );
         let pod_security = pod_spec(&ds).security_context.clone().unwrap();
         assert_eq!(pod_security.supplemental_groups, Some(vec![2000]));
         assert_eq!(
             init_container(&ds).volume_mounts.as_ref().unwrap()[0].mount_path,
-            "/run/x/"
+            "/var/run/fanout/x/net.updates"
         );
     }
 
@@ -712,23 +742,19 @@ mod tests {
             #[command(name = crate::proxy::socket_dir::SUBCOMMAND)]
             PrepareSocketDir(PrepareSocketDirArgs),
         }
-        for (socket_group, gid, mode) in [
-            (None, 65532, 0o750),
-            (Some(0), 0, 0o2750),
-            (Some(2000), 2000, 0o2750),
-        ] {
+        for (socket_group, gid, mode) in [(None, 65532, 0o750), (Some(2000), 2000, 0o2750)] {
             let spec = FanoutGroupSpec {
                 socket_group,
                 ..FanoutGroupSpec::default()
             };
-            let ds = daemon_set(&group(spec), Some("img:1")).unwrap();
+            let ds = build(&group(spec));
             let argv = std::iter::once("fanout".to_string()).chain(init_container(&ds).args.clone().unwrap());
             let Subcommand::PrepareSocketDir(args) =
                 <Fanout as clap::Parser>::try_parse_from(argv).unwrap().command;
             assert_eq!(
                 args,
                 PrepareSocketDirArgs {
-                    path: "/var/run/fanout".into(),
+                    path: "/var/run/fanout/net.updates".into(),
                     uid: 65532,
                     gid,
                     mode,
@@ -740,13 +766,13 @@ mod tests {
     #[test]
     fn narrowed_spec_reaches_the_pod() {
         let spec = FanoutGroupSpec {
-            tolerations: vec![],
+            tolerations: Some(vec![]),
             host_network: true,
             node_selector: Some(BTreeMap::from([("role".into(), "edge".into())])),
             priority_class_name: Some("system-node-critical".into()),
             ..FanoutGroupSpec::default()
         };
-        let ds = daemon_set(&group(spec), Some("img:1")).unwrap();
+        let ds = build(&group(spec));
         let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(pod.tolerations.as_deref(), Some(&[][..]));
         assert_eq!(pod.host_network, Some(true));
@@ -758,7 +784,7 @@ mod tests {
     #[test]
     fn children_are_labelled_and_owned_by_the_group() {
         let g = group(FanoutGroupSpec::default());
-        let ds = daemon_set(&g, Some("img:1")).unwrap();
+        let ds = build(&g);
         let svc = headless_service(&g).unwrap();
         let cm = endpoints_configmap(&g, String::new()).unwrap();
         for meta in [&ds.metadata, &svc.metadata, &cm.metadata] {

@@ -9,6 +9,7 @@
 use super::children::{Children, named};
 use super::notices::{Notice, notices};
 use super::objects::{self, GroupId, Unrealisable};
+use super::policy::ProxyPolicy;
 use super::slices::{self, ExistingSlice, ProxyEndpoint};
 use super::status::{Observed, Problem, compute_status};
 use crate::crd::{FanoutGroup, FanoutGroupStatus};
@@ -150,13 +151,14 @@ fn report(
 }
 
 /// Plans one reconcile of `group` (whose checked name and namespace are `id`) over its cached
-/// `children`. `default_image` is the controller's `--default-proxy-image`; `now` stamps
-/// condition transitions.
+/// `children`. `policy` bounds what the group may ask for (a refused group gets no DaemonSet
+/// written, the existing one is left as it is, and the reason goes to its status); `now`
+/// stamps condition transitions.
 pub fn plan(
     group: &FanoutGroup,
     id: &GroupId,
     children: &Children,
-    default_image: Option<&str>,
+    policy: &ProxyPolicy,
     now: Timestamp,
 ) -> Result<Plan, Unrealisable> {
     let spec = &group.spec;
@@ -167,7 +169,11 @@ pub fn plan(
     let mut kept: BTreeSet<(ChildKind, &str)> = BTreeSet::new();
 
     // The proxies (or the problem that prevents them; the existing DaemonSet is kept then).
-    let (daemon_set, problem) = match objects::daemon_set(group, default_image) {
+    let built = policy
+        .admit(spec, &id.namespace, &id.name)
+        .map_err(Unrealisable::from)
+        .and_then(|admitted| objects::daemon_set(group, &admitted));
+    let (daemon_set, problem) = match built {
         Ok(ds) => (Some(Desired::new(ds, &children.daemon_sets)), None),
         Err(unrealisable) => (
             None,
@@ -181,8 +187,10 @@ pub fn plan(
     let service = Desired::new(objects::headless_service(group)?, &children.services);
 
     // The slices, with stable slots.
-    let endpoints =
-        slices::endpoints_from_pods(children.pods.iter().map(|pod| pod.as_ref()), spec.host_network);
+    // Only the pods of the group's own DaemonSet are its proxies.
+    let own_daemon_set = named(&children.daemon_sets, &id.name).map(|ds| ds.as_ref());
+    let proxies = slices::own_pods(children.pods.iter().map(|pod| pod.as_ref()), own_daemon_set);
+    let endpoints = slices::endpoints_from_pods(proxies, spec.host_network);
     let existing: Vec<ExistingSlice> = children
         .slices
         .iter()
@@ -266,7 +274,7 @@ pub fn plan_problem(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::objects::tests_support::{group, group_with};
+    use crate::controller::objects::tests_support::{build, group, group_with, open_policy};
     use crate::controller::status::DEGRADED;
     use crate::crd::FanoutGroupSpec;
     use k8s_openapi::api::core::v1::Pod;
@@ -282,7 +290,9 @@ mod tests {
         Arc::new(
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": name, "namespace": "net", "uid": format!("uid-{name}"),
-                             "labels": {"fanout.dev/group": "updates"}},
+                             "labels": {"fanout.dev/group": "updates"},
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                                  "name": "updates", "uid": DS_UID, "controller": true}]},
                 "spec": {"nodeName": format!("node-{name}"), "containers": []},
                 "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
                            "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
@@ -290,6 +300,14 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    const DS_UID: &str = "ds-uid";
+
+    /// The group's DaemonSet as the cache holds it once written.
+    fn cached(mut ds: DaemonSet) -> Arc<DaemonSet> {
+        ds.metadata.uid = Some(DS_UID.into());
+        Arc::new(ds)
     }
 
     fn now() -> Timestamp {
@@ -300,11 +318,7 @@ mod tests {
     fn written(plan: &Plan, pods: Vec<Arc<Pod>>) -> Children {
         Children {
             pods,
-            daemon_sets: plan
-                .daemon_set
-                .iter()
-                .map(|d| Arc::new(d.object.clone()))
-                .collect(),
+            daemon_sets: plan.daemon_set.iter().map(|d| cached(d.object.clone())).collect(),
             services: vec![Arc::new(plan.service.object.clone())],
             slices: plan
                 .slices
@@ -323,9 +337,10 @@ mod tests {
     fn plan_for_pods(pods: Vec<Arc<Pod>>) -> Plan {
         let children = Children {
             pods,
+            daemon_sets: vec![cached(build(&group()))],
             ..Children::default()
         };
-        plan(&group(), &id(), &children, Some("img:1"), now()).unwrap()
+        plan(&group(), &id(), &children, &open_policy(), now()).unwrap()
     }
 
     fn slice_names(plan: &Plan) -> Vec<&str> {
@@ -341,8 +356,14 @@ mod tests {
             pods: vec![pod("p1", "10.0.0.1", true), pod("p2", "10.0.0.2", true)],
             ..Children::default()
         };
-        let plan = plan(&group(), &id(), &children, Some("img:1"), now()).unwrap();
-        assert!(plan.daemon_set.as_ref().is_some_and(|d| d.cached.is_none()));
+        let first = plan(&group(), &id(), &children, &open_policy(), now()).unwrap();
+        assert!(first.daemon_set.as_ref().is_some_and(|d| d.cached.is_none()));
+        assert_eq!(first.published_endpoints, 0, "no DaemonSet yet: no pod is its");
+        let children = Children {
+            daemon_sets: vec![cached(build(&group()))],
+            ..children
+        };
+        let plan = plan(&group(), &id(), &children, &open_policy(), now()).unwrap();
         assert_eq!(plan.service.object.metadata.name.as_deref(), Some("updates"));
         assert_eq!(slice_names(&plan), ["updates-v4-0"]);
         assert_eq!(plan.slices[0].slice.object.endpoints.len(), 2);
@@ -371,10 +392,10 @@ mod tests {
         settled.status = first.report.status.clone();
         let children = written(&first, pods);
         // The DaemonSet now in the cache moves the conditions once more ...
-        let second = plan(&settled, &id(), &children, Some("img:1"), now()).unwrap();
+        let second = plan(&settled, &id(), &children, &open_policy(), now()).unwrap();
         settled.status = second.report.status.clone().or(settled.status);
         // ... and then nothing changes.
-        let again = plan(&settled, &id(), &children, Some("img:1"), now()).unwrap();
+        let again = plan(&settled, &id(), &children, &open_policy(), now()).unwrap();
         assert!(again.daemon_set.as_ref().unwrap().cached.is_some());
         assert!(again.service.cached.is_some());
         assert!(again.slices[0].slice.cached.is_some());
@@ -394,7 +415,7 @@ mod tests {
         children.slices.push(Arc::new(stale));
         let mut settled = group();
         settled.status = first.report.status.clone();
-        let next = plan(&settled, &id(), &children, Some("img:1"), now()).unwrap();
+        let next = plan(&settled, &id(), &children, &open_policy(), now()).unwrap();
         assert_eq!(slice_names(&next), ["updates-v4-0"]);
         assert_eq!(
             next.prune,
@@ -414,12 +435,12 @@ mod tests {
 
     #[test]
     fn turning_the_configmap_off_prunes_it() {
-        let first = plan(&group(), &id(), &Children::default(), Some("img:1"), now()).unwrap();
+        let first = plan(&group(), &id(), &Children::default(), &open_policy(), now()).unwrap();
         let off = group_with(FanoutGroupSpec {
             config_map: false,
             ..FanoutGroupSpec::default()
         });
-        let next = plan(&off, &id(), &written(&first, vec![]), Some("img:1"), now()).unwrap();
+        let next = plan(&off, &id(), &written(&first, vec![]), &open_policy(), now()).unwrap();
         assert!(next.config_map.is_none());
         assert_eq!(
             next.prune,
@@ -432,8 +453,15 @@ mod tests {
 
     #[test]
     fn without_an_image_the_daemon_set_is_kept_and_the_group_degraded() {
-        let first = plan(&group(), &id(), &Children::default(), Some("img:1"), now()).unwrap();
-        let next = plan(&group(), &id(), &written(&first, vec![]), None, now()).unwrap();
+        let first = plan(&group(), &id(), &Children::default(), &open_policy(), now()).unwrap();
+        let next = plan(
+            &group(),
+            &id(),
+            &written(&first, vec![]),
+            &ProxyPolicy::default(),
+            now(),
+        )
+        .unwrap();
         assert!(next.daemon_set.is_none());
         assert!(
             next.prune.is_empty(),
@@ -452,6 +480,49 @@ mod tests {
                 .notices
                 .iter()
                 .any(|n| n.warning && n.reason == "NoProxyImage")
+        );
+    }
+
+    #[test]
+    fn a_group_the_policy_refuses_gets_no_daemon_set_and_says_why() {
+        let host = group_with(FanoutGroupSpec {
+            host_network: true,
+            ..FanoutGroupSpec::default()
+        });
+        let narrow = ProxyPolicy {
+            own_image: Some("img:1".into()),
+            ..ProxyPolicy::default()
+        };
+        let refused = plan(&host, &id(), &Children::default(), &narrow, now()).unwrap();
+        assert!(refused.daemon_set.is_none());
+        let problem = refused.problem.as_ref().unwrap();
+        assert_eq!(problem.reason, "HostNetworkNotAllowed");
+        assert!(
+            problem.message.contains("--allow-host-network"),
+            "{}",
+            problem.message
+        );
+        let status = refused.report.status.as_ref().unwrap();
+        let degraded = status.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+        assert_eq!(degraded.reason, "HostNetworkNotAllowed");
+        assert!(
+            refused
+                .report
+                .notices
+                .iter()
+                .any(|n| n.warning && n.reason == "HostNetworkNotAllowed")
+        );
+    }
+
+    #[test]
+    fn a_stray_labelled_ready_pod_is_not_an_endpoint() {
+        let mut stray = (*pod("stray", "10.0.0.9", true)).clone();
+        stray.metadata.owner_references = None;
+        let plan = plan_for_pods(vec![pod("p1", "10.0.0.1", true), Arc::new(stray)]);
+        assert_eq!(plan.published_endpoints, 1);
+        assert_eq!(
+            plan.config_map.as_ref().unwrap().object.data.as_ref().unwrap()["endpoints"],
+            "tcp://10.0.0.1:7100\n"
         );
     }
 

@@ -8,6 +8,7 @@ use super::memory::{GroupKey, Memory, RESYNC, backoff};
 use super::metrics::{Metrics, ReasonLabels};
 use super::objects::{GroupId, Unrealisable};
 use super::plan::{self, Report};
+use super::policy::ProxyPolicy;
 use super::status::Problem;
 use super::writer::{ApplyMode, Writer};
 use crate::crd::FanoutGroup;
@@ -24,8 +25,8 @@ pub struct Context {
     pub writer: Writer,
     pub memory: Memory,
     pub metrics: Metrics,
-    /// `--default-proxy-image`.
-    pub default_image: Option<String>,
+    /// What groups may ask for (the controller's flags).
+    pub policy: ProxyPolicy,
 }
 
 impl Context {
@@ -36,7 +37,7 @@ impl Context {
         recorder: Recorder,
         metrics: Metrics,
         caches: Caches,
-        default_image: Option<String>,
+        policy: ProxyPolicy,
         leading: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -44,7 +45,7 @@ impl Context {
             writer: Writer::new(client, recorder, metrics.clone(), leading),
             memory: Memory::default(),
             metrics,
-            default_image,
+            policy,
         }
     }
 
@@ -84,13 +85,7 @@ pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Act
     ctx.memory.throttle(&key).await;
 
     let children = ctx.caches.children_of(&id);
-    let plan = plan::plan(
-        &group,
-        &id,
-        &children,
-        ctx.default_image.as_deref(),
-        Timestamp::now(),
-    )?;
+    let plan = plan::plan(&group, &id, &children, &ctx.policy, Timestamp::now())?;
     if let Some(problem) = &plan.problem {
         tracing::warn!(reason = %problem.reason, "group cannot be realised");
     }

@@ -15,6 +15,7 @@ use crate::endpoint_list::{
     self, Endpoint as ZmqEndpoint, PUBLISH_PORT_NAME, SERVICE_NAME_LABEL, SLICE_MANAGED_BY_LABEL,
     SLICE_MANAGER,
 };
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::jiff::Timestamp;
@@ -77,6 +78,31 @@ impl ProxyEndpoint {
     pub fn family(&self) -> Family {
         Family::of(&self.address)
     }
+}
+
+/// Whether `pod` is one of `daemon_set`'s own pods: its controller owner reference is that
+/// DaemonSet (kind, name and uid). Only these become endpoints; the group's label alone, which
+/// anyone who may create a pod in the namespace can set, is not enough.
+pub fn is_owned_by(pod: &Pod, daemon_set: &DaemonSet) -> bool {
+    let Some(uid) = daemon_set.metadata.uid.as_deref() else {
+        return false;
+    };
+    pod.metadata.owner_references.iter().flatten().any(|owner| {
+        owner.controller == Some(true)
+            && owner.api_version == "apps/v1"
+            && owner.kind == "DaemonSet"
+            && Some(owner.name.as_str()) == daemon_set.metadata.name.as_deref()
+            && owner.uid == uid
+    })
+}
+
+/// The pods of `pods` that `daemon_set` (None: none is cached yet) owns.
+pub fn own_pods<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    daemon_set: Option<&'a DaemonSet>,
+) -> impl Iterator<Item = &'a Pod> {
+    pods.into_iter()
+        .filter(move |pod| daemon_set.is_some_and(|ds| is_owned_by(pod, ds)))
 }
 
 /// The endpoints of a group's proxy pods: one per pod IP (two for a dual-stack pod), or per
@@ -439,6 +465,62 @@ mod tests {
         assert_eq!(endpoints[0].node_name.as_deref(), Some("node-a"));
         assert!(endpoints[0].ready_since.is_some());
         assert!(endpoints[1].ready_since.is_none());
+    }
+
+    fn owned(mut pod: Pod, kind: &str, name: &str, uid: &str, controller: Option<bool>) -> Pod {
+        pod.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: if kind == "DaemonSet" { "apps/v1" } else { "v1" }.into(),
+                kind: kind.into(),
+                name: name.into(),
+                uid: uid.into(),
+                controller,
+                block_owner_deletion: None,
+            },
+        ]);
+        pod
+    }
+
+    #[test]
+    fn only_pods_the_groups_daemon_set_controls_count() {
+        let ds = DaemonSet {
+            metadata: ObjectMeta {
+                name: Some("updates".into()),
+                uid: Some("ds-uid".into()),
+                ..ObjectMeta::default()
+            },
+            ..DaemonSet::default()
+        };
+        let ip = &["10.0.0.1"];
+        let pods = [
+            owned(pod("own", ip, true), "DaemonSet", "updates", "ds-uid", Some(true)),
+            // A stray Ready pod with the group's labels but no owner.
+            pod("stray", ip, true),
+            owned(
+                pod("old-uid", ip, true),
+                "DaemonSet",
+                "updates",
+                "other",
+                Some(true),
+            ),
+            owned(
+                pod("other-ds", ip, true),
+                "DaemonSet",
+                "other",
+                "ds-uid",
+                Some(true),
+            ),
+            owned(pod("not-ctl", ip, true), "DaemonSet", "updates", "ds-uid", None),
+            owned(pod("rs", ip, true), "ReplicaSet", "updates", "ds-uid", Some(true)),
+        ];
+        let names: Vec<_> = own_pods(&pods, Some(&ds))
+            .map(|pod| pod.metadata.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(names, ["own"]);
+        assert_eq!(own_pods(&pods, None).count(), 0, "no DaemonSet, no endpoints");
+        let mut no_uid = ds.clone();
+        no_uid.metadata.uid = None;
+        assert_eq!(own_pods(&pods, Some(&no_uid)).count(), 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! kube's `applier`. A group's deletion (or its absence after a relist) makes the reconciler
 //! forget it.
 
-use super::children::Caches;
+use super::children::{Caches, watch_selector};
 use super::memory::GroupKey;
 use super::reconcile::{self, Context};
 use crate::crd::FanoutGroup;
@@ -35,7 +35,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 pub(super) struct Leader {
     pub recorder: Recorder,
     pub metrics: super::metrics::Metrics,
-    pub default_image: Option<String>,
+    pub policy: super::policy::ProxyPolicy,
     pub leading: watch::Receiver<bool>,
 }
 
@@ -51,14 +51,15 @@ where
     }
 }
 
-/// Watches children labelled `fanout.dev/group` into `writer`'s cache and maps every change
+/// Watches children (`children::watch_selector`, filtered by the API server) into `writer`'s
+/// cache and maps every change
 /// to the group named by the label (the `.owns()`/`.watches()` of kube's Controller, with the
 /// caches shared with the reconciler instead of a second watch per kind).
 fn child_trigger<K>(api: Api<K>, writer: Writer<K>) -> GroupRefStream
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let config = watcher::Config::default().labels(GROUP_LABEL);
+    let config = watcher::Config::default().labels(&watch_selector());
     let stream = watcher(api, config)
         .default_backoff()
         // Managed fields are a large part of every object and the reconciler never reads them.
@@ -96,7 +97,7 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
             services,
             config_maps,
         },
-        leader.default_image,
+        leader.policy,
         leader.leading,
     ));
 

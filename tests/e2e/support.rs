@@ -175,6 +175,11 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     pub fn start(kubeconfig: &Path, identity: &str, http: &str, log_dir: &Path) -> Self {
+        Self::start_with(kubeconfig, identity, http, log_dir, &[])
+    }
+
+    /// `start` with further `fanout controller` flags (the proxy policy).
+    pub fn start_with(kubeconfig: &Path, identity: &str, http: &str, log_dir: &Path, extra: &[&str]) -> Self {
         let log = std::fs::File::create(log_dir.join(format!("controller-{identity}.log"))).unwrap();
         let child = Command::new(fanout_binary())
             .args([
@@ -190,6 +195,7 @@ impl ControllerProcess {
                 "--log-level",
                 "info,fanout=debug",
             ])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::null())
             .stderr(log)
