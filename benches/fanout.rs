@@ -40,6 +40,9 @@ fn run(proxies: usize, messages: u64, size: usize, hwm: i32) {
             publishers: vec!["tcp://127.0.0.1:0".into()],
             subscribers: vec![format!("ipc://{}/p{i}.sock", dir.path().display())],
             hwm,
+            // Room for the payload and the envelope, no more: the proxy refuses an hwm x
+            // message size above its per-peer byte bound.
+            max_message_bytes: i64::try_from(size + 1024).unwrap_or(i64::MAX),
             ..ProxyConfig::default()
         })
         .expect("proxy starts");

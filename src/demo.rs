@@ -38,6 +38,8 @@ pub enum DemoError {
     TooFewNodes,
     #[error("--seconds must be at least 1")]
     TooShort,
+    #[error("--size must be at most {MAX_PAYLOAD} bytes (the proxies' default message limit)")]
+    TooBig,
     #[error("proxy {node}: {source}")]
     Proxy {
         node: String,
@@ -65,6 +67,12 @@ type Result<T, E = DemoError> = std::result::Result<T, E>;
 const TOPIC: &str = "demo.updates";
 /// Queue bound per peer: large enough that the demo's rate never drops.
 const HWM: i32 = 100_000;
+/// The proxies' HWM: as deep as the per-peer byte bound allows at the default message limit.
+const PROXY_HWM: i32 =
+    (crate::proxy::MAX_QUEUED_BYTES_PER_PEER / crate::proxy::DEFAULT_MAX_MESSAGE_BYTES) as i32;
+/// The largest payload the demo sends: the envelope and topic must fit with it under the
+/// proxies' default message limit.
+const MAX_PAYLOAD: usize = crate::proxy::DEFAULT_MAX_MESSAGE_BYTES as usize - 1024;
 
 /// One node: its proxy (started in-process) and the endpoints it bound.
 struct NodeProxy {
@@ -77,7 +85,9 @@ fn start_proxy(dir: &Path, name: &str) -> Result<NodeProxy> {
     let config = crate::proxy::ProxyConfig {
         publishers: vec!["tcp://127.0.0.1:0".to_string()],
         subscribers: vec![format!("ipc://{}/{name}.sock", dir.display())],
-        hwm: HWM,
+        // The proxy's queues are bounded in bytes too (hwm x max message bytes), so its HWM is
+        // the most the default message limit allows, not the demo's lossless 100 000.
+        hwm: PROXY_HWM,
         ..crate::proxy::ProxyConfig::default()
     };
     let proxy = crate::proxy::start(config).map_err(|source| DemoError::Proxy {
@@ -216,6 +226,9 @@ pub fn run(args: DemoOptions) -> Result<()> {
     let total = args.duration;
     if total < Duration::from_secs(1) {
         return Err(DemoError::TooShort);
+    }
+    if args.size > MAX_PAYLOAD {
+        return Err(DemoError::TooBig);
     }
     let dir = tempfile::Builder::new().prefix("fanout-demo-").tempdir()?;
     let membership_file = dir.path().join("endpoints");

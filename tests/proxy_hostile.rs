@@ -164,3 +164,92 @@ fn a_peer_speaking_another_protocol_is_cut_off() {
     );
     assert!(eventually(|| proxy.stats().publishers.connected == 1));
 }
+
+#[test]
+fn messages_over_the_frame_or_byte_cap_are_dropped_whole_and_counted() {
+    let rig = Rig::new(b"t");
+    let (proxy, publisher, subscriber) = (&rig.proxy, &rig.publisher, &rig.subscriber);
+    let before = proxy.stats().publishers;
+
+    // One frame too many: 65 frames of one byte each.
+    let frames = fanout::proxy::DEFAULT_MAX_FRAMES as usize + 1;
+    let too_many: Vec<&[u8]> = std::iter::once(b"t".as_slice())
+        .chain(std::iter::repeat_n(b"x".as_slice(), frames - 1))
+        .collect();
+    publisher.send_multipart(too_many, 0).expect("send");
+    // Every frame under the per-frame limit (libzmq's MAXMSGSIZE), the sum above the cap.
+    let limit = fanout::proxy::DEFAULT_MAX_MESSAGE_BYTES as usize;
+    let half = vec![0u8; limit / 2 + 1];
+    publisher
+        .send_multipart([b"t".as_slice(), &half, &half], 0)
+        .expect("send");
+    // Exactly at the caps: delivered.
+    let at_frames: Vec<&[u8]> = std::iter::once(b"t".as_slice())
+        .chain(std::iter::repeat_n(b"y".as_slice(), frames - 2))
+        .collect();
+    publisher.send_multipart(&at_frames, 0).expect("send");
+
+    // The first message to arrive is the one at the caps, whole.
+    let got = subscriber.recv_multipart(0).expect("the message at the caps");
+    assert_eq!(got.len(), frames - 1);
+    assert!(got[1..].iter().all(|frame| frame == b"y"));
+    still_forwarding(publisher, subscriber, b"t");
+
+    let stats = proxy.stats().publishers;
+    assert_eq!(stats.refused - before.refused, 2, "{stats:?}");
+    assert!(proxy.is_running());
+}
+
+#[test]
+fn a_flood_of_distinct_subscriptions_collapses_upstream_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = fanout::proxy::ProxyConfig {
+        subscription_limits: fanout::proxy::SubscriptionLimits {
+            max_topics: 100,
+            ..fanout::proxy::SubscriptionLimits::default()
+        },
+        ..config(dir.path())
+    };
+    let proxy = fanout::proxy::start(config).expect("proxy starts");
+    let ctx = zmq::Context::new();
+    let publisher = publisher(&ctx, &proxy);
+    let watcher = observer(&ctx, &proxy);
+    let honest = subscriber(&ctx, &proxy, &[b"t"]);
+    sync(&publisher, &honest, b"t");
+
+    // A hostile local subscriber asks for 100 000 distinct prefixes.
+    let flood = ctx.socket(zmq::XSUB).expect("XSUB");
+    flood.set_linger(0).expect("linger");
+    flood.connect(&proxy.subscriber_endpoints()[0]).expect("connect");
+    for n in 0..100_000u32 {
+        let mut subscribe = vec![1u8];
+        subscribe.extend_from_slice(format!("flood/{n}").as_bytes());
+        flood.send(subscribe, 0).expect("subscribe");
+    }
+
+    // Upstream sees at most the limit's worth of topics and one subscription to everything.
+    let mut seen = 0usize;
+    let mut everything = false;
+    while let Some(message) = upstream(&watcher, Duration::from_secs(2)) {
+        seen += 1;
+        everything |= message == [1u8];
+    }
+    assert!(everything, "no subscription to everything went upstream");
+    assert!(seen <= 110, "{seen} subscription messages went upstream");
+    assert!(eventually(|| {
+        let stats = proxy.stats();
+        stats.subscriptions_collapsed && stats.subscriptions_over_limit > 0
+    }));
+
+    // The honest subscriber still gets its topic, all and in order, and nothing else.
+    still_forwarding(&publisher, &honest, b"t");
+    publisher
+        .send_multipart([b"other".as_slice(), b"x"], 0)
+        .expect("send");
+    publisher
+        .send_multipart([b"t".as_slice(), b"last"], 0)
+        .expect("send");
+    let parts = honest.recv_multipart(0).expect("last");
+    assert_eq!(parts[1], b"last", "a topic it never asked for reached it");
+    assert!(proxy.is_running());
+}

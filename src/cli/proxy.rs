@@ -1,7 +1,9 @@
 //! `fanout proxy`: the per-node proxy's flags, a contract with the DaemonSet the controller
 //! writes (`controller::objects::proxy_args`).
 
-use crate::proxy::{DEFAULT_HWM, DEFAULT_MAX_MESSAGE_BYTES, ProxyConfig};
+use crate::proxy::{
+    DEFAULT_HWM, DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, ProxyConfig, SubscriptionLimits,
+};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -20,9 +22,20 @@ pub struct ProxyArgs {
     /// Per-peer queue bound in messages (send and receive high-water marks).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_HWM, value_parser = clap::value_parser!(i32).range(0..))]
     pub hwm: i32,
-    /// Largest frame accepted from a peer; a peer sending a bigger one is disconnected.
+    /// Largest message (all frames) forwarded; a peer sending a bigger frame is disconnected.
+    /// `--hwm` x this is the most one peer's queue holds, at most 256 MiB.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_MESSAGE_BYTES, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_message_bytes: i64,
+    /// Most frames per message; a message with more is dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FRAMES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_frames: u32,
+    /// Most distinct topics forwarded upstream to the publishers; past it (or past
+    /// `--max-topic-bytes`) the proxy subscribes upstream to everything and filters locally.
+    #[arg(long, value_name = "N", default_value_t = SubscriptionLimits::default().max_topics)]
+    pub max_topics: usize,
+    /// Longest topic prefix forwarded upstream.
+    #[arg(long, value_name = "BYTES", default_value_t = SubscriptionLimits::default().max_topic_bytes)]
+    pub max_topic_bytes: usize,
     /// ZMTP heartbeat interval in seconds (fractions allowed; 0 disables); peers silent for
     /// three intervals are dropped.
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
@@ -54,6 +67,11 @@ impl From<ProxyArgs> for ProxyConfig {
             subscribers: args.subscribers,
             hwm: args.hwm,
             max_message_bytes: args.max_message_bytes,
+            max_frames: args.max_frames,
+            subscription_limits: SubscriptionLimits {
+                max_topics: args.max_topics,
+                max_topic_bytes: args.max_topic_bytes,
+            },
             heartbeat: args.heartbeat,
             socket_mode: args.socket_mode,
         }

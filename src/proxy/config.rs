@@ -1,6 +1,7 @@
 //! The proxy's configuration (pure).
 
 use super::ProxyError;
+use super::subscriptions::SubscriptionLimits;
 use std::time::Duration;
 
 /// How one proxy binds and bounds its sockets.
@@ -13,8 +14,15 @@ pub struct ProxyConfig {
     pub subscribers: Vec<String>,
     /// Per-peer queue bound in messages (SNDHWM and RCVHWM on both sockets).
     pub hwm: i32,
-    /// ZMQ_MAXMSGSIZE on both sockets: a peer sending a bigger frame is disconnected.
+    /// The largest message, all frames together, the proxy forwards; also ZMQ_MAXMSGSIZE on
+    /// both sockets, so a peer sending a bigger frame is disconnected. With `hwm` it bounds
+    /// what one peer's queue can hold: `hwm × max_message_bytes` bytes, at most
+    /// [`MAX_QUEUED_BYTES_PER_PEER`].
     pub max_message_bytes: i64,
+    /// The most frames one message may have; a message with more is dropped and counted.
+    pub max_frames: u32,
+    /// What subscribers may make the proxy forward upstream to every publisher.
+    pub subscription_limits: SubscriptionLimits,
     /// ZMTP heartbeat interval; the timeout and the TTL announced to peers are three times it.
     /// Zero disables heartbeats.
     pub heartbeat: Duration,
@@ -24,8 +32,14 @@ pub struct ProxyConfig {
 
 /// Default per-peer queue bound (libzmq's own default).
 pub const DEFAULT_HWM: i32 = 1000;
-/// Default largest frame accepted from a peer: the fabric carries small control messages.
-pub const DEFAULT_MAX_MESSAGE_BYTES: i64 = 1 << 20;
+/// Default largest message: the fabric carries small control messages, and with the default
+/// HWM one peer's queue holds at most 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: i64 = 64 << 10;
+/// Default most frames per message: far above the envelope's few.
+pub const DEFAULT_MAX_FRAMES: u32 = 64;
+/// The most one peer's queue may hold, `hwm × max_message_bytes`: libzmq bounds queues in
+/// messages only, so the byte bound comes from the pair.
+pub const MAX_QUEUED_BYTES_PER_PEER: i64 = 256 << 20;
 /// Default heartbeat interval.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Default permission bits of unix socket files.
@@ -40,6 +54,8 @@ impl Default for ProxyConfig {
             subscribers: Vec::new(),
             hwm: DEFAULT_HWM,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_frames: DEFAULT_MAX_FRAMES,
+            subscription_limits: SubscriptionLimits::default(),
             heartbeat: DEFAULT_HEARTBEAT,
             socket_mode: DEFAULT_SOCKET_MODE,
         }
@@ -74,6 +90,22 @@ impl ProxyConfig {
                 "max message bytes {} must be positive (or -1 for no limit)",
                 self.max_message_bytes
             )));
+        }
+        // hwm 0 and max message bytes -1 are libzmq's "no limit", left for benchmarks that
+        // want lossless unbounded queues; with both limits set, their product is bounded.
+        if self.hwm > 0
+            && self.max_message_bytes > 0
+            && i64::from(self.hwm).saturating_mul(self.max_message_bytes) > MAX_QUEUED_BYTES_PER_PEER
+        {
+            return Err(ProxyError::Config(format!(
+                "hwm {} x max message bytes {} lets one peer's queue hold more than {} MiB; lower either",
+                self.hwm,
+                self.max_message_bytes,
+                MAX_QUEUED_BYTES_PER_PEER >> 20
+            )));
+        }
+        if self.max_frames == 0 {
+            return Err(ProxyError::Config("max frames must be at least 1".into()));
         }
         if self.socket_mode > 0o777 {
             return Err(ProxyError::Config(format!(
@@ -132,6 +164,34 @@ mod tests {
         assert!(
             ProxyConfig {
                 max_message_bytes: 0,
+                ..good.clone()
+            }
+            .validate()
+            .is_err()
+        );
+        // 1 000 x 1 MiB would let one peer queue 1 GiB.
+        let too_much = ProxyConfig {
+            hwm: 1000,
+            max_message_bytes: 1 << 20,
+            ..good.clone()
+        }
+        .validate();
+        assert!(
+            matches!(&too_much, Err(ProxyError::Config(text)) if text.contains("more than 256 MiB")),
+            "{too_much:?}"
+        );
+        assert!(
+            ProxyConfig {
+                hwm: 256,
+                max_message_bytes: 1 << 20,
+                ..good.clone()
+            }
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            ProxyConfig {
+                max_frames: 0,
                 ..good.clone()
             }
             .validate()

@@ -10,7 +10,8 @@ use super::config::{ProxyConfig, SHUTDOWN_LINGER};
 use super::ipc::{self, BoundSocketFile};
 use super::metrics::{ProxyMetrics, ProxyStats, Side};
 use super::monitor::{self, MonitorEvent, PeerChange, PeerTracker};
-use super::subscriptions::LiveSubscriptions;
+use super::subscriptions::{LiveSubscriptions, SUBSCRIBE_TO_EVERYTHING, Upstream};
+use crate::message_budget::{Exceeded, MessageBudget, MessageLimits, Verdict};
 use crate::socket_options::HeartbeatOptions;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
@@ -166,6 +167,10 @@ struct Forwarder {
     socket_files: Vec<BoundSocketFile>,
     metrics: ProxyMetrics,
     live_subscriptions: LiveSubscriptions,
+    /// The per-message caps, checked on both directions before anything is sent on.
+    limits: MessageLimits,
+    /// The frames of the multipart message being forwarded (reused: no allocation per message).
+    parts: Vec<zmq::Message>,
     publisher_peers: PeerTracker,
     subscriber_peers: PeerTracker,
 }
@@ -301,7 +306,12 @@ impl Forwarder {
             subscriber_endpoints,
             socket_files,
             metrics,
-            live_subscriptions: LiveSubscriptions::default(),
+            live_subscriptions: LiveSubscriptions::new(config.subscription_limits),
+            limits: MessageLimits {
+                max_frames: config.max_frames,
+                max_bytes: u64::try_from(config.max_message_bytes).unwrap_or(u64::MAX),
+            },
+            parts: Vec::new(),
             publisher_peers: PeerTracker::default(),
             subscriber_peers: PeerTracker::default(),
         })
@@ -362,23 +372,59 @@ impl Forwarder {
 
     /// Publishers to subscribers: a burst of whole messages, every frame unchanged.
     fn forward_downstream(&mut self, frame: &mut zmq::Message) -> Result<(), ProxyError> {
-        let tally = forward_burst(&self.xsub, &self.xpub, frame, |_| {})?;
+        let mut route = Route {
+            from: &self.xsub,
+            to: &self.xpub,
+            limits: self.limits,
+            parts: &mut self.parts,
+        };
+        let tally = route.burst(frame, |_| Upstream::Forward)?;
         tally.record(&self.metrics, Side::Publishers, Side::Subscribers);
         Ok(())
     }
 
-    /// Subscribers to publishers: subscriptions (as reference-counted by XPUB) and anything
-    /// else subscribers send, unchanged; subscriptions update the live set.
+    /// Subscribers to publishers: subscriptions (as reference-counted by XPUB, and bounded by
+    /// the subscription limits) and anything else subscribers send; subscriptions update the
+    /// live set.
     fn forward_upstream(&mut self, frame: &mut zmq::Message) -> Result<(), ProxyError> {
         let live = &mut self.live_subscriptions;
         let mut subscription_messages = 0;
-        let tally = forward_burst(&self.xpub, &self.xsub, frame, |first| {
-            if live.apply(first) {
-                subscription_messages += 1;
+        let mut over_limit = 0;
+        let mut route = Route {
+            from: &self.xpub,
+            to: &self.xsub,
+            limits: self.limits,
+            parts: &mut self.parts,
+        };
+        let tally = route.burst(frame, |first| {
+            let was_collapsed = live.is_collapsed();
+            let action = live.apply(first);
+            match action {
+                Upstream::Forward if first.first().is_some_and(|b| *b <= 1) => {
+                    subscription_messages += 1
+                }
+                Upstream::Forward => {}
+                Upstream::SubscribeToEverything => {
+                    subscription_messages += 1;
+                    over_limit += 1;
+                    tracing::warn!(
+                        "subscribers asked for more (or longer) topics than the subscription limits allow; subscribing upstream to everything and filtering locally from now on"
+                    );
+                }
+                Upstream::Drop => {
+                    if was_collapsed {
+                        over_limit += 1;
+                    }
+                }
             }
+            action
         })?;
         tally.record(&self.metrics, Side::Subscribers, Side::Publishers);
         self.metrics.subscription_messages.inc_by(subscription_messages);
+        self.metrics.subscriptions_over_limit.inc_by(over_limit);
+        self.metrics
+            .subscriptions_collapsed
+            .set(i64::from(self.live_subscriptions.is_collapsed()));
         self.metrics
             .live_subscriptions
             .set(i64::try_from(self.live_subscriptions.len()).unwrap_or(i64::MAX));
@@ -450,16 +496,26 @@ struct Tally {
     messages: u64,
     bytes: u64,
     failures: u64,
+    /// Messages over a per-message cap, by cap.
+    refused_frames: u64,
+    refused_bytes: u64,
+    /// Messages deliberately not forwarded (subscription changes after a collapse).
+    withheld: u64,
 }
 
 impl Tally {
     fn record(&self, metrics: &ProxyMetrics, from: Side, to: Side) {
-        if self.messages == 0 && self.failures == 0 {
+        let refused = self.refused_frames + self.refused_bytes;
+        if self.messages == 0 && self.failures == 0 && refused == 0 && self.withheld == 0 {
             return;
         }
         let received = metrics.side(from);
-        received.messages_received.inc_by(self.messages + self.failures);
+        received
+            .messages_received
+            .inc_by(self.messages + self.failures + refused + self.withheld);
         received.bytes_received.inc_by(self.bytes);
+        received.refused_frames.inc_by(self.refused_frames);
+        received.refused_bytes.inc_by(self.refused_bytes);
         let sent = metrics.side(to);
         sent.messages_sent.inc_by(self.messages);
         sent.bytes_sent.inc_by(self.bytes);
@@ -469,83 +525,126 @@ impl Tally {
     }
 }
 
-/// Moves up to `BURST` whole messages from `from` to `to` without blocking, reusing `frame`.
-/// `inspect` sees the first frame of each message (the only thing the proxy ever reads, and
-/// only upstream). A failed send drops that message and is counted; only errors of the
-/// sockets themselves end the proxy.
-fn forward_burst(
-    from: &zmq::Socket,
-    to: &zmq::Socket,
-    frame: &mut zmq::Message,
-    mut inspect: impl FnMut(&[u8]),
-) -> Result<Tally, ProxyError> {
-    let mut tally = Tally::default();
-    for _ in 0..BURST {
-        match from.recv(frame, zmq::DONTWAIT) {
-            Ok(()) => {}
-            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
-            Err(err) => {
-                return Err(ProxyError::Zmq {
-                    context: "receiving".into(),
-                    source: err,
-                });
-            }
-        }
-        inspect(&frame[..]);
-        match forward_message(from, to, frame)? {
-            Some(bytes) => {
-                tally.messages += 1;
-                tally.bytes += bytes;
-            }
-            None => tally.failures += 1,
-        }
-    }
-    Ok(tally)
+/// What became of one message.
+enum Outcome {
+    Sent(u64),
+    SendFailed,
+    Refused(Exceeded),
+    Withheld,
 }
 
-/// Sends the message whose first frame is in `frame`, frame by frame, unchanged. Returns its
-/// size, or `None` if `to` refused it.
-fn forward_message(
-    from: &zmq::Socket,
-    to: &zmq::Socket,
-    frame: &mut zmq::Message,
-) -> Result<Option<u64>, ProxyError> {
-    let mut bytes = 0;
-    loop {
-        bytes += frame.len() as u64;
-        let more = frame.get_more();
-        let flags = if more {
-            zmq::SNDMORE | zmq::DONTWAIT
-        } else {
-            zmq::DONTWAIT
-        };
-        let outgoing = std::mem::replace(frame, zmq::Message::new());
-        if let Err(err) = to.send(outgoing, flags) {
+/// One direction of the proxy: its two sockets, the per-message caps and the reused frame
+/// buffer.
+struct Route<'a> {
+    from: &'a zmq::Socket,
+    to: &'a zmq::Socket,
+    limits: MessageLimits,
+    parts: &'a mut Vec<zmq::Message>,
+}
+
+impl Route<'_> {
+    /// Moves up to `BURST` whole messages without blocking, reusing `frame`. `inspect` sees the
+    /// first frame of each message (the only thing the proxy ever reads, and only upstream)
+    /// and says what to forward. A failed send or a message over a cap drops that message and
+    /// is counted; only errors of the sockets themselves end the proxy.
+    fn burst(
+        &mut self,
+        frame: &mut zmq::Message,
+        mut inspect: impl FnMut(&[u8]) -> Upstream,
+    ) -> Result<Tally, ProxyError> {
+        let mut tally = Tally::default();
+        for _ in 0..BURST {
+            match self.from.recv(frame, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
+                Err(err) => {
+                    return Err(ProxyError::Zmq {
+                        context: "receiving".into(),
+                        source: err,
+                    });
+                }
+            }
+            let outcome = match inspect(&frame[..]) {
+                Upstream::Forward => self.message(frame)?,
+                Upstream::SubscribeToEverything if !frame.get_more() => {
+                    *frame = zmq::Message::from(SUBSCRIBE_TO_EVERYTHING);
+                    self.message(frame)?
+                }
+                Upstream::SubscribeToEverything | Upstream::Drop => {
+                    self.discard_rest(frame)?;
+                    Outcome::Withheld
+                }
+            };
+            match outcome {
+                Outcome::Sent(bytes) => {
+                    tally.messages += 1;
+                    tally.bytes += bytes;
+                }
+                Outcome::SendFailed => tally.failures += 1,
+                Outcome::Refused(Exceeded::Frames) => tally.refused_frames += 1,
+                Outcome::Refused(Exceeded::Bytes) => tally.refused_bytes += 1,
+                Outcome::Withheld => tally.withheld += 1,
+            }
+        }
+        Ok(tally)
+    }
+
+    /// Forwards the message whose first frame is in `frame`, unchanged, if it is within the
+    /// caps. The frames are gathered first, so a message over a cap is dropped whole and a
+    /// subscriber never sees part of it.
+    fn message(&mut self, frame: &mut zmq::Message) -> Result<Outcome, ProxyError> {
+        let mut budget = MessageBudget::new(self.limits);
+        self.parts.clear();
+        loop {
+            let more = frame.get_more();
+            match budget.frame(frame.len(), more) {
+                Verdict::Continue => {
+                    self.parts.push(std::mem::replace(frame, zmq::Message::new()));
+                    self.next_frame(frame)?;
+                }
+                Verdict::Complete => break,
+                Verdict::Exceeded(why) => {
+                    self.parts.clear();
+                    if more {
+                        self.discard_rest(frame)?;
+                    }
+                    tracing::debug!(reason = why.as_str(), "message over a cap; dropped");
+                    return Ok(Outcome::Refused(why));
+                }
+            }
+        }
+        // `frame` holds the last frame; earlier ones, if any, are in `parts`. libzmq takes the
+        // rest of a multipart message once it took the first frame, so only the first send can
+        // fail in practice; any failure drops the message and is counted, never ends the proxy.
+        let mut bytes = frame.len() as u64;
+        let last = std::mem::replace(frame, zmq::Message::new());
+        for part in self.parts.drain(..) {
+            bytes += part.len() as u64;
+            if let Err(err) = self.to.send(part, zmq::SNDMORE | zmq::DONTWAIT) {
+                tracing::debug!(error = %err, "send failed; message dropped");
+                return Ok(Outcome::SendFailed);
+            }
+        }
+        if let Err(err) = self.to.send(last, zmq::DONTWAIT) {
             tracing::debug!(error = %err, "send failed; message dropped");
-            if more {
-                discard_rest(from, frame)?;
-            }
-            return Ok(None);
+            return Ok(Outcome::SendFailed);
         }
-        if !more {
-            return Ok(Some(bytes));
-        }
-        next_frame(from, frame)?;
+        Ok(Outcome::Sent(bytes))
     }
-}
 
-/// Later frames of a message are already queued when the first one arrives (libzmq delivers
-/// messages whole), so this does not wait.
-fn next_frame(from: &zmq::Socket, frame: &mut zmq::Message) -> Result<(), ProxyError> {
-    from.recv(frame, 0)
-        .map_err(ProxyError::zmq("receiving the next frame of a message"))
-}
+    /// Later frames of a message are already queued when the first one arrives (libzmq
+    /// delivers messages whole), so this does not wait.
+    fn next_frame(&self, frame: &mut zmq::Message) -> Result<(), ProxyError> {
+        self.from
+            .recv(frame, 0)
+            .map_err(ProxyError::zmq("receiving the next frame of a message"))
+    }
 
-fn discard_rest(from: &zmq::Socket, frame: &mut zmq::Message) -> Result<(), ProxyError> {
-    loop {
-        next_frame(from, frame)?;
-        if !frame.get_more() {
-            return Ok(());
+    /// Reads and drops what is left of the message whose latest frame is in `frame`.
+    fn discard_rest(&self, frame: &mut zmq::Message) -> Result<(), ProxyError> {
+        while frame.get_more() {
+            self.next_frame(frame)?;
         }
+        Ok(())
     }
 }

@@ -3,12 +3,14 @@
 //! The forwarding thread keeps per-burst tallies and adds them to these shared atomics once
 //! per burst, so the hot loop does not pay an atomic operation per message.
 
+use crate::message_budget::Exceeded;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 type SideLabels = [(&'static str, &'static str); 1];
+type RefusalLabels = [(&'static str, &'static str); 2];
 
 /// The two sides of a proxy, as metric label values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +51,10 @@ pub struct SideMetrics {
     /// Connections that ended for any reason: a frame above the size limit, a malformed
     /// frame, a heartbeat timeout, or a peer that simply left.
     pub disconnects: Counter,
+    /// Messages received on this side and refused for having too many frames.
+    pub refused_frames: Counter,
+    /// Messages received on this side and refused for having too many bytes in all.
+    pub refused_bytes: Counter,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -61,11 +67,22 @@ struct Families {
     connected: Family<SideLabels, Gauge>,
     handshake_failures: Family<SideLabels, Counter>,
     disconnects: Family<SideLabels, Counter>,
+    refused: Family<RefusalLabels, Counter>,
 }
 
 impl Families {
     fn side(&self, side: Side) -> SideMetrics {
         let labels = side.labels();
+        // One statement each: the guard `get_or_create` returns holds the family's lock until
+        // the end of the statement, so two lookups in one family in one expression deadlock.
+        let refused_frames = self
+            .refused
+            .get_or_create(&[labels[0], ("reason", Exceeded::Frames.as_str())])
+            .clone();
+        let refused_bytes = self
+            .refused
+            .get_or_create(&[labels[0], ("reason", Exceeded::Bytes.as_str())])
+            .clone();
         SideMetrics {
             messages_received: self.messages_received.get_or_create(&labels).clone(),
             bytes_received: self.bytes_received.get_or_create(&labels).clone(),
@@ -75,6 +92,8 @@ impl Families {
             connected: self.connected.get_or_create(&labels).clone(),
             handshake_failures: self.handshake_failures.get_or_create(&labels).clone(),
             disconnects: self.disconnects.get_or_create(&labels).clone(),
+            refused_frames,
+            refused_bytes,
         }
     }
 }
@@ -89,6 +108,12 @@ pub struct ProxyMetrics {
     pub live_subscriptions: Gauge,
     /// Subscribe and unsubscribe messages forwarded upstream.
     pub subscription_messages: Counter,
+    /// Subscriptions not forwarded upstream one by one because the subscription limits were
+    /// reached (the proxy then subscribes upstream to everything and filters locally).
+    pub subscriptions_over_limit: Counter,
+    /// 1 while the proxy subscribes upstream to everything because its subscribers asked for
+    /// more (or longer) topics than the limits allow.
+    pub subscriptions_collapsed: Gauge,
 }
 
 impl Default for ProxyMetrics {
@@ -102,6 +127,8 @@ impl Default for ProxyMetrics {
             subscribers,
             live_subscriptions: Gauge::default(),
             subscription_messages: Counter::default(),
+            subscriptions_over_limit: Counter::default(),
+            subscriptions_collapsed: Gauge::default(),
         }
     }
 }
@@ -161,6 +188,11 @@ impl ProxyMetrics {
             f.disconnects.clone(),
         );
         registry.register(
+            "refused_messages",
+            "Messages received and not forwarded because they broke the per-message limits (reason frames: more than 64 frames; bytes: more than the max message bytes in all), by side",
+            f.refused.clone(),
+        );
+        registry.register(
             "live_subscriptions",
             "Distinct topics currently subscribed upstream through this proxy",
             self.live_subscriptions.clone(),
@@ -169,6 +201,16 @@ impl ProxyMetrics {
             "subscription_messages",
             "Subscribe and unsubscribe messages forwarded upstream to publishers",
             self.subscription_messages.clone(),
+        );
+        registry.register(
+            "subscriptions_over_limit",
+            "Subscriptions beyond the limits (too many distinct topics, or a topic too long), not forwarded upstream one by one",
+            self.subscriptions_over_limit.clone(),
+        );
+        registry.register(
+            "subscriptions_collapsed",
+            "1 while the proxy subscribes upstream to everything (its subscribers went over the subscription limits) and filters locally",
+            self.subscriptions_collapsed.clone(),
         );
     }
 
@@ -182,12 +224,15 @@ impl ProxyMetrics {
             connected: u64::try_from(m.connected.get()).unwrap_or(0),
             handshake_failures: m.handshake_failures.get(),
             disconnects: m.disconnects.get(),
+            refused: m.refused_frames.get() + m.refused_bytes.get(),
         };
         ProxyStats {
             publishers: side(&self.publishers),
             subscribers: side(&self.subscribers),
             live_subscriptions: u64::try_from(self.live_subscriptions.get()).unwrap_or(0),
             subscription_messages: self.subscription_messages.get(),
+            subscriptions_over_limit: self.subscriptions_over_limit.get(),
+            subscriptions_collapsed: self.subscriptions_collapsed.get() != 0,
         }
     }
 }
@@ -203,6 +248,8 @@ pub struct SideStats {
     pub connected: u64,
     pub handshake_failures: u64,
     pub disconnects: u64,
+    /// Messages refused for breaking the per-message limits (any reason).
+    pub refused: u64,
 }
 
 /// A snapshot of a proxy's counters.
@@ -216,6 +263,8 @@ pub struct ProxyStats {
     pub subscribers: SideStats,
     pub live_subscriptions: u64,
     pub subscription_messages: u64,
+    pub subscriptions_over_limit: u64,
+    pub subscriptions_collapsed: bool,
 }
 
 #[cfg(test)]

@@ -15,12 +15,12 @@ pub mod socket_dir;
 mod subscriptions;
 
 pub use config::{
-    DEFAULT_HEARTBEAT, DEFAULT_HWM, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SOCKET_MODE, ProxyConfig,
-    SHUTDOWN_LINGER,
+    DEFAULT_HEARTBEAT, DEFAULT_HWM, DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SOCKET_MODE,
+    MAX_QUEUED_BYTES_PER_PEER, ProxyConfig, SHUTDOWN_LINGER,
 };
 pub use error::ProxyError;
 pub use forwarder::{Proxy, apply_socket_options, start};
 pub use metrics::{ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};
 #[cfg(feature = "http")]
 pub use serve::run;
-pub use subscriptions::LiveSubscriptions;
+pub use subscriptions::{LiveSubscriptions, SubscriptionLimits, Upstream};
