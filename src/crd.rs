@@ -43,6 +43,9 @@ pub const DEFAULT_SOCKET_ROOT: &str = "/var/run/fanout";
 #[x_kube(
     validation = Rule::new("self.publisherPort != self.httpPort").message("publisherPort and httpPort must differ"),
     validation = Rule::new("!has(self.subscriberPort) || (self.subscriberPort != self.publisherPort && self.subscriberPort != self.httpPort)").message("subscriberPort must differ from publisherPort and httpPort"),
+    // The proxy's per-peer byte bound (`fanout::proxy::MAX_QUEUED_BYTES_PER_PEER`, 256 MiB);
+    // a test checks the literal against the constant.
+    validation = Rule::new("self.highWaterMark * self.maxMessageBytes <= 268435456").message("highWaterMark x maxMessageBytes must be at most 268435456 (256 MiB): it bounds what one peer's queue can hold"),
 )]
 pub struct FanoutGroupSpec {
     /// Container image of the proxy container (runs `fanout proxy`). When absent the controller
@@ -107,14 +110,17 @@ pub struct FanoutGroupSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub http_port: i32,
 
-    /// ZeroMQ high-water mark (messages queued per peer before dropping).
+    /// ZeroMQ high-water mark (messages queued per peer before dropping). With
+    /// `maxMessageBytes` it bounds one peer's queue: their product is at most 256 MiB.
     #[serde(default = "default_high_water_mark")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000000))]
     pub high_water_mark: i32,
 
-    /// Largest message the proxy accepts, in bytes.
+    /// Largest message the proxy accepts, in bytes, all frames together (and at most 64
+    /// frames). A larger message is dropped whole and counted; a single frame above it ends
+    /// the sender's connection.
     #[serde(default = "default_max_message_bytes")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 67108864))]
     pub max_message_bytes: i64,
 
     /// ZeroMQ heartbeat interval in seconds (dead peers are dropped after three missed beats).
@@ -177,7 +183,7 @@ pub fn default_high_water_mark() -> i32 {
     1000
 }
 pub fn default_max_message_bytes() -> i64 {
-    1_048_576
+    crate::proxy::DEFAULT_MAX_MESSAGE_BYTES
 }
 pub fn default_heartbeat_seconds() -> i32 {
     5

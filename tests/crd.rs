@@ -50,7 +50,16 @@ fn schema_carries_defaults_and_admission_rules() {
         "rule: self.publisherPort != self.httpPort",
         "shortNames:\n    - fg",
         "subresources:\n      status: {}",
+        "default: 65536",
+        "maximum: 67108864.0",
+        "maximum: 1000000.0",
     ] {
         assert!(yaml.contains(needle), "the CRD lacks `{needle}`");
     }
+    // Admission refuses what the proxy would refuse to start with: the same byte bound.
+    let bound = format!(
+        "self.highWaterMark * self.maxMessageBytes <= {}",
+        fanout::proxy::MAX_QUEUED_BYTES_PER_PEER
+    );
+    assert!(yaml.contains(&bound), "the CRD lacks `{bound}`");
 }

@@ -556,6 +556,12 @@ async fn invalid_groups_are_refused_at_admission() {
         ),
         ("socketGroup: 0", "socketGroup must not be 0 (root)"),
         ("publisherPort: 7100\n  httpPort: 7100", "Port"),
+        // One peer's queue above 256 MiB (the default message is 64 KiB).
+        (
+            "highWaterMark: 5000",
+            "highWaterMark x maxMessageBytes must be at most 268435456",
+        ),
+        ("maxMessageBytes: 67108865", "maxMessageBytes"),
     ];
     for (spec, mentions) in cases {
         let manifest = format!(

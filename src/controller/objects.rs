@@ -535,7 +535,7 @@ mod tests {
                 "--hwm",
                 "1000",
                 "--max-message-bytes",
-                "1048576",
+                "65536",
                 "--heartbeat",
                 "5"
             ]

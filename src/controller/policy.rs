@@ -78,6 +78,10 @@ pub enum Refused {
         "the tolerations tolerate the control-plane taint {0}: not allowed by the controller (--allow-control-plane)"
     )]
     ControlPlaneNotAllowed(&'static str),
+    #[error(
+        "spec.highWaterMark {hwm} x spec.maxMessageBytes {max_message_bytes} lets one peer's queue hold more than 256 MiB; lower either"
+    )]
+    QueueTooLarge { hwm: i32, max_message_bytes: i64 },
 }
 
 impl Refused {
@@ -91,6 +95,7 @@ impl Refused {
             Refused::HostNetworkNotAllowed => "HostNetworkNotAllowed",
             Refused::PriorityClassNotAllowed(_) => "PriorityClassNotAllowed",
             Refused::ControlPlaneNotAllowed(_) => "ControlPlaneNotAllowed",
+            Refused::QueueTooLarge { .. } => "QueueTooLarge",
         }
     }
 }
@@ -181,6 +186,14 @@ impl ProxyPolicy {
         }
         if spec.socket_group == Some(0) {
             return Err(Refused::SocketGroupRoot);
+        }
+        // Admission checks this too (CEL); an older CRD without the rule must not give the
+        // proxies a configuration they refuse to start with.
+        if crate::proxy::queue_bound_exceeded(spec.high_water_mark.into(), spec.max_message_bytes) {
+            return Err(Refused::QueueTooLarge {
+                hwm: spec.high_water_mark,
+                max_message_bytes: spec.max_message_bytes,
+            });
         }
         if spec.host_network && !self.allow_host_network {
             return Err(Refused::HostNetworkNotAllowed);
@@ -351,6 +364,24 @@ mod tests {
         assert_ne!(a.socket_dir, b.socket_dir);
         assert_ne!(a.socket_dir, c.socket_dir);
         assert_ne!(b.socket_dir, c.socket_dir);
+    }
+
+    #[test]
+    fn a_queue_bound_above_256_mib_is_refused() {
+        let at_bound = FanoutGroupSpec {
+            high_water_mark: 4096,
+            max_message_bytes: 65536,
+            ..FanoutGroupSpec::default()
+        };
+        assert!(admit(&policy(), at_bound).is_ok());
+        let above = FanoutGroupSpec {
+            high_water_mark: 4097,
+            max_message_bytes: 65536,
+            ..FanoutGroupSpec::default()
+        };
+        let refused = admit(&policy(), above).expect_err("refused");
+        assert_eq!(refused.reason(), "QueueTooLarge");
+        assert!(refused.to_string().contains("4097"), "{refused}");
     }
 
     #[test]

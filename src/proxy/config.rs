@@ -47,6 +47,14 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 /// How long shutdown waits for queued messages to leave: bounded so SIGTERM always ends.
 pub const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
 
+/// Whether `hwm` messages of `max_message_bytes` each could hold more than
+/// [`MAX_QUEUED_BYTES_PER_PEER`] in one peer's queue. 0 (or -1) is libzmq's "no limit" and is
+/// left to benchmarks that want lossless unbounded queues. The controller refuses a group by
+/// the same rule, so its proxies never fail to start on it.
+pub fn queue_bound_exceeded(hwm: i64, max_message_bytes: i64) -> bool {
+    hwm > 0 && max_message_bytes > 0 && hwm.saturating_mul(max_message_bytes) > MAX_QUEUED_BYTES_PER_PEER
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
@@ -93,10 +101,7 @@ impl ProxyConfig {
         }
         // hwm 0 and max message bytes -1 are libzmq's "no limit", left for benchmarks that
         // want lossless unbounded queues; with both limits set, their product is bounded.
-        if self.hwm > 0
-            && self.max_message_bytes > 0
-            && i64::from(self.hwm).saturating_mul(self.max_message_bytes) > MAX_QUEUED_BYTES_PER_PEER
-        {
+        if queue_bound_exceeded(self.hwm.into(), self.max_message_bytes) {
             return Err(ProxyError::Config(format!(
                 "hwm {} x max message bytes {} lets one peer's queue hold more than {} MiB; lower either",
                 self.hwm,

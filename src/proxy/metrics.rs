@@ -301,7 +301,20 @@ mod tests {
             text.contains("fanout_proxy_dropped_messages_total{side=\"subscribers\"} 0"),
             "{text}"
         );
+        metrics.publishers.refused_bytes.inc();
+        metrics.subscriptions_collapsed.set(1);
+        let text = crate::metrics::encode(&registry);
+        for line in [
+            "fanout_proxy_refused_messages_total{side=\"publishers\",reason=\"bytes\"} 1",
+            "fanout_proxy_refused_messages_total{side=\"publishers\",reason=\"frames\"} 0",
+            "fanout_proxy_subscriptions_over_limit_total 0",
+            "fanout_proxy_subscriptions_collapsed 1",
+        ] {
+            assert!(text.contains(line), "no `{line}` in {text}");
+        }
         let stats = metrics.snapshot();
+        assert_eq!(stats.publishers.refused, 1);
+        assert!(stats.subscriptions_collapsed);
         assert_eq!(stats.publishers.messages_received, 3);
         assert_eq!(stats.subscribers.connected, 2);
         assert_eq!(stats.live_subscriptions, 5);

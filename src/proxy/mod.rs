@@ -16,7 +16,7 @@ mod subscriptions;
 
 pub use config::{
     DEFAULT_HEARTBEAT, DEFAULT_HWM, DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SOCKET_MODE,
-    MAX_QUEUED_BYTES_PER_PEER, ProxyConfig, SHUTDOWN_LINGER,
+    MAX_QUEUED_BYTES_PER_PEER, ProxyConfig, SHUTDOWN_LINGER, queue_bound_exceeded,
 };
 pub use error::ProxyError;
 pub use forwarder::{Proxy, apply_socket_options, start};
