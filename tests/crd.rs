@@ -22,6 +22,11 @@ fn example_parses_as_a_fanout_group() {
     assert_eq!(group.spec.publisher_port, 7100);
     assert_eq!(group.spec.endpoints_per_slice, 100);
     assert_eq!(group.spec.tolerations.as_ref().map(Vec::len), Some(1));
+    // The admission rule the CRD and the controller apply: the example must pass it.
+    assert!(!fanout::proxy::queue_bound_exceeded(
+        group.spec.high_water_mark.into(),
+        group.spec.max_message_bytes
+    ));
 }
 
 #[test]
