@@ -10,6 +10,9 @@
 //!
 //! Run: `cargo bench --bench proxy_throughput` (optional args: `--quick`, `--reps N`).
 
+#[path = "support/stock_proxy.rs"]
+mod stock_proxy;
+
 use fanout::proxy::{self, ProxyConfig};
 use std::sync::mpsc;
 use std::thread;
@@ -62,43 +65,11 @@ fn start(implementation: Implementation, dir: &std::path::Path) -> Running {
             }
         }
         Implementation::Stock => {
-            let (endpoints_tx, endpoints_rx) = mpsc::channel();
-            let context = zmq::Context::new();
-            let control_context = context.clone();
-            let handle = thread::Builder::new()
-                .name("stock-proxy".into())
-                .spawn(move || {
-                    let mut xsub = context.socket(zmq::XSUB).expect("XSUB");
-                    let mut xpub = context.socket(zmq::XPUB).expect("XPUB");
-                    proxy::apply_socket_options(&xsub, &config, "XSUB").expect("options");
-                    proxy::apply_socket_options(&xpub, &config, "XPUB").expect("options");
-                    xsub.bind(&config.publishers[0]).expect("bind XSUB");
-                    xpub.bind(&config.subscribers[0]).expect("bind XPUB");
-                    let mut control = context.socket(zmq::PAIR).expect("PAIR");
-                    control
-                        .bind("inproc://stock-proxy-control")
-                        .expect("bind control");
-                    endpoints_tx
-                        .send((
-                            xsub.get_last_endpoint().expect("endpoint").expect("utf-8"),
-                            xpub.get_last_endpoint().expect("endpoint").expect("utf-8"),
-                        ))
-                        .expect("send endpoints");
-                    let _ = zmq::proxy_steerable(&mut xsub, &mut xpub, &mut control);
-                })
-                .expect("spawn the stock proxy thread");
-            let (publisher_endpoint, subscriber_endpoint) = endpoints_rx.recv().expect("stock proxy bound");
+            let stock = stock_proxy::start(&config);
             Running {
-                publisher_endpoint,
-                subscriber_endpoint,
-                stop: Box::new(move || {
-                    let control = control_context.socket(zmq::PAIR).expect("PAIR");
-                    control
-                        .connect("inproc://stock-proxy-control")
-                        .expect("connect control");
-                    control.send("TERMINATE", 0).expect("terminate");
-                    handle.join().expect("stock proxy thread");
-                }),
+                publisher_endpoint: stock.publisher_endpoint.clone(),
+                subscriber_endpoint: stock.subscriber_endpoint.clone(),
+                stop: Box::new(move || stock.stop()),
             }
         }
     }
