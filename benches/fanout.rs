@@ -59,8 +59,15 @@ fn run(proxies: usize, messages: u64, size: usize, hwm: i32) {
         let endpoint = proxy.subscriber_endpoints()[0].clone();
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {
-            let mut sub = Subscriber::connect(&endpoint, SubscriberConfig { hwm, heartbeat: None })
-                .expect("subscriber connects");
+            let mut sub = Subscriber::connect(
+                &endpoint,
+                SubscriberConfig {
+                    hwm,
+                    heartbeat: None,
+                    curve: None,
+                },
+            )
+            .expect("subscriber connects");
             sub.subscribe(TopicFilter::exact(TOPIC)).expect("subscribe");
             let mut result = SubscriberResult {
                 received: 0,
