@@ -10,27 +10,33 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
-# libzmq 4.3.4 is compiled from source by the `zeromq-src` crate (through `zmq` -> `zmq-sys`)
-# with the `cc` crate, and `ring` compiles C as well: both need only the C/C++ toolchain that
-# the rust:bookworm image already carries (gcc, g++, make). cmake is installed too so that a
-# zmq-sys release that builds libzmq with cmake keeps working; no OpenSSL is linked (rustls).
+# libzmq is Debian's libzmq5 (built with libsodium, so it has CURVE), linked through the `links`
+# override in .cargo/config.toml: libzmq3-dev at build time. `ring` compiles C with the C
+# toolchain rust:bookworm already carries; no OpenSSL is linked (rustls).
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake libzmq3-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 COPY . .
 # The registry and target caches survive between builds on the same builder; the binary is
-# copied out of the cached target directory inside the same step.
+# copied out of the cached target directory inside the same step, with libzmq5 and what it
+# links (libsodium, libpgm, libnorm, gssapi, libbsd, ...) at the paths ldd resolves, for the
+# runtime stage, which has glibc and libstdc++ but not these.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin fanout \
  && install -D -m 0755 target/release/fanout /out/fanout \
- && /out/fanout --version
+ && /out/fanout --version \
+ && for lib in $(ldd /out/fanout | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p' | grep -v -e '/libc\.so' -e '/libm\.so' -e '/libgcc_s' -e '/libstdc++'); do \
+      install -D -m 0644 "$(realpath "$lib")" "/out/root$lib"; \
+    done
 
 # distroless/cc: glibc, libgcc and libstdc++ (libzmq is C++), CA certificates, no shell.
-# Same Debian release as the builder, so the glibc the binary was linked against is there.
+# Same Debian release as the builder, so the glibc the binary was linked against is there;
+# libzmq5 and its own libraries come from the builder.
 FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /out/root/ /
 COPY --from=builder /out/fanout /usr/local/bin/fanout
 # Everything below is mirrored by hack/image.sh, which builds the same image without Docker by
 # reading these lines: keep them in the KEY=VALUE / exec forms it parses.

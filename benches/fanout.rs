@@ -3,6 +3,10 @@
 //!
 //! - **fanout**: the real `fanout publish` (child process) → K in-process `fanout::proxy`s →
 //!   one `fanout::subscriber::Subscriber` each over a unix socket (envelope, loss counted).
+//! - **fanout CURVE**: the same with the proxies' publisher ports as CURVE servers (ZAP handler,
+//!   allow-list of the publisher's key) and `fanout publish --curve-secret-key-file
+//!   --proxy-public-key`: what authentication and encryption cost (subscribers stay on unix
+//!   sockets, NULL, as on a node).
 //! - **bare libzmq**: a single-frame PUB (child process) → K stock `zmq_proxy`s → one SUB each
 //!   over a unix socket: the same chain built from libzmq alone.
 //! - **NATS core**: one publisher connection (child process) → `nats-server` on 127.0.0.1 →
@@ -17,12 +21,13 @@
 //!
 //! `cargo bench --bench fanout` (env: `FANOUT_BENCH_MESSAGES` (per run, default 200000),
 //! `FANOUT_BENCH_SIZES=16,1024`, `FANOUT_BENCH_PROXIES=1,4,8`, `FANOUT_BENCH_REPS=3`,
-//! `FANOUT_BENCH_PEERS=fanout,bare,nats`).
+//! `FANOUT_BENCH_PEERS=fanout,curve,bare,nats`).
 
 #[path = "support/stock_proxy.rs"]
 mod stock_proxy;
 
-use fanout::proxy::ProxyConfig;
+use fanout::curve::KeyPair;
+use fanout::proxy::{CurveServerConfig, ProxyConfig};
 use fanout::subscriber::{Subscriber, SubscriberConfig, TopicFilter};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
@@ -55,6 +60,7 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Peer {
     Fanout,
+    FanoutCurve,
     Bare,
     Nats,
 }
@@ -63,6 +69,7 @@ impl Peer {
     fn name(self) -> &'static str {
         match self {
             Peer::Fanout => "fanout",
+            Peer::FanoutCurve => "fanout CURVE",
             Peer::Bare => "bare libzmq",
             Peer::Nats => "NATS core",
         }
@@ -96,6 +103,9 @@ struct Run {
     lost_by_sequence: u64,
 }
 
+/// One subscriber's receive loop, run on its own thread until it has all or is stopped.
+type Receive = Box<dyn FnOnce(&AtomicBool) -> Received + Send>;
+
 /// The receiving side of a run: threads counting messages until they have `messages` or
 /// `stop` is set.
 struct Receivers {
@@ -104,7 +114,7 @@ struct Receivers {
 }
 
 impl Receivers {
-    fn spawn(receivers: Vec<Box<dyn FnOnce(&AtomicBool) -> Received + Send>>) -> Self {
+    fn spawn(receivers: Vec<Receive>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = receivers
             .into_iter()
@@ -175,9 +185,53 @@ fn deep(messages: u64) -> i32 {
 
 // --- fanout ------------------------------------------------------------------------------
 
-fn run_fanout(proxies: usize, messages: u64, size: usize) -> Run {
+/// Keys for a CURVE run: the proxies' server pair (shared, as in a group) and the publisher's
+/// pair, written where the proxies and `fanout publish` read them.
+struct CurveKeys {
+    server: KeyPair,
+    publisher_secret_file: std::path::PathBuf,
+    allow_publishers_file: std::path::PathBuf,
+}
+
+impl CurveKeys {
+    fn new(dir: &std::path::Path) -> Self {
+        let server = KeyPair::generate().expect("server keys");
+        let publisher = KeyPair::generate().expect("publisher keys");
+        let publisher_dir = dir.join("publisher-keys");
+        publisher
+            .write_to_dir(&publisher_dir)
+            .expect("write publisher keys");
+        let allow_publishers_file = dir.join("allow-publishers");
+        std::fs::write(&allow_publishers_file, format!("{}\n", publisher.public)).expect("allow-list");
+        Self {
+            server,
+            publisher_secret_file: publisher_dir.join(fanout::curve::SECRET_KEY_FILE),
+            allow_publishers_file,
+        }
+    }
+
+    fn proxy_config(&self) -> CurveServerConfig {
+        CurveServerConfig {
+            secret: self.server.secret.clone(),
+            allow_publishers: self.allow_publishers_file.clone(),
+            allow_subscribers: None,
+        }
+    }
+
+    fn publish_args(&self) -> Vec<String> {
+        vec![
+            "--curve-secret-key-file".into(),
+            self.publisher_secret_file.display().to_string(),
+            "--proxy-public-key".into(),
+            self.server.public.to_z85(),
+        ]
+    }
+}
+
+fn run_fanout(proxies: usize, messages: u64, size: usize, curve: bool) -> Run {
     let hwm = deep(messages);
     let dir = tempfile::tempdir().expect("temp dir");
+    let keys = curve.then(|| CurveKeys::new(dir.path()));
     let running: Vec<_> = (0..proxies)
         .map(|i| {
             fanout::proxy::start(ProxyConfig {
@@ -186,6 +240,7 @@ fn run_fanout(proxies: usize, messages: u64, size: usize) -> Run {
                 // Lossless for the run: queues as deep as the run, so no per-peer byte bound.
                 hwm: 0,
                 max_message_bytes: i64::try_from(size + 1024).unwrap_or(i64::MAX),
+                curve: keys.as_ref().map(CurveKeys::proxy_config),
                 ..ProxyConfig::default()
             })
             .expect("proxy starts")
@@ -197,8 +252,15 @@ fn run_fanout(proxies: usize, messages: u64, size: usize) -> Run {
             .map(|proxy| {
                 let endpoint = proxy.subscriber_endpoints()[0].clone();
                 Box::new(move |stop: &AtomicBool| {
-                    let mut sub = Subscriber::connect(&endpoint, SubscriberConfig { hwm, heartbeat: None })
-                        .expect("subscriber connects");
+                    let mut sub = Subscriber::connect(
+                        &endpoint,
+                        SubscriberConfig {
+                            hwm,
+                            heartbeat: None,
+                            curve: None,
+                        },
+                    )
+                    .expect("subscriber connects");
                     sub.subscribe(TopicFilter::exact(TOPIC)).expect("subscribe");
                     let mut got = Received::default();
                     while got.count < messages && !stop.load(Ordering::Relaxed) {
@@ -208,7 +270,7 @@ fn run_fanout(proxies: usize, messages: u64, size: usize) -> Run {
                     }
                     got.lost = sub.stats().total_lost();
                     got
-                }) as Box<dyn FnOnce(&AtomicBool) -> Received + Send>
+                }) as Receive
             })
             .collect(),
     );
@@ -234,6 +296,7 @@ fn run_fanout(proxies: usize, messages: u64, size: usize) -> Run {
             &size.to_string(),
         ])
         .args(["--hwm", &hwm.to_string(), "--settle", "1", "--linger", "30"])
+        .args(keys.as_ref().map(CurveKeys::publish_args).unwrap_or_default())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -282,7 +345,7 @@ fn run_bare(proxies: usize, messages: u64, size: usize) -> Run {
                         }
                     }
                     got
-                }) as Box<dyn FnOnce(&AtomicBool) -> Received + Send>
+                }) as Receive
             })
             .collect(),
     );
@@ -460,7 +523,7 @@ fn run_nats(server: &NatsServer, proxies: usize, messages: u64, size: usize) -> 
                         }
                     }
                     got
-                }) as Box<dyn FnOnce(&AtomicBool) -> Received + Send>
+                }) as Receive
             })
             .collect(),
     );
@@ -542,7 +605,7 @@ fn main() {
         .iter()
         .filter_map(|s| s.parse().ok())
         .collect();
-    let wanted = env_list("FANOUT_BENCH_PEERS", "fanout,bare,nats");
+    let wanted = env_list("FANOUT_BENCH_PEERS", "fanout,curve,bare,nats");
     let nats = if wanted.iter().any(|p| p == "nats") {
         match nats_server_binary().and_then(|binary| NatsServer::start(&binary)) {
             Some(server) => Some(server),
@@ -559,6 +622,7 @@ fn main() {
     let mut peers = Vec::new();
     for (name, peer) in [
         ("fanout", Peer::Fanout),
+        ("curve", Peer::FanoutCurve),
         ("bare", Peer::Bare),
         ("nats", Peer::Nats),
     ] {
@@ -578,7 +642,8 @@ fn main() {
                 let (mut rates, mut cpus) = (Vec::new(), Vec::new());
                 for rep in 1..=reps {
                     let run = match peer {
-                        Peer::Fanout => run_fanout(k, messages, size),
+                        Peer::Fanout => run_fanout(k, messages, size, false),
+                        Peer::FanoutCurve => run_fanout(k, messages, size, true),
                         Peer::Bare => run_bare(k, messages, size),
                         Peer::Nats => run_nats(nats.as_ref().expect("server"), k, messages, size),
                     };
@@ -605,10 +670,10 @@ fn main() {
         .map(|p| format!("{} M/s (pub us/delivery)", p.name()))
         .collect();
     println!(
-        "| size | K | {} | fanout / bare | fanout / NATS | fanout pub CPU / bare |",
+        "| size | K | {} | fanout / bare | fanout / NATS | fanout pub CPU / bare | CURVE / fanout |",
         header.join(" | ")
     );
-    println!("|---|---|{}---|---|---|", "---|".repeat(peers.len()));
+    println!("|---|---|{}---|---|---|---|", "---|".repeat(peers.len()));
     for (size, k, row) in table {
         let cell = |peer: Peer| row.iter().find(|(p, _, _)| *p == peer).map(|&(_, r, c)| (r, c));
         let ratio = |a: Option<(f64, f64)>, b: Option<(f64, f64)>, pick: fn((f64, f64)) -> f64| match (a, b) {
@@ -620,11 +685,12 @@ fn main() {
             .map(|&(_, rate, cpu)| format!("{:.2} ({cpu:.2})", rate / 1e6))
             .collect();
         println!(
-            "| {size} B | {k} | {} | {} | {} | {} |",
+            "| {size} B | {k} | {} | {} | {} | {} | {} |",
             cells.join(" | "),
             ratio(cell(Peer::Fanout), cell(Peer::Bare), |c| c.0),
             ratio(cell(Peer::Fanout), cell(Peer::Nats), |c| c.0),
             ratio(cell(Peer::Fanout), cell(Peer::Bare), |c| c.1),
+            ratio(cell(Peer::FanoutCurve), cell(Peer::Fanout), |c| c.0),
         );
     }
 }

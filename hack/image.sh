@@ -18,7 +18,7 @@
 # The image's metadata (user, entrypoint, cmd, env, exposed ports, labels) is read from the
 # runtime stage of the Dockerfile, so the two images users can build agree by construction.
 # The one layer holds /usr/local/bin/fanout, the shared libraries `ldd` names for it (glibc,
-# libstdc++, libgcc_s: libzmq is C++) at the same paths, the ELF interpreter, the CA bundle, and
+# libstdc++, libgcc_s, and Debian's libzmq5 with libsodium and the rest it links) at the same paths, the ELF interpreter, the CA bundle, and
 # /etc/passwd and /etc/group with root and nonroot (65532), like distroless/cc's nonroot image.
 #
 # The tool is umoci (built from its Go module by hack/tools.sh): the OCI project's own tool for

@@ -27,6 +27,11 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+# Debian's libzmq5 with CURVE (libsodium), linked through the override in .cargo/config.toml.
+dpkg -s libzmq3-dev >/dev/null 2>&1 || missing+=(libzmq3-dev)
+# pyzmq for Debian's python3: the CURVE interop test (tests/proxy_curve.rs) must not skip here.
+dpkg -s python3-zmq >/dev/null 2>&1 || missing+=(python3-zmq)
+export FANOUT_REQUIRE_PYZMQ=1
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq

@@ -11,6 +11,8 @@ pub enum Error {
     #[error(transparent)]
     Membership(#[from] crate::membership::MembershipError),
     #[error(transparent)]
+    Curve(#[from] crate::curve::CurveError),
+    #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     SocketDir(#[from] crate::proxy::socket_dir::SocketDirError),

@@ -12,9 +12,11 @@ pub mod cli;
 pub mod controller;
 #[cfg(feature = "kubernetes")]
 pub mod crd;
+pub mod curve;
 pub mod demo;
 pub mod endpoint_list;
 pub mod error;
+pub mod followed_file;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod membership;

@@ -1,7 +1,8 @@
 //! The libzmq socket options every end of the fabric agrees on: ZMTP heartbeats (proxy,
 //! publisher, subscriber) and the set-up of a client socket (publisher and subscriber):
-//! queue bound, linger, reconnect back-off, heartbeats.
+//! queue bound, linger, reconnect back-off, heartbeats, CURVE.
 
+use crate::curve::CurveClient;
 use std::time::Duration;
 
 /// The heartbeat options libzmq takes, in milliseconds.
@@ -50,7 +51,7 @@ pub const RECONNECT: Duration = Duration::from_millis(100);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// How a client socket (a publisher's PUB, a subscriber's SUB) is set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOptions {
     /// Messages queued per peer: SNDHWM of a PUB, RCVHWM of a SUB.
     pub hwm: i32,
@@ -58,6 +59,8 @@ pub struct ClientOptions {
     pub linger: Duration,
     /// ZMTP heartbeat interval (None: no heartbeats).
     pub heartbeat: Option<Duration>,
+    /// CURVE: our key pair and the proxy's public key (None: no security mechanism).
+    pub curve: Option<CurveClient>,
 }
 
 fn millis(duration: Duration) -> i32 {
@@ -80,6 +83,9 @@ pub fn client_socket(
     socket.set_reconnect_ivl_max(millis(RECONNECT_MAX))?;
     if let Some(interval) = options.heartbeat {
         HeartbeatOptions::from_interval(interval).apply(&socket)?;
+    }
+    if let Some(curve) = &options.curve {
+        curve.apply(&socket)?;
     }
     Ok(socket)
 }
@@ -121,6 +127,7 @@ mod tests {
             hwm: 77,
             linger: Duration::from_millis(250),
             heartbeat: Some(Duration::from_secs(2)),
+            curve: None,
         };
         let publisher = client_socket(&context, zmq::PUB, &options).unwrap();
         assert_eq!(publisher.get_sndhwm().unwrap(), 77);

@@ -335,6 +335,7 @@ fn real_loss_through_a_tiny_queue_is_accounted_exactly() {
         SubscriberConfig {
             hwm: 10,
             heartbeat: None,
+            curve: None,
         },
     )
     .unwrap();

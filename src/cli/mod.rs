@@ -6,6 +6,7 @@
 pub mod controller;
 pub mod demo;
 pub mod endpoints;
+pub mod keygen;
 pub mod prepare_socket_dir;
 pub mod proxy;
 pub mod publish;
@@ -56,6 +57,8 @@ pub enum Command {
     Subscribe(subscribe::SubscribeArgs),
     /// Watch a group's membership and print every change.
     Endpoints(endpoints::EndpointsArgs),
+    /// Make a CURVE key pair (Z85): print it, or write DIR/public.key and DIR/secret.key.
+    Keygen(keygen::KeygenArgs),
     /// Print the FanoutGroup CustomResourceDefinition as YAML.
     Crd,
     /// Run the whole fabric on this machine, no cluster needed.
@@ -86,6 +89,7 @@ impl Command {
             Command::Publish(args) => args.run(),
             Command::Subscribe(args) => args.run(),
             Command::Endpoints(args) => args.run(),
+            Command::Keygen(args) => args.run(),
             Command::Crd => {
                 print!("{}", crate::crd::crd_yaml()?);
                 Ok(())

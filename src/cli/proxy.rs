@@ -2,9 +2,11 @@
 //! writes (`controller::objects::proxy_args`).
 
 use crate::proxy::{
-    DEFAULT_HWM, DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, ProxyConfig, SubscriptionLimits,
+    CurveServerConfig, DEFAULT_HWM, DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, ProxyConfig,
+    SubscriptionLimits,
 };
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -43,6 +45,20 @@ pub struct ProxyArgs {
     /// Permission bits of unix socket files, in octal.
     #[arg(long, value_name = "OCTAL", default_value = "660", value_parser = parse_mode)]
     pub socket_mode: u32,
+    /// CURVE: the proxy's secret key (Z85, from `fanout keygen`; not readable by others).
+    /// The publisher endpoints and tcp subscriber endpoints become CURVE servers; unix
+    /// sockets stay protected by their file mode and group. The public key is logged.
+    #[arg(long, value_name = "FILE", requires = "allow_publishers_file")]
+    pub curve_secret_key_file: Option<PathBuf>,
+    /// CURVE: the Z85 public keys allowed to publish, one a line (`#` comments), followed
+    /// live: a key added is admitted within a second, a key removed is cut off.
+    #[arg(long, value_name = "FILE", requires = "curve_secret_key_file")]
+    pub allow_publishers_file: Option<PathBuf>,
+    /// CURVE: the public keys allowed to subscribe over tcp, same format, followed live.
+    /// Without it any client key may subscribe over tcp (still encrypted, and the subscriber
+    /// still authenticates the proxy).
+    #[arg(long, value_name = "FILE", requires = "curve_secret_key_file")]
+    pub allow_subscribers_file: Option<PathBuf>,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -74,6 +90,8 @@ impl From<ProxyArgs> for ProxyConfig {
             },
             heartbeat: args.heartbeat,
             socket_mode: args.socket_mode,
+            // Reading the key can fail: done in `run`.
+            curve: None,
         }
     }
 }
@@ -81,7 +99,16 @@ impl From<ProxyArgs> for ProxyConfig {
 impl ProxyArgs {
     pub fn run(self) -> crate::Result<()> {
         let http = self.http;
-        Ok(crate::proxy::run(self.into(), http)?)
+        let curve = match (&self.curve_secret_key_file, &self.allow_publishers_file) {
+            (Some(secret), Some(publishers)) => Some(CurveServerConfig {
+                secret: crate::curve::read_secret_key_file(secret)?,
+                allow_publishers: publishers.clone(),
+                allow_subscribers: self.allow_subscribers_file.clone(),
+            }),
+            _ => None,
+        };
+        let config = ProxyConfig { curve, ..self.into() };
+        Ok(crate::proxy::run(config, http)?)
     }
 }
 
@@ -162,5 +189,22 @@ mod tests {
         assert!(bad("--heartbeat", "soon"));
         assert!(bad("--hwm", "-5"));
         assert!(bad("--max-message-bytes", "0"));
+        // The CURVE flags come together.
+        assert!(bad("--curve-secret-key-file", "/k"));
+        assert!(bad("--allow-publishers-file", "/g"));
+        assert!(bad("--allow-subscribers-file", "/g"));
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "--publishers",
+            "tcp://*:1",
+            "--subscribers",
+            "ipc:///x",
+            "--curve-secret-key-file",
+            "/k",
+            "--allow-publishers-file",
+            "/g",
+        ])
+        .expect("valid CURVE flags");
+        assert_eq!(cli.args.allow_publishers_file, Some(PathBuf::from("/g")));
     }
 }

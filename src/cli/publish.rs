@@ -53,6 +53,29 @@ pub struct PublishArgs {
     /// while publishing, e.g. `127.0.0.1:9103`.
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<SocketAddr>,
+    #[command(flatten)]
+    pub curve: CurveClientArgs,
+}
+
+/// The client side of CURVE, shared by `fanout publish` and `fanout subscribe`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CurveClientArgs {
+    /// CURVE: our secret key (Z85, from `fanout keygen`; not readable by others). Our public
+    /// key, derived from it, must be in the proxy's allow-list.
+    #[arg(long, value_name = "FILE", requires = "proxy_public_key")]
+    pub curve_secret_key_file: Option<PathBuf>,
+    /// CURVE: the proxy's public key (Z85); a server with another key is refused.
+    #[arg(long, value_name = "KEY", requires = "curve_secret_key_file")]
+    pub proxy_public_key: Option<crate::curve::PublicKey>,
+}
+
+impl CurveClientArgs {
+    pub fn client(&self) -> crate::Result<Option<crate::curve::CurveClient>> {
+        match (&self.curve_secret_key_file, self.proxy_public_key) {
+            (Some(file), Some(server)) => Ok(Some(crate::curve::CurveClient::from_files(file, server)?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// `--NAME VALUE` seconds as a duration.
@@ -88,6 +111,7 @@ impl PublishArgs {
             wait_membership: seconds("wait-membership", self.wait_membership)?,
             settle: seconds("settle", self.settle)?,
             linger: seconds("linger", self.linger)?,
+            curve: self.curve.client()?,
             http: self.http,
         };
         Ok(crate::publisher::command::run(run)?)

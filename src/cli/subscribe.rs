@@ -30,6 +30,8 @@ pub struct SubscribeArgs {
     /// publishers, wall-clock `at_ms`); also a `gap {json}` line whenever messages were lost.
     #[arg(long)]
     pub stats_every: Option<f64>,
+    #[command(flatten)]
+    pub curve: super::publish::CurveClientArgs,
 }
 
 impl SubscribeArgs {
@@ -60,6 +62,7 @@ impl SubscribeArgs {
             hwm: self.hwm,
             quiet: self.quiet,
             stats_every,
+            curve: self.curve.client()?,
         })?)
     }
 }

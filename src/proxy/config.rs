@@ -1,6 +1,7 @@
 //! The proxy's configuration (pure).
 
 use super::ProxyError;
+pub use super::curve_server::CurveServerConfig;
 use super::subscriptions::SubscriptionLimits;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub struct ProxyConfig {
     pub heartbeat: Duration,
     /// Permission bits of the unix socket files, 0o660 by default.
     pub socket_mode: u32,
+    /// CURVE: the publisher endpoints and the subscriber tcp endpoints become CURVE servers
+    /// with this key, admitting the keys of the allow-lists. `None`: no authentication.
+    pub curve: Option<CurveServerConfig>,
 }
 
 /// Default per-peer queue bound (libzmq's own default).
@@ -66,6 +70,7 @@ impl Default for ProxyConfig {
             subscription_limits: SubscriptionLimits::default(),
             heartbeat: DEFAULT_HEARTBEAT,
             socket_mode: DEFAULT_SOCKET_MODE,
+            curve: None,
         }
     }
 }

@@ -6,11 +6,14 @@
 //! across files that must change together.
 
 use super::ProxyError;
+use super::auth;
 use super::config::{ProxyConfig, SHUTDOWN_LINGER};
+use super::curve_server::CurveServer;
 use super::ipc::{self, BoundSocketFile};
 use super::metrics::{ProxyMetrics, ProxyStats, Side};
 use super::monitor::{self, MonitorEvent, PeerChange, PeerTracker};
 use super::subscriptions::{LiveSubscriptions, SUBSCRIBE_TO_EVERYTHING, Upstream};
+use crate::curve::PublicKey;
 use crate::message_budget::{Exceeded, MessageBudget, MessageLimits, Verdict};
 use crate::socket_options::HeartbeatOptions;
 use std::io::Write;
@@ -29,6 +32,7 @@ const BURST: usize = 4096;
 pub struct Proxy {
     publisher_endpoints: Vec<String>,
     subscriber_endpoints: Vec<String>,
+    curve_public_key: Option<PublicKey>,
     metrics: ProxyMetrics,
     stop: UnixStream,
     running: Arc<AtomicBool>,
@@ -65,6 +69,7 @@ pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
                 let endpoints = (
                     forwarder.publisher_endpoints.clone(),
                     forwarder.subscriber_endpoints.clone(),
+                    forwarder.curve.as_ref().map(CurveServer::public_key),
                 );
                 // If start() is gone nobody wants the proxy; run() then ends at the first
                 // poll because the stop signal's other end is closed.
@@ -79,9 +84,10 @@ pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
             .map_err(ProxyError::io("spawning the proxy thread"))?
     };
     match bound_rx.recv() {
-        Ok(Ok((publisher_endpoints, subscriber_endpoints))) => Ok(Proxy {
+        Ok(Ok((publisher_endpoints, subscriber_endpoints, curve_public_key))) => Ok(Proxy {
             publisher_endpoints,
             subscriber_endpoints,
+            curve_public_key,
             metrics,
             stop,
             running,
@@ -108,6 +114,11 @@ impl Proxy {
     /// XPUB endpoints as bound.
     pub fn subscriber_endpoints(&self) -> &[String] {
         &self.subscriber_endpoints
+    }
+
+    /// The proxy's CURVE public key (derived from its secret key), when it is a CURVE server.
+    pub fn curve_public_key(&self) -> Option<PublicKey> {
+        self.curve_public_key
     }
 
     pub fn stats(&self) -> ProxyStats {
@@ -161,6 +172,8 @@ struct Forwarder {
     xpub: zmq::Socket,
     xsub_monitor: zmq::Socket,
     xpub_monitor: zmq::Socket,
+    /// The ZAP handler and allow-lists, when the proxy is a CURVE server.
+    curve: Option<CurveServer>,
     _context: zmq::Context,
     publisher_endpoints: Vec<String>,
     subscriber_endpoints: Vec<String>,
@@ -207,14 +220,24 @@ pub fn apply_socket_options(
 
 /// Binds `socket` to each endpoint, preparing unix socket files first; returns the endpoints
 /// as bound.
+///
+/// With `curve_on_tcp`, tcp endpoints are bound as CURVE servers and the others (unix
+/// sockets, protected by their file mode) with the NULL mechanism: libzmq copies the socket's
+/// options into each listener when it binds, so the mechanism can differ per endpoint.
 fn bind_all(
     socket: &zmq::Socket,
     endpoints: &[String],
     mode: u32,
     files: &mut Vec<BoundSocketFile>,
+    curve_on_tcp: bool,
 ) -> Result<Vec<String>, ProxyError> {
     let mut bound = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
+        if curve_on_tcp {
+            socket
+                .set_curve_server(endpoint.starts_with("tcp://"))
+                .map_err(ProxyError::zmq(format!("setting CURVE_SERVER for {endpoint}")))?;
+        }
         let path = ipc::ipc_path(endpoint);
         if let Some(path) = &path {
             ipc::prepare(path)?;
@@ -267,6 +290,26 @@ impl Forwarder {
             .map_err(ProxyError::zmq("creating the XPUB socket"))?;
         apply_socket_options(&xsub, config, "publisher (XSUB)")?;
         apply_socket_options(&xpub, config, "subscriber (XPUB)")?;
+        // The ZAP handler is bound before any CURVE listener, so no handshake finds it
+        // missing (libzmq would then admit the peer: ZAP enforcement is off by default).
+        let curve = match &config.curve {
+            Some(curve) => {
+                let server = CurveServer::start(&context, curve, metrics.clone())?;
+                metrics.enable_auth();
+                let ctx = |what: &str| ProxyError::zmq(format!("setting {what}"));
+                for (socket, domain) in [(&xsub, auth::PUBLISHER_DOMAIN), (&xpub, auth::SUBSCRIBER_DOMAIN)] {
+                    socket.set_zap_domain(domain).map_err(ctx("ZAP_DOMAIN"))?;
+                    socket
+                        .set_curve_secretkey(&curve.secret.0)
+                        .map_err(ctx("CURVE_SECRETKEY"))?;
+                }
+                // Every publisher endpoint is a CURVE server; subscriber endpoints per
+                // transport (bind_all).
+                xsub.set_curve_server(true).map_err(ctx("CURVE_SERVER"))?;
+                Some(server)
+            }
+            None => None,
+        };
         let id = NEXT_PROXY_ID.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // Monitors first, so that no early connection escapes the peer counts.
@@ -281,13 +324,24 @@ impl Forwarder {
             &format!("inproc://fanout-proxy-{pid}-{id}-subscribers"),
         )?;
         let mut socket_files = Vec::new();
-        let bound = bind_all(&xsub, &config.publishers, config.socket_mode, &mut socket_files).and_then(
-            |publishers| {
-                let subscribers =
-                    bind_all(&xpub, &config.subscribers, config.socket_mode, &mut socket_files)?;
-                Ok((publishers, subscribers))
-            },
-        );
+        let curve_on = curve.is_some();
+        let bound = bind_all(
+            &xsub,
+            &config.publishers,
+            config.socket_mode,
+            &mut socket_files,
+            false,
+        )
+        .and_then(|publishers| {
+            let subscribers = bind_all(
+                &xpub,
+                &config.subscribers,
+                config.socket_mode,
+                &mut socket_files,
+                curve_on,
+            )?;
+            Ok((publishers, subscribers))
+        });
         let (publisher_endpoints, subscriber_endpoints) = match bound {
             Ok(bound) => bound,
             Err(err) => {
@@ -301,6 +355,7 @@ impl Forwarder {
             xpub,
             xsub_monitor,
             xpub_monitor,
+            curve,
             _context: context,
             publisher_endpoints,
             subscriber_endpoints,
@@ -326,14 +381,19 @@ impl Forwarder {
     fn forward_until_stopped(&mut self, stop: &UnixStream) -> Result<(), ProxyError> {
         let mut frame = zmq::Message::new();
         loop {
-            let (downstream, upstream, publisher_events, subscriber_events, stopped) = {
-                let mut items = [
+            let (downstream, upstream, publisher_events, subscriber_events, stopped, zap, allow_lists) = {
+                let mut items = Vec::with_capacity(7);
+                items.extend([
                     self.xsub.as_poll_item(zmq::POLLIN),
                     self.xpub.as_poll_item(zmq::POLLIN),
                     self.xsub_monitor.as_poll_item(zmq::POLLIN),
                     self.xpub_monitor.as_poll_item(zmq::POLLIN),
                     zmq::PollItem::from_fd(stop.as_raw_fd(), zmq::POLLIN),
-                ];
+                ]);
+                if let Some(curve) = &self.curve {
+                    items.push(curve.zap_socket().as_poll_item(zmq::POLLIN));
+                    items.push(zmq::PollItem::from_fd(curve.wake_fd(), zmq::POLLIN));
+                }
                 match zmq::poll(&mut items, -1) {
                     Ok(_) => {}
                     Err(zmq::Error::EINTR) => continue,
@@ -350,10 +410,22 @@ impl Forwarder {
                     items[2].is_readable(),
                     items[3].is_readable(),
                     items[4].is_readable() || items[4].is_error(),
+                    items.get(5).is_some_and(|i| i.is_readable()),
+                    items.get(6).is_some_and(|i| i.is_readable()),
                 )
             };
             if stopped {
                 return Ok(());
+            }
+            if let Some(curve) = &mut self.curve {
+                // Allow-list changes first: nothing of a revoked key is forwarded after the
+                // wake-up that brought the change.
+                if allow_lists {
+                    curve.apply_updates();
+                }
+                if zap {
+                    curve.serve_zap()?;
+                }
             }
             if downstream {
                 self.forward_downstream(&mut frame)?;
@@ -378,9 +450,32 @@ impl Forwarder {
             limits: self.limits,
             parts: &mut self.parts,
         };
-        let tally = route.burst(frame, |_| Upstream::Forward)?;
+        let tally = match &mut self.curve {
+            // Reading each message's User-Id costs a property lookup: only with CURVE.
+            Some(curve) => route.burst(frame, |message| {
+                if curve.admit(Side::Publishers, message) {
+                    Upstream::Forward
+                } else {
+                    Upstream::Drop
+                }
+            })?,
+            None => route.burst(frame, |_| Upstream::Forward)?,
+        };
         tally.record(&self.metrics, Side::Publishers, Side::Subscribers);
+        self.record_revoked(Side::Publishers);
         Ok(())
+    }
+
+    /// Adds the messages of revoked keys the last burst dropped to the metrics.
+    fn record_revoked(&mut self, side: Side) {
+        if let Some(curve) = &mut self.curve
+            && curve.revoked_messages > 0
+        {
+            self.metrics
+                .side(side)
+                .refused_revoked
+                .inc_by(std::mem::take(&mut curve.revoked_messages));
+        }
     }
 
     /// Subscribers to publishers: subscriptions (as reference-counted by XPUB, and bounded by
@@ -396,7 +491,14 @@ impl Forwarder {
             limits: self.limits,
             parts: &mut self.parts,
         };
-        let tally = route.burst(frame, |first| {
+        let mut curve = self.curve.as_mut();
+        let tally = route.burst(frame, |message| {
+            if let Some(curve) = curve.as_mut()
+                && !curve.admit(Side::Subscribers, message)
+            {
+                return Upstream::Drop;
+            }
+            let first = &message[..];
             let was_collapsed = live.is_collapsed();
             let action = live.apply(first);
             match action {
@@ -420,6 +522,7 @@ impl Forwarder {
             action
         })?;
         tally.record(&self.metrics, Side::Subscribers, Side::Publishers);
+        self.record_revoked(Side::Subscribers);
         self.metrics.subscription_messages.inc_by(subscription_messages);
         self.metrics.subscriptions_over_limit.inc_by(over_limit);
         self.metrics
@@ -445,6 +548,9 @@ impl Forwarder {
                 .get(1)
                 .map(|e| String::from_utf8_lossy(e).into_owned())
                 .unwrap_or_default();
+            if let Some(curve) = &mut self.curve {
+                curve.on_event(side, event.code, event.value);
+            }
             match peers.apply(event) {
                 PeerChange::Accepted => tracing::debug!(?side, %endpoint, "peer connected"),
                 PeerChange::Disconnected => {
@@ -475,6 +581,7 @@ impl Forwarder {
             xpub,
             xsub_monitor,
             xpub_monitor,
+            curve,
             _context,
             socket_files,
             ..
@@ -483,6 +590,9 @@ impl Forwarder {
         drop(xpub);
         drop(xsub_monitor);
         drop(xpub_monitor);
+        if let Some(curve) = curve {
+            curve.close();
+        }
         // Terminating the context waits for queued messages, at most the linger.
         drop(_context);
         socket_files.into_iter().for_each(BoundSocketFile::remove);
@@ -550,7 +660,7 @@ impl Route<'_> {
     fn burst(
         &mut self,
         frame: &mut zmq::Message,
-        mut inspect: impl FnMut(&[u8]) -> Upstream,
+        mut inspect: impl FnMut(&mut zmq::Message) -> Upstream,
     ) -> Result<Tally, ProxyError> {
         let mut tally = Tally::default();
         for _ in 0..BURST {
@@ -564,7 +674,7 @@ impl Route<'_> {
                     });
                 }
             }
-            let outcome = match inspect(&frame[..]) {
+            let outcome = match inspect(frame) {
                 Upstream::Forward => self.message(frame)?,
                 Upstream::SubscribeToEverything if !frame.get_more() => {
                     *frame = zmq::Message::from(SUBSCRIBE_TO_EVERYTHING);

@@ -3,6 +3,7 @@
 //! The forwarding thread keeps per-burst tallies and adds them to these shared atomics once
 //! per burst, so the hot loop does not pay an atomic operation per message.
 
+use super::auth::Refusal;
 use crate::message_budget::Exceeded;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,6 +24,13 @@ pub enum Side {
 
 impl Side {
     const ALL: [Side; 2] = [Side::Publishers, Side::Subscribers];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Publishers => "publishers",
+            Side::Subscribers => "subscribers",
+        }
+    }
 
     fn labels(self) -> SideLabels {
         match self {
@@ -55,6 +63,12 @@ pub struct SideMetrics {
     pub refused_frames: Counter,
     /// Messages received on this side and refused for having too many bytes in all.
     pub refused_bytes: Counter,
+    /// Messages received on this side from a key no longer in the allow-list (CURVE).
+    pub refused_revoked: Counter,
+    /// Keys in this side's allow-list (CURVE).
+    pub allow_list_keys: Gauge,
+    /// Invalid lines in this side's allow-list file, skipped (CURVE).
+    pub allow_list_invalid_lines: Gauge,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -68,6 +82,9 @@ struct Families {
     handshake_failures: Family<SideLabels, Counter>,
     disconnects: Family<SideLabels, Counter>,
     refused: Family<RefusalLabels, Counter>,
+    auth_refused: Family<RefusalLabels, Counter>,
+    allow_list_keys: Family<SideLabels, Gauge>,
+    allow_list_invalid_lines: Family<SideLabels, Gauge>,
 }
 
 impl Families {
@@ -83,6 +100,10 @@ impl Families {
             .refused
             .get_or_create(&[labels[0], ("reason", Exceeded::Bytes.as_str())])
             .clone();
+        let refused_revoked = self
+            .refused
+            .get_or_create(&[labels[0], ("reason", "revoked_key")])
+            .clone();
         SideMetrics {
             messages_received: self.messages_received.get_or_create(&labels).clone(),
             bytes_received: self.bytes_received.get_or_create(&labels).clone(),
@@ -94,6 +115,9 @@ impl Families {
             disconnects: self.disconnects.get_or_create(&labels).clone(),
             refused_frames,
             refused_bytes,
+            refused_revoked,
+            allow_list_keys: self.allow_list_keys.get_or_create(&labels).clone(),
+            allow_list_invalid_lines: self.allow_list_invalid_lines.get_or_create(&labels).clone(),
         }
     }
 }
@@ -134,6 +158,32 @@ impl Default for ProxyMetrics {
 }
 
 impl ProxyMetrics {
+    /// Peers refused (or cut off) on `side` for `reason` (CURVE).
+    pub fn auth_refused(&self, side: Side, reason: Refusal) -> Counter {
+        self.families
+            .auth_refused
+            .get_or_create(&[side.labels()[0], ("reason", reason.as_str())])
+            .clone()
+    }
+
+    pub fn allow_list_keys(&self, side: Side) -> &Gauge {
+        &self.side(side).allow_list_keys
+    }
+
+    pub fn allow_list_invalid_lines(&self, side: Side) -> &Gauge {
+        &self.side(side).allow_list_invalid_lines
+    }
+
+    /// Creates every refusal series at zero, so that a CURVE proxy shows them before the
+    /// first refusal.
+    pub fn enable_auth(&self) {
+        for side in Side::ALL {
+            for reason in Refusal::ALL {
+                self.auth_refused(side, reason);
+            }
+        }
+    }
+
     pub fn side(&self, side: Side) -> &SideMetrics {
         match side {
             Side::Publishers => &self.publishers,
@@ -189,8 +239,23 @@ impl ProxyMetrics {
         );
         registry.register(
             "refused_messages",
-            "Messages received and not forwarded because they broke the per-message limits (reason frames: more than 64 frames; bytes: more than the max message bytes in all), by side",
+            "Messages received and not forwarded, by side and reason: frames (more than the max frames), bytes (more than the max message bytes in all), revoked_key (sent with a CURVE key no longer in the allow-list)",
             f.refused.clone(),
+        );
+        registry.register(
+            "auth_refused",
+            "CURVE: peers refused or cut off, by side and reason (unknown_key, no_curve, wrong_server_key, handshake, revoked: connection closed after its key left the allow-list, malformed_zap_request)",
+            f.auth_refused.clone(),
+        );
+        registry.register(
+            "allow_list_keys",
+            "CURVE: keys in the side's allow-list as last read",
+            f.allow_list_keys.clone(),
+        );
+        registry.register(
+            "allow_list_invalid_lines",
+            "CURVE: lines of the side's allow-list file skipped as invalid",
+            f.allow_list_invalid_lines.clone(),
         );
         registry.register(
             "live_subscriptions",
@@ -224,7 +289,7 @@ impl ProxyMetrics {
             connected: u64::try_from(m.connected.get()).unwrap_or(0),
             handshake_failures: m.handshake_failures.get(),
             disconnects: m.disconnects.get(),
-            refused: m.refused_frames.get() + m.refused_bytes.get(),
+            refused: m.refused_frames.get() + m.refused_bytes.get() + m.refused_revoked.get(),
         };
         ProxyStats {
             publishers: side(&self.publishers),

@@ -3,7 +3,9 @@
 //! between them. Every message goes through unchanged; subscriptions go upstream as libzmq's
 //! XPUB reference-counts them.
 
+pub mod auth;
 mod config;
+mod curve_server;
 mod error;
 mod forwarder;
 mod ipc;
@@ -15,9 +17,10 @@ pub mod socket_dir;
 mod subscriptions;
 
 pub use config::{
-    DEFAULT_HEARTBEAT, DEFAULT_HWM, DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SOCKET_MODE,
-    MAX_QUEUED_BYTES_PER_PEER, ProxyConfig, SHUTDOWN_LINGER, queue_bound_exceeded,
+    CurveServerConfig, DEFAULT_HEARTBEAT, DEFAULT_HWM, DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_SOCKET_MODE, MAX_QUEUED_BYTES_PER_PEER, ProxyConfig, SHUTDOWN_LINGER, queue_bound_exceeded,
 };
+pub use curve_server::ALLOW_LIST_RECHECK;
 pub use error::ProxyError;
 pub use forwarder::{Proxy, apply_socket_options, start};
 pub use metrics::{ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};

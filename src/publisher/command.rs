@@ -25,6 +25,8 @@ pub struct PublishRun {
     /// How long to wait after connecting so that subscriptions reach us.
     pub settle: Duration,
     pub linger: Duration,
+    /// CURVE: our key pair and the proxies' public key.
+    pub curve: Option<crate::curve::CurveClient>,
     /// Serve `/healthz`, `/readyz` and `/metrics` here while publishing.
     #[cfg(feature = "http")]
     pub http: Option<SocketAddr>,
@@ -63,6 +65,7 @@ pub fn run(options: PublishRun) -> Result<(), PublishError> {
     let publisher = Publisher::new(PublisherConfig {
         hwm: options.hwm,
         linger: options.linger,
+        curve: options.curve,
         ..PublisherConfig::default()
     })?;
     #[cfg(feature = "http")]

@@ -21,6 +21,7 @@ mod socket_thread;
 
 pub use metrics::PublisherMetrics;
 
+use crate::curve::CurveClient;
 use crate::membership::{Membership, MembershipSender, MembershipSource};
 use crate::socket_options::{ClientOptions, client_socket};
 use crate::wire::PublisherId;
@@ -41,6 +42,9 @@ pub struct PublisherConfig {
     pub linger: Duration,
     /// Capacity of the in-process queue between `publish` callers and the socket thread.
     pub queue: usize,
+    /// CURVE: our key pair and the proxies' public key (every proxy of a group shares the
+    /// group's server key). `None`: no authentication.
+    pub curve: Option<CurveClient>,
 }
 
 impl Default for PublisherConfig {
@@ -50,6 +54,7 @@ impl Default for PublisherConfig {
             heartbeat: Some(Duration::from_secs(5)),
             linger: Duration::from_secs(1),
             queue: 8192,
+            curve: None,
         }
     }
 }
@@ -118,6 +123,7 @@ impl Publisher {
                 hwm: config.hwm,
                 linger: config.linger,
                 heartbeat: config.heartbeat,
+                curve: config.curve.clone(),
             },
         )?;
         let (commands, queue) = mpsc::sync_channel(config.queue.max(1));

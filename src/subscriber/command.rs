@@ -25,6 +25,8 @@ pub struct SubscribeRun {
     pub quiet: bool,
     /// Print a `stats` report this often (and a `gap` report on every loss).
     pub stats_every: Option<Duration>,
+    /// CURVE: our key pair and the proxy's public key.
+    pub curve: Option<crate::curve::CurveClient>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,7 @@ pub fn run(options: SubscribeRun) -> Result<(), SubscribeError> {
         &options.connect,
         SubscriberConfig {
             hwm: options.hwm,
+            curve: options.curve.clone(),
             ..SubscriberConfig::default()
         },
     )?;

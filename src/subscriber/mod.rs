@@ -11,6 +11,7 @@
 
 pub mod command;
 
+use crate::curve::CurveClient;
 use crate::socket_options::{ClientOptions, client_socket};
 use crate::wire::{self, Envelope, Parsed, PublisherId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -44,6 +45,8 @@ pub struct SubscriberConfig {
     pub hwm: i32,
     /// ZMTP heartbeat interval towards the proxy.
     pub heartbeat: Option<Duration>,
+    /// CURVE (tcp endpoints of a CURVE proxy): our key pair and the proxy's public key.
+    pub curve: Option<CurveClient>,
 }
 
 impl Default for SubscriberConfig {
@@ -51,6 +54,7 @@ impl Default for SubscriberConfig {
         Self {
             hwm: 100_000,
             heartbeat: Some(Duration::from_secs(5)),
+            curve: None,
         }
     }
 }
@@ -221,6 +225,7 @@ impl Subscriber {
                 // Nothing is sent but subscriptions: closing never waits.
                 linger: Duration::ZERO,
                 heartbeat: config.heartbeat,
+                curve: config.curve.clone(),
             },
         )?;
         socket.connect(endpoint)?;
