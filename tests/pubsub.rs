@@ -4,7 +4,7 @@
 use fanout::membership::Membership;
 use fanout::publisher::{Publisher, PublisherConfig};
 use fanout::subscriber::{Delivery, Subscriber, SubscriberConfig, TopicFilter};
-use fanout::wire::{Envelope, PublisherId};
+use fanout::wire::{self, Envelope, PublisherId};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -308,19 +308,28 @@ fn plain_pub_with_subscriber(topic: &str) -> (zmq::Context, zmq::Socket, Subscri
 #[test]
 fn gaps_are_counted_from_sequence_numbers() {
     // Hand-made envelopes from a plain PUB: sequences 0,1,2,5,6,10 lose 2 then 3 messages.
+    // Both wire versions alternate (a rollout mixes them): version 2 in the topic frame's
+    // tail, version 1 as a frame of its own.
     let (_ctx, pub_sock, mut sub) = plain_pub_with_subscriber("t");
     let id = PublisherId([9; 16]);
-    for seq in [0u64, 1, 2, 5, 6, 10, 4] {
+    for (i, seq) in [0u64, 1, 2, 5, 6, 10, 4].into_iter().enumerate() {
         let env = Envelope {
             publisher: id,
             sequence: seq,
+        };
+        if i % 2 == 0 {
+            let mut topic = Vec::new();
+            env.write_topic_frame(b"t", &mut topic);
+            pub_sock.send_multipart([&topic[..], b"x"], 0).unwrap();
+        } else {
+            let v1 = env.encode_version(wire::VERSION_SEPARATE_FRAME);
+            pub_sock.send_multipart([&b"t"[..], &v1[..], b"x"], 0).unwrap();
         }
-        .encode();
-        pub_sock.send_multipart([&b"t"[..], &env[..], b"x"], 0).unwrap();
     }
     for _ in 0..7 {
         let d = sub.recv(WAIT).unwrap().expect("message");
         assert_eq!(d.origin.map(|o| o.publisher), Some(id));
+        assert_eq!((&d.topic[..], &d.payload[..]), (&b"t"[..], &[b"x".to_vec()][..]));
     }
     let c = sub.stats().per_publisher[&id];
     assert_eq!((c.received, c.gaps, c.lost, c.out_of_order), (7, 2, 5, 1));
@@ -442,11 +451,12 @@ fn a_plain_libzmq_sub_receives_from_our_publisher_through_the_proxy() {
         }
         assert!(start.elapsed() < WAIT, "the plain SUB never received");
     };
-    assert_eq!(frames.len(), 3);
-    assert_eq!(frames[0], b"news");
-    let env = Envelope::decode(&frames[1]).unwrap();
+    // Wire version 2: the topic frame ends with the envelope, the payload frames are untouched.
+    assert_eq!(frames.len(), 2);
+    let (env, topic_len) = Envelope::from_topic_tail(&frames[0]).expect("a version-2 envelope");
+    assert_eq!(&frames[0][..topic_len], b"news");
     assert_eq!(env.publisher, publisher.id());
-    assert_eq!(frames[2], b"hello");
+    assert_eq!(frames[1], b"hello");
 }
 
 #[test]

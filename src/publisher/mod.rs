@@ -137,6 +137,7 @@ impl Publisher {
             connected: connected_tx,
             metrics: metrics.clone(),
             sequences: Default::default(),
+            topic_frame: Vec::new(),
             last_applied: Instant::now(),
         };
         let handle = std::thread::Builder::new()

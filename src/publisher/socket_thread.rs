@@ -8,6 +8,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// libzmq keeps message parts up to this size inline (its "very small message"), so sending
+/// them from a slice allocates nothing; larger parts are handed over as the caller's buffer.
+const SMALL_FRAME: usize = 33;
 /// Messages handled per wake-up before the membership is looked at again.
 const BATCH: usize = 1024;
 /// After a membership change, how long the idle socket thread keeps poking libzmq often so
@@ -38,6 +41,8 @@ pub(super) struct SocketThread {
     pub(super) connected: watch::Sender<Membership>,
     pub(super) metrics: PublisherMetrics,
     pub(super) sequences: HashMap<Vec<u8>, u64>,
+    /// Frame 0 (topic and envelope) is built here for every message: one buffer, reused.
+    pub(super) topic_frame: Vec<u8>,
     /// When a snapshot was last applied (for the membership lag).
     pub(super) last_applied: Instant,
 }
@@ -143,19 +148,26 @@ impl SocketThread {
                 0
             }
         };
-        let envelope = Envelope {
+        Envelope {
             publisher: self.id,
             sequence,
         }
-        .encode();
+        .write_topic_frame(&topic, &mut self.topic_frame);
         let result = (|| {
-            self.socket.send(topic, zmq::SNDMORE)?;
             let n = frames.len();
+            // Copied into the message: a short topic and the envelope fit libzmq's inline
+            // small-message buffer, so this allocates nothing.
             self.socket
-                .send(&envelope[..], if n == 0 { 0 } else { zmq::SNDMORE })?;
+                .send(&self.topic_frame[..], if n == 0 { 0 } else { zmq::SNDMORE })?;
             for (i, frame) in frames.into_iter().enumerate() {
-                self.socket
-                    .send(frame, if i + 1 == n { 0 } else { zmq::SNDMORE })?;
+                let flags = if i + 1 == n { 0 } else { zmq::SNDMORE };
+                if frame.len() <= SMALL_FRAME {
+                    // Inline in the message, copied per pipe: cheaper than a shared buffer.
+                    self.socket.send(&frame[..], flags)?;
+                } else {
+                    // Handed over without a copy, shared by every pipe.
+                    self.socket.send(frame, flags)?;
+                }
             }
             Ok::<(), zmq::Error>(())
         })();

@@ -286,19 +286,19 @@ impl Subscriber {
         }
     }
 
-    fn accept(&mut self, mut frames: Vec<Vec<u8>>) -> Option<Delivery> {
-        if frames.is_empty() {
-            return None;
-        }
-        let topic = frames.remove(0);
+    fn accept(&mut self, frames: Vec<Vec<u8>>) -> Option<Delivery> {
+        let wire::Split {
+            topic,
+            payload,
+            parsed,
+        } = wire::split(frames)?;
         if !self.matcher.matches(&topic) {
             self.stats.filtered += 1;
             return None;
         }
         self.stats.received += 1;
-        let origin = match wire::classify(&frames) {
+        let origin = match parsed {
             Parsed::Enveloped { envelope } => {
-                frames.remove(0);
                 let counts = self.stats.per_publisher.entry(envelope.publisher).or_default();
                 counts.received += 1;
                 match self.gaps.observe(envelope.publisher, &topic, envelope.sequence) {
@@ -323,7 +323,7 @@ impl Subscriber {
         };
         Some(Delivery {
             topic,
-            payload: frames,
+            payload,
             origin,
         })
     }
