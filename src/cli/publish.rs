@@ -65,7 +65,13 @@ pub struct CurveClientArgs {
     #[arg(long, value_name = "FILE", requires = "proxy_public_key")]
     pub curve_secret_key_file: Option<PathBuf>,
     /// CURVE: the proxy's public key (Z85); a server with another key is refused.
-    #[arg(long, value_name = "KEY", requires = "curve_secret_key_file")]
+    // Z85 has '-' in its alphabet, so about one key in 85 starts with it: a value, not a flag.
+    #[arg(
+        long,
+        value_name = "KEY",
+        requires = "curve_secret_key_file",
+        allow_hyphen_values = true
+    )]
     pub proxy_public_key: Option<crate::curve::PublicKey>,
 }
 
@@ -115,5 +121,36 @@ impl PublishArgs {
             http: self.http,
         };
         Ok(crate::publisher::command::run(run)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        curve: CurveClientArgs,
+    }
+
+    #[test]
+    fn a_proxy_key_that_starts_with_a_hyphen_is_a_value() {
+        // A valid Z85 key (40 characters) whose first character is '-'.
+        let key = format!("-{}", "0".repeat(39));
+        assert!(
+            crate::curve::PublicKey::from_z85(&key).is_ok(),
+            "the test key is valid Z85"
+        );
+        let cli = Cli::try_parse_from([
+            "publish",
+            "--curve-secret-key-file",
+            "/k",
+            "--proxy-public-key",
+            &key,
+        ])
+        .expect("a key starting with '-' parses");
+        assert_eq!(cli.curve.proxy_public_key.map(|k| k.to_z85()), Some(key));
     }
 }
