@@ -76,9 +76,18 @@ pub fn decode_z85(text: &str) -> Result<[u8; KEY_BYTES], CurveError> {
         return Err(CurveError::InvalidKey("invalid Z85 text"));
     }
     let bytes = zmq::z85_decode(text).map_err(|_| CurveError::InvalidKey("invalid Z85 text"))?;
-    bytes
+    let key: [u8; KEY_BYTES] = bytes
         .try_into()
-        .map_err(|_| CurveError::InvalidKey("a key is 32 bytes"))
+        .map_err(|_| CurveError::InvalidKey("a key is 32 bytes"))?;
+    // A 5-character group can spell a value above 2^32, which the decoder wraps silently into
+    // some other key (found by tests/properties.rs): a key is admitted only as its one
+    // canonical spelling, so an allow-list line never admits a key other than the one written.
+    if encode_z85(&key) != text {
+        return Err(CurveError::InvalidKey(
+            "not canonical Z85 (a 5-character group above 2^32)",
+        ));
+    }
+    Ok(key)
 }
 
 fn encode_z85(key: &[u8; KEY_BYTES]) -> String {
@@ -318,6 +327,14 @@ mod tests {
     #[test]
     fn this_libzmq_has_curve() {
         assert_eq!(zmq::has("curve"), Some(true));
+    }
+
+    #[test]
+    fn a_non_canonical_z85_spelling_is_refused() {
+        // Found by tests/properties.rs: "}a(A]" is above 2^32 and libzmq wraps it.
+        let text = "}a(A]-aAA](#A#}#a(!AA]A<(a0!}<0-#a#<#aa0";
+        let err = PublicKey::from_z85(text).unwrap_err().to_string();
+        assert!(err.contains("canonical"), "{err}");
     }
 
     #[test]
