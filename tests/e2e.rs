@@ -148,6 +148,8 @@ fn condition_true(status: &serde_json::Value, kind: &str) -> bool {
 /// A subscriber for one node, on its own thread; records when the first message arrived.
 struct NodeSubscriber {
     received: Arc<std::sync::atomic::AtomicU64>,
+    /// Messages missing by the envelope's sequence numbers, as the subscriber counts them.
+    lost: Arc<std::sync::atomic::AtomicU64>,
     first_at: Arc<std::sync::Mutex<Option<Instant>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -156,9 +158,10 @@ struct NodeSubscriber {
 impl NodeSubscriber {
     fn start(endpoint: String) -> Self {
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let first_at = Arc::new(std::sync::Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, f, s) = (received.clone(), first_at.clone(), stop.clone());
+        let (r, l, f, s) = (received.clone(), lost.clone(), first_at.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let mut sub =
                 Subscriber::connect(&endpoint, SubscriberConfig::default()).expect("subscriber connect");
@@ -169,10 +172,12 @@ impl NodeSubscriber {
                 {
                     *f.lock().unwrap() = Some(Instant::now());
                 }
+                l.store(sub.stats().total_lost(), Ordering::Relaxed);
             }
         });
         Self {
             received,
+            lost,
             first_at,
             stop,
             thread: Some(thread),
@@ -181,6 +186,10 @@ impl NodeSubscriber {
 
     fn count(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     fn first_at(&self) -> Option<Instant> {
@@ -839,4 +848,169 @@ async fn the_policy_refuses_groups_and_only_the_daemon_sets_pods_are_endpoints()
     let namespaces: Api<Namespace> = Api::all(client);
     let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
     remove_node(node);
+}
+
+/// Faults while publishing (issue 12 §2): a proxy SIGSTOPped, then one SIGKILLed and restarted
+/// as a kubelet would, while a publisher sends 200 msg/s. Only the node whose proxy failed loses
+/// messages (counted by the subscribers' envelope gaps); the others lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn a_stopped_or_killed_proxy_costs_only_its_own_node() {
+    let (client, work, kubeconfig) = installed_cluster().await;
+    let namespace = "e2e-faults";
+    let group = "faults";
+    ensure_namespace(&client, namespace).await;
+    let nodes: Vec<String> = (1..=3).map(|i| format!("fault-node-{i}")).collect();
+    for node in &nodes {
+        add_node(node);
+    }
+    let kubelet = FakeKubelet::start(
+        client.clone(),
+        namespace,
+        fanout_binary(),
+        work.path().to_path_buf(),
+    );
+    let mut controller = ControllerProcess::start(&kubeconfig, "e2e-faults", "127.0.0.1:18085", work.path());
+    let manifest = format!(
+        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n  heartbeatSeconds: 1\n"
+    );
+    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pods = eventually(
+        Duration::from_secs(60),
+        "a ready proxy on each of 3 nodes",
+        || async {
+            let pods = ready_pods(&client, namespace, group).await;
+            (pods.len() == 3).then_some(pods)
+        },
+    )
+    .await;
+    let pod_on: BTreeMap<String, String> = pods
+        .iter()
+        .map(|(pod, (node, _))| (node.clone(), pod.clone()))
+        .collect();
+    let socket = |node: &str| {
+        let path = kubelet.host_path(
+            node,
+            &format!("/var/run/fanout/{namespace}.{group}/{namespace}.{group}.sock"),
+        );
+        format!("ipc://{}", path.display())
+    };
+    let subscribers: BTreeMap<String, NodeSubscriber> = nodes
+        .iter()
+        .map(|n| (n.clone(), NodeSubscriber::start(socket(n))))
+        .collect();
+    let publisher = Publisher::new(PublisherConfig::default()).unwrap();
+    publisher
+        .follow(Box::new(
+            GroupSource::new(Some(namespace.into()), group.into(), GroupObject::Slices)
+                .with_client(client.clone()),
+        ))
+        .unwrap();
+    let publishing = PublishLoop::start(publisher);
+    let want = expected_endpoints(&pods, 7100);
+    eventually(
+        Duration::from_secs(20),
+        "the publisher connected to all 3 proxies",
+        || async { (publishing.publisher.connected() == want).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "messages on every node", || async {
+        subscribers.values().all(|s| s.count() > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let snapshot = || -> BTreeMap<String, (u64, u64)> {
+        subscribers
+            .iter()
+            .map(|(n, s)| (n.clone(), (s.count(), s.lost())))
+            .collect()
+    };
+    let steady = snapshot();
+    for (node, (_, lost)) in &steady {
+        assert_eq!(*lost, 0, "{node} lost messages in steady state");
+    }
+
+    // A: SIGSTOP for 5 s (5 heartbeat intervals), then SIGCONT.
+    let frozen = &nodes[1];
+    let before = snapshot();
+    kubelet.signal(&pod_on[frozen], libc::SIGSTOP);
+    let stopped_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = snapshot();
+    kubelet.signal(&pod_on[frozen], libc::SIGCONT);
+    let resumed_at = Instant::now();
+    let frozen_count = during[frozen].0;
+    eventually(
+        Duration::from_secs(30),
+        "the stopped proxy's node receiving again",
+        || async { (subscribers[frozen].count() > frozen_count).then_some(()) },
+    )
+    .await;
+    let receiving_again = resumed_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = snapshot();
+    for node in nodes.iter().filter(|n| *n != frozen) {
+        assert!(
+            during[node].0 > before[node].0 + 500,
+            "{node} kept receiving while {frozen} was stopped: {during:?}"
+        );
+        assert_eq!(
+            after[node].1, before[node].1,
+            "{node} lost messages while {frozen}'s proxy was stopped"
+        );
+    }
+    eprintln!(
+        "MEASURED proxy SIGSTOPped 5 s on {frozen}: others lost 0 (received {} and {} meanwhile); {frozen} lost {} by envelope gaps \
+         and received again {} ms after SIGCONT ({} ms after SIGSTOP)",
+        during[&nodes[0]].0 - before[&nodes[0]].0,
+        during[&nodes[2]].0 - before[&nodes[2]].0,
+        after[frozen].1 - before[frozen].1,
+        receiving_again.as_millis(),
+        (resumed_at.duration_since(stopped_at) + receiving_again).as_millis(),
+    );
+
+    // B: SIGKILL, restarted 1 s later (restartPolicy: Always); its old socket file is still there.
+    let killed = &nodes[2];
+    let before = snapshot();
+    kubelet.signal(&pod_on[killed], libc::SIGKILL);
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kubelet.restart(&pod_on[killed]);
+    let killed_count = subscribers[killed].count();
+    eventually(
+        Duration::from_secs(30),
+        "the killed proxy's node receiving again",
+        || async { (subscribers[killed].count() > killed_count).then_some(()) },
+    )
+    .await;
+    let recovered = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = snapshot();
+    for node in nodes.iter().filter(|n| *n != killed) {
+        assert_eq!(
+            after[node].1, before[node].1,
+            "{node} lost messages when {killed}'s proxy was killed"
+        );
+    }
+    // The subscriber's gap accounting sees the loss only once it hears the publisher again.
+    eprintln!(
+        "MEASURED proxy SIGKILLed on {killed} and restarted after 1 s: others lost 0; {killed} lost {} by envelope gaps, \
+         receiving again {} ms after the kill",
+        after[killed].1 - before[killed].1,
+        recovered.as_millis()
+    );
+    assert!(
+        after[killed].1 > before[killed].1,
+        "the killed node's loss is counted"
+    );
+
+    drop(publishing);
+    drop(subscribers);
+    kubectl_ok(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
+    controller.stop(false);
+    kubelet.stop_all();
+    for node in &nodes {
+        remove_node(node);
+    }
 }

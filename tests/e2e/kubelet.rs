@@ -19,15 +19,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// One proxy process the fake kubelet runs.
+/// One proxy process the fake kubelet runs, and how it was started (to restart it).
 struct Running {
     child: Child,
+    words: Vec<String>,
+    log: PathBuf,
 }
 
 pub struct FakeKubelet {
     task: tokio::task::JoinHandle<()>,
     running: Arc<Mutex<HashMap<String, Running>>>,
     root: PathBuf,
+    binary: PathBuf,
 }
 
 impl FakeKubelet {
@@ -37,6 +40,7 @@ impl FakeKubelet {
         let pods: Api<Pod> = Api::namespaced(client, namespace);
         let state = running.clone();
         let dir = root.clone();
+        let own_binary = binary.clone();
         let task = tokio::spawn(async move {
             let mut events = watcher(pods, watcher::Config::default().labels("fanout.dev/group"))
                 .default_backoff()
@@ -57,7 +61,12 @@ impl FakeKubelet {
         });
         // Pods that vanish without a final update (deleted while the watch restarted) are
         // caught by `sweep`.
-        Self { task, running, root }
+        Self {
+            task,
+            running,
+            root,
+            binary: own_binary,
+        }
     }
 
     /// Stops proxies whose pods no longer exist.
@@ -79,6 +88,42 @@ impl FakeKubelet {
     /// Where node `node`'s hostPath `path` lives in this test.
     pub fn host_path(&self, node: &str, path: &str) -> PathBuf {
         host_path(&self.root, node, path)
+    }
+
+    /// Sends `signal` to the proxy of pod `pod` (a fault test's SIGSTOP, SIGCONT, SIGKILL).
+    pub fn signal(&self, pod: &str, signal: i32) {
+        let running = self.running.lock().unwrap();
+        let proc = running
+            .get(pod)
+            .unwrap_or_else(|| panic!("no proxy running for pod {pod}"));
+        // SAFETY: signalling a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(proc.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", proc.child.id());
+    }
+
+    /// Reaps the proxy of `pod` if it died and starts it again with the same command line: what
+    /// a kubelet does for a container under `restartPolicy: Always`.
+    pub fn restart(&self, pod: &str) {
+        let mut running = self.running.lock().unwrap();
+        let proc = running
+            .get_mut(pod)
+            .unwrap_or_else(|| panic!("no proxy known for pod {pod}"));
+        let _ = proc.child.kill();
+        let status = proc.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&proc.log)
+            .expect("the proxy's log");
+        proc.child = Command::new(&self.binary)
+            .args(&proc.words)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("restart the proxy");
+        eprintln!(
+            "fake kubelet: proxy for pod {pod} exited ({status:?}); restarted (pid {})",
+            proc.child.id()
+        );
     }
 
     pub fn stop_all(&self) {
@@ -121,12 +166,12 @@ fn reconcile_pod(pod: &Pod, binary: &Path, root: &Path, running: &Mutex<HashMap<
         return;
     }
     match start_proxy(pod, &ip, &node, binary, root) {
-        Ok(child) => {
+        Ok(started) => {
             eprintln!(
                 "fake kubelet: started proxy for pod {name} on {node} at {ip} (pid {})",
-                child.id()
+                started.child.id()
             );
-            running.insert(name, Running { child });
+            running.insert(name, started);
         }
         Err(err) => eprintln!("fake kubelet: cannot start proxy for pod {name}: {err}"),
     }
@@ -206,7 +251,7 @@ pub fn proxy_command_line(
         .collect()
 }
 
-fn start_proxy(pod: &Pod, ip: &str, node: &str, binary: &Path, root: &Path) -> std::io::Result<Child> {
+fn start_proxy(pod: &Pod, ip: &str, node: &str, binary: &Path, root: &Path) -> std::io::Result<Running> {
     let container = pod
         .spec
         .as_ref()
@@ -223,12 +268,18 @@ fn start_proxy(pod: &Pod, ip: &str, node: &str, binary: &Path, root: &Path) -> s
             std::fs::create_dir_all(host_path(root, node, &host.path))?;
         }
     }
-    let log = std::fs::File::create(root.join(format!("{}.log", pod.name_any())))?;
-    Command::new(binary)
+    let log_path = root.join(format!("{}.log", pod.name_any()));
+    let log = std::fs::File::create(&log_path)?;
+    let child = Command::new(binary)
         .args(&words)
         .stdout(Stdio::null())
         .stderr(log)
-        .spawn()
+        .spawn()?;
+    Ok(Running {
+        child,
+        words,
+        log: log_path,
+    })
 }
 
 /// SIGTERM, then SIGKILL after a grace period, like a kubelet.
