@@ -6,7 +6,7 @@
 //! controller uses the same functions when it reads an object, so both sides agree.
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -145,6 +145,53 @@ pub struct FanoutGroupSpec {
     /// (`--allowed-priority-class`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+
+    /// Who may publish and subscribe over TCP: CURVE (authentication and encryption).
+    #[serde(default)]
+    pub security: GroupSecurity,
+}
+
+/// `spec.security`: CURVE on the proxies' TCP ports.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.curve || (!has(self.allowedPublishers) && !has(self.allowedSubscribers))").message("allowedPublishers and allowedSubscribers need curve: true"),
+)]
+pub struct GroupSecurity {
+    /// Make the publisher port (and the TCP subscriber port) CURVE servers: the controller
+    /// creates the group's key pair in the Secret `<name>-curve`, mounts it into the proxies
+    /// and publishes the public key with the endpoint list (annotation
+    /// `fanout.dev/curve-public-key` on the EndpointSlices, key `curve-public-key` in the
+    /// ConfigMap, `status.curvePublicKey`). Only keys in `allowedPublishers` may publish.
+    /// Off by default in this alpha API; production groups should turn it on.
+    #[serde(default)]
+    pub curve: bool,
+
+    /// The publishers' public keys: Secrets in the group's namespace labelled
+    /// `fanout.dev/public-key: "true"`, each with a `public.key` (Z85), named here or selected
+    /// by label. Followed live: a key removed here (or its Secret deleted or unlabelled) has its
+    /// connections closed once the kubelet refreshes the proxies' mounted allow-list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_publishers: Option<KeySecrets>,
+
+    /// The same for subscribers on the TCP subscriber port (`subscriberPort`). Node-local
+    /// agents on the unix socket are governed by its file mode and group, not by CURVE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_subscribers: Option<KeySecrets>,
+}
+
+/// Public-key Secrets, by name or by label (either or both; the union counts).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeySecrets {
+    /// Names of Secrets in the group's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 253)))]
+    pub secret_names: Vec<String>,
+    /// A label selector over the Secrets in the group's namespace (beside the required
+    /// `fanout.dev/public-key: "true"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
 }
 
 /// What the controller observed and published for a group.
@@ -168,6 +215,13 @@ pub struct FanoutGroupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// With `security.curve`: the proxies' CURVE public key (Z85), what publishers connect with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve_public_key: Option<String>,
+    /// Public-key Secrets that `security` names or selects but that give no usable key, each
+    /// as `<secret>: <why>`. Those keys are not admitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unresolved_keys: Vec<String>,
 }
 
 pub fn default_publisher_port() -> i32 {
@@ -215,6 +269,7 @@ impl Default for FanoutGroupSpec {
             config_map: true,
             resources: None,
             priority_class_name: None,
+            security: GroupSecurity::default(),
         }
     }
 }

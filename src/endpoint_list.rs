@@ -5,7 +5,7 @@
 //! - the labels and the `managed-by` value of the group's EndpointSlices, the name of the
 //!   port publishers connect to;
 //! - the name and key of the `<group>-endpoints` ConfigMap and its format (one `tcp://IP:PORT`
-//!   a line, sorted);
+//!   a line, sorted), and where the proxies' CURVE public key is published;
 //! - the [`Endpoint`] type, a ZeroMQ endpoint checked once when it is made, and how an
 //!   address renders as one;
 //! - the one rule for which slice endpoints count as published ([`is_published`]).
@@ -29,6 +29,10 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const PUBLISH_PORT_NAME: &str = "publish";
 /// Key of the ConfigMap entry that holds one `tcp://IP:PORT` a line.
 pub const CONFIGMAP_KEY: &str = "endpoints";
+/// With `security.curve`: the ConfigMap entry and the EndpointSlice annotation that hold the
+/// proxies' CURVE public key (Z85), which publishers connect with.
+pub const CONFIGMAP_CURVE_KEY: &str = "curve-public-key";
+pub const CURVE_PUBLIC_KEY_ANNOTATION: &str = "fanout.dev/curve-public-key";
 
 /// Name of the ConfigMap that lists a group's ready proxies.
 pub fn configmap_name(group: &str) -> String {

@@ -25,6 +25,9 @@ pub enum Error {
     #[error(transparent)]
     Probe(#[from] crate::probe::ProbeError),
     #[cfg(feature = "kubernetes")]
+    #[error(transparent)]
+    GroupKey(#[from] crate::membership::kubernetes::GroupKeyError),
+    #[cfg(feature = "kubernetes")]
     #[error("cannot render the CRD: {0}")]
     Crd(#[from] serde_norway::Error),
     #[cfg(feature = "controller")]

@@ -107,6 +107,7 @@ struct State {
     daemon_sets: Vec<DaemonSet>,
     services: Vec<Service>,
     config_maps: Vec<ConfigMap>,
+    secrets: Vec<k8s_openapi::api::core::v1::Secret>,
 }
 
 /// Runs one reconcile of `group` over `state` against a mock API server that answers every
@@ -196,6 +197,7 @@ async fn reconcile_with(
         daemon_sets: store_of(state.daemon_sets),
         services: store_of(state.services),
         config_maps: store_of(state.config_maps),
+        secrets: store_of(state.secrets),
     };
     let recorder = Recorder::new(
         client.clone(),
@@ -303,6 +305,40 @@ async fn first_reconcile_applies_children_in_order_then_status_then_event() {
     assert_eq!(seen[5].body["reason"], "ProxiesJoined");
 }
 
+#[tokio::test]
+async fn a_curve_group_creates_its_key_pair_and_allow_list_before_the_proxies() {
+    let mut curve = group(None);
+    curve.spec.security.curve = true;
+    let state = State {
+        daemon_sets: vec![existing_daemon_set()],
+        ..State::default()
+    };
+    let (result, seen) = reconcile_once(curve, state).await;
+    assert_eq!(result, Ok(()));
+    let lines: Vec<String> = seen.iter().take(3).map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "POST /api/v1/namespaces/net/secrets",
+            "PATCH /api/v1/namespaces/net/configmaps/updates-curve-allow",
+            "PATCH /apis/apps/v1/namespaces/net/daemonsets/updates",
+        ]
+    );
+    let secret = &seen[0].body;
+    assert_eq!(secret["metadata"]["name"], "updates-curve");
+    assert_eq!(secret["immutable"], true);
+    assert_eq!(secret["metadata"]["labels"]["fanout.dev/public-key"], "true");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "FanoutGroup");
+    let public = secret["stringData"]["public.key"].as_str().unwrap();
+    let private = secret["stringData"]["secret.key"].as_str().unwrap();
+    let pair = fanout::curve::SecretKey::from_z85(private).unwrap();
+    assert_eq!(
+        pair.public_key().unwrap(),
+        fanout::curve::PublicKey::from_z85(public).unwrap(),
+        "a real key pair"
+    );
+}
+
 /// The caches as they are after the first reconcile's writes landed.
 async fn settled() -> (FanoutGroup, State) {
     let pods = vec![pod("p1", "10.0.0.1", true), pod("p2", "10.0.0.2", true)];
@@ -326,6 +362,7 @@ async fn settled() -> (FanoutGroup, State) {
         daemon_sets: vec![cached_daemon_set(body_of(&seen, "daemonsets/updates"))],
         services: vec![body_of(&seen, "services/updates")],
         config_maps: vec![body_of(&seen, "configmaps/updates-endpoints")],
+        secrets: Vec::new(),
     };
     // The second pass sees the DaemonSet in the cache, so the conditions move once more.
     let (result, seen) = reconcile_warm(group(Some(status.clone())), state.clone()).await;

@@ -62,9 +62,11 @@ pub struct PublishArgs {
 pub struct CurveClientArgs {
     /// CURVE: our secret key (Z85, from `fanout keygen`; not readable by others). Our public
     /// key, derived from it, must be in the proxy's allow-list.
-    #[arg(long, value_name = "FILE", requires = "proxy_public_key")]
+    #[arg(long, value_name = "FILE")]
     pub curve_secret_key_file: Option<PathBuf>,
-    /// CURVE: the proxy's public key (Z85); a server with another key is refused.
+    /// CURVE: the proxy's public key (Z85); a server with another key is refused. With
+    /// `fanout publish --group` it may be left out: the key the controller publishes with the
+    /// group's EndpointSlices is used.
     // Z85 has '-' in its alphabet, so about one key in 85 starts with it: a value, not a flag.
     #[arg(
         long,
@@ -76,11 +78,25 @@ pub struct CurveClientArgs {
 }
 
 impl CurveClientArgs {
-    pub fn client(&self) -> crate::Result<Option<crate::curve::CurveClient>> {
-        match (&self.curve_secret_key_file, self.proxy_public_key) {
-            (Some(file), Some(server)) => Ok(Some(crate::curve::CurveClient::from_files(file, server)?)),
-            _ => Ok(None),
-        }
+    /// The CURVE client the flags ask for, `published` being the group's published server key
+    /// when `--proxy-public-key` is absent (None: nowhere to learn it from).
+    pub fn client(
+        &self,
+        published: impl FnOnce() -> crate::Result<Option<crate::curve::PublicKey>>,
+    ) -> crate::Result<Option<crate::curve::CurveClient>> {
+        let Some(file) = &self.curve_secret_key_file else {
+            return Ok(None);
+        };
+        let server = match self.proxy_public_key {
+            Some(server) => server,
+            None => published()?.ok_or_else(|| {
+                crate::Error::InvalidArgument(
+                    "--curve-secret-key-file needs --proxy-public-key (or, for fanout publish, --group)"
+                        .into(),
+                )
+            })?,
+        };
+        Ok(Some(crate::curve::CurveClient::from_files(file, server)?))
     }
 }
 
@@ -117,7 +133,19 @@ impl PublishArgs {
             wait_membership: seconds("wait-membership", self.wait_membership)?,
             settle: seconds("settle", self.settle)?,
             linger: seconds("linger", self.linger)?,
-            curve: self.curve.client()?,
+            curve: self.curve.client(|| match &self.group {
+                // The proxies' key as the controller publishes it with the group.
+                Some(group) => {
+                    let wait = seconds("wait-membership", self.wait_membership)?;
+                    let found = crate::runtime::block_on(kubernetes::group_server_key(
+                        self.namespace.clone(),
+                        group,
+                        wait,
+                    ))??;
+                    Ok(Some(found))
+                }
+                None => Ok(None),
+            })?,
             http: self.http,
         };
         Ok(crate::publisher::command::run(run)?)

@@ -62,7 +62,7 @@ impl SubscribeArgs {
             hwm: self.hwm,
             quiet: self.quiet,
             stats_every,
-            curve: self.curve.client()?,
+            curve: self.curve.client(|| Ok(None))?,
         })?)
     }
 }

@@ -1,15 +1,16 @@
 //! The watch caches the reconciler reads, and one group's objects picked out of them: the
 //! input of the plan. Which objects are a group's is decided here and nowhere else:
 //! - proxy pods: in the group's namespace, labelled `fanout.dev/group: <name>`;
-//! - children (DaemonSet, Service, EndpointSlices, ConfigMap): that, and also labelled
-//!   `app.kubernetes.io/managed-by: fanout-controller`, so that nothing anyone else labels
-//!   with the group is ever pruned.
+//! - children (DaemonSet, Service, EndpointSlices, ConfigMaps, the server key Secret): that,
+//!   and also labelled `app.kubernetes.io/managed-by: fanout-controller`, so that nothing
+//!   anyone else labels with the group is ever pruned;
+//! - key Secrets: every Secret of the group's namespace labelled `fanout.dev/public-key`.
 
 use super::error::Error;
 use super::objects::{FIELD_MANAGER, GroupId, MANAGED_BY_LABEL};
 use crate::endpoint_list::GROUP_LABEL;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
@@ -28,6 +29,8 @@ pub struct Caches {
     pub daemon_sets: Store<DaemonSet>,
     pub services: Store<Service>,
     pub config_maps: Store<ConfigMap>,
+    /// Public-key Secrets (`keys::secret_watch_selector`), only their `public.key` kept.
+    pub secrets: Store<Secret>,
 }
 
 impl Caches {
@@ -39,6 +42,7 @@ impl Caches {
                 && self.daemon_sets.wait_until_ready().await.is_ok()
                 && self.services.wait_until_ready().await.is_ok()
                 && self.config_maps.wait_until_ready().await.is_ok()
+                && self.secrets.wait_until_ready().await.is_ok()
         };
         match tokio::time::timeout(CACHE_SYNC_TIMEOUT, all).await {
             Ok(true) => Ok(()),
@@ -59,6 +63,11 @@ impl Caches {
             services: sorted(self.services.state_filter(|o| owned(&o.metadata))),
             slices: sorted(self.slices.state_filter(|o| owned(&o.metadata))),
             config_maps: sorted(self.config_maps.state_filter(|o| owned(&o.metadata))),
+            key_secrets: sorted(
+                self.secrets.state_filter(|secret| {
+                    secret.metadata.namespace.as_deref() == Some(id.namespace.as_str())
+                }),
+            ),
         }
     }
 }
@@ -71,6 +80,9 @@ pub struct Children {
     pub services: Vec<Arc<Service>>,
     pub slices: Vec<Arc<EndpointSlice>>,
     pub config_maps: Vec<Arc<ConfigMap>>,
+    /// Every public-key Secret of the group's namespace (not only its children: the
+    /// publishers' keys too), with only `public.key` in their data.
+    pub key_secrets: Vec<Arc<Secret>>,
 }
 
 /// The object called `name` in `objects`.

@@ -26,6 +26,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Unrealisable(#[from] Unrealisable),
+    #[error("cannot make the group's CURVE key pair: {0}")]
+    KeyGeneration(#[source] crate::curve::CurveError),
 }
 
 impl Error {
@@ -61,6 +63,7 @@ impl Error {
             Error::CacheNotSynced(_) => "cache_not_synced".into(),
             Error::Serialise { .. } => "serialise".into(),
             Error::Unrealisable(problem) => problem.reason().into(),
+            Error::KeyGeneration(_) => "key_generation".into(),
         }
     }
 }

@@ -20,6 +20,7 @@
 pub mod apply;
 pub mod children;
 pub mod error;
+pub mod keys;
 pub mod leader;
 pub mod memory;
 pub mod metrics;

@@ -4,14 +4,20 @@
 //! Longer than 500 lines for a reason: more than half of it is tests, and the DaemonSet is one
 //! pod spec's worth of fields that a reader should see in one place.
 
+use super::keys::{
+    ALLOW_LIST_MOUNT, ALLOW_PUBLISHERS_KEY, ALLOW_SUBSCRIBERS_KEY, SERVER_KEY_MOUNT,
+    allow_list_configmap_name, server_secret_name,
+};
 use super::policy::{Admitted, Refused};
 use crate::crd::FanoutGroup;
-use crate::endpoint_list::{CONFIGMAP_KEY, GROUP_LABEL, PUBLISH_PORT_NAME};
+use crate::curve::SECRET_KEY_FILE;
+use crate::endpoint_list::{CONFIGMAP_CURVE_KEY, CONFIGMAP_KEY, GROUP_LABEL, PUBLISH_PORT_NAME};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ContainerPort, HTTPGetAction, HostPathVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, Service, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+    HostPathVolumeSource, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -46,6 +52,9 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 30;
 pub const PREPARE_SOCKET_DIR_CONTAINER: &str = "prepare-socket-dir";
 /// Volume (hostPath `spec.socketDir`) holding the subscriber socket.
 pub const SOCKET_DIR_VOLUME: &str = "socket-dir";
+/// Volumes of the server secret key and of the allow-lists (`security.curve`).
+pub const SERVER_KEY_VOLUME: &str = "curve-key";
+pub const ALLOW_LIST_VOLUME: &str = "curve-allow";
 
 /// Why a group cannot be turned into objects. Reported as the `Degraded` reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +70,9 @@ pub enum Unrealisable {
     InvalidName(String),
     #[error("publisherPort {0} is not a TCP port")]
     InvalidPort(i32),
+    /// `security.curve` and a Secret of the server key's name that is no usable key of ours.
+    #[error("{0}")]
+    CurveKeyUnusable(String),
 }
 
 impl Unrealisable {
@@ -71,6 +83,7 @@ impl Unrealisable {
             Unrealisable::MissingMetadata(_) => "MissingMetadata",
             Unrealisable::InvalidName(_) => "InvalidName",
             Unrealisable::InvalidPort(_) => "InvalidPort",
+            Unrealisable::CurveKeyUnusable(_) => "CurveKeyUnusable",
         }
     }
 }
@@ -211,7 +224,64 @@ pub fn proxy_args(group: &FanoutGroup, id: &GroupId, socket_dir: &str) -> Vec<St
         "--heartbeat".to_string(),
         spec.heartbeat_seconds.to_string(),
     ]);
+    if spec.security.curve {
+        args.extend([
+            "--curve-secret-key-file".to_string(),
+            format!("{SERVER_KEY_MOUNT}/{SECRET_KEY_FILE}"),
+            "--allow-publishers-file".to_string(),
+            format!("{ALLOW_LIST_MOUNT}/{ALLOW_PUBLISHERS_KEY}"),
+        ]);
+        if spec.subscriber_port.is_some() {
+            args.extend([
+                "--allow-subscribers-file".to_string(),
+                format!("{ALLOW_LIST_MOUNT}/{ALLOW_SUBSCRIBERS_KEY}"),
+            ]);
+        }
+    }
     args
+}
+
+/// With `security.curve`: the volumes of the server secret key (read-only, 0440 to the pod's
+/// fsGroup, the proxy's own group) and of the allow-lists, and where the proxy mounts them.
+fn curve_volumes(id: &GroupId) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let volumes = vec![
+        Volume {
+            name: SERVER_KEY_VOLUME.to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(server_secret_name(&id.name)),
+                // Only the secret half reaches the pod; 0400 becomes 0440 with the fsGroup.
+                items: Some(vec![KeyToPath {
+                    key: SECRET_KEY_FILE.to_string(),
+                    path: SECRET_KEY_FILE.to_string(),
+                    mode: Some(0o400),
+                }]),
+                default_mode: Some(0o400),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: ALLOW_LIST_VOLUME.to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: allow_list_configmap_name(&id.name),
+                default_mode: Some(0o444),
+                optional: Some(false),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    let mounts = vec![
+        mount(SERVER_KEY_VOLUME, SERVER_KEY_MOUNT),
+        mount(ALLOW_LIST_VOLUME, ALLOW_LIST_MOUNT),
+    ];
+    (volumes, mounts)
 }
 
 /// Group and mode the socket directory gets: `socketGroup` with setgid when set, otherwise
@@ -332,6 +402,11 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         ports.push(tcp_port(SUBSCRIBE_PORT_NAME, port));
     }
     ports.push(tcp_port(HTTP_PORT_NAME, spec.http_port));
+    let (curve_volumes, curve_mounts) = if spec.security.curve {
+        curve_volumes(&id)
+    } else {
+        (Vec::new(), Vec::new())
+    };
 
     let container = Container {
         name: PROXY_CONTAINER.to_string(),
@@ -355,19 +430,27 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
             seccomp_profile: Some(runtime_default_seccomp()),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![socket_dir_mount(&admitted.socket_dir)]),
+        volume_mounts: Some(
+            std::iter::once(socket_dir_mount(&admitted.socket_dir))
+                .chain(curve_mounts)
+                .collect(),
+        ),
         ..Container::default()
     };
 
+    let pod_security = PodSecurityContext {
+        // With `socketGroup` every container of the pod has the group: the init container needs
+        // it for the kernel to keep setgid when it chmods the directory (it lacks CAP_FSETID).
+        supplemental_groups: spec.socket_group.map(|gid| vec![gid]),
+        // With CURVE the proxy's group reads the mounted secret key (the kubelet makes the
+        // Secret volume's files root:fsGroup 0440; fsGroup does not touch hostPath volumes).
+        fs_group: spec.security.curve.then_some(PROXY_UID),
+        ..PodSecurityContext::default()
+    };
     let pod = PodSpec {
         init_containers: Some(vec![prepare_socket_dir_container(group, admitted)]),
         containers: vec![container],
-        // With `socketGroup` every container of the pod has the group: the init container needs
-        // it for the kernel to keep setgid when it chmods the directory (it lacks CAP_FSETID).
-        security_context: spec.socket_group.map(|gid| PodSecurityContext {
-            supplemental_groups: Some(vec![gid]),
-            ..PodSecurityContext::default()
-        }),
+        security_context: (pod_security != PodSecurityContext::default()).then_some(pod_security),
         host_network: spec.host_network.then_some(true),
         // With hostNetwork the pod still resolves cluster names.
         dns_policy: spec.host_network.then(|| "ClusterFirstWithHostNet".to_string()),
@@ -377,14 +460,18 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        volumes: Some(vec![Volume {
-            name: SOCKET_DIR_VOLUME.to_string(),
-            host_path: Some(HostPathVolumeSource {
-                path: admitted.socket_dir.clone(),
-                type_: Some("DirectoryOrCreate".to_string()),
-            }),
-            ..Volume::default()
-        }]),
+        volumes: Some(
+            std::iter::once(Volume {
+                name: SOCKET_DIR_VOLUME.to_string(),
+                host_path: Some(HostPathVolumeSource {
+                    path: admitted.socket_dir.clone(),
+                    type_: Some("DirectoryOrCreate".to_string()),
+                }),
+                ..Volume::default()
+            })
+            .chain(curve_volumes)
+            .collect(),
+        ),
         ..PodSpec::default()
     };
 
@@ -440,12 +527,39 @@ pub fn headless_service(group: &FanoutGroup) -> Result<Service, Unrealisable> {
     })
 }
 
-/// The ConfigMap `<name>-endpoints` with the given (already rendered) endpoint list.
-pub fn endpoints_configmap(group: &FanoutGroup, endpoints: String) -> Result<ConfigMap, Unrealisable> {
+/// The ConfigMap `<name>-endpoints` with the given (already rendered) endpoint list, and the
+/// proxies' CURVE public key when the group has one.
+pub fn endpoints_configmap(
+    group: &FanoutGroup,
+    endpoints: String,
+    server_key: Option<&crate::curve::PublicKey>,
+) -> Result<ConfigMap, Unrealisable> {
     let id = GroupId::of(group)?;
+    let mut data = BTreeMap::from([(CONFIGMAP_KEY.to_string(), endpoints)]);
+    if let Some(key) = server_key {
+        data.insert(CONFIGMAP_CURVE_KEY.to_string(), key.to_z85());
+    }
     Ok(ConfigMap {
         metadata: child_meta(group, &id, id.configmap_name(), Component::EndpointList)?,
-        data: Some(BTreeMap::from([(CONFIGMAP_KEY.to_string(), endpoints)])),
+        data: Some(data),
+        ..ConfigMap::default()
+    })
+}
+
+/// The ConfigMap `<name>-curve-allow` that the proxies mount and follow: the publishers' and
+/// the subscribers' allow-lists, rendered (`keys::allow_list`).
+pub fn allow_list_configmap(
+    group: &FanoutGroup,
+    publishers: String,
+    subscribers: String,
+) -> Result<ConfigMap, Unrealisable> {
+    let id = GroupId::of(group)?;
+    Ok(ConfigMap {
+        metadata: child_meta(group, &id, allow_list_configmap_name(&id.name), Component::Proxy)?,
+        data: Some(BTreeMap::from([
+            (ALLOW_PUBLISHERS_KEY.to_string(), publishers),
+            (ALLOW_SUBSCRIBERS_KEY.to_string(), subscribers),
+        ])),
         ..ConfigMap::default()
     })
 }
@@ -786,7 +900,7 @@ mod tests {
         let g = group(FanoutGroupSpec::default());
         let ds = build(&g);
         let svc = headless_service(&g).unwrap();
-        let cm = endpoints_configmap(&g, String::new()).unwrap();
+        let cm = endpoints_configmap(&g, String::new(), None).unwrap();
         for meta in [&ds.metadata, &svc.metadata, &cm.metadata] {
             let labels = meta.labels.as_ref().unwrap();
             assert_eq!(labels[GROUP_LABEL], "updates");

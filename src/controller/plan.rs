@@ -6,19 +6,20 @@
 //! Events. The modules it draws on stay small and pure as well: `objects` (DaemonSet, Service,
 //! ConfigMap), `slices` (pods → endpoints → EndpointSlices), `status`, `notices`.
 
-use super::children::{Children, named};
+use super::children::{Children, is_child, named};
+use super::keys::{self, ServerKey};
 use super::notices::{Notice, notices};
 use super::objects::{self, GroupId, Unrealisable};
 use super::policy::ProxyPolicy;
 use super::slices::{self, ExistingSlice, ProxyEndpoint};
 use super::status::{Observed, Problem, compute_status};
 use crate::crd::{FanoutGroup, FanoutGroupStatus};
-use crate::endpoint_list;
+use crate::endpoint_list::{self, CURVE_PUBLIC_KEY_ANNOTATION};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -85,6 +86,12 @@ pub struct Plan {
     pub slices: Vec<PlannedSlice>,
     /// `None` with `spec.configMap: false` (the existing one is then pruned).
     pub config_map: Option<Desired<ConfigMap>>,
+    /// With `security.curve`: the server key Secret to create (named; the writer makes the
+    /// key pair, so that no secret key passes through a plan), when there is none yet.
+    pub create_server_key: Option<String>,
+    /// With `security.curve`: the allow-lists the proxies follow (written before the
+    /// DaemonSet, whose pods mount it).
+    pub allow_list: Option<Desired<ConfigMap>>,
     /// Children of the group that this plan does not want: apply, then prune (stackable's
     /// `ClusterResources`), every prunable kind in one place.
     pub prune: Vec<ChildRef>,
@@ -168,11 +175,33 @@ pub fn plan(
         .ok_or(Unrealisable::InvalidPort(spec.publisher_port))?;
     let mut kept: BTreeSet<(ChildKind, &str)> = BTreeSet::new();
 
+    // CURVE: the group's key pair and the allow-lists.
+    let curve = spec
+        .security
+        .curve
+        .then(|| plan_curve(group, id, children))
+        .transpose()?;
+    let allow_list_name = keys::allow_list_configmap_name(&id.name);
+    if curve.is_some() {
+        kept.insert((ChildKind::ConfigMap, allow_list_name.as_str()));
+    }
+    let server_key = curve.as_ref().and_then(|curve| match &curve.server_key {
+        ServerKey::Ready(key) => Some(*key),
+        _ => None,
+    });
+
     // The proxies (or the problem that prevents them; the existing DaemonSet is kept then).
-    let built = policy
-        .admit(spec, &id.namespace, &id.name)
-        .map_err(Unrealisable::from)
-        .and_then(|admitted| objects::daemon_set(group, &admitted));
+    let unusable_key = curve.as_ref().and_then(|curve| match &curve.server_key {
+        ServerKey::Unusable(why) => Some(Unrealisable::CurveKeyUnusable(why.clone())),
+        _ => None,
+    });
+    let built = match unusable_key {
+        Some(unusable) => Err(unusable),
+        None => policy
+            .admit(spec, &id.namespace, &id.name)
+            .map_err(Unrealisable::from)
+            .and_then(|admitted| objects::daemon_set(group, &admitted)),
+    };
     let (daemon_set, problem) = match built {
         Ok(ds) => (Some(Desired::new(ds, &children.daemon_sets)), None),
         Err(unrealisable) => (
@@ -199,7 +228,15 @@ pub fn plan(
     let per_slice = usize::try_from(spec.endpoints_per_slice).unwrap_or(1);
     let mut planned = Vec::new();
     for slice_plan in slices::plan_slices(&id.name, endpoints.clone(), &existing, per_slice) {
-        let slice = Desired::new(slices::endpoint_slice(group, &slice_plan)?, &children.slices);
+        let mut object = slices::endpoint_slice(group, &slice_plan)?;
+        if let Some(key) = &server_key {
+            object
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(CURVE_PUBLIC_KEY_ANNOTATION.to_string(), key.to_z85());
+        }
+        let slice = Desired::new(object, &children.slices);
         let newly_ready_since = slices::newly_ready(&slice_plan, slice.cached.as_deref())
             .into_iter()
             .filter_map(|endpoint| endpoint.ready_since)
@@ -221,7 +258,7 @@ pub fn plan(
         kept.insert((ChildKind::ConfigMap, configmap_name.as_str()));
         let list = slices::endpoint_list(&endpoints, port);
         Some(Desired::new(
-            objects::endpoints_configmap(group, list)?,
+            objects::endpoints_configmap(group, list, server_key.as_ref())?,
             &children.config_maps,
         ))
     } else {
@@ -236,18 +273,71 @@ pub fn plan(
         daemon_set: named(&children.daemon_sets, &id.name).map(|ds| ds.as_ref()),
         published_endpoints,
         problem: problem.clone(),
+        curve_public_key: server_key.map(|key| key.to_z85()),
+        unresolved_keys: curve
+            .as_ref()
+            .map(|curve| curve.unresolved.clone())
+            .unwrap_or_default(),
     };
     let (before, after) = published_pods(children, &endpoints);
     let report = report(group, &observed, (&before, &after), now);
+    let (create_server_key, allow_list) = match curve {
+        Some(curve) => (
+            (curve.server_key == ServerKey::Missing).then(|| keys::server_secret_name(&id.name)),
+            Some(curve.allow_list),
+        ),
+        None => (None, None),
+    };
     Ok(Plan {
         daemon_set,
         service,
         slices: planned,
         config_map,
+        create_server_key,
+        allow_list,
         prune,
         report,
         published_endpoints,
         problem,
+    })
+}
+
+/// The CURVE part of a plan: the state of the server key and the allow-lists.
+struct CurvePlan {
+    server_key: ServerKey,
+    allow_list: Desired<ConfigMap>,
+    /// Key Secrets named or selected that give no key, both lists together.
+    unresolved: Vec<String>,
+}
+
+fn plan_curve(group: &FanoutGroup, id: &GroupId, children: &Children) -> Result<CurvePlan, Unrealisable> {
+    let secrets = &children.key_secrets;
+    // Any group's key pair is a child of the controller; a client key never is.
+    let is_server_key = |secret: &Secret| {
+        secret.labels().get(objects::MANAGED_BY_LABEL).map(String::as_str) == Some(objects::FIELD_MANAGER)
+    };
+    let server_key = keys::server_key(&id.name, secrets, |secret| {
+        is_child(&secret.metadata, id) && is_server_key(secret)
+    });
+    let security = &group.spec.security;
+    let publishers = keys::allow_list(security.allowed_publishers.as_ref(), secrets, is_server_key);
+    let subscribers = keys::allow_list(security.allowed_subscribers.as_ref(), secrets, is_server_key);
+    let tagged = |side: &str, list: &keys::AllowList| {
+        list.unresolved
+            .iter()
+            .map(|why| format!("{side} {why}"))
+            .collect::<Vec<_>>()
+    };
+    let mut unresolved = tagged("allowedPublishers", &publishers);
+    unresolved.extend(tagged("allowedSubscribers", &subscribers));
+    let allow_list = Desired::new(
+        objects::allow_list_configmap(group, publishers.text, subscribers.text)?,
+        &children.config_maps,
+    );
+    Ok(CurvePlan {
+        server_key,
+        allow_list,
+        unresolved,
     })
 }
 
@@ -266,6 +356,13 @@ pub fn plan_problem(
         daemon_set: named(&children.daemon_sets, &id.name).map(|ds| ds.as_ref()),
         published_endpoints: group.status.as_ref().map(|s| s.published_endpoints).unwrap_or(0),
         problem: Some(problem),
+        // What the status last said about the keys stays.
+        curve_public_key: group.status.as_ref().and_then(|s| s.curve_public_key.clone()),
+        unresolved_keys: group
+            .status
+            .as_ref()
+            .map(|s| s.unresolved_keys.clone())
+            .unwrap_or_default(),
     };
     let none = BTreeSet::new();
     report(group, &observed, (&none, &none), now)
@@ -328,8 +425,10 @@ mod tests {
             config_maps: plan
                 .config_map
                 .iter()
+                .chain(plan.allow_list.iter())
                 .map(|c| Arc::new(c.object.clone()))
                 .collect(),
+            key_secrets: Vec::new(),
         }
     }
 
@@ -547,6 +646,154 @@ mod tests {
             plan_problem(&degraded, &id(), &Children::default(), problem, now()),
             Report::default(),
             "nothing new to say"
+        );
+    }
+
+    fn key_secret(name: &str, key: &str, managed: bool) -> Arc<Secret> {
+        let mut labels = std::collections::BTreeMap::from([
+            (keys::PUBLIC_KEY_LABEL.to_string(), "true".to_string()),
+            ("fanout.dev/group".to_string(), "updates".to_string()),
+        ]);
+        if managed {
+            labels.insert(objects::MANAGED_BY_LABEL.into(), objects::FIELD_MANAGER.into());
+        }
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.into());
+        secret.metadata.namespace = Some("net".into());
+        secret.metadata.labels = Some(labels);
+        secret.data = Some(std::collections::BTreeMap::from([(
+            "public.key".to_string(),
+            k8s_openapi::ByteString(key.as_bytes().to_vec()),
+        )]));
+        Arc::new(secret)
+    }
+
+    #[test]
+    fn a_curve_group_gets_its_key_pair_then_publishes_the_key_and_admits_the_named_publishers() {
+        use crate::crd::{GroupSecurity, KeySecrets};
+        let curve = group_with(FanoutGroupSpec {
+            security: GroupSecurity {
+                curve: true,
+                allowed_publishers: Some(KeySecrets {
+                    secret_names: vec!["pub-a".into(), "pub-gone".into()],
+                    selector: None,
+                }),
+                allowed_subscribers: None,
+            },
+            ..FanoutGroupSpec::default()
+        });
+        let publisher = crate::curve::KeyPair::generate().unwrap().public.to_z85();
+        let server = crate::curve::KeyPair::generate().unwrap().public;
+        let pods = vec![pod("p1", "10.0.0.1", true)];
+        let mut children = Children {
+            pods: pods.clone(),
+            daemon_sets: vec![cached(
+                objects::daemon_set(
+                    &curve,
+                    &open_policy().admit(&curve.spec, "net", "updates").unwrap(),
+                )
+                .unwrap(),
+            )],
+            key_secrets: vec![key_secret("pub-a", &publisher, false)],
+            ..Children::default()
+        };
+        // No key pair yet: the writer is asked to make one, nothing publishes a key.
+        let first = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
+        assert_eq!(first.create_server_key.as_deref(), Some("updates-curve"));
+        let allow = &first.allow_list.as_ref().unwrap().object;
+        assert_eq!(allow.metadata.name.as_deref(), Some("updates-curve-allow"));
+        let publishers = &allow.data.as_ref().unwrap()["publishers"];
+        assert!(publishers.contains(&publisher), "{publishers}");
+        assert!(first.slices[0].slice.object.metadata.annotations.is_none());
+        let status = first.report.status.as_ref().unwrap();
+        assert_eq!(status.curve_public_key, None);
+        assert_eq!(status.unresolved_keys.len(), 1);
+        assert!(status.unresolved_keys[0].starts_with("allowedPublishers pub-gone:"));
+        let ds = first.daemon_set.as_ref().unwrap();
+        let pod_spec = ds.object.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let args = pod_spec.containers[0].args.as_ref().unwrap().join(" ");
+        assert!(
+            args.contains("--curve-secret-key-file /etc/fanout/curve/secret.key"),
+            "{args}"
+        );
+        assert!(
+            args.contains("--allow-publishers-file /etc/fanout/curve-allow/publishers"),
+            "{args}"
+        );
+        assert_eq!(pod_spec.security_context.as_ref().unwrap().fs_group, Some(65532));
+        let volumes: Vec<_> = pod_spec
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, ["socket-dir", "curve-key", "curve-allow"]);
+        let secret_volume = pod_spec.volumes.as_ref().unwrap()[1].secret.as_ref().unwrap();
+        let items = secret_volume.items.as_ref().unwrap();
+        assert_eq!(
+            (items.len(), items[0].key.as_str()),
+            (1, "secret.key"),
+            "only the secret half is mounted"
+        );
+
+        // The key pair written (it carries the group's child labels): its public half is
+        // published on every slice, in the ConfigMap and the status; no second key is made.
+        children
+            .key_secrets
+            .push(key_secret("updates-curve", &server.to_z85(), true));
+        let next = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
+        assert_eq!(next.create_server_key, None);
+        let annotations = next.slices[0].slice.object.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations["fanout.dev/curve-public-key"], server.to_z85());
+        let cm = next.config_map.as_ref().unwrap().object.data.as_ref().unwrap();
+        assert_eq!(cm["curve-public-key"], server.to_z85());
+        assert_eq!(
+            next.report.status.as_ref().unwrap().curve_public_key,
+            Some(server.to_z85())
+        );
+        // The group's own key pair never becomes a publisher, even selected by label.
+        let publishers = &next.allow_list.as_ref().unwrap().object.data.as_ref().unwrap()["publishers"];
+        assert!(!publishers.contains(&server.to_z85()));
+
+        // Turning CURVE off prunes the allow-lists (the key pair stays with the group).
+        let off = group_with(FanoutGroupSpec::default());
+        let mut written_children = written(&next, pods);
+        written_children.key_secrets = children.key_secrets.clone();
+        let plain = plan(&off, &id(), &written_children, &open_policy(), now()).unwrap();
+        assert!(plain.allow_list.is_none());
+        assert_eq!(
+            plain.prune,
+            [ChildRef {
+                kind: ChildKind::ConfigMap,
+                name: "updates-curve-allow".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_foreign_secret_in_the_key_pairs_place_stops_the_group() {
+        let curve = group_with(FanoutGroupSpec {
+            security: crate::crd::GroupSecurity {
+                curve: true,
+                ..Default::default()
+            },
+            ..FanoutGroupSpec::default()
+        });
+        let planted = crate::curve::KeyPair::generate().unwrap().public.to_z85();
+        let children = Children {
+            key_secrets: vec![key_secret("updates-curve", &planted, false)],
+            ..Children::default()
+        };
+        let refused = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
+        assert!(refused.daemon_set.is_none());
+        assert_eq!(refused.create_server_key, None, "nothing overwrites it");
+        assert_eq!(refused.problem.as_ref().unwrap().reason, "CurveKeyUnusable");
+        assert!(
+            refused
+                .slices
+                .iter()
+                .all(|s| s.slice.object.metadata.annotations.is_none())
         );
     }
 }

@@ -29,6 +29,10 @@ pub struct Observed<'a> {
     /// Ready endpoints published (all families).
     pub published_endpoints: i32,
     pub problem: Option<Problem>,
+    /// The group's CURVE public key as published (Z85), with `security.curve`.
+    pub curve_public_key: Option<String>,
+    /// Key Secrets named or selected that give no key, `<secret>: <why>`.
+    pub unresolved_keys: Vec<String>,
 }
 
 fn condition(type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
@@ -173,6 +177,8 @@ pub fn compute_status(
         ready_proxies: ready,
         published_endpoints: observed.published_endpoints,
         conditions,
+        curve_public_key: observed.curve_public_key.clone(),
+        unresolved_keys: observed.unresolved_keys.clone(),
     }
 }
 
@@ -231,6 +237,7 @@ mod tests {
             daemon_set: Some(&d),
             published_endpoints: 3,
             problem: None,
+            ..Observed::default()
         };
         let status = compute_status(&observed, None, t(100));
         assert_eq!(
@@ -261,6 +268,7 @@ mod tests {
             daemon_set: Some(&d),
             published_endpoints: 1,
             problem: None,
+            ..Observed::default()
         };
         let status = compute_status(&observed, None, t(100));
         assert_eq!(
@@ -290,6 +298,7 @@ mod tests {
             daemon_set: Some(&d),
             published_endpoints: 3,
             problem: None,
+            ..Observed::default()
         };
         let status = compute_status(&observed, None, t(100));
         assert_eq!(status.conditions[2].reason, "ProxiesUnavailable");
@@ -306,6 +315,7 @@ mod tests {
                 reason: "NoProxyImage".into(),
                 message: "no image".into(),
             }),
+            ..Observed::default()
         };
         let status = compute_status(&observed, None, t(100));
         assert_eq!(
@@ -342,6 +352,7 @@ mod tests {
             daemon_set: Some(&d),
             published_endpoints: 2,
             problem: None,
+            ..Observed::default()
         };
         let first = compute_status(&observed, None, t(100));
         let again = compute_status(&observed, Some(&first), t(200));

@@ -11,10 +11,10 @@ use crate::endpoint_list::GROUP_LABEL;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{PredicateConfig, WatchStreamExt, applier, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -78,6 +78,43 @@ where
         .boxed()
 }
 
+/// Watches the public-key Secrets (`keys::secret_watch_selector`) into `writer`'s cache,
+/// keeping only their `public.key`, and maps every change to the CURVE groups of the Secret's
+/// namespace (a key Secret may be named or selected by any of them).
+fn key_secret_trigger(
+    api: Api<Secret>,
+    writer: Writer<Secret>,
+    groups: Store<FanoutGroup>,
+) -> GroupRefStream {
+    let config = watcher::Config::default().labels(&super::keys::secret_watch_selector());
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|secret: &mut Secret| {
+            secret.managed_fields_mut().clear();
+            // Never cache a secret key: the group's own is written once by the writer and read by
+            // the proxies only; a publisher's must not be in the controller at all.
+            secret.string_data = None;
+            if let Some(data) = secret.data.as_mut() {
+                data.retain(|key, _| key == crate::curve::PUBLIC_KEY_FILE);
+            }
+        });
+    reflector::reflector(writer, stream)
+        .touched_objects()
+        .map_ok(move |secret: Secret| {
+            let namespace = secret.namespace();
+            futures::stream::iter(
+                groups
+                    .state()
+                    .into_iter()
+                    .filter(|group| group.spec.security.curve && group.namespace() == namespace)
+                    .map(|group| Ok(ObjectRef::from_obj(group.as_ref())))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .try_flatten()
+        .boxed()
+}
+
 pub(super) async fn run_controller(client: Client, namespace: Option<String>, leader: Leader) {
     let (groups, groups_writer) = reflector::store::<FanoutGroup>();
     let (pods, pods_writer) = reflector::store::<Pod>();
@@ -85,6 +122,7 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
     let (daemon_sets, daemon_sets_writer) = reflector::store::<DaemonSet>();
     let (services, services_writer) = reflector::store::<Service>();
     let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
+    let (secrets, secrets_writer) = reflector::store::<Secret>();
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -96,6 +134,7 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
             daemon_sets,
             services,
             config_maps,
+            secrets,
         },
         leader.policy,
         leader.leading,
@@ -141,6 +180,11 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
         child_trigger(api_for::<DaemonSet>(&client, &namespace), daemon_sets_writer),
         child_trigger(api_for::<Service>(&client, &namespace), services_writer),
         child_trigger(api_for::<ConfigMap>(&client, &namespace), config_maps_writer),
+        key_secret_trigger(
+            api_for::<Secret>(&client, &namespace),
+            secrets_writer,
+            groups.clone(),
+        ),
     ]);
 
     applier(

@@ -6,16 +6,19 @@
 //! never delivers a transient empty or partial list.
 
 use super::{Membership, MembershipError, MembershipSender, MembershipSource, deliver};
-use crate::endpoint_list::{self, configmap_members, slice_members};
+use crate::curve::PublicKey;
+use crate::endpoint_list::{self, CURVE_PUBLIC_KEY_ANNOTATION, configmap_members, slice_members};
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
+use std::time::Duration;
 
 /// Which API object a publisher follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -193,6 +196,86 @@ fn map_event<K, T>(event: watcher::Event<K>, f: impl Fn(&K) -> T) -> watcher::Ev
     }
 }
 
+/// Why the proxies' CURVE public key of a group cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupKeyError {
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error(
+        "group {group}: no EndpointSlice carries the {CURVE_PUBLIC_KEY_ANNOTATION} annotation after {waited:.0?} (is security.curve on, and a proxy ready?)"
+    )]
+    NotPublished { group: String, waited: Duration },
+    #[error("group {group}: its EndpointSlices carry different CURVE keys ({count}); refusing to guess")]
+    Conflicting { group: String, count: usize },
+    #[error("group {group}: the published CURVE key is invalid: {source}")]
+    Invalid {
+        group: String,
+        #[source]
+        source: crate::curve::CurveError,
+    },
+}
+
+/// The one CURVE key the slices publish, if any. Pure.
+pub fn published_server_key(
+    group: &str,
+    slices: &[EndpointSlice],
+) -> Result<Option<PublicKey>, GroupKeyError> {
+    let keys: BTreeSet<&str> = slices
+        .iter()
+        .filter_map(|slice| slice.annotations().get(CURVE_PUBLIC_KEY_ANNOTATION))
+        .map(|key| key.trim())
+        .collect();
+    match keys.len() {
+        0 => Ok(None),
+        1 => keys
+            .into_iter()
+            .next()
+            .map(PublicKey::from_z85)
+            .transpose()
+            .map_err(|source| GroupKeyError::Invalid {
+                group: group.to_string(),
+                source,
+            }),
+        count => Err(GroupKeyError::Conflicting {
+            group: group.to_string(),
+            count,
+        }),
+    }
+}
+
+/// The proxies' CURVE public key of group `group` in `namespace` (None: the client's default
+/// namespace), as the controller publishes it with the endpoint list, waiting up to `wait`
+/// for it to appear. Needs what following the group needs: list on EndpointSlices.
+pub async fn group_server_key(
+    namespace: Option<String>,
+    group: &str,
+    wait: Duration,
+) -> Result<PublicKey, GroupKeyError> {
+    let client = Client::try_default().await.map_err(GroupKeyError::Client)?;
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
+    let params = ListParams::default().labels(&endpoint_list::slice_selector(group));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match api.list(&params).await {
+            Ok(list) => {
+                if let Some(key) = published_server_key(group, &list.items)? {
+                    tracing::info!(%namespace, %group, server_key = %key.to_z85(), "the group's CURVE key");
+                    return Ok(key);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot list the group's EndpointSlices; retrying"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(GroupKeyError::NotPublished {
+                group: group.to_string(),
+                waited: wait,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The source a publisher uses to follow group `group` in `namespace` through the API
 /// (EndpointSlices labelled `fanout.dev/group=<group>`, ready endpoints only).
 pub fn source_for_group(
@@ -216,6 +299,47 @@ mod tests {
 
     fn entry(name: &str, members: &[&str]) -> (String, Membership) {
         (name.to_string(), set(members))
+    }
+
+    fn slice_with_key(key: Option<&str>) -> EndpointSlice {
+        let mut slice = EndpointSlice {
+            address_type: "IPv4".into(),
+            ..EndpointSlice::default()
+        };
+        if let Some(key) = key {
+            slice.metadata.annotations = Some(BTreeMap::from([(
+                CURVE_PUBLIC_KEY_ANNOTATION.to_string(),
+                key.to_string(),
+            )]));
+        }
+        slice
+    }
+
+    #[test]
+    fn the_published_server_key_is_the_one_the_slices_agree_on() {
+        let a = crate::curve::KeyPair::generate().unwrap().public;
+        let b = crate::curve::KeyPair::generate().unwrap().public;
+        let (za, zb) = (a.to_z85(), b.to_z85());
+        assert!(published_server_key("g", &[]).unwrap().is_none());
+        assert!(
+            published_server_key("g", &[slice_with_key(None)])
+                .unwrap()
+                .is_none()
+        );
+        let agreed = [
+            slice_with_key(Some(&za)),
+            slice_with_key(None),
+            slice_with_key(Some(&za)),
+        ];
+        assert_eq!(published_server_key("g", &agreed).unwrap(), Some(a));
+        assert!(matches!(
+            published_server_key("g", &[slice_with_key(Some(&za)), slice_with_key(Some(&zb))]),
+            Err(GroupKeyError::Conflicting { count: 2, .. })
+        ));
+        assert!(matches!(
+            published_server_key("g", &[slice_with_key(Some("short"))]),
+            Err(GroupKeyError::Invalid { .. })
+        ));
     }
 
     #[test]
