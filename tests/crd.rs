@@ -30,6 +30,28 @@ fn example_parses_as_a_fanout_group() {
 }
 
 #[test]
+fn secure_example_parses_with_curve_and_a_named_publisher() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/secure/fanoutgroup.yaml");
+    let text = std::fs::read_to_string(path).expect("examples/secure/fanoutgroup.yaml is readable");
+    let group: FanoutGroup = serde_norway::from_str(&text).expect("the secure example is a FanoutGroup");
+    assert!(group.spec.security.curve, "the secure example turns CURVE on");
+    let publishers = group
+        .spec
+        .security
+        .allowed_publishers
+        .expect("the secure example allows publishers");
+    assert_eq!(publishers.secret_names, ["secure-publisher-public"]);
+    // Its publisher mounts the key Secret the README tells users to create.
+    let publisher = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/secure/publisher.yaml"
+    ))
+    .expect("examples/secure/publisher.yaml is readable");
+    assert!(publisher.contains("secretName: secure-publisher-key"));
+    assert!(publisher.contains("--group=secure-updates"));
+}
+
+#[test]
 fn empty_spec_gets_the_documented_defaults() {
     let group: FanoutGroup = serde_norway::from_str(
         "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata: {name: g, namespace: ns}\nspec: {}\n",

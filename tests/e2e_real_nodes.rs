@@ -71,14 +71,25 @@ fn json(args: &[&str]) -> Value {
     serde_json::from_str(&kubectl_ok(&all)).expect("kubectl -o json")
 }
 
-/// `kubectl apply` of an example file with the image replaced by the one built here. Pods of
-/// workloads (`real_only`) go to the real nodes: on a kwok node nothing would run them.
+/// `kubectl apply` of an example file (a path under `examples/`) with the image replaced by the
+/// one built here. Pods of workloads (`real_only`) go to the real nodes: on a kwok node nothing
+/// would run them.
 fn apply_example(file: &str, image: &Images, real_only: bool) {
-    let text = std::fs::read_to_string(repo().join("examples").join(file)).unwrap();
+    apply_example_with(file, image, real_only, &[]);
+}
+
+/// `apply_example` with `edits` (each `from` must be in the file) applied first, in order: a
+/// second copy of an example under other names.
+fn apply_example_with(file: &str, image: &Images, real_only: bool, edits: &[(&str, &str)]) {
+    let mut text = std::fs::read_to_string(repo().join("examples").join(file)).unwrap();
     assert!(
-        file == "fanoutgroup.yaml" || text.contains(EXAMPLE_IMAGE),
+        file.ends_with("fanoutgroup.yaml") || text.contains(EXAMPLE_IMAGE),
         "examples/{file} no longer names {EXAMPLE_IMAGE}"
     );
+    for (from, to) in edits {
+        assert!(text.contains(from), "examples/{file} no longer has {from:?}");
+        text = text.replace(from, to);
+    }
     let mut text = text.replace(EXAMPLE_IMAGE, &image.reference());
     if real_only {
         const ANY_LINUX: &str = "kubernetes.io/os: linux";
@@ -179,6 +190,8 @@ struct Report {
     at_ms: u64,
     received: u64,
     lost: u64,
+    /// Distinct publishers (envelope publisher ids) seen so far.
+    publishers: u64,
 }
 
 fn agent_reports(pod: &str) -> Vec<Report> {
@@ -198,6 +211,7 @@ fn agent_reports(pod: &str) -> Vec<Report> {
                 at_ms: v["at_ms"].as_u64()?,
                 received: v["received"].as_u64()?,
                 lost: v["lost"].as_u64()?,
+                publishers: v["publishers"].as_u64().unwrap_or_default(),
             })
         })
         .collect()
@@ -221,8 +235,8 @@ async fn agents_receiving(agents: &BTreeMap<String, PodView>, base: &BTreeMap<St
 fn print_agents(title: &str, agents: &BTreeMap<String, PodView>) -> BTreeMap<String, Report> {
     eprintln!("{title}");
     eprintln!(
-        "  {:<8} {:<28} {:>9} {:>6} {:>6}",
-        "node", "agent", "received", "gaps", "lost"
+        "  {:<8} {:<28} {:>9} {:>6} {:>6} {:>10}",
+        "node", "agent", "received", "gaps", "lost", "publishers"
     );
     let mut out = BTreeMap::new();
     for (node, pod) in agents {
@@ -230,8 +244,8 @@ fn print_agents(title: &str, agents: &BTreeMap<String, PodView>) -> BTreeMap<Str
         let last = reports.last().copied().unwrap_or_default();
         let gaps = reports.iter().filter(|r| r.gap).count();
         eprintln!(
-            "  {node:<8} {:<28} {:>9} {gaps:>6} {:>6}",
-            pod.name, last.received, last.lost
+            "  {node:<8} {:<28} {:>9} {gaps:>6} {:>6} {:>10}",
+            pod.name, last.received, last.lost, last.publishers
         );
         out.insert(node.clone(), last);
     }
@@ -545,6 +559,10 @@ async fn user_path_on_real_nodes() {
     }
     eprintln!("[{:>6.1}s] proxy replaced, others untouched", elapsed(started));
 
+    // 5b. A CURVE group (examples/secure/) next to the plain one: only the allowed key
+    //     publishes, and revoking it cuts the publisher off (`curve_phase`).
+    curve_phase(&image, started).await;
+
     // 6. helm upgrade with a changed value rolls the controller; the new one leads and acts.
     let old_controllers: Vec<String> = controllers.iter().map(|p| p.name.clone()).collect();
     let mut args = vec![
@@ -705,4 +723,610 @@ async fn user_path_on_real_nodes() {
         "--wait=false",
     ]);
     eprintln!("[{:>6.1}s] done", elapsed(started));
+}
+
+// ---- The CURVE phase (examples/secure/) ----
+
+/// The group of `examples/secure/fanoutgroup.yaml`.
+const SECURE_GROUP: &str = "secure-updates";
+/// The allowed publisher of `examples/secure/publisher.yaml`, and the test's second copy of it
+/// with a key the group never admits.
+const GOOD_PUBLISHER: &str = "secure-publisher";
+const BAD_PUBLISHER: &str = "intruder";
+/// How long an agent must see no new message to count as having stopped receiving.
+const QUIET_WINDOW_MS: u64 = 5_000;
+
+/// `fanout keygen --out-dir DIR`: the public key (Z85), as it printed it.
+fn keygen(dir: &std::path::Path) -> String {
+    let out = run(
+        &fanout_binary(),
+        &["keygen", "--out-dir", dir.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "fanout keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let file = std::fs::read_to_string(dir.join("public.key")).unwrap();
+    assert_eq!(file.trim(), public, "keygen printed another key than it wrote");
+    assert_eq!(public.len(), 40, "a Z85 public key: {public:?}");
+    public
+}
+
+/// The decoded data of a Secret, if it exists.
+fn secret_data(namespace: &str, name: &str) -> Option<(Value, BTreeMap<String, Vec<u8>>)> {
+    let out = kubectl(&["get", "secret", name, "-n", namespace, "-o", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let raw: Value = serde_json::from_slice(&out.stdout).expect("a Secret as JSON");
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(raw.clone()).expect("a Secret");
+    let data = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    Some((raw, data))
+}
+
+/// The keys listed in an allow-list file: one Z85 key a line, `#` comments and blank lines
+/// ignored.
+fn allow_list_keys(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every sample of metric `name` on a proxy's `/metrics` (`IP:PORT`), as (labels, value).
+fn proxy_metric(addr: &str, name: &str) -> Result<Vec<(String, f64)>, String> {
+    let body = http_get(addr, "/metrics").map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = key.split_once('{').unwrap_or((key, ""));
+            (metric == name).then(|| {
+                (
+                    labels.trim_end_matches('}').to_string(),
+                    value.parse().unwrap_or(f64::NAN),
+                )
+            })
+        })
+        .collect())
+}
+
+/// The sum of the samples of `name` on `addr` whose labels contain `label` (`reason="x"`).
+fn proxy_metric_sum(addr: &str, name: &str, label: &str) -> Result<f64, String> {
+    Ok(proxy_metric(addr, name)?
+        .iter()
+        .filter(|(labels, _)| labels.contains(label))
+        .map(|(_, v)| v)
+        .sum())
+}
+
+/// `IP:httpPort` of a proxy pod.
+fn proxy_http(pod: &PodView) -> String {
+    let ip = pod.raw["status"]["podIP"].as_str().unwrap_or_default();
+    format!("{ip}:9102")
+}
+
+/// When an agent stopped receiving: the `at_ms` of its first report (after `since_ms`) that
+/// already had its final count, once `QUIET_WINDOW_MS` of reports have shown no more; and the
+/// `at_ms` of the report before it (the last message came between the two).
+fn stopped_receiving(pod: &str, since_ms: u64) -> Option<(u64, u64)> {
+    let reports: Vec<Report> = agent_reports(pod).into_iter().filter(|r| !r.gap).collect();
+    let last = *reports.last()?;
+    let first_final = reports.iter().position(|r| r.received == last.received)?;
+    let stopped = reports[first_final];
+    let before = first_final
+        .checked_sub(1)
+        .map_or(stopped.at_ms, |i| reports[i].at_ms);
+    (last.at_ms >= since_ms
+        && last.at_ms.saturating_sub(stopped.at_ms) >= QUIET_WINDOW_MS
+        && last.at_ms.saturating_sub(since_ms) >= QUIET_WINDOW_MS)
+        .then_some((before, stopped.at_ms))
+}
+
+/// On a failure inside the CURVE phase, what the cluster looked like and what the controller,
+/// the secure group's proxies and its publishers logged (before with-cluster.sh tears it down).
+struct CurveDiagnostics;
+
+impl Drop for CurveDiagnostics {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let show = |args: &[&str]| {
+            let out = kubectl(args);
+            eprintln!(
+                "---- kubectl {} ----\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        eprintln!("==== the CURVE phase failed: diagnostics ====");
+        show(&["get", "fanoutgroup", SECURE_GROUP, "-n", NAMESPACE, "-o", "yaml"]);
+        show(&[
+            "get",
+            "pods,daemonsets,deployments,configmaps,secrets,endpointslices",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "wide",
+        ]);
+        show(&[
+            "get",
+            "configmap",
+            &format!("{SECURE_GROUP}-curve-allow"),
+            "-n",
+            NAMESPACE,
+            "-o",
+            "yaml",
+        ]);
+        show(&[
+            "get",
+            "endpointslices",
+            "-n",
+            NAMESPACE,
+            "-l",
+            &format!("fanout.dev/group={SECURE_GROUP}"),
+            "-o",
+            "yaml",
+        ]);
+        show(&["get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"]);
+        // Never kubectl_ok or pods() here: a panic while unwinding would abort the process.
+        let listed = |namespace: &str, selector: &str| -> Vec<(String, String)> {
+            let out = kubectl(&["get", "pods", "-n", namespace, "-l", selector, "-o", "json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            list["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter(|p| {
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .is_some_and(|n| REAL_NODES.contains(&n))
+                })
+                .filter_map(|p| p["metadata"]["name"].as_str())
+                .map(|name| (namespace.to_string(), name.to_string()))
+                .collect()
+        };
+        let mut logged = listed(RELEASE_NAMESPACE, "app.kubernetes.io/component=controller");
+        logged.extend(listed(NAMESPACE, &format!("fanout.dev/group={SECURE_GROUP}")));
+        logged.extend(listed(
+            NAMESPACE,
+            &format!("app in ({GOOD_PUBLISHER},{BAD_PUBLISHER},secure-agent,secure-witness)"),
+        ));
+        for (namespace, pod) in logged {
+            show(&["logs", "-n", &namespace, &pod, "--all-containers", "--tail=150"]);
+        }
+        eprintln!("==== end of diagnostics ====");
+    }
+}
+
+/// Step 5b: a CURVE group (`examples/secure/`) on the real nodes. The allowed publisher reaches
+/// every agent, a publisher with a key the group does not admit reaches none, and taking the
+/// allowed key off the group cuts its publisher off; then everything of the phase is deleted.
+async fn curve_phase(image: &Images, started: Instant) {
+    let _diagnostics = CurveDiagnostics;
+    let phase_started = Instant::now();
+
+    // Keys as a user makes them, and their Secrets. The intruder's public key is in a Secret
+    // too, and the group names it, but without the fanout.dev/public-key label: the controller
+    // must not admit it (and says so in status.unresolvedKeys).
+    let keys = tempfile::tempdir().unwrap();
+    let good_dir = keys.path().join(GOOD_PUBLISHER);
+    let bad_dir = keys.path().join(BAD_PUBLISHER);
+    let good_key = keygen(&good_dir);
+    let bad_key = keygen(&bad_dir);
+    assert_ne!(good_key, bad_key);
+    for (name, dir) in [(GOOD_PUBLISHER, &good_dir), (BAD_PUBLISHER, &bad_dir)] {
+        let secret_file = format!("secret.key={}", dir.join("secret.key").display());
+        let public_file = format!("public.key={}", dir.join("public.key").display());
+        kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            &format!("{name}-key"),
+            "-n",
+            NAMESPACE,
+            "--from-file",
+            &secret_file,
+        ]);
+        kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            &format!("{name}-public"),
+            "-n",
+            NAMESPACE,
+            "--from-file",
+            &public_file,
+        ]);
+    }
+    kubectl_ok(&[
+        "label",
+        "secret",
+        &format!("{GOOD_PUBLISHER}-public"),
+        "-n",
+        NAMESPACE,
+        "fanout.dev/public-key=true",
+    ]);
+    let bad_public = format!("{BAD_PUBLISHER}-public");
+    let names_line = format!("        - {GOOD_PUBLISHER}-public\n");
+    let both_lines = format!("{names_line}        - {bad_public}\n");
+    let applied_at = now_ms();
+    apply_example_with(
+        "secure/fanoutgroup.yaml",
+        image,
+        false,
+        &[(&names_line, &both_lines)],
+    );
+    let secure_selector = format!("fanout.dev/group={SECURE_GROUP}");
+    let secure_proxies = ready_on_each_real_node(
+        NAMESPACE,
+        &secure_selector,
+        None,
+        "a ready CURVE proxy on each real node",
+    )
+    .await;
+    let proxies_ready_ms = now_ms() - applied_at;
+    for (node, pod) in &secure_proxies {
+        let args = pod.raw["spec"]["containers"][0]["args"].to_string();
+        for flag in ["--curve-secret-key-file", "--allow-publishers-file"] {
+            assert!(
+                args.contains(flag),
+                "proxy {} on {node} runs without {flag}: {args}",
+                pod.name
+            );
+        }
+    }
+    eprintln!(
+        "[{:>6.1}s] CURVE group {SECURE_GROUP}: a ready proxy on each real node {proxies_ready_ms} ms after apply",
+        elapsed(started)
+    );
+
+    // What the controller made: the server key pair it owns, its public key in three places
+    // that agree, the allow-list with the good key only, the unlabelled Secret reported.
+    let group = json(&["get", "fanoutgroup", SECURE_GROUP, "-n", NAMESPACE]);
+    let group_uid = group["metadata"]["uid"].as_str().unwrap().to_string();
+    let curve_secret = format!("{SECURE_GROUP}-curve");
+    let (raw, data) = eventually(
+        Duration::from_secs(60),
+        "the group's server key pair Secret",
+        || async { secret_data(NAMESPACE, &curve_secret) },
+    )
+    .await;
+    let owned = raw["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
+        refs.iter().any(|r| {
+            r["kind"] == "FanoutGroup" && r["name"] == SECURE_GROUP && r["uid"] == group_uid.as_str()
+        })
+    });
+    assert!(
+        owned,
+        "Secret {curve_secret} is not owned by the group: {}",
+        raw["metadata"]
+    );
+    assert!(
+        data.contains_key("secret.key"),
+        "Secret {curve_secret} has no secret.key: keys {:?}",
+        data.keys().collect::<Vec<_>>()
+    );
+    let server_key = String::from_utf8_lossy(
+        data.get("public.key")
+            .unwrap_or_else(|| panic!("Secret {curve_secret} has no public.key")),
+    )
+    .trim()
+    .to_string();
+    assert_eq!(server_key.len(), 40, "server public key {server_key:?}");
+    assert_ne!(server_key, good_key);
+    let endpoints_cm = format!("{SECURE_GROUP}-endpoints");
+    eventually(
+        Duration::from_secs(60),
+        "status.curvePublicKey, every slice's annotation and the endpoints ConfigMap naming the server key",
+        || async {
+            let g = json(&["get", "fanoutgroup", SECURE_GROUP, "-n", NAMESPACE]);
+            let status_ok = g["status"]["curvePublicKey"].as_str() == Some(server_key.as_str());
+            let slices = json(&["get", "endpointslices", "-n", NAMESPACE, "-l", &secure_selector]);
+            let slices = slices["items"].as_array().cloned().unwrap_or_default();
+            let slices_ok = !slices.is_empty()
+                && slices.iter().all(|s| {
+                    s["metadata"]["annotations"]["fanout.dev/curve-public-key"].as_str()
+                        == Some(server_key.as_str())
+                });
+            let cm = json(&["get", "configmap", &endpoints_cm, "-n", NAMESPACE]);
+            let cm_ok = cm["data"]["curve-public-key"].as_str().map(str::trim) == Some(server_key.as_str());
+            (status_ok && slices_ok && cm_ok).then_some(())
+        },
+    )
+    .await;
+    let allow_cm = format!("{SECURE_GROUP}-curve-allow");
+    let allowed_publishers = || {
+        let out = kubectl(&["get", "configmap", &allow_cm, "-n", NAMESPACE, "-o", "json"]);
+        out.status.success().then(|| {
+            let cm: Value = serde_json::from_slice(&out.stdout).unwrap();
+            allow_list_keys(cm["data"]["publishers"].as_str().unwrap_or_default())
+        })
+    };
+    let listed = eventually(
+        Duration::from_secs(60),
+        "the allow-list ConfigMap naming the good publisher's key",
+        || async { allowed_publishers().filter(|keys| keys.contains(&good_key)) },
+    )
+    .await;
+    assert!(
+        !listed.contains(&bad_key),
+        "{allow_cm} admits the key of an unlabelled Secret: {listed:?}"
+    );
+    let unresolved = eventually(
+        Duration::from_secs(60),
+        "status.unresolvedKeys naming the unlabelled Secret",
+        || async {
+            let g = json(&["get", "fanoutgroup", SECURE_GROUP, "-n", NAMESPACE]);
+            let list = g["status"]["unresolvedKeys"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            list.iter()
+                .any(|v| v.as_str().is_some_and(|s| s.contains(&bad_public)))
+                .then_some(list)
+        },
+    )
+    .await;
+    eprintln!(
+        "[{:>6.1}s] {curve_secret} owned by the group; server key {server_key} in status, slices and \
+         {endpoints_cm}; {allow_cm} lists {} key(s), the good one, not the intruder's; unresolved: {unresolved:?}",
+        elapsed(started),
+        listed.len()
+    );
+
+    // Agents on the secure group's socket: the example's (topic `ports`) and a witness that
+    // takes every topic, so it would see the intruder's `intruder` messages too. Then the
+    // allowed publisher and the intruder (another key, topic `intruder`).
+    apply_example("secure/agent.yaml", image, true);
+    apply_example_with(
+        "secure/agent.yaml",
+        image,
+        true,
+        &[
+            ("secure-agent", "secure-witness"),
+            ("            - --topic=ports\n", ""),
+        ],
+    );
+    apply_example("secure/publisher.yaml", image, true);
+    apply_example_with(
+        "secure/publisher.yaml",
+        image,
+        true,
+        &[
+            (GOOD_PUBLISHER, BAD_PUBLISHER),
+            ("--topic=ports", "--topic=intruder"),
+        ],
+    );
+    let agents = ready_on_each_real_node(
+        NAMESPACE,
+        "app=secure-agent",
+        None,
+        "a secure-group agent on each real node",
+    )
+    .await;
+    let witnesses = ready_on_each_real_node(
+        NAMESPACE,
+        "app=secure-witness",
+        None,
+        "a witness (every topic) on each real node",
+    )
+    .await;
+    for app in [GOOD_PUBLISHER, BAD_PUBLISHER] {
+        eventually(
+            Duration::from_secs(120),
+            &format!("publisher {app} running"),
+            || async {
+                let p = pods(NAMESPACE, &format!("app={app}"));
+                (p.len() == 1 && p[0].ready).then_some(())
+            },
+        )
+        .await;
+    }
+    agents_receiving(
+        &agents,
+        &BTreeMap::new(),
+        "every secure-group agent receiving from the allowed publisher",
+    )
+    .await;
+    agents_receiving(
+        &witnesses,
+        &BTreeMap::new(),
+        "every witness receiving from the allowed publisher",
+    )
+    .await;
+    // The intruder is really trying: every real node's proxy refuses its key at the handshake.
+    let refused = eventually(
+        Duration::from_secs(60),
+        "every real node's proxy refusing the intruder's key (fanout_proxy_auth_refused_total{reason=\"unknown_key\"})",
+        || async {
+            let mut counts = BTreeMap::new();
+            for (node, pod) in &secure_proxies {
+                let n = proxy_metric_sum(
+                    &proxy_http(pod),
+                    "fanout_proxy_auth_refused_total",
+                    "reason=\"unknown_key\"",
+                )
+                .unwrap_or_else(|e| panic!("metrics of proxy {} on {node}: {e}", pod.name));
+                counts.insert(node.clone(), n);
+            }
+            counts.values().all(|n| *n > 0.0).then_some(counts)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before_revoke = print_agents("secure group, agents (topic ports):", &agents);
+    let witness_before = print_agents("secure group, witnesses (every topic):", &witnesses);
+    let good_pod = pods(NAMESPACE, &format!("app={GOOD_PUBLISHER}"));
+    assert_eq!(good_pod[0].restarts, 0, "the allowed publisher restarted");
+    for (node, report) in before_revoke.iter().chain(witness_before.iter()) {
+        assert!(report.received > 0, "nothing reached {node}");
+        assert_eq!(
+            report.publishers, 1,
+            "a subscriber on {node} saw {} publishers: the intruder got through",
+            report.publishers
+        );
+        assert_eq!(report.lost, 0, "a subscriber on {node} lost messages");
+    }
+    eprintln!(
+        "[{:>6.1}s] the allowed publisher reaches every agent, the intruder none (refused at the handshake: {refused:?})",
+        elapsed(started)
+    );
+
+    // Revocation: the good key's Secret taken off the group. The controller rewrites the
+    // allow-list, the kubelet refreshes the mounted file, the proxies close the connections.
+    let revoked_at = now_ms();
+    kubectl_ok(&[
+        "patch",
+        "fanoutgroup",
+        SECURE_GROUP,
+        "-n",
+        NAMESPACE,
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"spec":{{"security":{{"allowedPublishers":{{"secretNames":["{bad_public}"]}}}}}}}}"#),
+    ]);
+    eventually(
+        Duration::from_secs(60),
+        "the allow-list ConfigMap without the revoked key",
+        || async {
+            allowed_publishers()
+                .filter(|keys| !keys.contains(&good_key))
+                .map(|_| ())
+        },
+    )
+    .await;
+    let rewritten_ms = now_ms() - revoked_at;
+    let subscribers: Vec<(String, String)> = agents
+        .iter()
+        .chain(witnesses.iter())
+        .map(|(node, pod)| (node.clone(), pod.name.clone()))
+        .collect();
+    let stops = eventually(
+        Duration::from_secs(90),
+        "every subscriber of the secure group receiving nothing more after the revocation",
+        || async {
+            subscribers
+                .iter()
+                .map(|(node, pod)| stopped_receiving(pod, revoked_at).map(|s| (node.clone(), pod.clone(), s)))
+                .collect::<Option<Vec<_>>>()
+        },
+    )
+    .await;
+    let after_revoke = print_agents("secure group after the revocation, agents:", &agents);
+    print_agents("secure group after the revocation, witnesses:", &witnesses);
+    let mut slowest = 0i64;
+    for (node, pod, (last_seen_before, stopped_at)) in &stops {
+        let from = *last_seen_before as i64 - revoked_at as i64;
+        let to = *stopped_at as i64 - revoked_at as i64;
+        slowest = slowest.max(to);
+        eprintln!(
+            "MEASURED CURVE revocation on {node} ({pod}): last message between {from} and {to} ms after the patch \
+             (allow-list ConfigMap rewritten after {rewritten_ms} ms)"
+        );
+    }
+    for (node, report) in &after_revoke {
+        assert!(
+            report.received > before_revoke[node].received,
+            "the agent on {node} got nothing between the checks and the revocation"
+        );
+    }
+    for (node, pod) in &secure_proxies {
+        let addr = proxy_http(pod);
+        let refused = proxy_metric(&addr, "fanout_proxy_auth_refused_total").unwrap_or_default();
+        let dropped = proxy_metric(&addr, "fanout_proxy_refused_messages_total").unwrap_or_default();
+        eprintln!(
+            "MEASURED CURVE proxy {} on {node}: fanout_proxy_auth_refused_total {refused:?}; \
+             fanout_proxy_refused_messages_total {dropped:?}",
+            pod.name
+        );
+    }
+    assert!(
+        slowest <= 60_000,
+        "a subscriber still received {slowest} ms after the key was revoked"
+    );
+    eprintln!(
+        "[{:>6.1}s] revoked key cut off within {slowest} ms of the patch",
+        elapsed(started)
+    );
+
+    // Everything of the phase goes, so that the last step finds nothing left.
+    for (kind, names) in [
+        ("deployment", vec![GOOD_PUBLISHER, BAD_PUBLISHER]),
+        ("daemonset", vec!["secure-agent", "secure-witness"]),
+        ("fanoutgroup", vec![SECURE_GROUP]),
+        (
+            "rolebinding",
+            vec!["secure-publisher-reads-groups", "intruder-reads-groups"],
+        ),
+        ("role", vec!["secure-group-reader"]),
+        ("serviceaccount", vec![GOOD_PUBLISHER, BAD_PUBLISHER]),
+    ] {
+        let mut args = vec!["delete", kind, "-n", NAMESPACE, "--wait=true"];
+        args.extend(names);
+        kubectl_ok(&args);
+    }
+    let test_secrets: Vec<String> = [GOOD_PUBLISHER, BAD_PUBLISHER]
+        .iter()
+        .flat_map(|n| [format!("{n}-key"), format!("{n}-public")])
+        .collect();
+    let mut args = vec!["delete", "secret", "-n", NAMESPACE];
+    args.extend(test_secrets.iter().map(String::as_str));
+    kubectl_ok(&args);
+    eventually(
+        Duration::from_secs(120),
+        "nothing of the secure group left",
+        || async {
+            let kinds = "daemonsets,deployments,pods,services,endpointslices,configmaps,secrets";
+            let owned = kubectl_ok(&[
+                "get",
+                kinds,
+                "-n",
+                NAMESPACE,
+                "-l",
+                &secure_selector,
+                "-o",
+                "name",
+            ]);
+            let workloads = kubectl_ok(&[
+                "get",
+                "pods",
+                "-n",
+                NAMESPACE,
+                "-l",
+                &format!("app in ({GOOD_PUBLISHER},{BAD_PUBLISHER},secure-agent,secure-witness)"),
+                "-o",
+                "name",
+            ]);
+            let secrets = kubectl_ok(&["get", "secrets", "-n", NAMESPACE, "-o", "name"]);
+            let secret_left = secrets
+                .lines()
+                .any(|l| l.contains(SECURE_GROUP) || l.contains(GOOD_PUBLISHER) || l.contains(BAD_PUBLISHER));
+            let configmaps = kubectl_ok(&["get", "configmaps", "-n", NAMESPACE, "-o", "name"]);
+            (owned.trim().is_empty()
+                && workloads.trim().is_empty()
+                && !secret_left
+                && !configmaps.contains(SECURE_GROUP))
+            .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "[{:>6.1}s] CURVE phase done in {:.1} s; everything of it deleted",
+        elapsed(started),
+        elapsed(phase_started)
+    );
 }
