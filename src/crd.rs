@@ -219,7 +219,8 @@ pub struct FanoutGroupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve_public_key: Option<String>,
     /// Public-key Secrets that `security` names or selects but that give no usable key, each
-    /// as `<secret>: <why>`. Those keys are not admitted.
+    /// as `<field> <secret>: <why>` (field `allowedPublishers` or `allowedSubscribers`). Those
+    /// keys are not admitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unresolved_keys: Vec<String>,
 }
