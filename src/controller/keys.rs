@@ -69,7 +69,7 @@ pub fn server_key(group: &str, secrets: &[Arc<Secret>], is_ours: impl Fn(&Secret
     match secrets.iter().find(|secret| secret.name_any() == name) {
         None => ServerKey::Missing,
         Some(secret) if !is_ours(secret) => ServerKey::Unusable(format!(
-            "Secret {name} exists and is not the group's own (no owner reference to it from the controller); delete it or rename the group"
+            "Secret {name} exists and is not the group's own (not labelled by the controller as one of the group's children); delete it or rename the group"
         )),
         Some(secret) => match public_key_of(secret) {
             Ok(key) => ServerKey::Ready(key),

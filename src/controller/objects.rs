@@ -5,8 +5,8 @@
 //! pod spec's worth of fields that a reader should see in one place.
 
 use super::keys::{
-    ALLOW_LIST_MOUNT, ALLOW_PUBLISHERS_KEY, ALLOW_SUBSCRIBERS_KEY, SERVER_KEY_MOUNT,
-    allow_list_configmap_name, server_secret_name,
+    ALLOW_LIST_MOUNT, ALLOW_PUBLISHERS_KEY, ALLOW_SUBSCRIBERS_KEY, PUBLIC_KEY_LABEL, PUBLIC_KEY_LABEL_VALUE,
+    SERVER_KEY_MOUNT, allow_list_configmap_name, server_secret_name,
 };
 use super::policy::{Admitted, Refused};
 use crate::crd::FanoutGroup;
@@ -16,8 +16,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrate
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
     HostPathVolumeSource, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceSpec, Volume,
-    VolumeMount,
+    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -543,6 +543,25 @@ pub fn endpoints_configmap(
         metadata: child_meta(group, &id, id.configmap_name(), Component::EndpointList)?,
         data: Some(data),
         ..ConfigMap::default()
+    })
+}
+
+/// The group's server key Secret `<name>-curve` as it is created: labelled and owned like
+/// every child, marked as a public-key Secret (the controller's Secret watch sees it), and
+/// immutable. No data: the writer fills in a fresh key pair when it creates it, so no secret
+/// key ever passes through a plan.
+pub fn server_key_secret(group: &FanoutGroup) -> Result<Secret, Unrealisable> {
+    let id = GroupId::of(group)?;
+    let mut metadata = child_meta(group, &id, server_secret_name(&id.name), Component::Proxy)?;
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(PUBLIC_KEY_LABEL.to_string(), PUBLIC_KEY_LABEL_VALUE.to_string());
+    Ok(Secret {
+        metadata,
+        immutable: Some(true),
+        type_: Some("Opaque".to_string()),
+        ..Secret::default()
     })
 }
 

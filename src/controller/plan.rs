@@ -86,9 +86,9 @@ pub struct Plan {
     pub slices: Vec<PlannedSlice>,
     /// `None` with `spec.configMap: false` (the existing one is then pruned).
     pub config_map: Option<Desired<ConfigMap>>,
-    /// With `security.curve`: the server key Secret to create (named; the writer makes the
-    /// key pair, so that no secret key passes through a plan), when there is none yet.
-    pub create_server_key: Option<String>,
+    /// With `security.curve`: the server key Secret to create when there is none yet, without
+    /// its data (the writer makes the key pair, so that no secret key passes through a plan).
+    pub create_server_key: Option<Secret>,
     /// With `security.curve`: the allow-lists the proxies follow (written before the
     /// DaemonSet, whose pods mount it).
     pub allow_list: Option<Desired<ConfigMap>>,
@@ -283,7 +283,9 @@ pub fn plan(
     let report = report(group, &observed, (&before, &after), now);
     let (create_server_key, allow_list) = match curve {
         Some(curve) => (
-            (curve.server_key == ServerKey::Missing).then(|| keys::server_secret_name(&id.name)),
+            (curve.server_key == ServerKey::Missing)
+                .then(|| objects::server_key_secret(group))
+                .transpose()?,
             Some(curve.allow_list),
         ),
         None => (None, None),
@@ -699,7 +701,21 @@ mod tests {
         };
         // No key pair yet: the writer is asked to make one, nothing publishes a key.
         let first = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
-        assert_eq!(first.create_server_key.as_deref(), Some("updates-curve"));
+        let to_create = first.create_server_key.as_ref().expect("a key pair to create");
+        assert_eq!(to_create.metadata.name.as_deref(), Some("updates-curve"));
+        assert_eq!(to_create.immutable, Some(true));
+        assert!(
+            to_create.data.is_none() && to_create.string_data.is_none(),
+            "no key in a plan"
+        );
+        assert!(
+            is_child(&to_create.metadata, &id()),
+            "labelled as the group's child"
+        );
+        assert_eq!(
+            to_create.metadata.labels.as_ref().unwrap()[keys::PUBLIC_KEY_LABEL],
+            "true"
+        );
         let allow = &first.allow_list.as_ref().unwrap().object;
         assert_eq!(allow.metadata.name.as_deref(), Some("updates-curve-allow"));
         let publishers = &allow.data.as_ref().unwrap()["publishers"];
@@ -743,7 +759,7 @@ mod tests {
             .key_secrets
             .push(key_secret("updates-curve", &server.to_z85(), true));
         let next = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
-        assert_eq!(next.create_server_key, None);
+        assert!(next.create_server_key.is_none());
         let annotations = next.slices[0].slice.object.metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations["fanout.dev/curve-public-key"], server.to_z85());
         let cm = next.config_map.as_ref().unwrap().object.data.as_ref().unwrap();
@@ -752,7 +768,7 @@ mod tests {
             next.report.status.as_ref().unwrap().curve_public_key,
             Some(server.to_z85())
         );
-        // The group's own key pair never becomes a publisher, even selected by label.
+        // The group's own key pair never becomes a publisher (keys::tests: not even selected).
         let publishers = &next.allow_list.as_ref().unwrap().object.data.as_ref().unwrap()["publishers"];
         assert!(!publishers.contains(&server.to_z85()));
 
@@ -787,7 +803,7 @@ mod tests {
         };
         let refused = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
         assert!(refused.daemon_set.is_none());
-        assert_eq!(refused.create_server_key, None, "nothing overwrites it");
+        assert!(refused.create_server_key.is_none(), "nothing overwrites it");
         assert_eq!(refused.problem.as_ref().unwrap().reason, "CurveKeyUnusable");
         assert!(
             refused

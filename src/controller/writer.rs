@@ -6,7 +6,6 @@
 
 use super::apply::{is_current, stamp};
 use super::error::Error;
-use super::keys::{PUBLIC_KEY_LABEL, PUBLIC_KEY_LABEL_VALUE};
 use super::metrics::Metrics;
 use super::notices::Notice;
 use super::objects::FIELD_MANAGER;
@@ -16,7 +15,6 @@ use crate::curve::{KeyPair, PUBLIC_KEY_FILE, SECRET_KEY_FILE};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -69,9 +67,8 @@ impl Writer {
     /// slices, ConfigMap), then prunes the children it does not want.
     pub async fn write_children(&self, namespace: &str, plan: &Plan, mode: ApplyMode) -> Result<(), Error> {
         // What the proxy pods mount comes first: the server key, the allow-lists.
-        if let Some(name) = &plan.create_server_key {
-            self.create_server_key(namespace, name, &plan.service.object.metadata)
-                .await?;
+        if let Some(secret) = &plan.create_server_key {
+            self.create_server_key(namespace, secret).await?;
         }
         if let Some(allow_list) = &plan.allow_list {
             self.apply(namespace, allow_list, mode).await?;
@@ -143,30 +140,19 @@ impl Writer {
         Ok(true)
     }
 
-    /// Creates the group's server key Secret `name` with a new key pair, labelled and owned
-    /// like the group's other children (`like` is one of them). Created once and never
-    /// applied again: a second writer racing us gets 409 and keeps the first key, so the
-    /// key publishers learnt stays valid. Immutable, so nobody edits a key in place.
-    async fn create_server_key(&self, namespace: &str, name: &str, like: &ObjectMeta) -> Result<(), Error> {
+    /// Creates the group's server key Secret as planned (`objects::server_key_secret`), with a
+    /// new key pair. Created once and never applied again: a second writer racing us gets 409
+    /// and keeps the first key, so the key publishers learnt stays valid.
+    async fn create_server_key(&self, namespace: &str, planned: &Secret) -> Result<(), Error> {
         self.lease()?;
+        let name = planned.name_any();
         let pair = KeyPair::generate().map_err(Error::KeyGeneration)?;
-        let mut labels = like.labels.clone().unwrap_or_default();
-        labels.insert(PUBLIC_KEY_LABEL.to_string(), PUBLIC_KEY_LABEL_VALUE.to_string());
         let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                namespace: Some(namespace.to_string()),
-                labels: Some(labels),
-                owner_references: like.owner_references.clone(),
-                ..ObjectMeta::default()
-            },
-            immutable: Some(true),
-            type_: Some("Opaque".to_string()),
             string_data: Some(BTreeMap::from([
                 (PUBLIC_KEY_FILE.to_string(), format!("{}\n", pair.public.to_z85())),
                 (SECRET_KEY_FILE.to_string(), format!("{}\n", pair.secret.to_z85())),
             ])),
-            ..Secret::default()
+            ..planned.clone()
         };
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         match api.create(&PostParams::default(), &secret).await {
