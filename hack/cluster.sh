@@ -15,6 +15,8 @@
 #   hack/cluster.sh node-exec NAME CMD... run CMD inside a real node's namespaces (crictl, ctr, ls)
 #   hack/cluster.sh sa-kubeconfig NS SA   write a kubeconfig authenticating as that ServiceAccount
 #                                         (TokenRequest token, default 2h), print its path
+#   hack/cluster.sh stop COMPONENT        stop etcd or kube-apiserver by pid (an outage, for fault tests)
+#   hack/cluster.sh start COMPONENT       start it again with the same flags and data; waits until ready
 #   hack/cluster.sh status                show the processes and whether the API answers
 #
 # Addresses (all inside the namespace; 10.200.0.0/16 but for the real nodes' 10.200.64.0/19 is
@@ -132,7 +134,8 @@ EOF
 # whose `ip netns exec` execs the component, so $! is the component's own pid.
 start() {
   local name=$1; shift
-  ip netns exec "$NETNS" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  # Appends: a component started again (`start` after `stop`) keeps its earlier log.
+  ip netns exec "$NETNS" "$@" >>"$DIR/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/pids/$name"
 }
 
@@ -185,6 +188,37 @@ api_ready() {
 
 etcd_ready() { in_ns curl -sf --max-time 2 "$ETCD_CLIENT/health"; }
 
+# etcd and kube-apiserver are started by `up` and again by `start` after a `stop` (fault tests),
+# with the same flags and the same data directory, so a restart keeps the cluster's state.
+start_etcd() {
+  start etcd "$BIN/etcd" --name fanout --data-dir "$DIR/etcd" \
+    --listen-client-urls "$ETCD_CLIENT" --advertise-client-urls "$ETCD_CLIENT" \
+    --listen-peer-urls "$ETCD_PEER" --initial-advertise-peer-urls "$ETCD_PEER" \
+    --initial-cluster "fanout=$ETCD_PEER" --unsafe-no-fsync=true \
+    --quota-backend-bytes=$((4 * 1024 * 1024 * 1024))
+  wait_for "etcd health" 30 etcd etcd_ready
+}
+
+start_apiserver() {
+  local p="$DIR/pki"
+  start kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers="$ETCD_CLIENT" \
+    --bind-address="$APISERVER_IP" --advertise-address="$APISERVER_IP" --secure-port="$APISERVER_PORT" \
+    --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
+    --client-ca-file="$p/ca.crt" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --service-account-issuer="$SA_ISSUER" \
+    --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
+    --authorization-mode=Node,RBAC --allow-privileged=true \
+    --enable-admission-plugins=NodeRestriction \
+    --disable-admission-plugins=TaintNodesByCondition \
+    --kubelet-client-certificate="$p/admin.crt" --kubelet-client-key="$p/admin.key" \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
+    --enable-priority-and-fairness=false --max-requests-inflight=0 --max-mutating-requests-inflight=0 \
+    --profiling=false --v=1
+  wait_for "kube-apiserver /readyz" 120 kube-apiserver api_ready
+}
+
 # ---------------------------------------------------------------------------------------------
 # commands
 
@@ -196,6 +230,34 @@ our_pids() {
     pid_is_ours "$name" "$pid" && echo "$pid"
   done
   return 0
+}
+
+# stop COMPONENT / start COMPONENT: a control-plane outage for the fault tests. Only etcd and
+# kube-apiserver: the rest have nothing to lose across a restart that the tests need to see.
+restartable() {
+  case "$1" in etcd | kube-apiserver) ;; *) die "stop/start: COMPONENT is etcd or kube-apiserver, not '$1'" ;; esac
+}
+
+cmd_stop_component() {
+  local name=${1:?usage: cluster.sh stop etcd|kube-apiserver}
+  restartable "$name"
+  local pids
+  mapfile -t pids < <(our_pids "$name")
+  [ ${#pids[@]} -gt 0 ] || die "$name is not running"
+  stop_pids "$name" "${pids[@]}"
+  rm -f "$DIR/pids/$name"
+}
+
+cmd_start_component() {
+  local name=${1:?usage: cluster.sh start etcd|kube-apiserver}
+  restartable "$name"
+  [ -z "$(our_pids "$name")" ] || die "$name is already running"
+  BIN=$(bindir)
+  case "$name" in
+    etcd) start_etcd ;;
+    kube-apiserver) start_apiserver ;;
+  esac
+  log "$name started again"
 }
 
 cmd_down() {
@@ -259,32 +321,12 @@ cmd_up() {
   phase_end certs
 
   phase_start
-  start etcd "$BIN/etcd" --name fanout --data-dir "$DIR/etcd" \
-    --listen-client-urls "$ETCD_CLIENT" --advertise-client-urls "$ETCD_CLIENT" \
-    --listen-peer-urls "$ETCD_PEER" --initial-advertise-peer-urls "$ETCD_PEER" \
-    --initial-cluster "fanout=$ETCD_PEER" --unsafe-no-fsync=true \
-    --quota-backend-bytes=$((4 * 1024 * 1024 * 1024))
-  wait_for "etcd health" 30 etcd etcd_ready
+  start_etcd
   phase_end etcd
 
   phase_start
+  start_apiserver
   local p="$DIR/pki"
-  start kube-apiserver "$BIN/kube-apiserver" \
-    --etcd-servers="$ETCD_CLIENT" \
-    --bind-address="$APISERVER_IP" --advertise-address="$APISERVER_IP" --secure-port="$APISERVER_PORT" \
-    --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
-    --client-ca-file="$p/ca.crt" \
-    --service-cluster-ip-range="$SERVICE_CIDR" \
-    --service-account-issuer="$SA_ISSUER" \
-    --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
-    --authorization-mode=Node,RBAC --allow-privileged=true \
-    --enable-admission-plugins=NodeRestriction \
-    --disable-admission-plugins=TaintNodesByCondition \
-    --kubelet-client-certificate="$p/admin.crt" --kubelet-client-key="$p/admin.key" \
-    --kubelet-preferred-address-types=InternalIP,Hostname \
-    --enable-priority-and-fairness=false --max-requests-inflight=0 --max-mutating-requests-inflight=0 \
-    --profiling=false --v=1
-  wait_for "kube-apiserver /readyz" 120 kube-apiserver api_ready
   phase_end kube-apiserver
 
   phase_start
@@ -493,6 +535,8 @@ case "${1:-}" in
   remove-real-node) run_on_host "$@"; shift; cmd_remove_real_node "$@" ;;
   node-exec) run_on_host "$@"; shift; cmd_node_exec "$@" ;;
   sa-kubeconfig) shift; cmd_sa_kubeconfig "$@" ;;
+  stop) shift; cmd_stop_component "$@" ;;
+  start) shift; cmd_start_component "$@" ;;
   status) cmd_status ;;
   *) echo "usage: $0 up | down | env | exec CMD... | add-node NAME [IP] | remove-node NAME | add-real-node NAME | remove-real-node NAME | node-exec NAME CMD... | sa-kubeconfig NS SA [DURATION] | status" >&2; exit 2 ;;
 esac

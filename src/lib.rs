@@ -30,6 +30,8 @@ pub mod socket_options;
 pub mod subscriber;
 #[cfg(feature = "cli")]
 pub mod telemetry;
+#[cfg(feature = "kubernetes")]
+pub mod watch_backoff;
 pub mod wire;
 
 pub use endpoint_list::Endpoint;

@@ -61,7 +61,7 @@ where
 {
     let config = watcher::Config::default().labels(&watch_selector());
     let stream = watcher(api, config)
-        .default_backoff()
+        .backoff(crate::watch_backoff::WatchBackoff::default())
         // Managed fields are a large part of every object and the reconciler never reads them.
         .modify(|object: &mut K| object.managed_fields_mut().clear());
     reflector::reflector(writer, stream)
@@ -88,7 +88,7 @@ fn key_secret_trigger(
 ) -> GroupRefStream {
     let config = watcher::Config::default().labels(&super::keys::secret_watch_selector());
     let stream = watcher(api, config)
-        .default_backoff()
+        .backoff(crate::watch_backoff::WatchBackoff::default())
         .modify(|secret: &mut Secret| {
             secret.managed_fields_mut().clear();
             // Never cache a secret key: the group's own is written once by the writer and read by
@@ -148,7 +148,7 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
             api_for::<FanoutGroup>(&client, &namespace),
             watcher::Config::default(),
         )
-        .default_backoff()
+        .backoff(crate::watch_backoff::WatchBackoff::default())
         .modify(|group: &mut FanoutGroup| group.managed_fields_mut().clear()),
     )
     // After the reflector, so the store already reflects the event.

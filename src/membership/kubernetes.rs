@@ -160,7 +160,7 @@ where
     let mut index = MembershipIndex::default();
     let mut last: Option<Membership> = None;
     let mut events = watcher(api, config)
-        .default_backoff()
+        .backoff(crate::watch_backoff::WatchBackoff::default())
         .map_ok(move |event| map_event(event, |obj| (obj.name_any(), members_of(obj))))
         .boxed();
     while let Some(event) = events.next().await {

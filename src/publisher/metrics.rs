@@ -16,6 +16,10 @@ pub struct PublisherMetrics {
     pub send_failures: Counter,
     /// Messages `try_publish` dropped because the in-process queue was full.
     pub dropped_queue_full: Counter,
+    /// Messages dropped because the publisher was connected to no proxy at all (none listed
+    /// yet, or the group is empty): a PUB without peers drops silently, so this is counted
+    /// before the socket instead.
+    pub dropped_no_proxy: Counter,
     /// Membership snapshots applied to the socket.
     pub membership_updates: Counter,
     /// Proxies the socket is connected to.
@@ -31,6 +35,7 @@ impl Default for PublisherMetrics {
             messages_sent: Counter::default(),
             send_failures: Counter::default(),
             dropped_queue_full: Counter::default(),
+            dropped_no_proxy: Counter::default(),
             membership_updates: Counter::default(),
             connected_proxies: Gauge::default(),
             // 0.1 ms .. ~3 s
@@ -59,6 +64,11 @@ impl PublisherMetrics {
             self.dropped_queue_full.clone(),
         );
         registry.register(
+            "no_proxy_dropped_messages",
+            "Messages dropped because the publisher was connected to no proxy",
+            self.dropped_no_proxy.clone(),
+        );
+        registry.register(
             "membership_updates",
             "Membership snapshots applied to the socket",
             self.membership_updates.clone(),
@@ -81,6 +91,7 @@ impl PublisherMetrics {
             sent: self.messages_sent.get(),
             send_errors: self.send_failures.get(),
             dropped_queue_full: self.dropped_queue_full.get(),
+            dropped_no_proxy: self.dropped_no_proxy.get(),
             membership_updates: self.membership_updates.get(),
         }
     }
@@ -103,6 +114,7 @@ mod tests {
             "fanout_publisher_sent_messages_total 3",
             "fanout_publisher_send_failures_total 0",
             "fanout_publisher_queue_full_dropped_messages_total 0",
+            "fanout_publisher_no_proxy_dropped_messages_total 0",
             "fanout_publisher_membership_updates_total 0",
             "fanout_publisher_connected_proxies 2",
             "fanout_publisher_membership_lag_seconds_count 1",

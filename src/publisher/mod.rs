@@ -82,6 +82,8 @@ pub struct PublisherStats {
     pub send_errors: u64,
     /// Messages `try_publish` dropped because the queue was full.
     pub dropped_queue_full: u64,
+    /// Messages dropped because no proxy was connected (none listed yet, or an empty group).
+    pub dropped_no_proxy: u64,
     /// Membership snapshots applied.
     pub membership_updates: u64,
 }
@@ -135,6 +137,7 @@ impl Publisher {
             socket,
             wanted,
             connected: connected_tx,
+            proxies: 0,
             metrics: metrics.clone(),
             sequences: Default::default(),
             topic_frame: Vec::new(),

@@ -39,6 +39,8 @@ pub(super) struct SocketThread {
     pub(super) wanted: watch::Receiver<Membership>,
     /// What the socket is connected to: the one copy of that state.
     pub(super) connected: watch::Sender<Membership>,
+    /// How many proxies `connected` holds, read on every send without the watch's lock.
+    pub(super) proxies: usize,
     pub(super) metrics: PublisherMetrics,
     pub(super) sequences: HashMap<Vec<u8>, u64>,
     /// Frame 0 (topic and envelope) is built here for every message: one buffer, reused.
@@ -93,6 +95,7 @@ impl SocketThread {
             }
         }
         self.connected.send_replace(Membership::new());
+        self.proxies = 0;
         self.metrics.connected_proxies.set(0);
         // Dropping the socket then the context waits at most LINGER for unsent messages.
         drop(self.socket);
@@ -128,10 +131,10 @@ impl SocketThread {
                 }
             }
         });
-        let connected = self.connected.borrow().len();
+        self.proxies = self.connected.borrow().len();
         self.metrics
             .connected_proxies
-            .set(i64::try_from(connected).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.proxies).unwrap_or(i64::MAX));
         self.metrics.membership_updates.inc();
         self.last_applied = Instant::now();
         true
@@ -148,6 +151,12 @@ impl SocketThread {
                 0
             }
         };
+        if self.proxies == 0 {
+            // A PUB with no peer would drop it without a trace. The sequence still advances:
+            // the message existed and is lost, as a subscriber's gap would say.
+            self.metrics.dropped_no_proxy.inc();
+            return;
+        }
         Envelope {
             publisher: self.id,
             sequence,

@@ -43,7 +43,7 @@ impl FakeKubelet {
         let own_binary = binary.clone();
         let task = tokio::spawn(async move {
             let mut events = watcher(pods, watcher::Config::default().labels("fanout.dev/group"))
-                .default_backoff()
+                .backoff(fanout::watch_backoff::WatchBackoff::default())
                 .applied_objects()
                 .boxed();
             let mut known: HashMap<String, Pod> = HashMap::new();
