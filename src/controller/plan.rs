@@ -252,15 +252,21 @@ pub fn plan(
         }
     }
 
-    // The ConfigMap with the ready endpoints (or none, and the old one pruned).
+    // The ConfigMap with the ready endpoints (or none, and the old one pruned). One too large
+    // for the API server is not written (the one there is stays as it is) and says so.
     let configmap_name = id.configmap_name();
+    let mut endpoint_list_too_large = None;
     let config_map = if spec.config_map {
         kept.insert((ChildKind::ConfigMap, configmap_name.as_str()));
         let list = slices::endpoint_list(&endpoints, port);
-        Some(Desired::new(
-            objects::endpoints_configmap(group, list, server_key.as_ref())?,
-            &children.config_maps,
-        ))
+        let config_map = objects::endpoints_configmap(group, list, server_key.as_ref())?;
+        let size = objects::configmap_data_size(&config_map);
+        if size > objects::CONFIGMAP_DATA_LIMIT {
+            endpoint_list_too_large = Some(size);
+            None
+        } else {
+            Some(Desired::new(config_map, &children.config_maps))
+        }
     } else {
         None
     };
@@ -278,6 +284,7 @@ pub fn plan(
             .as_ref()
             .map(|curve| curve.unresolved.clone())
             .unwrap_or_default(),
+        endpoint_list_too_large,
     };
     let (before, after) = published_pods(children, &endpoints);
     let report = report(group, &observed, (&before, &after), now);
@@ -365,6 +372,7 @@ pub fn plan_problem(
             .as_ref()
             .map(|s| s.unresolved_keys.clone())
             .unwrap_or_default(),
+        endpoint_list_too_large: None,
     };
     let none = BTreeSet::new();
     report(group, &observed, (&none, &none), now)
@@ -549,6 +557,57 @@ mod tests {
                 kind: ChildKind::ConfigMap,
                 name: "updates-endpoints".into()
             }]
+        );
+    }
+
+    #[test]
+    fn an_endpoint_list_too_large_for_a_configmap_is_not_written_and_degrades_the_group() {
+        use k8s_openapi::api::core::v1::{PodCondition, PodIP, PodSpec, PodStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        // 1 MiB / 23 bytes a line ("tcp://10.1.y.z:7100\n" here): 48 000 proxies are over the limit.
+        let template = pod("p", "10.0.0.1", true);
+        let many: Vec<Arc<Pod>> = (0..48_000u32)
+            .map(|i| {
+                let ip = format!("10.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256);
+                Arc::new(Pod {
+                    metadata: ObjectMeta {
+                        name: Some(format!("p{i:05}")),
+                        ..template.metadata.clone()
+                    },
+                    spec: Some(PodSpec::default()),
+                    status: Some(PodStatus {
+                        pod_ips: Some(vec![PodIP { ip: ip.clone() }]),
+                        pod_ip: Some(ip),
+                        conditions: Some(vec![PodCondition {
+                            type_: "Ready".into(),
+                            status: "True".into(),
+                            ..PodCondition::default()
+                        }]),
+                        ..PodStatus::default()
+                    }),
+                })
+            })
+            .collect();
+        let first = plan_for_pods(many[..100].to_vec());
+        let mut children = written(&first, many);
+        children.daemon_sets = vec![cached(build(&group()))];
+        let mut settled = group();
+        settled.status = first.report.status.clone();
+        let big = plan(&settled, &id(), &children, &open_policy(), now()).unwrap();
+        assert!(big.config_map.is_none(), "not written");
+        assert!(big.prune.is_empty(), "and not pruned: {:?}", big.prune);
+        assert_eq!(big.published_endpoints, 48_000, "the slices carry them all");
+        let status = big.report.status.as_ref().unwrap();
+        let degraded = status.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "EndpointListTooLarge")
+        );
+        assert!(
+            big.report
+                .notices
+                .iter()
+                .any(|n| n.warning && n.reason == "EndpointListTooLarge")
         );
     }
 
