@@ -3,8 +3,9 @@
 //! Where things are:
 //! - `plan`: the pure function from a group and its cached children to everything a
 //!   reconcile wants (children, prune set, status, Events), built on the pure `objects`
-//!   (spec → DaemonSet/Service/ConfigMap), `slices` (pods → EndpointSlices), `status`,
-//!   `notices` and `apply` (the applied-hash);
+//!   `policy` (what the admin allows a group), `objects` (spec → DaemonSet/Service/
+//!   ConfigMaps/key Secret), `keys` (CURVE key pair and allow-lists), `slices` (pods →
+//!   EndpointSlices), `status`, `notices` and `apply` (the applied-hash);
 //! - `writer`: the one place that writes to the API, and checks leadership;
 //! - `reconcile`: `Context`, `reconcile` (sync, throttle, plan, write, status, events) and
 //!   `error_policy`; `memory`: what is kept per group between passes; `children`: the caches

@@ -1,5 +1,6 @@
 //! Pure: a FanoutGroup → the objects the controller wants to exist (DaemonSet, headless Service,
-//! endpoints ConfigMap), with the labels and owner reference every child carries. No I/O.
+//! endpoints ConfigMap, the CURVE allow-list ConfigMap and the server key Secret's metadata),
+//! with the labels and owner reference every child carries. No I/O.
 //!
 //! Longer than 500 lines for a reason: more than half of it is tests, and the DaemonSet is one
 //! pod spec's worth of fields that a reader should see in one place.

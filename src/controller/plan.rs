@@ -3,8 +3,12 @@
 //!
 //! A [`Plan`] holds each child to apply beside the copy the cache has (so the writer can skip
 //! one already as desired), the children to prune, the status (only when it changed) and the
-//! Events. The modules it draws on stay small and pure as well: `objects` (DaemonSet, Service,
-//! ConfigMap), `slices` (pods → endpoints → EndpointSlices), `status`, `notices`.
+//! Events. The modules it draws on stay small and pure as well: `policy` (what the admin allows),
+//! `objects` (DaemonSet, Service, ConfigMaps, the key Secret's metadata), `keys` (the CURVE key
+//! pair and allow-lists), `slices` (pods → endpoints → EndpointSlices), `status`, `notices`.
+//!
+//! Longer than 500 lines for a reason: over half of it is the plan's own tests (group and
+//! caches in, plan out, no API), which belong beside the one function they test.
 
 use super::children::{Children, is_child, named};
 use super::keys::{self, ServerKey};
