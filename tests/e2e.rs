@@ -563,6 +563,10 @@ async fn invalid_groups_are_refused_at_admission() {
             "socketDir: /var/run/fanoutx",
             "socketDir must be /var/run/fanout or a directory below it",
         ),
+        (
+            "socketDir: /var/run/fanout/e2e-invalid.other",
+            "socketDir must not have a '.' in a directory name below /var/run/fanout",
+        ),
         ("socketGroup: 0", "socketGroup must not be 0 (root)"),
         ("publisherPort: 7100\n  httpPort: 7100", "Port"),
         // One peer's queue above 256 MiB (the default message is 64 KiB).
