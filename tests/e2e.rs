@@ -807,7 +807,14 @@ async fn the_policy_refuses_groups_and_only_the_daemon_sets_pods_are_endpoints()
     assert_eq!(init.image.as_deref(), Some("fanout:e2e"));
     assert_eq!(
         pod_spec.volumes.unwrap()[0].host_path.as_ref().unwrap().path,
-        "/var/run/fanout/e2e/e2e-policy.good"
+        "/var/run/fanout/e2e",
+        "the admin's root"
+    );
+    let mount = &pod_spec.containers[0].volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.sub_path.as_deref()),
+        ("/var/run/fanout/e2e/e2e-policy.good", Some("e2e-policy.good")),
+        "the proxy sees its own directory only"
     );
     eventually(Duration::from_secs(30), "the proxy in the slices", || async {
         let (all, ready, _) = slice_addresses(&client, namespace, "good").await;

@@ -789,7 +789,7 @@ mod tests {
             .iter()
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(volumes, ["socket-dir", "curve-key", "curve-allow"]);
+        assert_eq!(volumes, ["socket-root", "curve-key", "curve-allow"]);
         let secret_volume = pod_spec.volumes.as_ref().unwrap()[1].secret.as_ref().unwrap();
         let items = secret_volume.items.as_ref().unwrap();
         assert_eq!(
