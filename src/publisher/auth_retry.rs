@@ -27,8 +27,7 @@ impl RefusedProxies {
     /// `endpoint` refused our key at `now`. True when it had not (a refusal worth a log line).
     pub fn refused(&mut self, endpoint: Endpoint, now: Instant) -> bool {
         let known = self.retried.remove(&endpoint);
-        let first = self.retry_at.insert(endpoint, now + AUTH_RETRY).is_none() && !known;
-        first
+        self.retry_at.insert(endpoint, now + AUTH_RETRY).is_none() && !known
     }
 
     /// `endpoint` completed a handshake. True when it had refused us before.
