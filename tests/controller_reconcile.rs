@@ -237,6 +237,25 @@ fn body_of<K: DeserializeOwned>(seen: &[Seen], path_end: &str) -> K {
     serde_json::from_value(entry.body.clone()).expect("typed body")
 }
 
+/// The status the reconcile wrote.
+fn written_status(seen: &[Seen]) -> &Value {
+    &seen
+        .iter()
+        .find(|s| s.path.ends_with("/status"))
+        .expect("a status patch")
+        .body["status"]
+}
+
+/// The condition of type `kind` in `status`.
+fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == kind)
+        .expect("the condition")
+}
+
 #[tokio::test]
 async fn first_reconcile_applies_children_in_order_then_status_then_event() {
     let state = State {
@@ -369,13 +388,8 @@ async fn a_planted_key_pair_is_refused_and_no_proxy_is_written_to_use_it() {
             .any(|l| l.contains("/secrets") || l.contains("/daemonsets/")),
         "{lines:?}"
     );
-    let status = &seen.iter().find(|s| s.path.ends_with("/status")).unwrap().body["status"];
-    let degraded = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .unwrap();
+    let status = written_status(&seen);
+    let degraded = condition(status, "Degraded");
     assert_eq!(
         (degraded["status"].as_str(), degraded["reason"].as_str()),
         (Some("True"), Some("CurveKeyUnusable"))
@@ -472,13 +486,8 @@ async fn a_group_without_image_is_degraded_and_gets_no_daemon_set() {
     assert_eq!(result, Ok(()));
     let lines: Vec<String> = seen.iter().map(Seen::line).collect();
     assert!(!lines.iter().any(|l| l.contains("daemonsets")), "{lines:?}");
-    let status = &seen.iter().find(|s| s.path.ends_with("/status")).unwrap().body["status"];
-    let degraded = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .unwrap();
+    let status = written_status(&seen);
+    let degraded = condition(status, "Degraded");
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["reason"], "NoProxyImage");
     let warning = seen.iter().find(|s| s.method == "POST").unwrap();

@@ -5,6 +5,9 @@
 //! replace the proxy's socket"). Needs root to switch uids; without it the test says so and
 //! does nothing.
 
+mod proxy_support;
+
+use proxy_support::{free_port, publisher_to};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -47,11 +50,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 fn wait_for(path: &Path) {
@@ -137,11 +135,7 @@ fn an_agent_in_the_socket_group_receives_but_cannot_unlink_or_replace_the_proxy_
         .spawn()
         .expect("the agent starts");
     let ctx = zmq::Context::new();
-    let publisher = ctx.socket(zmq::PUB).expect("PUB");
-    publisher.set_linger(0).expect("linger");
-    publisher
-        .connect(&format!("tcp://127.0.0.1:{publish_port}"))
-        .expect("connect");
+    let publisher = publisher_to(&ctx, &format!("tcp://127.0.0.1:{publish_port}"));
     let (done_tx, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || done_tx.send(agent.wait_with_output()));
     let deadline = Instant::now() + Duration::from_secs(15);
