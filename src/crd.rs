@@ -78,13 +78,17 @@ pub struct FanoutGroupSpec {
 
     /// Directory on the node under which the group gets its own directory
     /// `<socketDir>/<namespace>.<name>`, holding the subscriber socket `<namespace>.<name>.sock`.
-    /// Absolute and normalized, `/var/run/fanout` or below it (admission), and inside the
+    /// Absolute and normalized, `/var/run/fanout` or below it with no `.` in a directory name
+    /// below it (so never inside another group's directory; admission), and inside the
     /// controller's `--socket-root` (checked by the controller).
     #[serde(default = "default_socket_dir")]
     #[x_kube(
         validation = Rule::new("self.startsWith('/') && !self.endsWith('/') && !self.contains('//') && !self.matches('(^|/)[.][.]?(/|$)')").message("socketDir must be a normalized absolute path: no trailing '/', no '//', no '.' or '..' segment"),
         // The init container hands the group's directory below this one to the proxy user.
         validation = Rule::new("self == '/var/run/fanout' || self.startsWith('/var/run/fanout/')").message("socketDir must be /var/run/fanout or a directory below it"),
+        // Each group's own directory is `<socketDir>/<namespace>.<name>` and its proxy owns it:
+        // a dot below the root could put this group inside another's (`policy::enters_a_group_dir`).
+        validation = Rule::new("!self.matches('^/var/run/fanout/.*[.]')").message("socketDir must not have a '.' in a directory name below /var/run/fanout: <namespace>.<name> directories are the groups' own"),
     )]
     #[schemars(length(max = 64))]
     pub socket_dir: String,

@@ -563,6 +563,10 @@ async fn invalid_groups_are_refused_at_admission() {
             "socketDir: /var/run/fanoutx",
             "socketDir must be /var/run/fanout or a directory below it",
         ),
+        (
+            "socketDir: /var/run/fanout/e2e-invalid.other",
+            "socketDir must not have a '.' in a directory name below /var/run/fanout",
+        ),
         ("socketGroup: 0", "socketGroup must not be 0 (root)"),
         ("publisherPort: 7100\n  httpPort: 7100", "Port"),
         // One peer's queue above 256 MiB (the default message is 64 KiB).
@@ -803,7 +807,14 @@ async fn the_policy_refuses_groups_and_only_the_daemon_sets_pods_are_endpoints()
     assert_eq!(init.image.as_deref(), Some("fanout:e2e"));
     assert_eq!(
         pod_spec.volumes.unwrap()[0].host_path.as_ref().unwrap().path,
-        "/var/run/fanout/e2e/e2e-policy.good"
+        "/var/run/fanout/e2e",
+        "the admin's root"
+    );
+    let mount = &pod_spec.containers[0].volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.sub_path.as_deref()),
+        ("/var/run/fanout/e2e/e2e-policy.good", Some("e2e-policy.good")),
+        "the proxy sees its own directory only"
     );
     eventually(Duration::from_secs(30), "the proxy in the slices", || async {
         let (all, ready, _) = slice_addresses(&client, namespace, "good").await;
@@ -848,6 +859,120 @@ async fn the_policy_refuses_groups_and_only_the_daemon_sets_pods_are_endpoints()
     let namespaces: Api<Namespace> = Api::all(client);
     let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
     remove_node(node);
+}
+
+/// Issue 10: a Secret `<name>-curve` planted before the group exists, with the controller's
+/// labels and a key pair of the planter's, is never used: the group turns Degraded with
+/// `CurveKeyUnusable` and the reason in its status, no DaemonSet is written, the planted key is
+/// published nowhere and the Secret is left as it was. Once it is deleted the controller makes
+/// the group's own key pair and the proxies follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn a_planted_server_key_secret_is_refused_with_the_reason_in_the_status() {
+    use k8s_openapi::api::core::v1::Secret;
+    let (client, work, kubeconfig) = installed_cluster().await;
+    let namespace = "e2e-planted";
+    ensure_namespace(&client, namespace).await;
+    let _controller =
+        ControllerProcess::start_with(&kubeconfig, "e2e-planted", "127.0.0.1:18085", work.path(), &[]);
+    let planted_keys = fanout::curve::KeyPair::generate().unwrap();
+    let planted_public = planted_keys.public.to_z85();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let planted: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "planted-curve", "namespace": namespace, "labels": {
+            "fanout.dev/group": "planted",
+            "app.kubernetes.io/managed-by": "fanout-controller",
+            "fanout.dev/public-key": "true"}},
+        "stringData": {"public.key": format!("{planted_public}\n"),
+                       "secret.key": format!("{}\n", planted_keys.secret.to_z85())}
+    }))
+    .unwrap();
+    let planted = secrets.create(&PostParams::default(), &planted).await.unwrap();
+    let manifest = format!(
+        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: planted\n  namespace: {namespace}\nspec:\n  security:\n    curve: true\n"
+    );
+    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let status = eventually(
+        Duration::from_secs(60),
+        "the group Degraded with CurveKeyUnusable",
+        || async {
+            let status = group_status(&client, namespace, "planted").await;
+            (degraded_reason(&status).as_deref() == Some("CurveKeyUnusable")).then_some(status)
+        },
+    )
+    .await;
+    let message = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Degraded"))
+        .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    eprintln!("planted Secret refused: CurveKeyUnusable: {message}");
+    assert!(
+        message.contains("no controller ownerReference to this FanoutGroup"),
+        "{message}"
+    );
+    // A few reconciles later: still nothing for the proxies, the planted key nowhere.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
+    assert!(
+        daemon_sets.get_opt("planted").await.unwrap().is_none(),
+        "a DaemonSet was written"
+    );
+    let status = group_status(&client, namespace, "planted").await;
+    assert!(
+        status["curvePublicKey"].is_null(),
+        "the planted key is in the status: {status}"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    if let Some(cm) = configmaps.get_opt("planted-endpoints").await.unwrap() {
+        let data = cm.data.unwrap_or_default();
+        assert!(!data.values().any(|v| v.contains(&planted_public)), "{data:?}");
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    for slice in slices
+        .list(&ListParams::default().labels("fanout.dev/group=planted"))
+        .await
+        .unwrap()
+    {
+        assert!(!format!("{:?}", slice.metadata.annotations).contains(&planted_public));
+    }
+    let after = secrets.get("planted-curve").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, planted.metadata.resource_version,
+        "the planted Secret was written to"
+    );
+
+    // Deleted: the controller makes the group's own key pair, owned by the group.
+    secrets
+        .delete("planted-curve", &DeleteParams::default())
+        .await
+        .unwrap();
+    let own_key = eventually(
+        Duration::from_secs(60),
+        "the group's own key published",
+        || async {
+            let status = group_status(&client, namespace, "planted").await;
+            status["curvePublicKey"].as_str().map(str::to_string)
+        },
+    )
+    .await;
+    assert_ne!(own_key, planted_public);
+    let own = secrets.get("planted-curve").await.unwrap();
+    let owner = &own.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("FanoutGroup", Some(true))
+    );
+    eventually(Duration::from_secs(30), "the DaemonSet written", || async {
+        daemon_sets.get_opt("planted").await.unwrap().map(|_| ())
+    })
+    .await;
+    eprintln!("after the planted Secret was deleted: own key {own_key}, DaemonSet written");
+
+    let namespaces: Api<Namespace> = Api::all(client);
+    let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
 }
 
 /// A group on `nodes` kwok nodes with real proxies (the fake kubelet), the controller, a

@@ -539,3 +539,106 @@ while time.time() < deadline:
     let parts = got.expect("a message from pyzmq");
     assert_eq!(parts[1], b"hello from pyzmq");
 }
+
+// --- Added for issue 10 (sec-misc): a key added to the allow-list ----------------------------
+// Kept apart from the tests above so that parallel edits to this file merge cleanly.
+
+/// The other half of "followed live": a key added to the allow-list file (as a kubelet updates
+/// a mounted ConfigMap) is admitted within a second. libzmq 4.3 never retries a handshake the
+/// ZAP handler refused (the client's session ends: shown here with a plain PUB), so our
+/// Publisher reconnects a refusing proxy itself (`publisher::auth_retry`), and a publisher that
+/// started before its key was listed gets through within a second of the listing.
+#[test]
+fn a_key_added_to_the_allow_list_is_admitted_within_a_second() {
+    let (listed, added, plain_key) = (
+        KeyPair::generate().expect("keys"),
+        KeyPair::generate().expect("keys"),
+        KeyPair::generate().expect("keys"),
+    );
+    let setup = Setup::new(&[&listed]);
+    let proxy = setup.start();
+    let endpoint = proxy.publisher_endpoints()[0].clone();
+    let ctx = zmq::Context::new();
+    let sub = subscriber(&ctx, &proxy, &[b""]);
+    let a = plain_curve_pub(&ctx, &endpoint, &setup.server.public, &listed);
+    sync(&a, &sub, b"a");
+
+    // Our publisher and a plain libzmq PUB, both with keys nobody listed yet.
+    let publisher = fanout::Publisher::new(fanout::publisher::PublisherConfig {
+        linger: Duration::from_millis(200),
+        curve: Some(CurveClient {
+            server: setup.server.public,
+            keys: added.clone(),
+        }),
+        ..Default::default()
+    })
+    .expect("publisher");
+    publisher
+        .set_membership([fanout::Endpoint::parse(&endpoint).expect("endpoint")].into())
+        .expect("membership");
+    let plain = plain_curve_pub(&ctx, &endpoint, &setup.server.public, &plain_key);
+    assert!(
+        eventually(|| refused(&proxy, Refusal::UnknownKey) >= 2),
+        "the unlisted keys were not refused"
+    );
+    sub.set_rcvtimeo(10).expect("rcvtimeo");
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        publisher
+            .publish("ours", vec![b"early".to_vec()])
+            .expect("publish");
+        plain
+            .send_multipart([b"plain".as_slice(), b"early"], zmq::DONTWAIT)
+            .ok();
+        if let Ok(parts) = sub.recv_multipart(0) {
+            assert_eq!(parts[0], b"a", "an unlisted key's message arrived");
+        }
+    }
+    let refusals_while_unlisted = refused(&proxy, Refusal::UnknownKey);
+    assert!(
+        refusals_while_unlisted >= 3,
+        "our publisher did not try again while refused ({refusals_while_unlisted} refusals)"
+    );
+    let mut registry = fanout::metrics::registry();
+    publisher.metrics().register(&mut registry);
+    let text = fanout::metrics::encode(&registry);
+    assert!(
+        !text.contains("fanout_publisher_auth_refused_handshakes_total 0\n"),
+        "the publisher counts its refusals: {text}"
+    );
+
+    setup.allow_only(&[&listed, &added, &plain_key]);
+    let added_at = Instant::now();
+    let mut first = None;
+    let mut plain_arrived = false;
+    while first.is_none() && added_at.elapsed() < Duration::from_secs(5) {
+        publisher
+            .publish("ours", vec![b"admitted".to_vec()])
+            .expect("publish");
+        plain
+            .send_multipart([b"plain".as_slice(), b"late"], zmq::DONTWAIT)
+            .ok();
+        while let Ok(parts) = sub.recv_multipart(0) {
+            // Our envelope rides in the topic frame's tail.
+            if parts[0].starts_with(b"ours") {
+                first = Some(added_at.elapsed());
+            }
+            plain_arrived |= parts[0] == b"plain";
+        }
+    }
+    let first = first.expect("the added key was never admitted");
+    eprintln!("a key added to the allow-list: our publisher's first message delivered {first:?} later");
+    assert!(
+        first < Duration::from_secs(1),
+        "the added key was admitted only {first:?} after it was listed"
+    );
+    // A plain libzmq PUB refused before stays cut off (libzmq does not retry) ...
+    assert!(
+        !plain_arrived,
+        "libzmq retried a refused handshake after all: the docs say it does not"
+    );
+    // ... while a new connection with its key is admitted at once.
+    let fresh = plain_curve_pub(&ctx, &endpoint, &setup.server.public, &plain_key);
+    sync(&fresh, &sub, b"fresh");
+    publisher.close();
+}

@@ -4,7 +4,9 @@
 //! - children (DaemonSet, Service, EndpointSlices, ConfigMaps, the server key Secret): that,
 //!   and also labelled `app.kubernetes.io/managed-by: fanout-controller`, so that nothing
 //!   anyone else labels with the group is ever pruned;
-//! - key Secrets: every Secret of the group's namespace labelled `fanout.dev/public-key`.
+//! - key Secrets: every Secret of the group's namespace labelled `fanout.dev/public-key`; the
+//!   group's own key pair among them is trusted only with its controller owner reference to the
+//!   group (`is_controlled_by`), never by its labels alone.
 
 use super::error::Error;
 use super::objects::{FIELD_MANAGER, GroupId, MANAGED_BY_LABEL};
@@ -113,6 +115,23 @@ pub fn is_member(meta: &ObjectMeta, id: &GroupId) -> bool {
 /// A member that the controller manages: one of the group's children.
 pub fn is_child(meta: &ObjectMeta, id: &GroupId) -> bool {
     is_member(meta, id) && label(meta, MANAGED_BY_LABEL) == Some(FIELD_MANAGER)
+}
+
+/// Whether `meta`'s controller owner reference is `owner` itself: its apiVersion, kind, name
+/// and uid. Labels can be set by anyone who may create the object; the uid of an owner that
+/// exists only from its creation on cannot be guessed beforehand.
+pub fn is_controlled_by<K: Resource<DynamicType = ()>>(meta: &ObjectMeta, owner: &K) -> bool {
+    let owner_meta = owner.meta();
+    let Some(uid) = owner_meta.uid.as_deref() else {
+        return false;
+    };
+    meta.owner_references.iter().flatten().any(|reference| {
+        reference.controller == Some(true)
+            && reference.api_version == K::api_version(&())
+            && reference.kind == K::kind(&())
+            && Some(reference.name.as_str()) == owner_meta.name.as_deref()
+            && reference.uid == uid
+    })
 }
 
 #[cfg(test)]

@@ -52,7 +52,9 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 30;
 /// Name of the init container that hands the socket directory to the proxy user.
 pub const PREPARE_SOCKET_DIR_CONTAINER: &str = "prepare-socket-dir";
 /// Volume (hostPath `spec.socketDir`) holding the subscriber socket.
-pub const SOCKET_DIR_VOLUME: &str = "socket-dir";
+/// The pod's one hostPath volume: the admin's socket root. The init container mounts all of it
+/// (it walks down from the root); the proxy only its own group's directory, as a subPath.
+pub const SOCKET_ROOT_VOLUME: &str = "socket-root";
 /// Volumes of the server secret key and of the allow-lists (`security.curve`).
 pub const SERVER_KEY_VOLUME: &str = "curve-key";
 pub const ALLOW_LIST_VOLUME: &str = "curve-allow";
@@ -295,13 +297,15 @@ pub fn socket_dir_group_and_mode(group: &FanoutGroup) -> (i64, u32) {
 }
 
 /// The arguments of the init container: `fanout prepare-socket-dir ...` on the group's own
-/// directory `socket_dir`.
-pub fn prepare_socket_dir_args(group: &FanoutGroup, socket_dir: &str) -> Vec<String> {
+/// directory, walking down from the admin's socket root.
+pub fn prepare_socket_dir_args(group: &FanoutGroup, admitted: &Admitted) -> Vec<String> {
     let (gid, mode) = socket_dir_group_and_mode(group);
     vec![
         crate::proxy::socket_dir::SUBCOMMAND.to_string(),
+        "--root".to_string(),
+        admitted.socket_root.clone(),
         "--path".to_string(),
-        socket_dir.to_string(),
+        admitted.socket_dir.clone(),
         "--uid".to_string(),
         PROXY_UID.to_string(),
         "--gid".to_string(),
@@ -311,10 +315,29 @@ pub fn prepare_socket_dir_args(group: &FanoutGroup, socket_dir: &str) -> Vec<Str
     ]
 }
 
-fn socket_dir_mount(socket_dir: &str) -> VolumeMount {
+/// The whole socket root, for the init container.
+fn socket_root_mount(admitted: &Admitted) -> VolumeMount {
     VolumeMount {
-        name: SOCKET_DIR_VOLUME.to_string(),
-        mount_path: socket_dir.to_string(),
+        name: SOCKET_ROOT_VOLUME.to_string(),
+        mount_path: admitted.socket_root.clone(),
+        ..VolumeMount::default()
+    }
+}
+
+/// The group's own directory only, for the proxy: a subPath of the root volume, which the
+/// kubelet resolves without following symlinks out of the volume, when the proxy starts (after
+/// the init container checked the way down). A hostPath of the group's directory instead would
+/// have the kubelet create it, following whatever lies on the way, before any check ran.
+fn group_dir_mount(admitted: &Admitted) -> VolumeMount {
+    let below_root = admitted
+        .socket_dir
+        .strip_prefix(&admitted.socket_root)
+        .unwrap_or(&admitted.socket_dir)
+        .trim_start_matches('/');
+    VolumeMount {
+        name: SOCKET_ROOT_VOLUME.to_string(),
+        mount_path: admitted.socket_dir.clone(),
+        sub_path: Some(below_root.to_string()),
         ..VolumeMount::default()
     }
 }
@@ -336,7 +359,7 @@ fn prepare_socket_dir_container(group: &FanoutGroup, admitted: &Admitted) -> Con
         name: PREPARE_SOCKET_DIR_CONTAINER.to_string(),
         image: Some(admitted.init_image.clone()),
         command: Some(vec!["fanout".to_string()]),
-        args: Some(prepare_socket_dir_args(group, &admitted.socket_dir)),
+        args: Some(prepare_socket_dir_args(group, admitted)),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_string(), quantity("10m")),
@@ -358,7 +381,7 @@ fn prepare_socket_dir_container(group: &FanoutGroup, admitted: &Admitted) -> Con
             seccomp_profile: Some(runtime_default_seccomp()),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![socket_dir_mount(&admitted.socket_dir)]),
+        volume_mounts: Some(vec![socket_root_mount(admitted)]),
         ..Container::default()
     }
 }
@@ -432,7 +455,7 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
             ..SecurityContext::default()
         }),
         volume_mounts: Some(
-            std::iter::once(socket_dir_mount(&admitted.socket_dir))
+            std::iter::once(group_dir_mount(admitted))
                 .chain(curve_mounts)
                 .collect(),
         ),
@@ -463,9 +486,9 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         enable_service_links: Some(false),
         volumes: Some(
             std::iter::once(Volume {
-                name: SOCKET_DIR_VOLUME.to_string(),
+                name: SOCKET_ROOT_VOLUME.to_string(),
                 host_path: Some(HostPathVolumeSource {
-                    path: admitted.socket_dir.clone(),
+                    path: admitted.socket_root.clone(),
                     type_: Some("DirectoryOrCreate".to_string()),
                 }),
                 ..Volume::default()
@@ -746,11 +769,21 @@ mod tests {
         );
         let volume = &pod.volumes.as_ref().unwrap()[0];
         let host_path = volume.host_path.as_ref().unwrap();
-        assert_eq!(host_path.path, "/var/run/fanout/net.updates");
+        assert_eq!(host_path.path, "/var/run/fanout", "the admin's root");
         assert_eq!(host_path.type_.as_deref(), Some("DirectoryOrCreate"));
+        let mount = &container(&ds).volume_mounts.as_ref().unwrap()[0];
         assert_eq!(
-            container(&ds).volume_mounts.as_ref().unwrap()[0].mount_path,
-            "/var/run/fanout/net.updates"
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.sub_path.as_deref()
+            ),
+            (
+                volume.name.as_str(),
+                "/var/run/fanout/net.updates",
+                Some("net.updates")
+            ),
+            "the proxy sees its own group's directory only"
         );
         let ready = container(&ds).readiness_probe.clone().unwrap().http_get.unwrap();
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
@@ -780,6 +813,8 @@ mod tests {
             init.args.clone().unwrap(),
             [
                 "prepare-socket-dir",
+                "--root",
+                "/var/run/fanout",
                 "--path",
                 "/var/run/fanout/net.updates",
                 "--uid",
@@ -809,9 +844,17 @@ mod tests {
                 ..SecurityContext::default()
             })
         );
-        assert_eq!(init.volume_mounts, container(&ds).volume_mounts, "same mount");
         let volume = &pod_spec(&ds).volumes.as_ref().unwrap()[0];
-        assert_eq!(init.volume_mounts.as_ref().unwrap()[0].name, volume.name);
+        let mount = &init.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.sub_path.as_deref()
+            ),
+            (volume.name.as_str(), "/var/run/fanout", None),
+            "the init container walks down from the whole root"
+        );
         let resources = init.resources.clone().unwrap();
         assert_eq!(resources.requests.unwrap()["cpu"], Quantity("10m".into()));
         assert_eq!(resources.limits.unwrap()["memory"], Quantity("64Mi".into()));
@@ -842,6 +885,8 @@ mod tests {
         assert_eq!(
             args[1..],
             [
+                "--root",
+                "/var/run/fanout",
                 "--path",
                 "/var/run/fanout/x/net.updates",
                 "--uid",
@@ -856,7 +901,12 @@ mod tests {
         assert_eq!(pod_security.supplemental_groups, Some(vec![2000]));
         assert_eq!(
             init_container(&ds).volume_mounts.as_ref().unwrap()[0].mount_path,
-            "/var/run/fanout/x/net.updates"
+            "/var/run/fanout"
+        );
+        let mount = &container(&ds).volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.sub_path.as_deref()),
+            ("/var/run/fanout/x/net.updates", Some("x/net.updates"))
         );
     }
 
@@ -888,6 +938,7 @@ mod tests {
             assert_eq!(
                 args,
                 PrepareSocketDirArgs {
+                    root: "/var/run/fanout".into(),
                     path: "/var/run/fanout/net.updates".into(),
                     uid: 65532,
                     gid,

@@ -10,7 +10,7 @@
 //! Longer than 500 lines for a reason: over half of it is the plan's own tests (group and
 //! caches in, plan out, no API), which belong beside the one function they test.
 
-use super::children::{Children, is_child, named};
+use super::children::{Children, is_child, is_controlled_by, named};
 use super::keys::{self, ServerKey};
 use super::notices::{Notice, notices};
 use super::objects::{self, GroupId, Unrealisable};
@@ -323,7 +323,7 @@ fn plan_curve(group: &FanoutGroup, id: &GroupId, children: &Children) -> Result<
         secret.labels().get(objects::MANAGED_BY_LABEL).map(String::as_str) == Some(objects::FIELD_MANAGER)
     };
     let server_key = keys::server_key(&id.name, secrets, |secret| {
-        is_child(&secret.metadata, id) && is_server_key(secret)
+        server_key_ownership(secret, group, id)
     });
     let security = &group.spec.security;
     let publishers = keys::allow_list(security.allowed_publishers.as_ref(), secrets, is_server_key);
@@ -345,6 +345,31 @@ fn plan_curve(group: &FanoutGroup, id: &GroupId, children: &Children) -> Result<
         allow_list,
         unresolved,
     })
+}
+
+/// Whether `secret` is `group`'s own server key pair, or why not. The labels say it is one of
+/// the group's children, but anyone who may create Secrets in the namespace can set labels, and
+/// could so plant a key pair of their own and hold the proxies' secret key. The controller
+/// owner reference to the group's uid is what the controller's own create wrote: a uid exists
+/// only once the group does, so no Secret made before the group can carry it. (The field
+/// manager in `managedFields` is no proof: every client names its own.)
+fn server_key_ownership(secret: &Secret, group: &FanoutGroup, id: &GroupId) -> Result<(), String> {
+    if !is_child(&secret.metadata, id) {
+        return Err(format!(
+            "is not labelled as one of the group's children ({}={}, {}={})",
+            crate::endpoint_list::GROUP_LABEL,
+            id.name,
+            objects::MANAGED_BY_LABEL,
+            objects::FIELD_MANAGER
+        ));
+    }
+    if !is_controlled_by(&secret.metadata, group) {
+        return Err(format!(
+            "has no controller ownerReference to this FanoutGroup (uid {})",
+            group.metadata.uid.as_deref().unwrap_or("unknown")
+        ));
+    }
+    Ok(())
 }
 
 /// The report for a group that `problem` keeps from being realised (a name that cannot name
@@ -674,6 +699,26 @@ mod tests {
         Arc::new(secret)
     }
 
+    /// The group's key pair as the writer creates it: the planned Secret with a public key.
+    fn written_server_key(group: &FanoutGroup, key: &str) -> Arc<Secret> {
+        let mut secret = objects::server_key_secret(group).unwrap();
+        secret.data = Some(std::collections::BTreeMap::from([(
+            "public.key".to_string(),
+            k8s_openapi::ByteString(key.as_bytes().to_vec()),
+        )]));
+        Arc::new(secret)
+    }
+
+    fn curve_group() -> FanoutGroup {
+        group_with(FanoutGroupSpec {
+            security: crate::crd::GroupSecurity {
+                curve: true,
+                ..Default::default()
+            },
+            ..FanoutGroupSpec::default()
+        })
+    }
+
     #[test]
     fn a_curve_group_gets_its_key_pair_then_publishes_the_key_and_admits_the_named_publishers() {
         use crate::crd::{GroupSecurity, KeySecrets};
@@ -748,7 +793,7 @@ mod tests {
             .iter()
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(volumes, ["socket-dir", "curve-key", "curve-allow"]);
+        assert_eq!(volumes, ["socket-root", "curve-key", "curve-allow"]);
         let secret_volume = pod_spec.volumes.as_ref().unwrap()[1].secret.as_ref().unwrap();
         let items = secret_volume.items.as_ref().unwrap();
         assert_eq!(
@@ -757,11 +802,11 @@ mod tests {
             "only the secret half is mounted"
         );
 
-        // The key pair written (it carries the group's child labels): its public half is
+        // The key pair written (the group's child labels, its controller owner reference): its public half is
         // published on every slice, in the ConfigMap and the status; no second key is made.
         children
             .key_secrets
-            .push(key_secret("updates-curve", &server.to_z85(), true));
+            .push(written_server_key(&curve, &server.to_z85()));
         let next = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
         assert!(next.create_server_key.is_none());
         let annotations = next.slices[0].slice.object.metadata.annotations.as_ref().unwrap();
@@ -791,15 +836,76 @@ mod tests {
         );
     }
 
+    /// Issue 10: someone who may create Secrets plants `<name>-curve` with the controller's labels
+    /// and a key pair of their own (before the group exists, or with a wrong or non-controller
+    /// owner reference). The proxies never get it, nothing overwrites it, and the status says why.
+    #[test]
+    fn a_key_pair_planted_with_the_right_labels_is_not_trusted() {
+        let curve = curve_group();
+        let planted = crate::curve::KeyPair::generate().unwrap().public.to_z85();
+        let mut other_group = curve_group();
+        other_group.metadata.uid = Some("uid-of-an-earlier-group".into());
+        let mut not_controller = (*written_server_key(&curve, &planted)).clone();
+        for reference in not_controller.metadata.owner_references.iter_mut().flatten() {
+            reference.controller = Some(false);
+        }
+        for (case, secret) in [
+            ("labels only", key_secret("updates-curve", &planted, true)),
+            ("another uid", written_server_key(&other_group, &planted)),
+            ("not the controller", Arc::new(not_controller)),
+        ] {
+            let children = Children {
+                daemon_sets: vec![cached(build(&curve))],
+                key_secrets: vec![secret],
+                ..Children::default()
+            };
+            let refused = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
+            assert!(refused.daemon_set.is_none(), "{case}: no proxies with that key");
+            assert!(
+                refused.create_server_key.is_none(),
+                "{case}: nothing overwrites it"
+            );
+            let problem = refused.problem.as_ref().unwrap();
+            assert_eq!(problem.reason, "CurveKeyUnusable", "{case}");
+            assert!(
+                problem
+                    .message
+                    .contains("has no controller ownerReference to this FanoutGroup (uid uid-1)")
+                    && problem.message.contains("delete it"),
+                "{case}: {}",
+                problem.message
+            );
+            let status = refused.report.status.as_ref().unwrap();
+            assert_eq!(
+                status.curve_public_key, None,
+                "{case}: the planted key is not published"
+            );
+            let degraded = status.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+            assert_eq!(
+                (degraded.status.as_str(), degraded.reason.as_str()),
+                ("True", "CurveKeyUnusable")
+            );
+            assert!(
+                refused
+                    .slices
+                    .iter()
+                    .all(|s| s.slice.object.metadata.annotations.is_none()),
+                "{case}"
+            );
+        }
+        // The controller's own key pair, for comparison, is used.
+        let children = Children {
+            key_secrets: vec![written_server_key(&curve, &planted)],
+            ..Children::default()
+        };
+        let trusted = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
+        assert!(trusted.problem.is_none(), "{:?}", trusted.problem);
+        assert!(trusted.daemon_set.is_some());
+    }
+
     #[test]
     fn a_foreign_secret_in_the_key_pairs_place_stops_the_group() {
-        let curve = group_with(FanoutGroupSpec {
-            security: crate::crd::GroupSecurity {
-                curve: true,
-                ..Default::default()
-            },
-            ..FanoutGroupSpec::default()
-        });
+        let curve = curve_group();
         let planted = crate::curve::KeyPair::generate().unwrap().public.to_z85();
         let children = Children {
             key_secrets: vec![key_secret("updates-curve", &planted, false)],

@@ -10,7 +10,7 @@ mod error;
 mod forwarder;
 mod ipc;
 mod metrics;
-mod monitor;
+pub(crate) mod monitor;
 #[cfg(feature = "http")]
 mod serve;
 pub mod socket_dir;

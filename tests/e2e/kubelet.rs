@@ -7,7 +7,7 @@
 //! - every fake pod shares the test's one network namespace, so a wildcard bind address
 //!   (`*`, `0.0.0.0`) becomes the pod's own IP;
 //! - every fake node shares one filesystem, so a hostPath mount becomes a directory per node
-//!   under `root` (`<root>/<node>/<hostPath>`).
+//!   under `root` (`<root>/<node>/<hostPath>[/<subPath>]`).
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -223,9 +223,10 @@ pub fn proxy_command_line(
         .iter()
         .flatten()
         .filter_map(|m| {
-            volumes
-                .get(&m.name)
-                .map(|host| (m.mount_path.clone(), host_path(root, node, host)))
+            volumes.get(&m.name).map(|host| {
+                let path = host_path(root, node, host).join(m.sub_path.as_deref().unwrap_or_default());
+                (m.mount_path.clone(), path)
+            })
         })
         .collect();
     words
@@ -265,7 +266,10 @@ fn start_proxy(pod: &Pod, ip: &str, node: &str, binary: &Path, root: &Path) -> s
             .and_then(|s| s.volumes.as_ref())
             .and_then(|vs| vs.iter().find(|v| v.name == mount.name));
         if let Some(host) = volume.and_then(|v| v.host_path.as_ref()) {
-            std::fs::create_dir_all(host_path(root, node, &host.path))?;
+            // The kubelet creates a missing subPath too (the init container, which this stand-in
+            // does not run, would have made it already).
+            let sub_path = mount.sub_path.as_deref().unwrap_or_default();
+            std::fs::create_dir_all(host_path(root, node, &host.path).join(sub_path))?;
         }
     }
     let log_path = root.join(format!("{}.log", pod.name_any()));

@@ -48,11 +48,20 @@ pub fn tcp_port(endpoint: &str) -> u16 {
 }
 
 pub fn publisher(ctx: &zmq::Context, proxy: &Proxy) -> zmq::Socket {
+    publisher_to(ctx, &proxy.publisher_endpoints()[0])
+}
+
+/// A port nothing listens on right now (for a proxy started as a process of its own).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// A plain PUB connected to `endpoint` (a proxy running as a process of its own).
+pub fn publisher_to(ctx: &zmq::Context, endpoint: &str) -> zmq::Socket {
     let socket = ctx.socket(zmq::PUB).expect("PUB");
     socket.set_linger(0).expect("linger");
-    socket
-        .connect(&proxy.publisher_endpoints()[0])
-        .expect("connect PUB");
+    socket.connect(endpoint).expect("connect PUB");
     socket
 }
 
