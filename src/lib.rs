@@ -23,6 +23,7 @@ pub mod membership;
 pub mod message_budget;
 pub mod metrics;
 pub mod probe;
+pub mod relay_tree;
 pub mod proxy;
 pub mod publisher;
 pub mod runtime;

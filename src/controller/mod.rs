@@ -3,7 +3,9 @@
 //! Where things are:
 //! - `plan`: the pure function from a group and its cached children to everything a
 //!   reconcile wants (children, prune set, status, Events), built on the pure `objects`
-//!   (spec → DaemonSet/Service/ConfigMap), `slices` (pods → EndpointSlices), `status`,
+//!   (spec → DaemonSet/Service/ConfigMap), `slices` (pods → EndpointSlices), `relays` (the
+//!   relay tree's tiers and assignment slices), `relay_access` (the proxies' ServiceAccount,
+//!   Role and token for relaying), `status`,
 //!   `notices` and `apply` (the applied-hash);
 //! - `writer`: the one place that writes to the API, and checks leadership;
 //! - `reconcile`: `Context`, `reconcile` (sync, throttle, plan, write, status, events) and
@@ -29,6 +31,8 @@ pub mod objects;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
+pub mod relay_access;
+pub mod relays;
 pub mod slices;
 pub mod status;
 pub mod watches;

@@ -238,6 +238,9 @@ pub fn proxy_args(group: &FanoutGroup, id: &GroupId, socket_dir: &str) -> Vec<St
             ]);
         }
     }
+    if spec.relays.enabled {
+        args.extend(super::relay_access::relay_args(id));
+    }
     args
 }
 
@@ -402,11 +405,20 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         ports.push(tcp_port(SUBSCRIBE_PORT_NAME, port));
     }
     ports.push(tcp_port(HTTP_PORT_NAME, spec.http_port));
-    let (curve_volumes, curve_mounts) = if spec.security.curve {
+    let (mut extra_volumes, mut extra_mounts) = if spec.security.curve {
         curve_volumes(&id)
     } else {
         (Vec::new(), Vec::new())
     };
+    // With relays enabled: the pod's identity, its name and its API token (relay_access).
+    let relay = spec
+        .relays
+        .enabled
+        .then(|| super::relay_access::relay_pod_parts(&id));
+    if let Some(relay) = &relay {
+        extra_volumes.push(relay.volume.clone());
+        extra_mounts.push(relay.mount.clone());
+    }
 
     let container = Container {
         name: PROXY_CONTAINER.to_string(),
@@ -417,6 +429,7 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         readiness_probe: Some(http_probe("/readyz", spec.http_port, 2, 2)),
         liveness_probe: Some(http_probe("/healthz", spec.http_port, 10, 3)),
         resources: spec.resources.clone(),
+        env: relay.as_ref().map(|relay| relay.env.clone()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(PROXY_UID),
@@ -432,7 +445,7 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         }),
         volume_mounts: Some(
             std::iter::once(socket_dir_mount(&admitted.socket_dir))
-                .chain(curve_mounts)
+                .chain(extra_mounts)
                 .collect(),
         ),
         ..Container::default()
@@ -458,7 +471,9 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         tolerations: Some(admitted.tolerations.clone()),
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        // A relay's token is mounted into the proxy container only (relay_access).
         automount_service_account_token: Some(false),
+        service_account_name: relay.as_ref().map(|relay| relay.service_account.clone()),
         enable_service_links: Some(false),
         volumes: Some(
             std::iter::once(Volume {
@@ -469,7 +484,7 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
                 }),
                 ..Volume::default()
             })
-            .chain(curve_volumes)
+            .chain(extra_volumes)
             .collect(),
         ),
         ..PodSpec::default()
@@ -670,7 +685,13 @@ mod tests {
                 "--max-message-bytes",
                 "65536",
                 "--heartbeat",
-                "5"
+                "5",
+                "--relay-group",
+                "updates",
+                "--relay-namespace",
+                "net",
+                "--relay-pod",
+                "$(POD_NAME)"
             ]
         );
         assert_eq!(
@@ -808,7 +829,11 @@ mod tests {
                 ..SecurityContext::default()
             })
         );
-        assert_eq!(init.volume_mounts, container(&ds).volume_mounts, "same mount");
+        assert_eq!(
+            init.volume_mounts.as_ref().unwrap()[..],
+            container(&ds).volume_mounts.as_ref().unwrap()[..1],
+            "same socket mount (the proxy's second is its relay token)"
+        );
         let volume = &pod_spec(&ds).volumes.as_ref().unwrap()[0];
         assert_eq!(init.volume_mounts.as_ref().unwrap()[0].name, volume.name);
         let resources = init.resources.clone().unwrap();
