@@ -363,7 +363,10 @@ mod tests {
             "fanout.dev/relay-for=g,fanout.dev/relay=g-abcde,endpointslice.kubernetes.io/managed-by=controller.fanout.dev"
         );
         let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         let top = labels(&[(GROUP_LABEL, "g"), (SLICE_MANAGED_BY_LABEL, SLICE_MANAGER)]);
         let assignment = labels(&[
@@ -375,7 +378,10 @@ mod tests {
         assert!(!selector_matches(&slice_selector("g"), &assignment));
         assert!(selector_matches(&relay, &assignment));
         assert!(!selector_matches(&relay, &top));
-        assert!(!selector_matches(&relay_slice_selector("g", "g-other"), &assignment));
+        assert!(!selector_matches(
+            &relay_slice_selector("g", "g-other"),
+            &assignment
+        ));
         assert!(selector_matches(GROUP_LABEL, &top));
     }
 

@@ -88,8 +88,11 @@ pub struct Tree {
 impl Tree {
     /// The leaves of each relay (every relay present, possibly with none), sorted.
     pub fn by_relay(&self) -> BTreeMap<&str, Vec<&str>> {
-        let mut by_relay: BTreeMap<&str, Vec<&str>> =
-            self.relays.iter().map(|relay| (relay.as_str(), Vec::new())).collect();
+        let mut by_relay: BTreeMap<&str, Vec<&str>> = self
+            .relays
+            .iter()
+            .map(|relay| (relay.as_str(), Vec::new()))
+            .collect();
         for (leaf, relay) in &self.leaves {
             by_relay.entry(relay.as_str()).or_default().push(leaf.as_str());
         }
@@ -171,7 +174,17 @@ mod tests {
 
     #[test]
     fn relay_count_is_the_ceiling_of_the_square_root() {
-        let expected = [(0, 0), (1, 1), (2, 2), (4, 2), (5, 3), (9, 3), (10, 4), (64, 8), (65, 9)];
+        let expected = [
+            (0, 0),
+            (1, 1),
+            (2, 2),
+            (4, 2),
+            (5, 3),
+            (9, 3),
+            (10, 4),
+            (64, 8),
+            (65, 9),
+        ];
         for (n, r) in expected {
             assert_eq!(relay_count(n), r, "N = {n}");
         }
@@ -266,7 +279,10 @@ mod tests {
             let cap = leaf_cap(n + 1 - relays, relays);
             for (moved, relay_change) in churn(n) {
                 if relay_change {
-                    assert!(moved <= 2 * cap + relays / 2 + 2, "N = {n}: {moved} moved, cap {cap}");
+                    assert!(
+                        moved <= 2 * cap + relays / 2 + 2,
+                        "N = {n}: {moved} moved, cap {cap}"
+                    );
                     new_relays.push(moved as f64 / cap as f64);
                 } else {
                     assert!(moved <= 1 + relays, "N = {n}: {moved} moved");
@@ -302,7 +318,10 @@ mod tests {
             let cap = leaf_cap(after.leaves.len(), after.relays.len());
             println!("N = {n}: relay with {own} leaves left; {moved} leaves moved (cap {cap})");
             assert!(moved >= own, "its own leaves move");
-            assert!(moved <= own + cap + after.relays.len() / 2 + 2, "N = {n}: {moved}");
+            assert!(
+                moved <= own + cap + after.relays.len() / 2 + 2,
+                "N = {n}: {moved}"
+            );
         }
     }
 

@@ -272,7 +272,11 @@ fn proxy_metric(ip: &str, name: &str) -> Option<f64> {
 
 /// The relay tree as the API holds it: relay pod → its leaves' pods (ready endpoints), from
 /// the slices labelled `fanout.dev/relay-for`.
-async fn relay_assignments(client: &Client, namespace: &str, group: &str) -> BTreeMap<String, BTreeSet<String>> {
+async fn relay_assignments(
+    client: &Client,
+    namespace: &str,
+    group: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
     let list = slices
         .list(&ListParams::default().labels(&format!("fanout.dev/relay-for={group}")))
@@ -323,7 +327,12 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     for node in &nodes {
         add_node(node);
     }
-    let kubelet = FakeKubelet::start(client.clone(), namespace, fanout_binary(), work.path().to_path_buf());
+    let kubelet = FakeKubelet::start(
+        client.clone(),
+        namespace,
+        fanout_binary(),
+        work.path().to_path_buf(),
+    );
     let manifest = format!(
         "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n  endpointsPerSlice: 3\n  relays:\n    minProxies: 9\n"
     );
@@ -336,12 +345,16 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     })
     .await;
     // The tree: 4 relays on top, each of the 6 others under exactly one relay.
-    let (top, tree) = eventually(Duration::from_secs(30), "a tree of 4 relays and 6 leaves", || async {
-        let top = top_tier_pods(&client, namespace, group).await;
-        let tree = relay_assignments(&client, namespace, group).await;
-        let leaves: usize = tree.values().map(BTreeSet::len).sum();
-        (top.len() == 4 && leaves == 6 && tree.keys().all(|r| top.contains(r))).then_some((top, tree))
-    })
+    let (top, tree) = eventually(
+        Duration::from_secs(30),
+        "a tree of 4 relays and 6 leaves",
+        || async {
+            let top = top_tier_pods(&client, namespace, group).await;
+            let tree = relay_assignments(&client, namespace, group).await;
+            let leaves: usize = tree.values().map(BTreeSet::len).sum();
+            (top.len() == 4 && leaves == 6 && tree.keys().all(|r| top.contains(r))).then_some((top, tree))
+        },
+    )
     .await;
     let leaves: BTreeSet<String> = tree.values().flatten().cloned().collect();
     assert_eq!(leaves.len(), 6, "each leaf under one relay: {tree:?}");
@@ -349,28 +362,41 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     let status = group_status(&client, namespace, group).await;
     assert_eq!(status["relays"], 4, "{status}");
     let table = kubectl_ok(&["get", "fg", "-n", namespace]);
-    assert!(table.lines().next().unwrap_or_default().contains("RELAYS"), "{table}");
+    assert!(
+        table.lines().next().unwrap_or_default().contains("RELAYS"),
+        "{table}"
+    );
     eprintln!("[{:>6.1}s] tree: {tree:?}", started.elapsed().as_secs_f64());
 
     // Each relay follows its assignment through the API with its own ServiceAccount (the
     // kubeconfig the fake kubelet gives it holds only that account's token) and links to it.
     for (relay, its_leaves) in &tree {
         let ip = &pods[relay].1;
-        eventually(Duration::from_secs(20), "a relay linked to its leaves", || async {
-            (proxy_metric(ip, "fanout_proxy_relay_leaves") == Some(its_leaves.len() as f64)).then_some(())
-        })
+        eventually(
+            Duration::from_secs(20),
+            "a relay linked to its leaves",
+            || async {
+                (proxy_metric(ip, "fanout_proxy_relay_leaves") == Some(its_leaves.len() as f64)).then_some(())
+            },
+        )
         .await;
     }
 
     // A publisher following the group connects to the 4 relays only; every node receives.
     let mut subscribers: BTreeMap<String, NodeSubscriber> = nodes
         .iter()
-        .map(|n| (n.clone(), NodeSubscriber::start(group_socket(&kubelet, n, namespace, group))))
+        .map(|n| {
+            (
+                n.clone(),
+                NodeSubscriber::start(group_socket(&kubelet, n, namespace, group)),
+            )
+        })
         .collect();
     let publisher = Publisher::new(PublisherConfig::default()).unwrap();
     publisher
         .follow(Box::new(
-            GroupSource::new(Some(namespace.into()), group.into(), GroupObject::Slices).with_client(client.clone()),
+            GroupSource::new(Some(namespace.into()), group.into(), GroupObject::Slices)
+                .with_client(client.clone()),
         ))
         .unwrap();
     let relay_endpoints: Membership = top
@@ -378,9 +404,11 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
         .map(|pod| format!("tcp://{}:7100", pods[pod].1).parse().unwrap())
         .collect();
     let publishing = PublishLoop::start(publisher);
-    eventually(Duration::from_secs(20), "the publisher on the 4 relays", || async {
-        (publishing.publisher.connected() == relay_endpoints).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the publisher on the 4 relays",
+        || async { (publishing.publisher.connected() == relay_endpoints).then_some(()) },
+    )
     .await;
     eventually(Duration::from_secs(20), "messages on every node", || async {
         subscribers.values().all(|s| s.count() > 0).then_some(())
@@ -389,9 +417,16 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     for leaf in &leaves {
         let ip = &pods[leaf].1;
         let publishers = proxy_metric(ip, "fanout_proxy_connected_peers{side=\"publishers\"}");
-        assert_eq!(publishers, Some(1.0), "leaf {leaf}: its relay is its one publisher");
+        assert_eq!(
+            publishers,
+            Some(1.0),
+            "leaf {leaf}: its relay is its one publisher"
+        );
     }
-    eprintln!("[{:>6.1}s] every node receives through the tree", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[{:>6.1}s] every node receives through the tree",
+        started.elapsed().as_secs_f64()
+    );
 
     // A relay's node goes away. Its leaves are reassigned to the other relays and receive
     // again; what they lost meanwhile is counted by their envelopes; nobody else loses.
@@ -414,12 +449,16 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     })
     .await;
     let counts: BTreeMap<String, u64> = subscribers.iter().map(|(n, s)| (n.clone(), s.count())).collect();
-    let resumed_at = eventually(Duration::from_secs(10), "every orphan receiving again", || async {
-        orphans
-            .iter()
-            .all(|o| subscribers[&node_of(o)].count() > counts[&node_of(o)] + 5)
-            .then(Instant::now)
-    })
+    let resumed_at = eventually(
+        Duration::from_secs(10),
+        "every orphan receiving again",
+        || async {
+            orphans
+                .iter()
+                .all(|o| subscribers[&node_of(o)].count() > counts[&node_of(o)] + 5)
+                .then(Instant::now)
+        },
+    )
     .await;
     kubelet.sweep(client.clone(), namespace).await;
     // Let the envelopes show the gap (the next message after it) before reading losses.
@@ -440,12 +479,21 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
         } else {
             ""
         };
-        eprintln!("  {node:<12} {:>7} received {lost:>5} lost{role}", subscriber.count());
+        eprintln!(
+            "  {node:<12} {:>7} received {lost:>5} lost{role}",
+            subscriber.count()
+        );
         if role.is_empty() {
-            assert_eq!(lost, 0, "node {node} lost messages though neither it nor its relay moved");
+            assert_eq!(
+                lost, 0,
+                "node {node} lost messages though neither it nor its relay moved"
+            );
         } else if *node != gone_node {
             // 200 messages a second: the bound of a join (1 s) is 200 messages.
-            assert!(lost <= 200, "node {node} lost {lost} messages: more than 1 s of outage");
+            assert!(
+                lost <= 200,
+                "node {node} lost {lost} messages: more than 1 s of outage"
+            );
         }
     }
     subscribers.clear();
@@ -455,7 +503,6 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
         remove_node(node);
     }
 }
-
 
 /// Steps 1–5 of the user's path: helm install, kubectl apply the example on five nodes,
 /// publishers and subscribers, a node joining and one leaving, deleting the group.

@@ -49,7 +49,10 @@ fn sync_all(publisher: &zmq::Socket, subscribers: &[&zmq::Socket]) {
 fn received(subscriber: &zmq::Socket) -> Vec<u64> {
     let mut got = Vec::new();
     while let Ok(parts) = subscriber.recv_multipart(0) {
-        if let Some(n) = parts.get(1).and_then(|p| std::str::from_utf8(p).ok()?.parse().ok()) {
+        if let Some(n) = parts
+            .get(1)
+            .and_then(|p| std::str::from_utf8(p).ok()?.parse().ok())
+        {
             got.push(n);
         }
     }
@@ -92,9 +95,17 @@ fn a_publisher_on_the_relay_reaches_the_assigned_leaves_once_each() {
     assert_eq!(metrics.leaves.get(), 2);
     publish(&publisher, 0..1000);
     for (i, s) in subs.iter().enumerate() {
-        assert_eq!(received(s), (0..1000).collect::<Vec<_>>(), "subscriber {i}: all, once, in order");
+        assert_eq!(
+            received(s),
+            (0..1000).collect::<Vec<_>>(),
+            "subscriber {i}: all, once, in order"
+        );
     }
-    assert_eq!(leaf_a.stats().publishers.connected, 1, "the leaf sees the relay as its publisher");
+    assert_eq!(
+        leaf_a.stats().publishers.connected,
+        1,
+        "the leaf sees the relay as its publisher"
+    );
 
     // Leaf b leaves the assignment: it gets nothing more, the others everything.
     assert!(feed.deliver(leaves(&[&leaf_a])));
@@ -153,7 +164,9 @@ fn with_curve_the_relay_uses_the_group_key_which_a_leaf_must_admit() {
     }
     .apply(&publisher)
     .expect("client keys");
-    publisher.connect(&relay.publisher_endpoints()[0]).expect("connect");
+    publisher
+        .connect(&relay.publisher_endpoints()[0])
+        .expect("connect");
     let on_relay = subscriber(&ctx, &relay, &[TOPIC]);
     let on_admitting = subscriber(&ctx, &admitting, &[TOPIC]);
     let on_refusing = subscriber(&ctx, &refusing, &[TOPIC]);
@@ -163,9 +176,16 @@ fn with_curve_the_relay_uses_the_group_key_which_a_leaf_must_admit() {
     publish(&publisher, 0..300);
     assert_eq!(received(&on_relay).len(), 300);
     assert_eq!(received(&on_admitting), (0..300).collect::<Vec<_>>());
-    assert!(received(&on_refusing).is_empty(), "a leaf without the group key admits no relay");
     assert!(
-        eventually(|| refusing.metrics().auth_refused(Side::Publishers, Refusal::UnknownKey).get() > 0),
+        received(&on_refusing).is_empty(),
+        "a leaf without the group key admits no relay"
+    );
+    assert!(
+        eventually(|| refusing
+            .metrics()
+            .auth_refused(Side::Publishers, Refusal::UnknownKey)
+            .get()
+            > 0),
         "the refusal is counted"
     );
 }

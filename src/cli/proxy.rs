@@ -79,7 +79,11 @@ fn relay_assignment(
     group: &str,
     pod: &str,
 ) -> crate::Result<Box<dyn crate::membership::MembershipSource>> {
-    for (what, value) in [("--relay-group", group), ("--relay-namespace", namespace), ("--relay-pod", pod)] {
+    for (what, value) in [
+        ("--relay-group", group),
+        ("--relay-namespace", namespace),
+        ("--relay-pod", pod),
+    ] {
         if !crate::endpoint_list::is_label_value(value) {
             return Err(crate::proxy::ProxyError::Config(format!(
                 "{what} {value:?} is not a label value (at most 63 of [A-Za-z0-9._-], alphanumeric at both ends)"
@@ -87,11 +91,13 @@ fn relay_assignment(
             .into());
         }
     }
-    Ok(Box::new(crate::membership::kubernetes::GroupSource::relay_assignment(
-        namespace.to_string(),
-        group.to_string(),
-        pod.to_string(),
-    )))
+    Ok(Box::new(
+        crate::membership::kubernetes::GroupSource::relay_assignment(
+            namespace.to_string(),
+            group.to_string(),
+            pod.to_string(),
+        ),
+    ))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -73,7 +73,10 @@ impl Caches {
                     secret.metadata.namespace.as_deref() == Some(id.namespace.as_str())
                 }),
             ),
-            relay_slices: sorted(self.relay_slices.state_filter(|o| is_relay_child(&o.metadata, id))),
+            relay_slices: sorted(
+                self.relay_slices
+                    .state_filter(|o| is_relay_child(&o.metadata, id)),
+            ),
         }
     }
 }

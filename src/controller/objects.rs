@@ -616,6 +616,14 @@ pub(crate) mod tests_support {
         group_with(FanoutGroupSpec::default())
     }
 
+    /// The id of [`group`]'s group.
+    pub fn id() -> super::GroupId {
+        super::GroupId {
+            namespace: "net".into(),
+            name: "updates".into(),
+        }
+    }
+
     /// A policy with the own image `img:1` that allows everything else the tests ask for.
     pub fn open_policy() -> crate::controller::policy::ProxyPolicy {
         crate::controller::policy::ProxyPolicy {

@@ -293,7 +293,8 @@ pub fn plan(
 
     let leaves: usize = tiers.assignments.values().map(Vec::len).sum();
     let published_endpoints =
-        i32::try_from(endpoints.iter().filter(|endpoint| endpoint.ready).count() + leaves).unwrap_or(i32::MAX);
+        i32::try_from(endpoints.iter().filter(|endpoint| endpoint.ready).count() + leaves)
+            .unwrap_or(i32::MAX);
     let observed = Observed {
         generation: group.meta().generation,
         daemon_set: named(&children.daemon_sets, &id.name).map(|ds| ds.as_ref()),
@@ -618,7 +619,10 @@ mod tests {
             .collect();
         assert_eq!(listed.len(), 4, "an old publisher sees the 4 relays: {listed:?}");
         for slice in &assignments {
-            assert!(!endpoint_list::selector_matches(&old_selector, slice.metadata.labels.as_ref().unwrap()));
+            assert!(!endpoint_list::selector_matches(
+                &old_selector,
+                slice.metadata.labels.as_ref().unwrap()
+            ));
             assert!(listed.contains(relays::relay_of(slice).unwrap()));
         }
         let leaves: BTreeSet<String> = assignments
@@ -647,19 +651,40 @@ mod tests {
         settled.status = again.report.status.clone().or(settled.status);
         let next = plan(&settled, &id(), &children, &open_policy(), now()).unwrap();
         let pruned: Vec<&str> = next.prune.iter().map(|c| c.name.as_str()).collect();
-        assert!(pruned.iter().any(|name| name.starts_with(&format!("updates-relay-{gone}-"))), "{pruned:?}");
+        assert!(
+            pruned
+                .iter()
+                .any(|name| name.starts_with(&format!("updates-relay-{gone}-"))),
+            "{pruned:?}"
+        );
         // Any other assignment pruned is one of a relay left with no leaves (a relay's slice
         // exists only while it has some).
-        for name in pruned.iter().filter(|name| !name.starts_with(&format!("updates-relay-{gone}-"))) {
-            assert!(next.slices.iter().all(|s| s.slice.object.metadata.name.as_deref() != Some(*name)));
+        for name in pruned
+            .iter()
+            .filter(|name| !name.starts_with(&format!("updates-relay-{gone}-")))
+        {
+            assert!(
+                next.slices
+                    .iter()
+                    .all(|s| s.slice.object.metadata.name.as_deref() != Some(*name))
+            );
         }
         let placed: BTreeSet<String> = next
             .slices
             .iter()
             .flat_map(|s| endpoint_list::published_pods(&s.slice.object).map(|(pod, _)| pod.to_string()))
             .collect();
-        assert_eq!(placed.len(), 11, "every ready proxy still published once: {placed:?}");
-        let reasons: Vec<_> = next.report.notices.iter().map(|n| (n.reason.as_str(), n.note.as_str())).collect();
+        assert_eq!(
+            placed.len(),
+            11,
+            "every ready proxy still published once: {placed:?}"
+        );
+        let reasons: Vec<_> = next
+            .report
+            .notices
+            .iter()
+            .map(|n| (n.reason.as_str(), n.note.as_str()))
+            .collect();
         assert_eq!(reasons.len(), 1, "{reasons:?}");
         assert_eq!(reasons[0].0, "ProxiesLeft");
         assert!(reasons[0].1.contains(&gone));
@@ -875,7 +900,10 @@ mod tests {
             .iter()
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(volumes, ["socket-dir", "curve-key", "curve-allow", "relay-api-access"]);
+        assert_eq!(
+            volumes,
+            ["socket-dir", "curve-key", "curve-allow", "relay-api-access"]
+        );
         let secret_volume = pod_spec.volumes.as_ref().unwrap()[1].secret.as_ref().unwrap();
         let items = secret_volume.items.as_ref().unwrap();
         assert_eq!(

@@ -18,9 +18,9 @@
 use super::objects::{Component, GroupId, Unrealisable, child_meta};
 use crate::crd::FanoutGroup;
 use k8s_openapi::api::core::v1::{
-    ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, EnvVar, EnvVarSource,
-    KeyToPath, ObjectFieldSelector, ProjectedVolumeSource, ServiceAccount, ServiceAccountTokenProjection,
-    Volume, VolumeMount, VolumeProjection,
+    ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, EnvVar, EnvVarSource, KeyToPath,
+    ObjectFieldSelector, ProjectedVolumeSource, ServiceAccount, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 
@@ -175,32 +175,40 @@ pub fn relay_pod_parts(id: &GroupId) -> RelayPodParts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::objects::tests_support::{build, group, group_with};
+    use crate::controller::objects::tests_support::{build, group, group_with, id};
     use crate::crd::{FanoutGroupSpec, RelaySpec};
-
-    fn id() -> GroupId {
-        GroupId {
-            namespace: "net".into(),
-            name: "updates".into(),
-        }
-    }
 
     #[test]
     fn the_role_allows_reading_endpointslices_and_nothing_else() {
-        let access = relay_access(&group(), &id()).unwrap().expect("enabled by default");
+        let access = relay_access(&group(), &id())
+            .unwrap()
+            .expect("enabled by default");
         let rules = access.role.rules.as_ref().unwrap();
         assert_eq!(rules.len(), 1);
-        assert_eq!(rules[0].api_groups.as_deref(), Some(&["discovery.k8s.io".to_string()][..]));
-        assert_eq!(rules[0].resources.as_deref(), Some(&["endpointslices".to_string()][..]));
+        assert_eq!(
+            rules[0].api_groups.as_deref(),
+            Some(&["discovery.k8s.io".to_string()][..])
+        );
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["endpointslices".to_string()][..])
+        );
         assert_eq!(rules[0].verbs, ["list", "watch"]);
         assert!(rules[0].resource_names.is_none());
         assert_eq!(access.binding.role_ref.name, "updates-proxy");
         let subject = &access.binding.subjects.as_ref().unwrap()[0];
         assert_eq!(
-            (subject.kind.as_str(), subject.name.as_str(), subject.namespace.as_deref()),
+            (
+                subject.kind.as_str(),
+                subject.name.as_str(),
+                subject.namespace.as_deref()
+            ),
             ("ServiceAccount", "updates-proxy", Some("net"))
         );
-        assert_eq!(access.service_account.automount_service_account_token, Some(false));
+        assert_eq!(
+            access.service_account.automount_service_account_token,
+            Some(false)
+        );
         for meta in [
             &access.service_account.metadata,
             &access.role.metadata,
@@ -232,7 +240,12 @@ mod tests {
             .collect();
         assert!(mounts.contains(&TOKEN_MOUNT));
         let init = &pod.init_containers.as_ref().unwrap()[0];
-        assert!(init.volume_mounts.iter().flatten().all(|m| m.name != TOKEN_VOLUME));
+        assert!(
+            init.volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != TOKEN_VOLUME)
+        );
 
         let off = group_with(FanoutGroupSpec {
             relays: RelaySpec {

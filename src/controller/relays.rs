@@ -112,7 +112,8 @@ pub fn tiers(group: &FanoutGroup, endpoints: Vec<ProxyEndpoint>, cached: &[Arc<E
         .collect();
     let mut leaves: BTreeSet<String> = BTreeSet::new();
     for (leaf_identity, relay_identity) in &tree.leaves {
-        let (Some(leaf), Some(relay)) = (by_identity.get(leaf_identity), by_identity.get(relay_identity)) else {
+        let (Some(leaf), Some(relay)) = (by_identity.get(leaf_identity), by_identity.get(relay_identity))
+        else {
             continue;
         };
         if in_grace.contains(leaf) {
@@ -195,7 +196,7 @@ pub fn admit_relays(publishers: &mut String, server_key: &crate::curve::PublicKe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::objects::tests_support::group_with;
+    use crate::controller::objects::tests_support::{group_with, id};
     use crate::crd::{FanoutGroupSpec, RelaySpec};
     use crate::endpoint_list::{SLICE_MANAGED_BY_LABEL, SLICE_MANAGER, selector_matches, slice_selector};
 
@@ -207,13 +208,6 @@ mod tests {
             },
             ..FanoutGroupSpec::default()
         })
-    }
-
-    fn id() -> GroupId {
-        GroupId {
-            namespace: "net".into(),
-            name: "updates".into(),
-        }
     }
 
     fn endpoint(i: usize, ready: bool) -> ProxyEndpoint {
@@ -310,15 +304,24 @@ mod tests {
         assert_eq!(leaves, 12 - 4);
         for slice in &slices {
             let labels = slice.metadata.labels.as_ref().unwrap();
-            assert!(!selector_matches(&slice_selector("updates"), labels), "{labels:?}");
+            assert!(
+                !selector_matches(&slice_selector("updates"), labels),
+                "{labels:?}"
+            );
             assert!(!labels.contains_key(SERVICE_NAME_LABEL));
             assert_eq!(labels[SLICE_MANAGED_BY_LABEL], SLICE_MANAGER);
             let relay = &labels[RELAY_LABEL];
+            assert!(selector_matches(
+                &crate::endpoint_list::relay_slice_selector("updates", relay),
+                labels
+            ));
             assert!(
-                selector_matches(&crate::endpoint_list::relay_slice_selector("updates", relay), labels)
-            );
-            assert!(
-                slice.metadata.name.as_deref().unwrap().starts_with(&format!("updates-relay-{relay}-v4-"))
+                slice
+                    .metadata
+                    .name
+                    .as_deref()
+                    .unwrap()
+                    .starts_with(&format!("updates-relay-{relay}-v4-"))
             );
             assert!(slice.metadata.owner_references.is_some(), "owned by the group");
         }
@@ -341,7 +344,11 @@ mod tests {
         let after = tiers(&g, rest.clone(), &cached);
         assert!(!after.assignments.contains_key(&gone));
         for orphan in &orphans {
-            let placed = after.assignments.values().flatten().any(|e| &e.pod_name == orphan)
+            let placed = after
+                .assignments
+                .values()
+                .flatten()
+                .any(|e| &e.pod_name == orphan)
                 || pods(&after.top).contains(orphan);
             assert!(placed, "{orphan} placed again");
         }
@@ -356,7 +363,9 @@ mod tests {
         let leaf = plain.assignments.values().next().unwrap()[0].pod_name.clone();
         // The cache says `leaf` was a relay a moment ago (its slice lists a ready leaf).
         let mut was_relay = Tiers::default();
-        was_relay.assignments.insert(leaf.clone(), vec![endpoint(0, true)]);
+        was_relay
+            .assignments
+            .insert(leaf.clone(), vec![endpoint(0, true)]);
         let cached: Vec<Arc<EndpointSlice>> = assignment_slices(&g, &id(), &was_relay, &[], 100)
             .unwrap()
             .into_iter()
@@ -365,7 +374,10 @@ mod tests {
         let held = tiers(&g, all, &cached);
         assert!(pods(&held.top).contains(&leaf), "held in the top tier");
         assert!(!held.assignments.values().flatten().any(|e| e.pod_name == leaf));
-        assert_eq!(held.assignments.keys().collect::<Vec<_>>(), plain.assignments.keys().collect::<Vec<_>>());
+        assert_eq!(
+            held.assignments.keys().collect::<Vec<_>>(),
+            plain.assignments.keys().collect::<Vec<_>>()
+        );
     }
 
     #[test]

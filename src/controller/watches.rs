@@ -64,7 +64,12 @@ where
 
 /// Watches the objects `selector` picks into `writer`'s cache and maps every change to the
 /// group that the label `group_label` names.
-fn labelled_trigger<K>(api: Api<K>, writer: Writer<K>, selector: String, group_label: &'static str) -> GroupRefStream
+fn labelled_trigger<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    selector: String,
+    group_label: &'static str,
+) -> GroupRefStream
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {

@@ -147,7 +147,10 @@ impl Writer {
     }
 
     /// Whether the cache already holds `desired` as last applied (the skip `apply` makes).
-    fn is_unchanged<K: Resource<DynamicType = ()> + Clone + Serialize>(&self, desired: &Desired<K>) -> Result<bool, Error> {
+    fn is_unchanged<K: Resource<DynamicType = ()> + Clone + Serialize>(
+        &self,
+        desired: &Desired<K>,
+    ) -> Result<bool, Error> {
         let mut object = desired.object.clone();
         let hash = stamp(&mut object).map_err(|source| Error::Serialise {
             kind: K::kind(&()).into_owned(),
@@ -167,8 +170,12 @@ impl Writer {
                 cached: None,
             }
         }
-        self.apply(namespace, &uncached(&access.service_account), ApplyMode::ReapplyAll)
-            .await?;
+        self.apply(
+            namespace,
+            &uncached(&access.service_account),
+            ApplyMode::ReapplyAll,
+        )
+        .await?;
         self.apply(namespace, &uncached(&access.role), ApplyMode::ReapplyAll)
             .await?;
         self.apply(namespace, &uncached(&access.binding), ApplyMode::ReapplyAll)

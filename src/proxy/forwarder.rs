@@ -292,7 +292,11 @@ fn monitor_socket(
 }
 
 impl Forwarder {
-    fn bind(config: &ProxyConfig, metrics: ProxyMetrics, relay: Option<RelayInput>) -> Result<Self, ProxyError> {
+    fn bind(
+        config: &ProxyConfig,
+        metrics: ProxyMetrics,
+        relay: Option<RelayInput>,
+    ) -> Result<Self, ProxyError> {
         let context = zmq::Context::new();
         let xsub = context
             .socket(zmq::XSUB)
@@ -398,7 +402,16 @@ impl Forwarder {
     fn forward_until_stopped(&mut self, stop: &UnixStream) -> Result<(), ProxyError> {
         let mut frame = zmq::Message::new();
         loop {
-            let (downstream, upstream, publisher_events, subscriber_events, stopped, zap, allow_lists, assignment) = {
+            let (
+                downstream,
+                upstream,
+                publisher_events,
+                subscriber_events,
+                stopped,
+                zap,
+                allow_lists,
+                assignment,
+            ) = {
                 let mut items = Vec::with_capacity(8);
                 items.extend([
                     self.xsub.as_poll_item(zmq::POLLIN),

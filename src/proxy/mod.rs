@@ -24,8 +24,8 @@ pub use config::{
 pub use curve_server::ALLOW_LIST_RECHECK;
 pub use error::ProxyError;
 pub use forwarder::{Proxy, apply_socket_options, start, start_relay};
-pub use relay::{LeafFeed, RelayInput, RelayMetrics, leaf_feed};
 pub use metrics::{ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};
+pub use relay::{LeafFeed, RelayInput, RelayMetrics, leaf_feed};
 #[cfg(feature = "http")]
 pub use serve::{run, run_relay};
 pub use subscriptions::{LiveSubscriptions, SubscriptionLimits, Upstream};

@@ -67,9 +67,10 @@ impl LeafFeed {
             Ok(mut slot) => *slot = Some(leaves),
             Err(_) => return false,
         }
-        // A full socket buffer means a wake-up is pending already.
-        match (&self.wake).write(&[1]) {
-            Ok(_) => true,
+        // One byte is written whole or not at all; a full socket buffer means a wake-up is
+        // pending already.
+        match (&self.wake).write_all(&[1]) {
+            Ok(()) => true,
             Err(err) => err.kind() == ErrorKind::WouldBlock,
         }
     }
@@ -85,7 +86,8 @@ pub struct RelayInput {
 
 /// A feed and the input it fills.
 pub fn leaf_feed(metrics: RelayMetrics) -> Result<(LeafFeed, RelayInput), ProxyError> {
-    let (wake_tx, wake_rx) = UnixStream::pair().map_err(ProxyError::io("creating the relay's wake-up pair"))?;
+    let (wake_tx, wake_rx) =
+        UnixStream::pair().map_err(ProxyError::io("creating the relay's wake-up pair"))?;
     for end in [&wake_tx, &wake_rx] {
         end.set_nonblocking(true)
             .map_err(ProxyError::io("creating the relay's wake-up pair"))?;
@@ -113,7 +115,11 @@ pub(super) struct RelayLinks {
 impl RelayLinks {
     /// Prepares `xpub` (already bound) for connecting to leaves: with CURVE (`secret` is the
     /// group's secret key) as a client that expects the leaves to hold the same key pair.
-    pub(super) fn new(input: RelayInput, xpub: &zmq::Socket, secret: Option<&SecretKey>) -> Result<Self, ProxyError> {
+    pub(super) fn new(
+        input: RelayInput,
+        xpub: &zmq::Socket,
+        secret: Option<&SecretKey>,
+    ) -> Result<Self, ProxyError> {
         if let Some(secret) = secret {
             let public = secret
                 .public_key()
@@ -129,7 +135,9 @@ impl RelayLinks {
             // Listeners took their options when bound; these apply to connects from now on.
             xpub.set_curve_server(false)
                 .and_then(|()| client.apply(xpub))
-                .map_err(ProxyError::zmq("setting the CURVE client keys of the relay's leaf links"))?;
+                .map_err(ProxyError::zmq(
+                    "setting the CURVE client keys of the relay's leaf links",
+                ))?;
         }
         Ok(Self {
             input,
@@ -171,7 +179,12 @@ impl RelayLinks {
             }
         }
         if !change.is_empty() {
-            tracing::info!(joined = change.joined.len(), left = change.left.len(), leaves = self.connected.len(), "relay assignment changed");
+            tracing::info!(
+                joined = change.joined.len(),
+                left = change.left.len(),
+                leaves = self.connected.len(),
+                "relay assignment changed"
+            );
         }
         let metrics = &self.input.metrics;
         metrics

@@ -4,8 +4,8 @@
 
 use super::relay::{RelayMetrics, leaf_feed};
 use super::{ProxyConfig, ProxyError};
-use crate::membership::{Membership, MembershipSource};
 use crate::http::Health;
+use crate::membership::{Membership, MembershipSource};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,8 @@ pub fn run_relay(
     http: Option<SocketAddr>,
     assignment: Box<dyn MembershipSource>,
 ) -> Result<(), ProxyError> {
-    crate::runtime::block_on(serve(config, http, Some(assignment))).map_err(ProxyError::io("starting a runtime"))?
+    crate::runtime::block_on(serve(config, http, Some(assignment)))
+        .map_err(ProxyError::io("starting a runtime"))?
 }
 
 async fn serve(
