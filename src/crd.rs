@@ -326,6 +326,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn relays_default_to_a_tree_from_64_proxies_and_the_threshold_is_bounded() {
+        let crd = serde_json::to_value(FanoutGroup::crd()).unwrap();
+        let relays = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["relays"]["properties"];
+        assert_eq!(relays["minProxies"]["minimum"], 2.0);
+        assert_eq!(relays["minProxies"]["maximum"], 100000.0);
+        assert_eq!(relays["minProxies"]["default"], 64);
+        assert_eq!(relays["enabled"]["default"], true);
+        let spec: FanoutGroupSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.relays, RelaySpec::default());
+        assert!(spec.relays.enabled);
+        let spec: FanoutGroupSpec = serde_json::from_str(r#"{"relays": {"minProxies": 9}}"#).unwrap();
+        assert_eq!((spec.relays.enabled, spec.relays.min_proxies), (true, 9));
+    }
+
+    #[test]
     fn socket_group_is_optional_and_bounded_to_a_gid() {
         let crd = serde_json::to_value(FanoutGroup::crd()).unwrap();
         let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]

@@ -787,6 +787,8 @@ async fn invalid_groups_are_refused_at_admission() {
         ("publisherPort: 70000", "publisherPort"),
         ("endpointsPerSlice: 0", "endpointsPerSlice"),
         ("endpointsPerSlice: 1001", "endpointsPerSlice"),
+        ("relays: {minProxies: 1}", "relays.minProxies"),
+        ("relays: {minProxies: 100001}", "relays.minProxies"),
         ("highWaterMark: 0", "highWaterMark"),
         ("maxMessageBytes: -1", "maxMessageBytes"),
         (
