@@ -248,6 +248,45 @@ fn socket_of(kubelet: &FakeKubelet, node: &str) -> String {
     group_socket(kubelet, node, EXAMPLE_NAMESPACE, EXAMPLE_GROUP)
 }
 
+/// A publisher following `namespace/group` through the API, publishing every 5 ms, once it is
+/// connected to exactly `want` and every subscriber has received.
+async fn publish_following(
+    client: &Client,
+    namespace: &str,
+    group: &str,
+    want: &Membership,
+    subscribers: &BTreeMap<String, NodeSubscriber>,
+) -> PublishLoop {
+    let publisher = Publisher::new(PublisherConfig::default()).unwrap();
+    publisher
+        .follow(Box::new(
+            GroupSource::new(Some(namespace.into()), group.into(), GroupObject::Slices)
+                .with_client(client.clone()),
+        ))
+        .unwrap();
+    let publishing = PublishLoop::start(publisher);
+    eventually(
+        Duration::from_secs(20),
+        &format!("the publisher connected to the {} proxies {want:?}", want.len()),
+        || async { (publishing.publisher.connected() == *want).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "messages on every node", || async {
+        subscribers.values().all(|s| s.count() > 0).then_some(())
+    })
+    .await;
+    publishing
+}
+
+/// Applies FanoutGroup `namespace/group` with the spec lines `spec` (YAML, two-space indented).
+fn apply_group(namespace: &str, group: &str, spec: &str) {
+    let manifest = format!(
+        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n{spec}"
+    );
+    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The subscriber socket of group `namespace/group` on `node`.
 fn group_socket(kubelet: &FakeKubelet, node: &str, namespace: &str, group: &str) -> String {
     let path = kubelet.host_path(
@@ -333,11 +372,11 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
         fanout_binary(),
         work.path().to_path_buf(),
     );
-    let manifest = format!(
-        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n  endpointsPerSlice: 3\n  relays:\n    minProxies: 9\n"
+    apply_group(
+        namespace,
+        group,
+        "  endpointsPerSlice: 3\n  relays:\n    minProxies: 9\n",
     );
-    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let pods = eventually(Duration::from_secs(90), "10 ready proxies", || async {
         let pods = ready_pods(&client, namespace, group).await;
@@ -392,28 +431,11 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
             )
         })
         .collect();
-    let publisher = Publisher::new(PublisherConfig::default()).unwrap();
-    publisher
-        .follow(Box::new(
-            GroupSource::new(Some(namespace.into()), group.into(), GroupObject::Slices)
-                .with_client(client.clone()),
-        ))
-        .unwrap();
     let relay_endpoints: Membership = top
         .iter()
         .map(|pod| format!("tcp://{}:7100", pods[pod].1).parse().unwrap())
         .collect();
-    let publishing = PublishLoop::start(publisher);
-    eventually(
-        Duration::from_secs(20),
-        "the publisher on the 4 relays",
-        || async { (publishing.publisher.connected() == relay_endpoints).then_some(()) },
-    )
-    .await;
-    eventually(Duration::from_secs(20), "messages on every node", || async {
-        subscribers.values().all(|s| s.count() > 0).then_some(())
-    })
-    .await;
+    let publishing = publish_following(&client, namespace, group, &relay_endpoints, &subscribers).await;
     for leaf in &leaves {
         let ip = &pods[leaf].1;
         let publishers = proxy_metric(ip, "fanout_proxy_connected_peers{side=\"publishers\"}");
@@ -624,28 +646,7 @@ async fn user_path_install_apply_publish_join_leave_delete() {
         .iter()
         .map(|n| (n.clone(), NodeSubscriber::start(socket_of(&kubelet, n))))
         .collect();
-    let publisher = Publisher::new(PublisherConfig::default()).unwrap();
-    publisher
-        .follow(Box::new(
-            GroupSource::new(
-                Some(EXAMPLE_NAMESPACE.into()),
-                EXAMPLE_GROUP.into(),
-                GroupObject::Slices,
-            )
-            .with_client(client.clone()),
-        ))
-        .unwrap();
-    let publishing = PublishLoop::start(publisher);
-    eventually(
-        Duration::from_secs(20),
-        "the publisher connected to all 5 proxies",
-        || async { (publishing.publisher.connected() == want).then_some(()) },
-    )
-    .await;
-    eventually(Duration::from_secs(20), "messages on every node", || async {
-        subscribers.values().all(|s| s.count() > 0).then_some(())
-    })
-    .await;
+    let publishing = publish_following(&client, EXAMPLE_NAMESPACE, EXAMPLE_GROUP, &want, &subscribers).await;
     eprintln!("[{:>6.1}s] every node receives", started.elapsed().as_secs_f64());
 
     // A node joins: its subscriber (already waiting on the node's socket) receives within 2 s
@@ -863,11 +864,7 @@ async fn restart_converges_and_only_the_leader_writes() {
         fanout_binary(),
         work.path().to_path_buf(),
     );
-    let manifest = format!(
-        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n  endpointsPerSlice: 2\n"
-    );
-    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    apply_group(namespace, group, "  endpointsPerSlice: 2\n");
 
     let mut a = ControllerProcess::start(&kubeconfig, "replica-a", "127.0.0.1:18081", work.path());
     let mut b = ControllerProcess::start(&kubeconfig, "replica-b", "127.0.0.1:18082", work.path());
@@ -1144,11 +1141,7 @@ impl FaultRig {
             work.path().to_path_buf(),
         );
         let controller = ControllerProcess::start(&kubeconfig, namespace, http, work.path());
-        let manifest = format!(
-            "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n  heartbeatSeconds: 1\n"
-        );
-        let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        apply_group(namespace, group, "  heartbeatSeconds: 1\n");
         let pods = eventually(
             Duration::from_secs(60),
             &format!("a ready proxy on each of {} nodes", nodes.len()),
