@@ -59,6 +59,45 @@ pub struct ProxyArgs {
     /// still authenticates the proxy).
     #[arg(long, value_name = "FILE", requires = "curve_secret_key_file")]
     pub allow_subscribers_file: Option<PathBuf>,
+    /// Relay tree: the group whose relay this proxy may be. The proxy follows the leaves
+    /// assigned to it (EndpointSlices labelled `fanout.dev/relay-for=GROUP` and
+    /// `fanout.dev/relay=POD`) through the API and connects its subscriber side to each leaf's
+    /// publisher port. Needs list and watch on EndpointSlices in the namespace.
+    #[arg(long, value_name = "GROUP", requires_all = ["relay_namespace", "relay_pod"])]
+    pub relay_group: Option<String>,
+    /// Relay tree: the group's namespace.
+    #[arg(long, value_name = "NAMESPACE", requires = "relay_group")]
+    pub relay_namespace: Option<String>,
+    /// Relay tree: this proxy's pod name (the downward API's `metadata.name`).
+    #[arg(long, value_name = "POD", requires = "relay_group")]
+    pub relay_pod: Option<String>,
+}
+
+/// The source of a relay's assignment, its names checked.
+fn relay_assignment(
+    namespace: &str,
+    group: &str,
+    pod: &str,
+) -> crate::Result<Box<dyn crate::membership::MembershipSource>> {
+    for (what, value) in [
+        ("--relay-group", group),
+        ("--relay-namespace", namespace),
+        ("--relay-pod", pod),
+    ] {
+        if !crate::endpoint_list::is_label_value(value) {
+            return Err(crate::proxy::ProxyError::Config(format!(
+                "{what} {value:?} is not a label value (at most 63 of [A-Za-z0-9._-], alphanumeric at both ends)"
+            ))
+            .into());
+        }
+    }
+    Ok(Box::new(
+        crate::membership::kubernetes::GroupSource::relay_assignment(
+            namespace.to_string(),
+            group.to_string(),
+            pod.to_string(),
+        ),
+    ))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -107,8 +146,15 @@ impl ProxyArgs {
             }),
             _ => None,
         };
+        let relay = match (&self.relay_group, &self.relay_namespace, &self.relay_pod) {
+            (Some(group), Some(namespace), Some(pod)) => Some(relay_assignment(namespace, group, pod)?),
+            _ => None,
+        };
         let config = ProxyConfig { curve, ..self.into() };
-        Ok(crate::proxy::run(config, http)?)
+        match relay {
+            Some(assignment) => Ok(crate::proxy::run_relay(config, http, assignment)?),
+            None => Ok(crate::proxy::run(config, http)?),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use super::curve_server::CurveServer;
 use super::ipc::{self, BoundSocketFile};
 use super::metrics::{ProxyMetrics, ProxyStats, Side};
 use super::monitor::{self, MonitorEvent, PeerChange, PeerTracker};
+use super::relay::{RelayInput, RelayLinks};
 use super::subscriptions::{LiveSubscriptions, SUBSCRIBE_TO_EVERYTHING, Upstream};
 use crate::curve::PublicKey;
 use crate::message_budget::{Exceeded, MessageBudget, MessageLimits, Verdict};
@@ -42,6 +43,15 @@ pub struct Proxy {
 /// Starts a proxy: every socket is bound (and every unix socket file prepared) before this
 /// returns; forwarding runs on a thread of its own.
 pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+    start_with(config, None)
+}
+
+/// Starts a proxy that also relays to the leaves its feed names (`relay`).
+pub fn start_relay(config: ProxyConfig, relay: RelayInput) -> Result<Proxy, ProxyError> {
+    start_with(config, Some(relay))
+}
+
+fn start_with(config: ProxyConfig, relay: Option<RelayInput>) -> Result<Proxy, ProxyError> {
     config.validate()?;
     let metrics = ProxyMetrics::default();
     let (stop, stop_rx) = UnixStream::pair().map_err(ProxyError::io("creating the stop signal"))?;
@@ -56,7 +66,7 @@ pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
         std::thread::Builder::new()
             .name("fanout-proxy".into())
             .spawn(move || {
-                let forwarder = match Forwarder::bind(&config, metrics) {
+                let forwarder = match Forwarder::bind(&config, metrics, relay) {
                     Ok(forwarder) => forwarder,
                     Err(err) => {
                         running.store(false, Ordering::Release);
@@ -174,6 +184,8 @@ struct Forwarder {
     xpub_monitor: zmq::Socket,
     /// The ZAP handler and allow-lists, when the proxy is a CURVE server.
     curve: Option<CurveServer>,
+    /// The links to its leaves, when the proxy may relay.
+    relay: Option<RelayLinks>,
     _context: zmq::Context,
     publisher_endpoints: Vec<String>,
     subscriber_endpoints: Vec<String>,
@@ -280,7 +292,11 @@ fn monitor_socket(
 }
 
 impl Forwarder {
-    fn bind(config: &ProxyConfig, metrics: ProxyMetrics) -> Result<Self, ProxyError> {
+    fn bind(
+        config: &ProxyConfig,
+        metrics: ProxyMetrics,
+        relay: Option<RelayInput>,
+    ) -> Result<Self, ProxyError> {
         let context = zmq::Context::new();
         let xsub = context
             .socket(zmq::XSUB)
@@ -350,12 +366,17 @@ impl Forwarder {
             }
         };
         tracing::info!(publishers = ?publisher_endpoints, subscribers = ?subscriber_endpoints, "proxy bound");
+        // After every bind: the relay's CURVE client options apply to its connects only.
+        let relay = relay
+            .map(|input| RelayLinks::new(input, &xpub, config.curve.as_ref().map(|curve| &curve.secret)))
+            .transpose()?;
         Ok(Self {
             xsub,
             xpub,
             xsub_monitor,
             xpub_monitor,
             curve,
+            relay,
             _context: context,
             publisher_endpoints,
             subscriber_endpoints,
@@ -381,8 +402,17 @@ impl Forwarder {
     fn forward_until_stopped(&mut self, stop: &UnixStream) -> Result<(), ProxyError> {
         let mut frame = zmq::Message::new();
         loop {
-            let (downstream, upstream, publisher_events, subscriber_events, stopped, zap, allow_lists) = {
-                let mut items = Vec::with_capacity(7);
+            let (
+                downstream,
+                upstream,
+                publisher_events,
+                subscriber_events,
+                stopped,
+                zap,
+                allow_lists,
+                assignment,
+            ) = {
+                let mut items = Vec::with_capacity(8);
                 items.extend([
                     self.xsub.as_poll_item(zmq::POLLIN),
                     self.xpub.as_poll_item(zmq::POLLIN),
@@ -394,6 +424,10 @@ impl Forwarder {
                     items.push(curve.zap_socket().as_poll_item(zmq::POLLIN));
                     items.push(zmq::PollItem::from_fd(curve.wake_fd(), zmq::POLLIN));
                 }
+                let relay_item = self.relay.as_ref().map(|relay| {
+                    items.push(zmq::PollItem::from_fd(relay.wake_fd(), zmq::POLLIN));
+                    items.len() - 1
+                });
                 match zmq::poll(&mut items, -1) {
                     Ok(_) => {}
                     Err(zmq::Error::EINTR) => continue,
@@ -410,8 +444,9 @@ impl Forwarder {
                     items[2].is_readable(),
                     items[3].is_readable(),
                     items[4].is_readable() || items[4].is_error(),
-                    items.get(5).is_some_and(|i| i.is_readable()),
-                    items.get(6).is_some_and(|i| i.is_readable()),
+                    self.curve.is_some() && items[5].is_readable(),
+                    self.curve.is_some() && items[6].is_readable(),
+                    relay_item.is_some_and(|index| items[index].is_readable()),
                 )
             };
             if stopped {
@@ -426,6 +461,9 @@ impl Forwarder {
                 if zap {
                     curve.serve_zap()?;
                 }
+            }
+            if assignment && let Some(relay) = &mut self.relay {
+                relay.apply(&self.xpub);
             }
             if downstream {
                 self.forward_downstream(&mut frame)?;

@@ -11,6 +11,7 @@ mod forwarder;
 mod ipc;
 mod metrics;
 pub(crate) mod monitor;
+mod relay;
 #[cfg(feature = "http")]
 mod serve;
 pub mod socket_dir;
@@ -22,8 +23,9 @@ pub use config::{
 };
 pub use curve_server::ALLOW_LIST_RECHECK;
 pub use error::ProxyError;
-pub use forwarder::{Proxy, apply_socket_options, start};
+pub use forwarder::{Proxy, apply_socket_options, start, start_relay};
 pub use metrics::{ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};
+pub use relay::{LeafFeed, RelayInput, RelayMetrics, leaf_feed};
 #[cfg(feature = "http")]
-pub use serve::run;
+pub use serve::{run, run_relay};
 pub use subscriptions::{LiveSubscriptions, SubscriptionLimits, Upstream};
