@@ -31,13 +31,17 @@ pub struct ProxyArgs {
     /// Most frames per message; a message with more is dropped and counted.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FRAMES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_frames: u32,
-    /// Most distinct topics forwarded upstream to the publishers; past it (or past
-    /// `--max-topic-bytes`) the proxy subscribes upstream to everything and filters locally.
+    /// Most distinct topics (of all subscribers together) subscribed upstream one by one; past
+    /// it the proxy subscribes upstream to everything once and filters locally.
     #[arg(long, value_name = "N", default_value_t = SubscriptionLimits::default().max_topics)]
     pub max_topics: usize,
-    /// Longest topic prefix forwarded upstream.
+    /// Longest topic prefix a subscriber may subscribe to; a longer one closes its connection.
     #[arg(long, value_name = "BYTES", default_value_t = SubscriptionLimits::default().max_topic_bytes)]
     pub max_topic_bytes: usize,
+    /// Most topics one subscriber connection may hold at once; one more closes the connection
+    /// (the proxy keeps what each connection subscribed to, so this bounds its memory).
+    #[arg(long, value_name = "N", default_value_t = SubscriptionLimits::default().max_topics_per_subscriber, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_topics_per_subscriber: usize,
     /// ZMTP heartbeat interval in seconds (fractions allowed; 0 disables); peers silent for
     /// three intervals are dropped.
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
@@ -87,6 +91,7 @@ impl From<ProxyArgs> for ProxyConfig {
             subscription_limits: SubscriptionLimits {
                 max_topics: args.max_topics,
                 max_topic_bytes: args.max_topic_bytes,
+                max_topics_per_subscriber: args.max_topics_per_subscriber,
             },
             heartbeat: args.heartbeat,
             socket_mode: args.socket_mode,
