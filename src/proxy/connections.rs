@@ -119,11 +119,7 @@ impl Connections {
             let verdict = connection.account.check(read, now, caught_up, limits);
             largest = largest.max(connection.account.counted(read));
             if verdict != Verdict::Fine {
-                offenders.push(Offender {
-                    fd: *fd,
-                    id,
-                    verdict,
-                });
+                offenders.push(Offender { fd: *fd, id, verdict });
             }
             true
         });

@@ -306,7 +306,10 @@ impl CurveServer {
         let Some(connection) = self.side_mut(side).connections.remove(&fd) else {
             return;
         };
-        if connection.socket.is_some_and(|socket| peer::shut_down(fd, socket)) {
+        if connection
+            .socket
+            .is_some_and(|socket| peer::shut_down(fd, socket))
+        {
             self.refused(
                 side,
                 Refusal::Revoked,

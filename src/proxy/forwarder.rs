@@ -36,6 +36,13 @@ use std::time::{Duration, Instant};
 /// How often every TCP connection's in-flight account is checked, and subscriber connections
 /// whose socket went away are released.
 pub const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// The subscriber side's receive high-water mark. The XPUB moves every subscription it reads
+/// into its own trie and an unbounded queue for the application, refilling from each
+/// connection's pipe (up to this many messages) whenever it processes commands, which it does
+/// once per 100 receives; a small pipe keeps that read-ahead close to the proxy's own pace, so
+/// a flooding subscriber is cut off near its cap rather than thousands of subscriptions later.
+/// An honest subscriber's subscriptions wait in TCP and its own queue meanwhile.
+const SUBSCRIBER_RCVHWM: i32 = 2;
 /// At most one log line per side and reason per this long.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -197,7 +204,7 @@ struct Forwarder {
     xpub_monitor: zmq::Socket,
     /// The ZAP handler and allow-lists, when the proxy is a CURVE server.
     curve: Option<CurveServer>,
-    /// Where recent publisher messages came from (holds a few messages: before the context).
+    /// Where recent publisher messages came from.
     sources: SourceCache,
     _context: zmq::Context,
     publisher_endpoints: Vec<String>,
@@ -318,7 +325,11 @@ fn configure_subscriber_side(xpub: &mut zmq::Socket, config: &ProxyConfig) -> Re
         });
     }
     xpub.set_maxmsgsize(config.subscriber_frame_limit())
-        .map_err(ProxyError::zmq("setting MAXMSGSIZE on the subscriber (XPUB) socket"))
+        .map_err(ProxyError::zmq(
+            "setting MAXMSGSIZE on the subscriber (XPUB) socket",
+        ))?;
+    xpub.set_rcvhwm(SUBSCRIBER_RCVHWM)
+        .map_err(ProxyError::zmq("setting RCVHWM on the subscriber (XPUB) socket"))
 }
 
 fn monitor_socket(
@@ -608,7 +619,11 @@ impl Forwarder {
     }
 
     /// One message from a subscriber, whose first frame is in `frame`.
-    fn upstream_message(&mut self, frame: &mut zmq::Message, source: &Source) -> Result<super::route::Outcome, ProxyError> {
+    fn upstream_message(
+        &mut self,
+        frame: &mut zmq::Message,
+        source: &Source,
+    ) -> Result<super::route::Outcome, ProxyError> {
         let mut route = Route {
             from: &self.xpub,
             to: &self.xsub,
@@ -635,9 +650,7 @@ impl Forwarder {
         let Some(fd) = source.fd else {
             return Ok(outcome);
         };
-        let (relayed, id) = self
-            .relay
-            .apply(&self.xsub, &self.metrics, fd, subscribe, topic);
+        let (relayed, id) = self.relay.apply(&self.xsub, &self.metrics, fd, subscribe, topic);
         match relayed {
             Relayed::Applied(Applied::Refused(refusal)) => {
                 let reason = match refusal {
@@ -664,7 +677,13 @@ impl Forwarder {
         }
         self.metrics.cut_off(side, reason).inc();
         if let Some(suppressed) = self.log.allow((side, reason), Instant::now()) {
-            tracing::warn!(side = side.as_str(), reason = reason.as_str(), amount, suppressed, "peer cut off");
+            tracing::warn!(
+                side = side.as_str(),
+                reason = reason.as_str(),
+                amount,
+                suppressed,
+                "peer cut off"
+            );
         }
     }
 
@@ -722,6 +741,10 @@ impl Forwarder {
             }
             // The event value is the connection's descriptor for these two.
             let fd = i32::try_from(event.value).unwrap_or(-1);
+            if matches!(event.code, EVENT_ACCEPTED | EVENT_DISCONNECTED) && side == Side::Publishers {
+                // A metadata address may be reused from now on.
+                self.sources.forget();
+            }
             match event.code {
                 EVENT_ACCEPTED => connections.accepted(fd),
                 EVENT_DISCONNECTED => {

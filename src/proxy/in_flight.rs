@@ -196,7 +196,10 @@ mod tests {
         let l = limits();
         assert_eq!(l.max_in_flight, Some(10 * (1000 + 4 * 9) + MARGIN));
         assert_eq!(l.max_unfinished, Some(1000 + 36 + UNFINISHED_SLACK));
-        assert_eq!(InFlightLimits::new(0, 1000, 4, WireCost::NULL).max_in_flight, None);
+        assert_eq!(
+            InFlightLimits::new(0, 1000, 4, WireCost::NULL).max_in_flight,
+            None
+        );
         assert_eq!(
             InFlightLimits::new(10, -1, 4, WireCost::NULL),
             InFlightLimits {
@@ -228,7 +231,10 @@ mod tests {
         let mut peer = InFlight::default();
         peer.check(300, t0, true, limits());
         // The proxy is behind (it had more to receive): complete messages may be queued.
-        assert_eq!(peer.check(300 + (500 << 10), t0 + 100 * MS, false, limits()), Verdict::Fine);
+        assert_eq!(
+            peer.check(300 + (500 << 10), t0 + 100 * MS, false, limits()),
+            Verdict::Fine
+        );
         // The per-peer bound applies regardless.
         let over = 300 + limits().max_in_flight.expect("bounded") + 1;
         assert!(matches!(
@@ -252,12 +258,20 @@ mod tests {
             busy.delivered(500);
             read_busy += 509;
             let half = 250;
-            assert_eq!(busy.check(read_busy + half, now, true, limits), Verdict::Fine, "tick {tick}");
+            assert_eq!(
+                busy.check(read_busy + half, now, true, limits),
+                Verdict::Fine,
+                "tick {tick}"
+            );
             // Idle: a heartbeat (PING 9 bytes, PONG 7) every 5 s.
             if tick % 50 == 0 {
                 read_idle += 16;
             }
-            assert_eq!(idle.check(read_idle, now, true, limits), Verdict::Fine, "tick {tick}");
+            assert_eq!(
+                idle.check(read_idle, now, true, limits),
+                Verdict::Fine,
+                "tick {tick}"
+            );
         }
         // The busy peer's heartbeats were forgiven; the idle one's accumulate towards the bound
         // (reached only after months at this rate).

@@ -2,23 +2,27 @@
 //! admitted with, read from the message's metadata, at the cost of a field read per message.
 //!
 //! libzmq attaches one metadata object to every message of a connection (the properties
-//! `__fd`, `User-Id`, `Peer-Address`...), created once when the connection's handshake ends.
-//! Looking a property up costs a map search in libzmq (and, through the `zmq` crate, an
-//! allocation), which on the forwarding path would cost more than the rest of the proxy's own
-//! work per message. So the forwarder reads only the address of that metadata object, the
-//! first field of every libzmq 4.x `msg_t` (ABI layout checked by the tests here), and looks
-//! the properties up once per connection: a few recent connections are remembered by that
-//! address. Each remembered entry holds a copy of one of the connection's messages (libzmq
-//! reference-counts the metadata, so the copy keeps it alive): while an entry exists, no other
-//! connection's metadata can be allocated at the same address, so equal addresses always mean
-//! the same connection. The copies hold at most [`CACHED_CONNECTIONS`] messages.
+//! `__fd`, `User-Id`, `Peer-Address`...), created once when the connection's handshake ends
+//! and freed once the connection and all its messages are gone. Looking a property up costs a
+//! map search in libzmq (and, through the `zmq` crate, an allocation), which on the forwarding
+//! path would cost more than the rest of the proxy's own work per message. So the forwarder
+//! reads only the address of that metadata object, the first field of every libzmq 4.x `msg_t`
+//! (ABI layout checked by the tests here), and looks the properties up once per address,
+//! remembered in a small direct-mapped table.
+//!
+//! An address is reused only after its connection has ended: the forwarder forgets every
+//! address whenever its monitor reports a connection accepted or ended, and drains the monitor
+//! before each burst of messages. What remains is a connection that ends, and another that is
+//! accepted, completes its handshake, gets its metadata at the very address the first one's
+//! had and sends, all within one burst: its messages of that burst would be counted for the
+//! ended connection (and, with CURVE, checked against that connection's key, which was listed
+//! as well since both were admitted by the ZAP handler).
 
-use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ffi::{CStr, c_char, c_void};
 
 // Calls the `zmq` crate does not expose with the signatures needed here (zmq.h, libzmq 4.x).
 unsafe extern "C" {
     fn zmq_msg_gets(msg: *const c_void, property: *const c_char) -> *const c_char;
-    fn zmq_msg_copy(dest: *mut c_void, src: *mut c_void) -> c_int;
 }
 
 // `zmq::Message` is a struct with one field, libzmq's 64-byte `zmq_msg_t`; being the same size,
@@ -74,59 +78,48 @@ impl Source {
     }
 }
 
-/// How many connections are remembered: enough for the publishers a proxy interleaves in
-/// practice; with more, the oldest entry is replaced and looked up again when it comes back.
-pub const CACHED_CONNECTIONS: usize = 8;
-
-struct Entry {
-    metadata: usize,
-    /// Keeps the metadata (and so its address) alive while the entry exists.
-    _pin: zmq::Message,
-    source: Source,
-}
+/// Slots of the table: more than the publishers a proxy interleaves in practice. Two
+/// connections on one slot only cost each other a lookup.
+pub const SLOTS: usize = 64;
 
 /// The sources of recent connections, by metadata address.
-#[derive(Default)]
 pub struct SourceCache {
-    entries: [Option<Entry>; CACHED_CONNECTIONS],
-    next: usize,
+    slots: Box<[(usize, Source); SLOTS]>,
     none: Source,
 }
 
+impl Default for SourceCache {
+    fn default() -> Self {
+        Self {
+            slots: Box::new(std::array::from_fn(|_| (0, Source::default()))),
+            none: Source::default(),
+        }
+    }
+}
+
 impl SourceCache {
-    /// Where `message` came from: a field read and a few comparisons when its connection is
+    /// Where `message` came from: a field read and a comparison when its connection is
     /// remembered; otherwise looked up and remembered.
-    pub fn source(&mut self, message: &mut zmq::Message) -> &Source {
+    #[inline]
+    pub fn source(&mut self, message: &zmq::Message) -> &Source {
         let metadata = metadata_address(message);
         if metadata == 0 {
             return &self.none;
         }
-        if let Some(i) = self
-            .entries
-            .iter()
-            .position(|e| e.as_ref().is_some_and(|e| e.metadata == metadata))
-        {
-            return &self.entries[i].as_ref().expect("position found it").source;
+        // Metadata objects are heap blocks of 16-byte alignment: mix the bits above that.
+        let slot = ((metadata >> 4) ^ (metadata >> 10)) % SLOTS;
+        let entry = &mut self.slots[slot];
+        if entry.0 != metadata {
+            *entry = (metadata, Source::of(message));
         }
-        let mut pin = zmq::Message::new();
-        // SAFETY: both are initialised messages; zmq_msg_copy shares the content and adds a
-        // reference to the metadata.
-        let copied = unsafe { zmq_msg_copy((&raw mut pin).cast(), (message as *mut zmq::Message).cast()) } == 0;
-        let source = Source::of(message);
-        if !copied {
-            // Not remembered (the pin is what makes remembering safe); answered all the same.
-            self.none = source;
-            return &self.none;
+        &entry.1
+    }
+
+    /// Forgets every connection (a connection was accepted or ended: addresses may be reused).
+    pub fn forget(&mut self) {
+        for entry in self.slots.iter_mut() {
+            entry.0 = 0;
         }
-        let slot = self.next;
-        self.next = (self.next + 1) % CACHED_CONNECTIONS;
-        &self.entries[slot]
-            .insert(Entry {
-                metadata,
-                _pin: pin,
-                source,
-            })
-            .source
     }
 }
 
@@ -141,10 +134,7 @@ mod tests {
         xsub.bind("tcp://127.0.0.1:0").expect("bind");
         xsub.send(&[1u8][..], 0).expect("subscribe to everything");
         xsub.set_rcvtimeo(5000).expect("rcvtimeo");
-        let endpoint = xsub
-            .get_last_endpoint()
-            .expect("endpoint")
-            .expect("utf-8");
+        let endpoint = xsub.get_last_endpoint().expect("endpoint").expect("utf-8");
         let connect = |name: &str| {
             let publisher = ctx.socket(zmq::PUB).expect("PUB");
             publisher.connect(&endpoint).expect(name);
@@ -170,9 +160,9 @@ mod tests {
     #[test]
     fn the_metadata_address_identifies_the_connection_and_the_cache_answers_like_libzmq() {
         let (_ctx, xsub, a, b) = two_connections();
-        let mut a1 = receive_from(&xsub, &a, b"a");
-        let mut a2 = receive_from(&xsub, &a, b"a");
-        let mut b1 = receive_from(&xsub, &b, b"b");
+        let a1 = receive_from(&xsub, &a, b"a");
+        let a2 = receive_from(&xsub, &a, b"a");
+        let b1 = receive_from(&xsub, &b, b"b");
         // libzmq 4.x layout: the first field is the metadata pointer, shared by a connection.
         assert_ne!(metadata_address(&a1), 0);
         assert_eq!(metadata_address(&a1), metadata_address(&a2));
@@ -184,15 +174,23 @@ mod tests {
         assert!(property(&a1, c"Peer-Address").is_some_and(|p| p.starts_with("127.0.0.1")));
 
         let mut cache = SourceCache::default();
-        assert_eq!(cache.source(&mut a1).fd, Some(fd_a));
-        assert_eq!(cache.source(&mut b1).fd, Some(fd_b));
-        assert_eq!(cache.source(&mut a2).fd, Some(fd_a));
-        // Cached entries outlive the messages they were learnt from.
+        assert_eq!(cache.source(&a1).fd, Some(fd_a));
+        assert_eq!(cache.source(&b1).fd, Some(fd_b));
+        assert_eq!(cache.source(&a2).fd, Some(fd_a));
+        // Entries outlive the messages they were learnt from, and forgetting is harmless.
         drop((a1, a2, b1));
-        let mut a3 = receive_from(&xsub, &a, b"a");
-        assert_eq!(cache.source(&mut a3), &Source { fd: Some(fd_a), user: None });
+        let a3 = receive_from(&xsub, &a, b"a");
+        assert_eq!(
+            cache.source(&a3),
+            &Source {
+                fd: Some(fd_a),
+                user: None
+            }
+        );
+        cache.forget();
+        assert_eq!(cache.source(&a3).fd, Some(fd_a));
         // A message without metadata (made locally).
-        assert_eq!(cache.source(&mut zmq::Message::from(&b"x"[..])), &Source::default());
+        assert_eq!(cache.source(&zmq::Message::from(&b"x"[..])), &Source::default());
     }
 
     #[test]
@@ -202,7 +200,7 @@ mod tests {
         xsub.bind("tcp://127.0.0.1:0").expect("bind");
         xsub.send(&[1u8][..], 0).expect("subscribe");
         let endpoint = xsub.get_last_endpoint().expect("endpoint").expect("utf-8");
-        let publishers: Vec<zmq::Socket> = (0..CACHED_CONNECTIONS + 3)
+        let publishers: Vec<zmq::Socket> = (0..SLOTS + 3)
             .map(|_| {
                 let p = ctx.socket(zmq::PUB).expect("PUB");
                 p.connect(&endpoint).expect("connect");
@@ -213,10 +211,10 @@ mod tests {
         for round in 0..3 {
             for (i, publisher) in publishers.iter().enumerate() {
                 let tag = format!("p{i}");
-                let mut message = receive_from(&xsub, publisher, tag.as_bytes());
+                let message = receive_from(&xsub, publisher, tag.as_bytes());
                 let expected = descriptor(&message);
                 assert!(expected.is_some());
-                assert_eq!(cache.source(&mut message).fd, expected, "round {round} publisher {i}");
+                assert_eq!(cache.source(&message).fd, expected, "round {round} publisher {i}");
             }
         }
     }

@@ -197,7 +197,11 @@ impl Default for ProxyMetrics {
             }
         }
         for reason in SUBSCRIPTION_REFUSALS {
-            drop(families.refused_subscriptions.get_or_create(&[("reason", reason)]));
+            drop(
+                families
+                    .refused_subscriptions
+                    .get_or_create(&[("reason", reason)]),
+            );
         }
         Self {
             families,

@@ -73,7 +73,10 @@ pub fn tcp_bytes_read(fd: i32) -> Option<u64> {
     if !ok || (len as usize) < std::mem::size_of::<TcpInfoHead>() {
         return None;
     }
-    Some(info.bytes_received.saturating_sub(u64::try_from(queued).unwrap_or(0)))
+    Some(
+        info.bytes_received
+            .saturating_sub(u64::try_from(queued).unwrap_or(0)),
+    )
 }
 
 #[cfg(test)]
@@ -91,7 +94,7 @@ mod tests {
         let id = socket_id(fd).expect("a socket");
         assert_eq!(socket_id(fd), Some(id));
         assert_ne!(socket_id(client.as_raw_fd()), Some(id));
-        assert_eq!(socket_id(listener.as_raw_fd()).is_some(), true);
+        assert!(socket_id(listener.as_raw_fd()).is_some());
 
         client.write_all(&[7u8; 1000]).expect("write");
         // Nothing read yet: the kernel holds all of it.
@@ -114,7 +117,9 @@ mod tests {
         assert!(!shut_down(fd, socket_id(client.as_raw_fd()).expect("client id")));
         assert!(shut_down(fd, id));
         let mut rest = Vec::new();
-        client.read_to_end(&mut rest).expect("the server end was shut down");
+        client
+            .read_to_end(&mut rest)
+            .expect("the server end was shut down");
     }
 
     fn peek_queued(fd: i32) -> Option<i32> {

@@ -106,7 +106,9 @@ impl SubscriptionRelay {
                 Change::Released(topic) => (self.live.release(topic), topic, false),
             };
             let message = match upstream {
-                UpstreamChange::Subscribe | UpstreamChange::Unsubscribe => subscription_message(subscribe, topic),
+                UpstreamChange::Subscribe | UpstreamChange::Unsubscribe => {
+                    subscription_message(subscribe, topic)
+                }
                 UpstreamChange::SubscribeToEverything => {
                     over_limit += 1;
                     tracing::warn!(
