@@ -25,7 +25,9 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_HWM, value_parser = clap::value_parser!(i32).range(0..))]
     pub hwm: i32,
     /// Largest message (all frames) forwarded; a peer sending a bigger frame is disconnected.
-    /// `--hwm` x this is the most one peer's queue holds, at most 256 MiB.
+    /// `--hwm` x this is the most one peer's queue holds, at most 256 MiB; with framing and a
+    /// 16 MiB margin, the most libzmq may hold for one TCP peer before its connection is closed
+    /// (as it is when a peer keeps sending without completing a message).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_MESSAGE_BYTES, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_message_bytes: i64,
     /// Most frames per message; a message with more is dropped and counted.
@@ -35,7 +37,9 @@ pub struct ProxyArgs {
     /// it the proxy subscribes upstream to everything once and filters locally.
     #[arg(long, value_name = "N", default_value_t = SubscriptionLimits::default().max_topics)]
     pub max_topics: usize,
-    /// Longest topic prefix a subscriber may subscribe to; a longer one closes its connection.
+    /// Longest topic prefix a subscriber may subscribe to; a longer one closes its connection
+    /// (a subscriber frame longer than a subscription to it, or than 512 bytes, ends the
+    /// connection inside libzmq).
     #[arg(long, value_name = "BYTES", default_value_t = SubscriptionLimits::default().max_topic_bytes)]
     pub max_topic_bytes: usize,
     /// Most topics one subscriber connection may hold at once; one more closes the connection
@@ -148,6 +152,8 @@ mod tests {
             "2.5",
             "--socket-mode",
             "600",
+            "--max-topics-per-subscriber",
+            "50",
         ])
         .expect("valid flags");
         assert_eq!(
@@ -161,6 +167,8 @@ mod tests {
         assert_eq!(config.max_message_bytes, 65536);
         assert_eq!(config.heartbeat, Duration::from_millis(2500));
         assert_eq!(config.socket_mode, 0o600);
+        assert_eq!(config.subscription_limits.max_topics_per_subscriber, 50);
+        assert_eq!(config.subscription_limits.max_topic_bytes, 256);
     }
 
     #[test]
@@ -194,6 +202,7 @@ mod tests {
         assert!(bad("--heartbeat", "soon"));
         assert!(bad("--hwm", "-5"));
         assert!(bad("--max-message-bytes", "0"));
+        assert!(bad("--max-topics-per-subscriber", "0"));
         // The CURVE flags come together.
         assert!(bad("--curve-secret-key-file", "/k"));
         assert!(bad("--allow-publishers-file", "/g"));

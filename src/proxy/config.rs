@@ -231,11 +231,36 @@ mod tests {
         );
         assert!(
             ProxyConfig {
+                subscription_limits: SubscriptionLimits {
+                    max_topics_per_subscriber: 0,
+                    ..SubscriptionLimits::default()
+                },
+                ..good.clone()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            ProxyConfig {
                 socket_mode: 0o1777,
                 ..good
             }
             .validate()
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_subscriber_frame_limit_fits_the_longest_subscription_and_the_handshake() {
+        let with_topics = |max_topic_bytes| ProxyConfig {
+            subscription_limits: SubscriptionLimits {
+                max_topic_bytes,
+                ..SubscriptionLimits::default()
+            },
+            ..ProxyConfig::default()
+        };
+        assert_eq!(with_topics(256).subscriber_frame_limit(), SUBSCRIBER_FRAME_FLOOR);
+        assert_eq!(with_topics(1000).subscriber_frame_limit(), 1043);
+        assert_eq!(with_topics(usize::MAX).subscriber_frame_limit(), i64::MAX);
     }
 }
