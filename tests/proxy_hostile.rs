@@ -268,20 +268,15 @@ fn subscribe_frame(topic: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_subscriber_flooding_100_000_long_prefixes_is_cut_off_at_its_cap_with_bounded_memory() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = fanout::proxy::start(config(dir.path())).expect("proxy starts");
+    let rig = Rig::new(b"t");
+    let watcher = rig.watcher();
+    let proxy = &rig.proxy;
     let limits = fanout::proxy::SubscriptionLimits::default();
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &proxy);
-    let watcher = observer(&ctx, &proxy);
-    let honest = subscriber(&ctx, &proxy, &[b"t"]);
-    sync(&publisher, &honest, b"t");
-    while upstream(&watcher, Duration::from_millis(100)).is_some() {}
     let rss_before = rss_kib();
 
     // 100 000 distinct prefixes of the longest length allowed, each different from the others
     // from its 7th byte: in a plain XPUB's trie that is about 8 KiB each, 800 MiB in all.
-    let mut flood = raw_subscriber(dir.path());
+    let mut flood = raw_subscriber(rig.dir.path());
     let mut sent = 0u32;
     'flood: for batch in 0..100u32 {
         let mut bytes = Vec::new();
@@ -329,7 +324,7 @@ fn a_subscriber_flooding_100_000_long_prefixes_is_cut_off_at_its_cap_with_bounde
     );
     assert_eq!(withdrawn, subscribed.len());
     assert!(eventually(|| proxy.stats().live_subscriptions == 1));
-    still_forwarding(&publisher, &honest, b"t");
+    still_forwarding(&rig.publisher, &rig.subscriber, b"t");
     assert!(proxy.is_running());
 }
 
@@ -359,18 +354,13 @@ fn a_topic_longer_than_allowed_closes_the_subscriber_and_others_go_on() {
 
 #[test]
 fn an_unsubscribe_of_a_topic_someone_else_holds_changes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = fanout::proxy::start(config(dir.path())).expect("proxy starts");
-    let ctx = zmq::Context::new();
-    let publisher = publisher(&ctx, &proxy);
-    let watcher = observer(&ctx, &proxy);
-    let honest = subscriber(&ctx, &proxy, &[b"t"]);
-    sync(&publisher, &honest, b"t");
-    while upstream(&watcher, Duration::from_millis(100)).is_some() {}
+    let rig = Rig::new(b"t");
+    let watcher = rig.watcher();
+    let proxy = &rig.proxy;
 
     // A peer that never subscribed to t unsubscribes from it (libzmq's XPUB passes that up,
     // and a proxy that forwarded it would unsubscribe the node from t).
-    let mut hostile = raw_subscriber(dir.path());
+    let mut hostile = raw_subscriber(rig.dir.path());
     hostile.write_all(&zmtp_frame(false, b"\x00t")).expect("send");
     assert!(eventually(|| proxy
         .metrics()
@@ -382,7 +372,7 @@ fn an_unsubscribe_of_a_topic_someone_else_holds_changes_nothing() {
         None,
         "nothing goes upstream"
     );
-    still_forwarding(&publisher, &honest, b"t");
+    still_forwarding(&rig.publisher, &rig.subscriber, b"t");
 
     // Subscribing twice and unsubscribing once from the same connection leaves nothing held:
     // libzmq keeps one subscription per connection and topic.

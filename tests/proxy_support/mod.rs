@@ -278,6 +278,23 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// An observer of what goes upstream (as any publisher would see it), once the rig's own
+    /// subscription has gone by.
+    pub fn watcher(&self) -> zmq::Socket {
+        let watcher = observer(&self.ctx, &self.proxy);
+        let deadline = Instant::now() + WAIT;
+        while upstream(&watcher, Duration::from_millis(100)).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the rig's subscription never went upstream"
+            );
+        }
+        while upstream(&watcher, Duration::from_millis(100)).is_some() {}
+        watcher
+    }
+}
+
 /// Checks that the honest publisher and subscriber still talk through the proxy on `topic`:
 /// 100 numbered messages arrive, all and in order.
 pub fn still_forwarding(publisher: &zmq::Socket, subscriber: &zmq::Socket, topic: &[u8]) {
