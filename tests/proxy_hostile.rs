@@ -65,6 +65,7 @@ fn a_garbage_greeting_is_cut_off_and_forwarding_goes_on() {
 
 #[test]
 fn a_frame_claiming_a_terabyte_is_cut_off_with_bounded_memory() {
+    let _memory = measuring_memory();
     let rig = Rig::new(b"t");
     let (proxy, publisher, subscriber) = (&rig.proxy, &rig.publisher, &rig.subscriber);
     let port = tcp_port(&proxy.publisher_endpoints()[0]);
@@ -268,6 +269,7 @@ fn subscribe_frame(topic: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_subscriber_flooding_100_000_long_prefixes_is_cut_off_at_its_cap_with_bounded_memory() {
+    let _memory = measuring_memory();
     let rig = Rig::new(b"t");
     let watcher = rig.watcher();
     let proxy = &rig.proxy;
@@ -418,6 +420,7 @@ fn flood_until(
 
 #[test]
 fn a_message_that_never_ends_is_cut_off_while_an_honest_publisher_loses_nothing() {
+    let _memory = measuring_memory();
     let rig = Rig::new(b"t");
     let (proxy, dir) = (&rig.proxy, &rig.dir);
     let port = tcp_port(&proxy.publisher_endpoints()[0]);
@@ -463,6 +466,7 @@ fn a_message_that_never_ends_is_cut_off_while_an_honest_publisher_loses_nothing(
 
 #[test]
 fn a_tcp_subscriber_sending_a_message_that_never_ends_is_cut_off() {
+    let _memory = measuring_memory();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path());
     config.subscribers.push("tcp://127.0.0.1:0".into());

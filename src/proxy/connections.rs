@@ -54,14 +54,19 @@ impl Connections {
     /// The monitor reported a connection accepted on `fd`.
     pub fn accepted(&mut self, fd: i32) {
         let id = peer::socket_id(fd);
-        let tcp = peer::tcp_bytes_read(fd).is_some();
+        let read = peer::tcp_bytes_read(fd);
         let connection = self.connections.entry(fd).or_default();
         if connection.id.is_some() && connection.id != id {
             // Another socket's leftovers (its DISCONNECTED was not seen): start afresh.
             *connection = Connection::default();
         }
         connection.id = id;
-        connection.tcp = tcp;
+        connection.tcp = read.is_some();
+        if let Some(read) = read {
+            // A first look now, so that the next check can already judge the connection's
+            // growth (a first check only records where it starts).
+            connection.account.check(read, Instant::now(), false, self.limits);
+        }
     }
 
     /// The monitor reported the connection on `fd` ended.

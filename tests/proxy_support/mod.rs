@@ -237,6 +237,13 @@ pub fn receive_numbered(subscriber: &zmq::Socket, count: u32) {
     }
 }
 
+/// Tests that measure this process's memory take this first, so that no other test of the
+/// same binary allocates meanwhile.
+pub fn measuring_memory() -> std::sync::MutexGuard<'static, ()> {
+    static MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    MEMORY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Resident memory of this test process, in KiB.
 pub fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
