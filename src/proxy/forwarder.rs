@@ -4,27 +4,27 @@
 //! Longer than 500 lines for a reason: it is one thread's state (two sockets, two monitors, the
 //! connection tables, the socket files and counters) and the loop that owns it; split, that
 //! state would be spread across files that must change together. The parts that are not that
-//! state live beside it: moving messages (`route`), subscriptions (`subscription_relay`),
-//! in-flight accounts (`connections`).
+//! state live beside it: setting the sockets up (`sockets`), moving messages (`route`),
+//! subscriptions (`subscription_relay`), in-flight accounts (`connections`).
 
 use super::ProxyError;
 use super::auth::{self, LogLimiter};
 use super::config::{ProxyConfig, SHUTDOWN_LINGER};
 use super::connections::Connections;
 use super::curve_server::CurveServer;
-use super::in_flight::{InFlightLimits, WireCost};
-use super::ipc::{self, BoundSocketFile};
+use super::in_flight::{InFlightLimits, Verdict, WireCost};
+use super::ipc::BoundSocketFile;
 use super::message_source::{Source, SourceCache};
 use super::metrics::{CutOff, ProxyMetrics, ProxyStats, Side};
-use super::monitor::{self, EVENT_ACCEPTED, EVENT_DISCONNECTED, MonitorEvent, PeerChange, PeerTracker};
+use super::monitor::{EVENT_ACCEPTED, EVENT_DISCONNECTED, MonitorEvent, PeerChange, PeerTracker};
 use super::peer::{self, SocketId};
-use super::route::{BURST, Route, Tally};
+use super::route::{BURST, Outcome, Route, Tally};
+use super::sockets::{apply_socket_options, bind_all, configure_subscriber_side, monitor_socket};
 use super::subscriber_book::{Applied, Refusal};
 use super::subscription_relay::{Relayed, SubscriptionRelay};
 use super::subscriptions::{UpstreamMessage, classify};
 use crate::curve::PublicKey;
 use crate::message_budget::MessageLimits;
-use crate::socket_options::HeartbeatOptions;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -36,26 +36,8 @@ use std::time::{Duration, Instant};
 /// How often every TCP connection's in-flight account is checked, and subscriber connections
 /// whose socket went away are released.
 pub const CHECK_EVERY: Duration = Duration::from_millis(100);
-/// The subscriber side's receive high-water mark. The XPUB moves every subscription it reads
-/// into its own trie and an unbounded queue for the application, refilling from each
-/// connection's pipe (up to this many messages) whenever it processes commands, which it does
-/// once per 100 receives; a small pipe keeps that read-ahead close to the proxy's own pace, so
-/// a flooding subscriber is cut off near its cap rather than thousands of subscriptions later.
-/// An honest subscriber's subscriptions wait in TCP and its own queue meanwhile.
-const SUBSCRIBER_RCVHWM: i32 = 2;
 /// At most one log line per side and reason per this long.
 const LOG_EVERY: Duration = Duration::from_secs(1);
-
-// libzmq's XPUB option that hands every subscribe and unsubscribe to the application (zmq.h).
-const ZMQ_XPUB_VERBOSER: std::ffi::c_int = 78;
-unsafe extern "C" {
-    fn zmq_setsockopt(
-        socket: *mut std::ffi::c_void,
-        option: std::ffi::c_int,
-        value: *const std::ffi::c_void,
-        len: usize,
-    ) -> std::ffi::c_int;
-}
 
 /// A running proxy. Dropping it stops it like `shutdown` does, without returning the stats.
 #[derive(Debug)]
@@ -234,123 +216,6 @@ struct Forwarder {
 
 /// Distinguishes the inproc monitor endpoints of several proxies in one process.
 static NEXT_PROXY_ID: AtomicU64 = AtomicU64::new(0);
-
-/// Applies the options a proxy sets on both of its sockets (HWM, size limit, heartbeats, ZAP
-/// domain, linger). Public so that the benchmark gives libzmq's stock proxy identical sockets.
-pub fn apply_socket_options(
-    socket: &zmq::Socket,
-    config: &ProxyConfig,
-    what: &str,
-) -> Result<(), ProxyError> {
-    let heartbeat = HeartbeatOptions::from_interval(config.heartbeat);
-    let ctx = |option: &str| ProxyError::zmq(format!("setting {option} on the {what} socket"));
-    socket.set_sndhwm(config.hwm).map_err(ctx("SNDHWM"))?;
-    socket.set_rcvhwm(config.hwm).map_err(ctx("RCVHWM"))?;
-    socket
-        .set_maxmsgsize(config.max_message_bytes)
-        .map_err(ctx("MAXMSGSIZE"))?;
-    heartbeat
-        .apply(socket)
-        .map_err(ctx("HEARTBEAT_IVL/TIMEOUT/TTL"))?;
-    // A ZAP domain makes libzmq refuse pre-ZMTP-3.0 peers. Without it any byte stream not
-    // starting with 0xFF (an HTTP request, a port scanner) is taken for a ZMTP 1.0 peer and
-    // its bytes for messages. No ZAP handler exists in the proxy's context and enforcement
-    // is off, so ZMTP 3.x peers with the NULL mechanism are accepted as before.
-    socket.set_zap_domain("fanout").map_err(ctx("ZAP_DOMAIN"))?;
-    // Until shutdown nothing waits on close; shutdown sets the bounded linger.
-    socket.set_linger(0).map_err(ctx("LINGER"))?;
-    Ok(())
-}
-
-/// Binds `socket` to each endpoint, preparing unix socket files first; returns the endpoints
-/// as bound.
-///
-/// With `curve_on_tcp`, tcp endpoints are bound as CURVE servers and the others (unix
-/// sockets, protected by their file mode) with the NULL mechanism: libzmq copies the socket's
-/// options into each listener when it binds, so the mechanism can differ per endpoint.
-fn bind_all(
-    socket: &zmq::Socket,
-    endpoints: &[String],
-    mode: u32,
-    files: &mut Vec<BoundSocketFile>,
-    curve_on_tcp: bool,
-) -> Result<Vec<String>, ProxyError> {
-    let mut bound = Vec::with_capacity(endpoints.len());
-    for endpoint in endpoints {
-        if curve_on_tcp {
-            socket
-                .set_curve_server(endpoint.starts_with("tcp://"))
-                .map_err(ProxyError::zmq(format!("setting CURVE_SERVER for {endpoint}")))?;
-        }
-        let path = ipc::ipc_path(endpoint);
-        if let Some(path) = &path {
-            ipc::prepare(path)?;
-        }
-        socket
-            .bind(endpoint)
-            .map_err(ProxyError::zmq(format!("binding {endpoint}")))?;
-        if let Some(path) = &path {
-            files.push(BoundSocketFile::after_bind(path, mode)?);
-        }
-        let last = socket
-            .get_last_endpoint()
-            .map_err(ProxyError::zmq(format!(
-                "reading the endpoint bound for {endpoint}"
-            )))?
-            .unwrap_or_else(|_| endpoint.clone());
-        bound.push(last);
-    }
-    Ok(bound)
-}
-
-/// The subscriber side's own options: every subscribe and unsubscribe handed up with its
-/// connection (the proxy keeps the per-connection books, see `subscription_relay`), and
-/// incoming frames no longer than a subscription to the longest allowed topic (or a handshake
-/// command), so that libzmq drops a subscriber sending more before storing it.
-fn configure_subscriber_side(xpub: &mut zmq::Socket, config: &ProxyConfig) -> Result<(), ProxyError> {
-    let on: std::ffi::c_int = 1;
-    // SAFETY: a live socket and an int option value of the size given.
-    let rc = unsafe {
-        zmq_setsockopt(
-            xpub.as_mut_ptr(),
-            ZMQ_XPUB_VERBOSER,
-            (&raw const on).cast(),
-            std::mem::size_of::<std::ffi::c_int>(),
-        )
-    };
-    if rc != 0 {
-        return Err(ProxyError::Zmq {
-            context: "setting XPUB_VERBOSER on the subscriber (XPUB) socket".into(),
-            source: zmq::Error::from_raw(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
-        });
-    }
-    xpub.set_maxmsgsize(config.subscriber_frame_limit())
-        .map_err(ProxyError::zmq(
-            "setting MAXMSGSIZE on the subscriber (XPUB) socket",
-        ))?;
-    xpub.set_rcvhwm(SUBSCRIBER_RCVHWM)
-        .map_err(ProxyError::zmq("setting RCVHWM on the subscriber (XPUB) socket"))
-}
-
-fn monitor_socket(
-    context: &zmq::Context,
-    socket: &zmq::Socket,
-    address: &str,
-) -> Result<zmq::Socket, ProxyError> {
-    socket
-        .monitor(address, monitor::WATCHED_EVENTS)
-        .map_err(ProxyError::zmq(format!("starting monitor {address}")))?;
-    let monitor = context
-        .socket(zmq::PAIR)
-        .map_err(ProxyError::zmq("creating a monitor socket"))?;
-    monitor
-        .set_linger(0)
-        .map_err(ProxyError::zmq("setting LINGER on a monitor socket"))?;
-    monitor
-        .connect(address)
-        .map_err(ProxyError::zmq(format!("connecting monitor {address}")))?;
-    Ok(monitor)
-}
 
 impl Forwarder {
     fn bind(config: &ProxyConfig, metrics: ProxyMetrics) -> Result<Self, ProxyError> {
@@ -619,11 +484,7 @@ impl Forwarder {
     }
 
     /// One message from a subscriber, whose first frame is in `frame`.
-    fn upstream_message(
-        &mut self,
-        frame: &mut zmq::Message,
-        source: &Source,
-    ) -> Result<super::route::Outcome, ProxyError> {
+    fn upstream_message(&mut self, frame: &mut zmq::Message, source: &Source) -> Result<Outcome, ProxyError> {
         let mut route = Route {
             from: &self.xpub,
             to: &self.xsub,
@@ -642,7 +503,7 @@ impl Forwarder {
             UpstreamMessage::Unsubscribe(topic) => (false, topic),
             UpstreamMessage::Other => return route.message(frame),
         };
-        let outcome = super::route::Outcome::Withheld {
+        let outcome = Outcome::Withheld {
             wire: self.subscriber_wire.frame(frame.len()),
         };
         // No descriptor: an unsubscribe libzmq made up for a subscriber that left (the
@@ -704,9 +565,9 @@ impl Forwarder {
                 .set(i64::try_from(largest).unwrap_or(i64::MAX));
             for offender in offenders {
                 let (reason, amount) = match offender.verdict {
-                    super::in_flight::Verdict::InFlight(bytes) => (CutOff::InFlight, bytes),
-                    super::in_flight::Verdict::Unfinished(bytes) => (CutOff::UnfinishedMessage, bytes),
-                    super::in_flight::Verdict::Fine => continue,
+                    Verdict::InFlight(bytes) => (CutOff::InFlight, bytes),
+                    Verdict::Unfinished(bytes) => (CutOff::UnfinishedMessage, bytes),
+                    Verdict::Fine => continue,
                 };
                 self.cut_off(side, offender.fd, offender.id, reason, amount);
             }

@@ -20,6 +20,7 @@ mod route;
 #[cfg(feature = "http")]
 mod serve;
 pub mod socket_dir;
+mod sockets;
 mod subscriber_book;
 mod subscription_relay;
 mod subscriptions;
@@ -31,9 +32,10 @@ pub use config::{
 };
 pub use curve_server::ALLOW_LIST_RECHECK;
 pub use error::ProxyError;
-pub use forwarder::{CHECK_EVERY, Proxy, apply_socket_options, start};
+pub use forwarder::{CHECK_EVERY, Proxy, start};
 pub use in_flight::{HEARTBEAT_ALLOWANCE, MARGIN as IN_FLIGHT_MARGIN, UNFINISHED_SLACK};
 pub use metrics::{CutOff, ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};
 #[cfg(feature = "http")]
 pub use serve::run;
+pub use sockets::apply_socket_options;
 pub use subscriptions::{LiveSubscriptions, SubscriptionLimits, UpstreamChange};
