@@ -337,10 +337,13 @@ fn a_storm_of_bad_handshakes_is_refused_and_counted_while_a_listed_publisher_del
     let mut sent = 0u32;
     let deadline = Instant::now() + WAIT;
     while total() < STORM && Instant::now() < deadline {
-        publisher
-            .send_multipart([b"good".as_slice(), &sent.to_be_bytes()], 0)
-            .expect("send");
-        sent += 1;
+        // No more than the subscriber's queues hold (read only afterwards) on a slow machine.
+        if sent < 1000 {
+            publisher
+                .send_multipart([b"good".as_slice(), &sent.to_be_bytes()], 0)
+                .expect("send");
+            sent += 1;
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(total() >= STORM, "only {} of {STORM} refused", total());
