@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 /// How often every TCP connection's in-flight account is checked, and subscriber connections
 /// whose socket went away are released.
-pub const CHECK_EVERY: Duration = Duration::from_millis(100);
+const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// At most one log line per side and reason per this long.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 

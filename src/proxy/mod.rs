@@ -32,8 +32,7 @@ pub use config::{
 };
 pub use curve_server::ALLOW_LIST_RECHECK;
 pub use error::ProxyError;
-pub use forwarder::{CHECK_EVERY, Proxy, start};
-pub use in_flight::{HEARTBEAT_ALLOWANCE, MARGIN as IN_FLIGHT_MARGIN, UNFINISHED_SLACK};
+pub use forwarder::{Proxy, start};
 pub use metrics::{CutOff, ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};
 #[cfg(feature = "http")]
 pub use serve::run;
