@@ -9,10 +9,10 @@ use crate::socket_options::HeartbeatOptions;
 
 /// The subscriber side's receive high-water mark. The XPUB moves every subscription it reads
 /// into its own trie and an unbounded queue for the application, reading each connection's
-/// pipe for as long as the connection's engine keeps refilling it; with the default 1 000 a
-/// flooding subscriber had 8 000 to 29 000 subscriptions stored before the proxy judged its
-/// 1 001st (measured), with 2 the refill waits for the proxy's own pace and it is cut off at
-/// its cap. 1 is smaller still but stalls CURVE connections admitted through ZAP in libzmq
+/// pipe for as long as the connection's engine keeps refilling it: a flooding subscriber had
+/// up to 29 000 subscriptions stored before the proxy judged its 1 001st with the default
+/// 1 000, still 8 000 to 13 000 with 100 (measured); with 2 the refill waits for the proxy's
+/// own pace and it is cut off at its cap. 1 is smaller still but stalls CURVE connections admitted through ZAP in libzmq
 /// 4.3.4 (measured: nothing ever arrives). An honest subscriber's subscriptions wait in TCP
 /// and in its own queue meanwhile.
 const SUBSCRIBER_RCVHWM: i32 = 2;
