@@ -98,9 +98,8 @@ fn start_with(config: ProxyConfig, relay: Option<RelayInput>) -> Result<Proxy, P
                 let _ = bound_tx.send(Ok(endpoints));
                 let result = forwarder.run(&stop_rx);
                 running.store(false, Ordering::Release);
-                if let Err(err) = &result {
-                    tracing::error!(error = %err, "proxy stopped with an error");
-                }
+                // Not logged here: `shutdown` returns it (and `fanout proxy` ends at once and
+                // prints it), or `Drop` logs it; logging it here too would print it twice.
                 result
             })
             .map_err(ProxyError::io("spawning the proxy thread"))?

@@ -109,8 +109,13 @@ async fn serve(
             }
             _ = ticker.tick() => {
                 if !proxy.is_running() {
+                    // The forwarding thread ended on an error: nothing forwards any more, so
+                    // the process ends at once (non-zero, the error printed once by `main`
+                    // from `shutdown`) and the kubelet restarts it, instead of waiting for the
+                    // liveness probe to notice.
                     health.set_live(false);
                     health.set_ready(false);
+                    break None;
                 }
             }
         }
