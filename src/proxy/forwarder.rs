@@ -20,7 +20,7 @@ use super::monitor::{EVENT_ACCEPTED, EVENT_DISCONNECTED, MonitorEvent, PeerChang
 use super::peer::{self, SocketId};
 use super::relay::{RelayInput, RelayLinks};
 use super::route::{BURST, Outcome, Route, Tally};
-use super::sockets::{apply_socket_options, bind_all, configure_subscriber_side, monitor_socket};
+use super::sockets::{apply_socket_options, bind_all, configure_subscriber_side, monitor_socket, raw_socket};
 use super::subscriber_book::{Applied, Refusal};
 use super::subscription_relay::{Relayed, SubscriptionRelay};
 use super::subscriptions::{UpstreamMessage, classify};
@@ -191,6 +191,9 @@ struct Forwarder {
     // them (bounded by the linger set at shutdown).
     xsub: zmq::Socket,
     xpub: zmq::Socket,
+    /// `xpub` as libzmq's raw socket (the object libzmq owns, not the wrapper, so it stays
+    /// valid while `xpub` lives): sends that count full subscriber queues use it (`route`).
+    xpub_raw: *mut std::ffi::c_void,
     xsub_monitor: zmq::Socket,
     xpub_monitor: zmq::Socket,
     /// The ZAP handler and allow-lists, when the proxy is a CURVE server.
@@ -244,6 +247,7 @@ impl Forwarder {
         apply_socket_options(&xsub, config, "publisher (XSUB)")?;
         apply_socket_options(&xpub, config, "subscriber (XPUB)")?;
         configure_subscriber_side(&mut xpub, config)?;
+        let xpub_raw = raw_socket(&mut xpub);
         // The ZAP handler is bound before any CURVE listener, so no handshake finds it
         // missing (libzmq would then admit the peer: ZAP enforcement is off by default).
         let curve = match &config.curve {
@@ -317,6 +321,7 @@ impl Forwarder {
         Ok(Self {
             xsub,
             xpub,
+            xpub_raw,
             xsub_monitor,
             xpub_monitor,
             curve,
@@ -446,6 +451,7 @@ impl Forwarder {
             limits: self.limits,
             parts: &mut self.parts,
             wire: self.publisher_wire,
+            count_full_queues: Some(self.xpub_raw),
         };
         let sources = &mut self.sources;
         let connections = &mut self.publisher_connections;
@@ -499,6 +505,7 @@ impl Forwarder {
                 limits: self.limits,
                 parts: &mut self.parts,
                 wire: self.subscriber_wire,
+                count_full_queues: None,
             }
             .receive(frame)?;
             if !received {
@@ -528,6 +535,7 @@ impl Forwarder {
             limits: self.limits,
             parts: &mut self.parts,
             wire: self.subscriber_wire,
+            count_full_queues: None,
         };
         if let Some(curve) = &mut self.curve
             && !curve.admit(Side::Subscribers, source)

@@ -88,6 +88,9 @@ pub struct SideMetrics {
     pub bytes_sent: Counter,
     /// Messages the proxy could not hand to this side's socket (a failed send).
     pub send_failures: Counter,
+    /// Times a peer's queue (high-water mark) was found full when a message was sent to it:
+    /// from then until that peer read enough, libzmq dropped its messages without a trace.
+    pub queue_full: Counter,
     /// Peers currently connected (monitor ACCEPTED minus DISCONNECTED).
     pub connected: Gauge,
     /// Connections that ended in a failed ZMTP handshake (garbage greeting, bad mechanism).
@@ -116,6 +119,7 @@ struct Families {
     messages_sent: Family<SideLabels, Counter>,
     bytes_sent: Family<SideLabels, Counter>,
     send_failures: Family<SideLabels, Counter>,
+    queue_full: Family<SideLabels, Counter>,
     connected: Family<SideLabels, Gauge>,
     handshake_failures: Family<SideLabels, Counter>,
     disconnects: Family<SideLabels, Counter>,
@@ -151,6 +155,7 @@ impl Families {
             messages_sent: self.messages_sent.get_or_create(&labels).clone(),
             bytes_sent: self.bytes_sent.get_or_create(&labels).clone(),
             send_failures: self.send_failures.get_or_create(&labels).clone(),
+            queue_full: self.queue_full.get_or_create(&labels).clone(),
             connected: self.connected.get_or_create(&labels).clone(),
             handshake_failures: self.handshake_failures.get_or_create(&labels).clone(),
             disconnects: self.disconnects.get_or_create(&labels).clone(),
@@ -293,8 +298,13 @@ impl ProxyMetrics {
         );
         registry.register(
             "dropped_messages",
-            "Messages the proxy could not hand to a side's socket; per-subscriber queue overflows inside libzmq XPUB are not visible here",
+            "Messages the proxy could not hand to a side's socket at all",
             f.send_failures.clone(),
+        );
+        registry.register(
+            "queue_full_events",
+            "Times a peer's queue (highWaterMark) was found full: from then until that peer read enough, its messages were dropped (the other peers got them)",
+            f.queue_full.clone(),
         );
         registry.register(
             "connected_peers",
@@ -376,6 +386,7 @@ impl ProxyMetrics {
             messages_sent: m.messages_sent.get(),
             bytes_sent: m.bytes_sent.get(),
             send_failures: m.send_failures.get(),
+            queue_full: m.queue_full.get(),
             connected: u64::try_from(m.connected.get()).unwrap_or(0),
             handshake_failures: m.handshake_failures.get(),
             disconnects: m.disconnects.get(),
@@ -412,6 +423,8 @@ pub struct SideStats {
     pub messages_sent: u64,
     pub bytes_sent: u64,
     pub send_failures: u64,
+    /// Times a peer's queue was found full (its messages dropped from then until it drained).
+    pub queue_full: u64,
     pub connected: u64,
     pub handshake_failures: u64,
     pub disconnects: u64,
