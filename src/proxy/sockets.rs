@@ -95,6 +95,13 @@ pub fn bind_all(
     Ok(bound)
 }
 
+/// The publisher side's own option: a send high-water mark that holds every subscription the
+/// XSUB sends a peer when it connects (`ProxyConfig::publisher_send_hwm`).
+pub fn configure_publisher_side(xsub: &zmq::Socket, config: &ProxyConfig) -> Result<(), ProxyError> {
+    xsub.set_sndhwm(config.publisher_send_hwm())
+        .map_err(ProxyError::zmq("setting SNDHWM on the publisher (XSUB) socket"))
+}
+
 /// The subscriber side's own options: every subscribe and unsubscribe handed up with its
 /// connection (the proxy keeps the per-connection books, see `subscription_relay`), and
 /// incoming frames no longer than a subscription to the longest allowed topic (or a handshake
