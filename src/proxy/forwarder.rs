@@ -509,8 +509,8 @@ impl Forwarder {
 
     /// Subscribers to publishers: subscribes and unsubscribes go to the relay, which sends on
     /// what changes the set of held topics; anything else subscribers send is forwarded
-    /// unchanged within the upstream caps (one frame). Returns whether the subscriber side had nothing more to
-    /// receive. Not the hot path: subscribers send little.
+    /// unchanged within the upstream caps (one frame). Returns whether the subscriber side had
+    /// nothing more to receive. Not the hot path: subscribers send little.
     fn forward_upstream(&mut self, frame: &mut zmq::Message) -> Result<bool, ProxyError> {
         let mut tally = Tally::default();
         let mut drained = false;
