@@ -398,8 +398,11 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     let leaves: BTreeSet<String> = tree.values().flatten().cloned().collect();
     assert_eq!(leaves.len(), 6, "each leaf under one relay: {tree:?}");
     assert!(leaves.is_disjoint(&top), "a leaf on top too: {top:?} {tree:?}");
-    let status = group_status(&client, namespace, group).await;
-    assert_eq!(status["relays"], 4, "{status}");
+    // The status is written after the children (and at most about once a second): wait for it.
+    eventually(Duration::from_secs(10), "status.relays = 4", || async {
+        (group_status(&client, namespace, group).await["relays"] == 4).then_some(())
+    })
+    .await;
     let table = kubectl_ok(&["get", "fg", "-n", namespace]);
     assert!(
         table.lines().next().unwrap_or_default().contains("RELAYS"),

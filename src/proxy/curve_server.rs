@@ -327,6 +327,10 @@ impl CurveServer {
             return true;
         }
         let allowed = match source.user.as_deref() {
+            // An empty User-Id: a NULL connection the ZAP handler admitted, which it does only
+            // on the subscriber side's unix sockets (their file mode and group are the bound
+            // there; the subscriber list is for tcp). Never cached: "" is the empty cache.
+            Some("") if side == Side::Subscribers => return true,
             Some(user) if user == state.last_user => state.last_allowed,
             Some(user) => {
                 let allowed = state.allows(user);
@@ -335,9 +339,14 @@ impl CurveServer {
                 state.last_allowed = allowed;
                 allowed
             }
-            // Only NULL connections (unix sockets) have no User-Id, and they never reach a
-            // side with a list; refuse rather than guess.
-            None => false,
+            // No ZAP handshake at all: a connection the proxy made itself (a relay's links,
+            // which the forwarder does not ask about) or a message libzmq made up (no
+            // descriptor). Refuse rather than guess, and record no connection under
+            // another message's key.
+            None => {
+                self.revoked_messages += 1;
+                return false;
+            }
         };
         if let Some(fd) = source.fd {
             let state = self.side_mut(side);

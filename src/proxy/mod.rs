@@ -12,6 +12,7 @@ mod error;
 mod forwarder;
 mod in_flight;
 mod ipc;
+mod leaf_links;
 mod message_source;
 mod metrics;
 pub(crate) mod monitor;

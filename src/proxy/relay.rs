@@ -13,6 +13,10 @@
 //! With CURVE a relay connects as a CURVE client with the group's own key pair (every proxy
 //! holds its secret half already); the controller admits that key on every leaf's publisher
 //! allow-list while relays are enabled.
+//!
+//! The links are connections of the relay's subscriber side that the relay made itself; the
+//! forwarder tells them from its subscribers' ([`LeafLinks`](super::leaf_links::LeafLinks))
+//! and bounds them as what they are, a leaf proxy's whole upstream.
 
 use super::ProxyError;
 use crate::curve::{CurveClient, KeyPair, SecretKey};
@@ -113,13 +117,19 @@ pub(super) struct RelayLinks {
 }
 
 impl RelayLinks {
-    /// Prepares `xpub` (already bound) for connecting to leaves: with CURVE (`secret` is the
-    /// group's secret key) as a client that expects the leaves to hold the same key pair.
+    /// Prepares `xpub` (already bound) for connecting to leaves: frames of up to `frame_limit`
+    /// bytes from a leaf (what its subscriber side takes, in the link's framing), and with
+    /// CURVE (`secret` is the group's secret key) as a client that expects the leaves to hold
+    /// the same key pair.
     pub(super) fn new(
         input: RelayInput,
         xpub: &zmq::Socket,
+        frame_limit: i64,
         secret: Option<&SecretKey>,
     ) -> Result<Self, ProxyError> {
+        // Listeners took their options when bound; this and the keys apply to connects.
+        xpub.set_maxmsgsize(frame_limit)
+            .map_err(ProxyError::zmq("setting MAXMSGSIZE of the relay's leaf links"))?;
         if let Some(secret) = secret {
             let public = secret
                 .public_key()
@@ -132,7 +142,6 @@ impl RelayLinks {
                     secret: secret.clone(),
                 },
             };
-            // Listeners took their options when bound; these apply to connects from now on.
             xpub.set_curve_server(false)
                 .and_then(|()| client.apply(xpub))
                 .map_err(ProxyError::zmq(
