@@ -11,7 +11,7 @@
 //! joining makes a dozen watch events (pod created, scheduled, ready; the DaemonSet's status
 //! several times; our own writes) of which three or four matter.
 
-use super::children::{Caches, watch_selector};
+use super::children::{Caches, relay_watch_selector, watch_selector};
 use super::memory::GroupKey;
 use super::objects::MANAGED_BY_LABEL;
 use super::reconcile::{self, Context};
@@ -68,9 +68,10 @@ where
 
 /// Keeps what the controller reads of a proxy pod and nothing else: name, namespace, uid,
 /// resourceVersion, the group and managed-by labels (`children::is_member`), the owner
-/// references (`slices::is_owned_by`), the deletion timestamp, `spec.nodeName`, and of the
-/// status the phase, the Ready condition (status, lastTransitionTime) and the pod and host
-/// addresses (`slices::endpoints_from_pods`). A reader of another field adds it here.
+/// references (`slices::is_owned_by`, i.e. `children::is_controlled_by`), the deletion
+/// timestamp, `spec.nodeName` (also a proxy's identity in the relay tree, `relays::tiers`), and
+/// of the status the phase, the Ready condition (status, lastTransitionTime) and the pod and
+/// host addresses (`slices::endpoints_from_pods`). A reader of another field adds it here.
 pub fn trim_pod(pod: &mut Pod) {
     let meta = std::mem::take(&mut pod.metadata);
     pod.metadata = ObjectMeta {
@@ -257,7 +258,21 @@ fn child_trigger<K>(api: Api<K>, writer: Writer<K>) -> GroupRefStream
 where
     K: Cached + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let config = watcher::Config::default().labels(&watch_selector());
+    labelled_trigger(api, writer, watch_selector(), GROUP_LABEL)
+}
+
+/// Watches the objects `selector` picks into `writer`'s cache, trimmed, and maps every change
+/// that can change a plan ([`ChangeFilter`]) to the group that the label `group_label` names.
+fn labelled_trigger<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    selector: String,
+    group_label: &'static str,
+) -> GroupRefStream
+where
+    K: Cached + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let config = watcher::Config::default().labels(&selector);
     let stream = watcher(api, config)
         .backoff(crate::watch_backoff::WatchBackoff::default())
         // Managed fields are a large part of every object and the reconciler never reads them.
@@ -269,7 +284,7 @@ where
     reflector::reflector(writer, stream)
         .try_filter_map(move |event| {
             let group = changes.admit(event).and_then(|object| {
-                let group = object.labels().get(GROUP_LABEL)?;
+                let group = object.labels().get(group_label)?;
                 Some(ObjectRef::<FanoutGroup>::new(group).within(&object.namespace()?))
             });
             futures::future::ready(Ok(group))
@@ -322,6 +337,7 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
     let (services, services_writer) = reflector::store::<Service>();
     let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
     let (secrets, secrets_writer) = reflector::store::<Secret>();
+    let (relay_slices, relay_slices_writer) = reflector::store::<EndpointSlice>();
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -334,6 +350,7 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
             services,
             config_maps,
             secrets,
+            relay_slices,
         },
         leader.policy,
         leader.leading,
@@ -376,6 +393,12 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
         group_stream,
         child_trigger(api_for::<Pod>(&client, &namespace), pods_writer),
         child_trigger(api_for::<EndpointSlice>(&client, &namespace), slices_writer),
+        labelled_trigger(
+            api_for::<EndpointSlice>(&client, &namespace),
+            relay_slices_writer,
+            relay_watch_selector(),
+            crate::endpoint_list::RELAY_FOR_LABEL,
+        ),
         child_trigger(api_for::<DaemonSet>(&client, &namespace), daemon_sets_writer),
         child_trigger(api_for::<Service>(&client, &namespace), services_writer),
         child_trigger(api_for::<ConfigMap>(&client, &namespace), config_maps_writer),
@@ -411,7 +434,7 @@ mod tests {
     use super::*;
     use crate::controller::children::Children;
     use crate::controller::objects::GroupId;
-    use crate::controller::objects::tests_support::{build, group, open_policy};
+    use crate::controller::objects::tests_support::{build, group, group_with, open_policy};
     use crate::controller::plan::plan;
     use k8s_openapi::jiff::Timestamp;
 
@@ -457,10 +480,61 @@ mod tests {
         .expect("a valid pod")
     }
 
+    fn trimmed(full: &[Pod]) -> Vec<Pod> {
+        full.iter()
+            .cloned()
+            .map(|mut pod| {
+                trim_pod(&mut pod);
+                pod
+            })
+            .collect()
+    }
+
+    /// What `group`'s plan over `pods` writes and reports: each slice with the Ready times it
+    /// newly publishes, the ConfigMap, the report, the published count.
+    type Planned = (
+        Vec<(EndpointSlice, Vec<Timestamp>)>,
+        Option<ConfigMap>,
+        crate::controller::plan::Report,
+        i32,
+    );
+
+    fn plan_over(group: &FanoutGroup, pods: &[Pod]) -> Planned {
+        let mut ds = build(group);
+        ds.metadata.uid = Some("ds-uid".into());
+        let children = Children {
+            pods: pods.iter().cloned().map(std::sync::Arc::new).collect(),
+            daemon_sets: vec![std::sync::Arc::new(ds)],
+            ..Children::default()
+        };
+        let id = GroupId {
+            namespace: "net".into(),
+            name: "updates".into(),
+        };
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let plan = plan(group, &id, &children, &open_policy(), now).unwrap();
+        (
+            plan.slices
+                .iter()
+                .map(|s| (s.slice.object.clone(), s.newly_ready_since.clone()))
+                .collect(),
+            plan.config_map.map(|c| c.object),
+            plan.report,
+            plan.published_endpoints,
+        )
+    }
+
+    /// The plan over `full` equals the plan over its trimmed pods, in either order
+    /// (`Caches::children_of` leaves the pods unsorted: the plan must not depend on it).
+    fn assert_trimmed_plans_alike(group: &FanoutGroup, full: &[Pod], expected: &Planned) {
+        let trimmed = trimmed(full);
+        assert_eq!(&plan_over(group, &trimmed), expected);
+        let reversed: Vec<Pod> = trimmed.iter().rev().cloned().collect();
+        assert_eq!(&plan_over(group, &reversed), expected);
+    }
+
     #[test]
     fn a_trimmed_pod_plans_exactly_what_the_full_pod_plans_in_any_order_and_is_smaller() {
-        let mut ds = build(&group());
-        ds.metadata.uid = Some("ds-uid".into());
         let mut terminating = full_pod("p3", "10.0.0.3", true);
         terminating.metadata.deletion_timestamp = terminating.metadata.creation_timestamp.clone();
         let full = vec![
@@ -468,56 +542,56 @@ mod tests {
             full_pod("p2", "10.0.0.2", false),
             terminating,
         ];
-        let trimmed: Vec<Pod> = full
-            .iter()
-            .cloned()
-            .map(|mut pod| {
-                trim_pod(&mut pod);
-                pod
-            })
-            .collect();
-        let id = GroupId {
-            namespace: "net".into(),
-            name: "updates".into(),
-        };
-        let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let plan_over = |pods: &[Pod]| {
-            let children = Children {
-                pods: pods.iter().cloned().map(std::sync::Arc::new).collect(),
-                daemon_sets: vec![std::sync::Arc::new(ds.clone())],
-                ..Children::default()
-            };
-            let plan = plan(&group(), &id, &children, &open_policy(), now).unwrap();
-            (
-                plan.slices
-                    .iter()
-                    .map(|s| s.slice.object.clone())
-                    .collect::<Vec<_>>(),
-                plan.slices
-                    .iter()
-                    .map(|s| s.newly_ready_since.clone())
-                    .collect::<Vec<_>>(),
-                plan.config_map.map(|c| c.object),
-                plan.report,
-                plan.published_endpoints,
-            )
-        };
-        let (slices, since, config_map, report, published) = plan_over(&full);
-        assert_eq!(published, 1, "p1 only: p2 is not ready, p3 is terminating");
-        assert_eq!(slices[0].endpoints.len(), 3);
-        assert_eq!(since[0].len(), 1, "p1's Ready time survives the trim");
-        let expected = (slices, since, config_map, report, published);
-        assert_eq!(plan_over(&trimmed), expected);
-        // `Caches::children_of` leaves the pods unsorted: the plan must not depend on their order.
-        let reversed: Vec<Pod> = trimmed.iter().rev().cloned().collect();
-        assert_eq!(plan_over(&reversed), expected);
+        let expected = plan_over(&group(), &full);
+        let (slices, _, _, published) = &expected;
+        assert_eq!(*published, 1, "p1 only: p2 is not ready, p3 is terminating");
+        assert_eq!(slices[0].0.endpoints.len(), 3);
+        assert_eq!(slices[0].1.len(), 1, "p1's Ready time survives the trim");
+        assert_trimmed_plans_alike(&group(), &full, &expected);
         let size = |pods: &[Pod]| serde_json::to_vec(pods).unwrap().len();
+        let trimmed = trimmed(&full);
         assert!(
             size(&trimmed) * 3 < size(&full),
             "{} bytes trimmed, {} full",
             size(&trimmed),
             size(&full)
         );
+    }
+
+    /// The relay tree reads more of each pod than the flat plan: the node's name is a proxy's
+    /// identity in the tree (`relays::tiers`), its uid goes into the assignment slices, and the
+    /// owner reference is checked against the DaemonSet (`children::is_controlled_by`). A trim
+    /// that dropped any of them would put different proxies on top or in no tier at all.
+    #[test]
+    fn a_trimmed_pod_plans_the_same_relay_tree_as_the_full_pod() {
+        let tree = group_with(crate::crd::FanoutGroupSpec {
+            relays: crate::crd::RelaySpec {
+                enabled: true,
+                min_proxies: 9,
+            },
+            ..crate::crd::FanoutGroupSpec::default()
+        });
+        let full: Vec<Pod> = (1..=12)
+            .map(|i| full_pod(&format!("p{i:02}"), &format!("10.0.0.{i}"), i != 5))
+            .collect();
+        let expected = plan_over(&tree, &full);
+        let (slices, _, report, published) = &expected;
+        assert_eq!(*published, 11, "p05 is not ready");
+        let relays = report.status.as_ref().map(|status| status.relays);
+        assert_eq!(relays, Some(4), "a tree: ⌈√11⌉ relays");
+        let assignments: Vec<_> = slices
+            .iter()
+            .filter(|(slice, _)| crate::controller::relays::relay_of(slice).is_some())
+            .collect();
+        assert!(!assignments.is_empty(), "the leaves hang off relays");
+        for (slice, _) in &assignments {
+            for endpoint in &slice.endpoints {
+                let target = endpoint.target_ref.as_ref();
+                assert!(target.and_then(|t| t.uid.as_ref()).is_some(), "the pod's uid");
+                assert!(endpoint.node_name.is_some(), "the pod's node");
+            }
+        }
+        assert_trimmed_plans_alike(&tree, &full, &expected);
     }
 
     #[test]

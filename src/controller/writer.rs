@@ -15,8 +15,9 @@ use crate::crd::{FanoutGroup, FanoutGroupStatus};
 use crate::curve::{KeyPair, PUBLIC_KEY_FILE, SECRET_KEY_FILE};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -43,6 +44,11 @@ pub enum ApplyMode {
 /// A child stamped with its applied-hash and due to be applied.
 #[derive(Debug, Clone)]
 enum Child {
+    /// The proxies' ServiceAccount, Role and RoleBinding (relays): not cached, applied with
+    /// the DaemonSet.
+    ServiceAccount(Box<ServiceAccount>),
+    Role(Box<Role>),
+    RoleBinding(Box<RoleBinding>),
     ConfigMap(ConfigMap),
     DaemonSet(Box<DaemonSet>),
     Service(Box<Service>),
@@ -57,9 +63,22 @@ struct Apply {
     before: Option<String>,
 }
 
+impl Apply {
+    /// For a slice: whether it is a relay's assignment (`true`) or the top tier (`false`).
+    fn slice_tier(&self) -> Option<bool> {
+        match &self.child {
+            Child::EndpointSlice(slice, _) => Some(super::relays::relay_of(slice).is_some()),
+            _ => None,
+        }
+    }
+}
+
 impl Child {
     fn name(&self) -> &str {
         let meta = match self {
+            Child::ServiceAccount(object) => &object.metadata,
+            Child::Role(object) => &object.metadata,
+            Child::RoleBinding(object) => &object.metadata,
             Child::ConfigMap(object) => &object.metadata,
             Child::DaemonSet(object) => &object.metadata,
             Child::Service(object) => &object.metadata,
@@ -94,6 +113,8 @@ impl Writes {
 /// Which cache shows a written child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WrittenKind {
+    /// Not watched (the relays' access objects): nothing to wait for.
+    NotCached,
     DaemonSet,
     Service,
     EndpointSlice,
@@ -137,6 +158,11 @@ where
     }))
 }
 
+/// A child no cache holds.
+fn uncached<K>(object: K) -> Desired<K> {
+    Desired { object, cached: None }
+}
+
 /// Pure: what writing `plan` in `mode` takes. The children in order (server key, allow-lists,
 /// DaemonSet, Service, slices, ConfigMap), then the prune.
 pub fn writes(plan: &Plan, mode: ApplyMode) -> Result<Writes, Error> {
@@ -153,10 +179,25 @@ pub fn writes(plan: &Plan, mode: ApplyMode) -> Result<Writes, Error> {
         add(stamped(allow_list, mode, Child::ConfigMap)?, "ConfigMap");
     }
     if let Some(daemon_set) = &plan.daemon_set {
-        add(
-            stamped(daemon_set, mode, |ds| Child::DaemonSet(Box::new(ds)))?,
-            "DaemonSet",
-        );
+        let daemon_set = stamped(daemon_set, mode, |ds| Child::DaemonSet(Box::new(ds)))?;
+        // The proxies' API access goes with every write of their DaemonSet (before it), and
+        // with every full apply: three objects that change only with the spec need no watch.
+        if let (Some(access), Some(_)) = (&plan.relay_access, &daemon_set) {
+            let all = ApplyMode::ReapplyAll;
+            let account = uncached(access.service_account.clone());
+            add(
+                stamped(&account, all, |o| Child::ServiceAccount(Box::new(o)))?,
+                "ServiceAccount",
+            );
+            let role = uncached(access.role.clone());
+            add(stamped(&role, all, |o| Child::Role(Box::new(o)))?, "Role");
+            let binding = uncached(access.binding.clone());
+            add(
+                stamped(&binding, all, |o| Child::RoleBinding(Box::new(o)))?,
+                "RoleBinding",
+            );
+        }
+        add(daemon_set, "DaemonSet");
     }
     add(
         stamped(&plan.service, mode, |service| Child::Service(Box::new(service)))?,
@@ -214,15 +255,16 @@ impl Writer {
         let mut written = Vec::with_capacity(writes.len());
         let mut rest = writes.applies.as_slice();
         while let Some(first) = rest.first() {
-            // Slices do not depend on each other: a run of them goes out several at a time (a
-            // full re-apply of 5 000 nodes' 50 slices would otherwise hold the group for ~1.5 s).
-            // Everything else goes in order.
-            let run = match first.child {
-                Child::EndpointSlice(..) => rest
+            // Slices of one tier do not depend on each other: a run of them goes out several at
+            // a time (a full re-apply of 5 000 nodes' 50 slices would otherwise hold the group
+            // for ~1.5 s). The top tier goes before the relays' assignments (a proxy promoted to
+            // relay is reachable before its old relay drops it), everything else in order.
+            let run = match first.slice_tier() {
+                Some(tier) => rest
                     .iter()
-                    .take_while(|apply| matches!(apply.child, Child::EndpointSlice(..)))
+                    .take_while(|apply| apply.slice_tier() == Some(tier))
                     .count(),
-                _ => 1,
+                None => 1,
             };
             let (now, later) = rest.split_at(run);
             for chunk in now.chunks(SLICES_IN_FLIGHT) {
@@ -263,6 +305,18 @@ impl Writer {
 
     async fn apply_one(&self, namespace: &str, Apply { child, before }: &Apply) -> Result<Written, Error> {
         let (kind, version) = match child {
+            Child::ServiceAccount(object) => (
+                WrittenKind::NotCached,
+                self.apply(namespace, object.as_ref()).await?,
+            ),
+            Child::Role(object) => (
+                WrittenKind::NotCached,
+                self.apply(namespace, object.as_ref()).await?,
+            ),
+            Child::RoleBinding(object) => (
+                WrittenKind::NotCached,
+                self.apply(namespace, object.as_ref()).await?,
+            ),
             Child::ConfigMap(object) => (WrittenKind::ConfigMap, self.apply(namespace, object).await?),
             Child::DaemonSet(object) => (
                 WrittenKind::DaemonSet,

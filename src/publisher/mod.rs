@@ -15,6 +15,7 @@
 //! `watch` ([`Publisher::connected`]). Memory per peer is bounded by SNDHWM (a PUB drops
 //! rather than blocks when a peer's queue is full).
 
+mod auth_retry;
 pub mod command;
 pub mod metrics;
 mod socket_thread;
@@ -128,6 +129,17 @@ impl Publisher {
                 curve: config.curve.clone(),
             },
         )?;
+        // With CURVE, the handshakes a proxy refuses are retried (`auth_retry`).
+        let handshakes = match &config.curve {
+            Some(_) => {
+                const MONITOR: &str = "inproc://fanout-publisher-handshakes";
+                socket.monitor(MONITOR, socket_thread::HANDSHAKE_EVENTS)?;
+                let events = context.socket(zmq::PAIR)?;
+                events.connect(MONITOR)?;
+                Some(events)
+            }
+            None => None,
+        };
         let (commands, queue) = mpsc::sync_channel(config.queue.max(1));
         let (membership, wanted) = watch::channel(Membership::new());
         let (connected_tx, connected) = watch::channel(Membership::new());
@@ -142,6 +154,8 @@ impl Publisher {
             sequences: Default::default(),
             topic_frame: Vec::new(),
             last_applied: Instant::now(),
+            handshakes,
+            refused: Default::default(),
         };
         let handle = std::thread::Builder::new()
             .name("fanout-pub".into())
