@@ -11,6 +11,8 @@
 
 #[path = "chart/support.rs"]
 mod chart_support;
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/kubelet.rs"]
 mod kubelet;
 #[path = "e2e/support.rs"]
@@ -206,7 +208,8 @@ impl Drop for NodeSubscriber {
     }
 }
 
-/// A publisher thread sending on TOPIC every 5 ms until stopped.
+/// A publisher thread sending on TOPIC at `rate` messages a second until stopped, paced by the
+/// clock (message n leaves at start + n / rate), so a late wake-up does not lower the rate.
 struct PublishLoop {
     publisher: Arc<Publisher>,
     stop: Arc<AtomicBool>,
@@ -214,16 +217,19 @@ struct PublishLoop {
 }
 
 impl PublishLoop {
-    fn start(publisher: Publisher) -> Self {
+    fn start(publisher: Publisher, rate: u32) -> Self {
         let publisher = Arc::new(publisher);
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s) = (publisher.clone(), stop.clone());
+        let period = Duration::from_secs(1) / rate.max(1);
         let thread = std::thread::spawn(move || {
-            let mut n = 0u64;
+            let started = Instant::now();
+            let mut n = 0u32;
             while !s.load(Ordering::Relaxed) {
                 let _ = p.publish(TOPIC.to_vec(), vec![format!("update {n}").into_bytes()]);
                 n += 1;
-                std::thread::sleep(Duration::from_millis(5));
+                let next = started + period * n;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
         });
         Self {
@@ -385,7 +391,7 @@ async fn user_path_install_apply_publish_join_leave_delete() {
             .with_client(client.clone()),
         ))
         .unwrap();
-    let publishing = PublishLoop::start(publisher);
+    let publishing = PublishLoop::start(publisher, 200);
     eventually(
         Duration::from_secs(20),
         "the publisher connected to all 5 proxies",
@@ -977,8 +983,9 @@ async fn a_planted_server_key_secret_is_refused_with_the_reason_in_the_status() 
 
 /// A group on `nodes` kwok nodes with real proxies (the fake kubelet), the controller, a
 /// subscriber on every node's socket and a publisher following the group through the API and
-/// sending 200 msg/s: the stage of the fault tests (issue 12 §2). Steady state is reached and
-/// checked (every node receiving, nothing lost) before `start` returns.
+/// sending `rate` msg/s: the stage of the fault tests (issue 12 §2). The group's heartbeat is
+/// 1 s. Steady state is reached and checked (every node receiving, nothing lost) before `start`
+/// returns.
 struct FaultRig {
     client: Client,
     namespace: String,
@@ -998,7 +1005,7 @@ struct FaultRig {
 }
 
 impl FaultRig {
-    async fn start(namespace: &str, group: &str, node_prefix: &str, nodes: usize, http: &str) -> Self {
+    async fn start(namespace: &str, group: &str, node_prefix: &str, nodes: usize, http: &str, rate: u32) -> Self {
         let (client, work, kubeconfig) = installed_cluster().await;
         ensure_namespace(&client, namespace).await;
         let nodes: Vec<String> = (1..=nodes).map(|i| format!("{node_prefix}-{i}")).collect();
@@ -1067,7 +1074,7 @@ impl FaultRig {
             nodes,
             pod_on,
             ip_on,
-            publishing: Some(PublishLoop::start(publisher)),
+            publishing: Some(PublishLoop::start(publisher, rate)),
             subscribers,
             controller,
             kubelet,
@@ -1094,6 +1101,16 @@ impl FaultRig {
 
     fn publisher(&self) -> &Publisher {
         &self.publishing.as_ref().expect("publishing").publisher
+    }
+
+    /// The address of the HTTP endpoint (`/metrics`) of `node`'s proxy.
+    fn proxy_http(&self, node: &str) -> String {
+        format!("{}:{}", self.ip_on[node], fanout::crd::default_http_port())
+    }
+
+    /// A metric of `node`'s proxy, summed over the samples with `labels`.
+    fn proxy_metric(&self, node: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        scrape(&self.proxy_http(node), name, labels)
     }
 
     /// Per node: (messages received, messages lost by envelope gaps).
@@ -1144,22 +1161,54 @@ impl FaultRig {
 
 /// Faults while publishing (issue 12 §2): a proxy SIGSTOPped, then one SIGKILLed and restarted
 /// as a kubelet would, while a publisher sends 200 msg/s. Only the node whose proxy failed loses
-/// messages (counted by the subscribers' envelope gaps); the others lose nothing.
+/// messages (counted by the subscribers' envelope gaps); the others lose nothing. The stopped
+/// proxy is found by heartbeats within three intervals: the publisher's connection to it ends
+/// (the kernel's TCP table shows it) although the kernel still holds the TCP session open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: run hack/test.sh"]
 async fn a_stopped_or_killed_proxy_costs_only_its_own_node() {
-    let rig = FaultRig::start("e2e-faults", "faults", "fault-node", 3, "127.0.0.1:18085").await;
+    let rig = FaultRig::start("e2e-faults", "faults", "fault-node", 3, "127.0.0.1:18085", 200).await;
     let (nodes, pod_on, kubelet, subscribers) = (&rig.nodes, &rig.pod_on, &rig.kubelet, &rig.subscribers);
     let snapshot = || rig.snapshot();
 
     // A: SIGSTOP for 5 s (5 heartbeat intervals), then SIGCONT.
     let frozen = &nodes[1];
+    let heartbeat = Duration::from_secs(1);
+    let frozen_port: std::net::SocketAddrV4 = format!("{}:7100", rig.ip_on[frozen]).parse().unwrap();
+    let connection = faults::established_to(frozen_port);
+    assert_eq!(
+        connection.len(),
+        1,
+        "one connection from the publisher to {frozen}'s proxy: {connection:?}"
+    );
+    let disconnects_before = rig
+        .proxy_metric(frozen, "fanout_proxy_disconnects_total", &[("side", "publishers")])
+        .expect("the proxy's metrics");
     let before = snapshot();
     kubelet.signal(&pod_on[frozen], libc::SIGSTOP);
     let stopped_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The proxy's last PING (at most one interval ago) asked the publisher to drop it after
+    // three intervals of silence (ZMTP heartbeat TTL); the kernel would keep the session forever.
+    let mut found_after = None;
+    while stopped_at.elapsed() < Duration::from_secs(5) {
+        if found_after.is_none() && faults::established_to(frozen_port).is_disjoint(&connection) {
+            found_after = Some(stopped_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let during = snapshot();
     kubelet.signal(&pod_on[frozen], libc::SIGCONT);
+    let found_after = found_after.expect("the publisher's connection to the stopped proxy never ended");
+    eprintln!(
+        "MEASURED proxy SIGSTOPped on {frozen}: the publisher dropped its connection {} ms after SIGSTOP (heartbeat {} ms, limit 3 intervals)",
+        found_after.as_millis(),
+        heartbeat.as_millis()
+    );
+    // Three intervals, plus the 20 ms sampling and scheduling on a busy 2-core machine.
+    assert!(
+        found_after <= heartbeat * 3 + Duration::from_millis(250),
+        "heartbeats found the stopped proxy only after {found_after:?}"
+    );
     let resumed_at = Instant::now();
     let frozen_count = during[frozen].0;
     eventually(
@@ -1169,6 +1218,19 @@ async fn a_stopped_or_killed_proxy_costs_only_its_own_node() {
     )
     .await;
     let receiving_again = resumed_at.elapsed();
+    // Woken up, the proxy sees the connection the publisher ended, and the publisher's new one.
+    eventually(
+        Duration::from_secs(10),
+        "the resumed proxy counting the publisher's dropped connection",
+        || async {
+            let disconnects =
+                rig.proxy_metric(frozen, "fanout_proxy_disconnects_total", &[("side", "publishers")])?;
+            let connected =
+                rig.proxy_metric(frozen, "fanout_proxy_connected_peers", &[("side", "publishers")])?;
+            (disconnects > disconnects_before && connected == 1.0).then_some(())
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = snapshot();
     for node in nodes.iter().filter(|n| *n != frozen) {
@@ -1235,7 +1297,7 @@ async fn a_stopped_or_killed_proxy_costs_only_its_own_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: run hack/test.sh"]
 async fn control_plane_outages_leave_delivery_alone_and_membership_reconverges() {
-    let mut rig = FaultRig::start("e2e-outage", "outage", "outage-node", 4, "127.0.0.1:18086").await;
+    let mut rig = FaultRig::start("e2e-outage", "outage", "outage-node", 4, "127.0.0.1:18086", 200).await;
     // The controller runs with the chart's default lease timings.
     let retry_period = fanout::controller::leader::LeaseTimings::default().retry_period();
     for (component, outage) in [
@@ -1321,6 +1383,103 @@ async fn control_plane_outages_leave_delivery_alone_and_membership_reconverges()
             "{victim} unlisted {unlisted:?} after its removal, after the {component} outage"
         );
     }
+    rig.finish().await;
+}
+
+/// A connection storm and garbage against one proxy's publisher port, from inside the cluster
+/// (issue 12 §2), while a publisher sends 200 msg/s: hundreds of connections held open silent
+/// or stalled in the middle of a greeting, random bytes, HTTP requests, greetings with an
+/// unknown mechanism. The proxy keeps serving: the real publisher's connection is never
+/// dropped, no subscriber on any node loses a message, and the proxy's counters show every
+/// abusive connection (disconnects, failed handshakes) and return to the one real peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn a_connection_storm_and_garbage_on_a_publisher_port_cost_no_message() {
+    let rig = FaultRig::start("e2e-storm", "storm", "storm-node", 2, "127.0.0.1:18087", 200).await;
+    let target = &rig.nodes[0];
+    let port: std::net::SocketAddrV4 = format!("{}:7100", rig.ip_on[target]).parse().unwrap();
+    let real_connection = faults::established_to(port);
+    assert_eq!(real_connection.len(), 1, "{real_connection:?}");
+    let counter = |name: &str| {
+        rig.proxy_metric(target, name, &[("side", "publishers")])
+            .unwrap_or_else(|| panic!("{name} of {target}'s proxy"))
+    };
+    let (disconnects_before, failures_before) = (
+        counter("fanout_proxy_disconnects_total"),
+        counter("fanout_proxy_handshake_failures_total"),
+    );
+    let storm = faults::Storm {
+        silent: 300,
+        garbage: 100,
+        http: 50,
+        partial_greeting: 50,
+        bad_mechanism: 50,
+    };
+    let before = rig.snapshot();
+    let started = Instant::now();
+    let (held, failed) = tokio::task::spawn_blocking(move || storm.run(port.into()))
+        .await
+        .unwrap();
+    let storm_took = started.elapsed();
+    assert_eq!(failed, 0, "connects to the proxy failed during the storm");
+    // The proxy accepted and holds every silent or stalled connection, beside the real one.
+    let held_count = held.len();
+    eventually(
+        Duration::from_secs(10),
+        "the proxy holding every stalled connection",
+        || async {
+            let peers = rig.proxy_metric(target, "fanout_proxy_connected_peers", &[("side", "publishers")])?;
+            (peers >= (held_count + 1) as f64).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = rig.snapshot();
+    drop(held);
+    eventually(
+        Duration::from_secs(10),
+        "every storm connection counted as ended, and only the real publisher left",
+        || async {
+            let ended = counter("fanout_proxy_disconnects_total") - disconnects_before;
+            let failed = counter("fanout_proxy_handshake_failures_total") - failures_before;
+            let peers = counter("fanout_proxy_connected_peers");
+            (ended >= storm.connections() as f64 && failed >= storm.failed_handshakes() as f64 && peers == 1.0)
+                .then_some((ended, failed))
+        },
+    )
+    .await;
+    let (ended, failed) = (
+        counter("fanout_proxy_disconnects_total") - disconnects_before,
+        counter("fanout_proxy_handshake_failures_total") - failures_before,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rig.snapshot();
+    assert_eq!(
+        faults::established_to(port).intersection(&real_connection).count(),
+        1,
+        "the real publisher's connection to {target}'s proxy was dropped during the storm"
+    );
+    assert_eq!(rig.publisher().connected(), rig.want, "the publisher's membership changed");
+    let ready = http_get(&rig.proxy_http(target), "/readyz").unwrap_or_default();
+    assert_eq!(ready, "ready\n", "{target}'s proxy /readyz");
+    for node in &rig.nodes {
+        assert_eq!(
+            after[node].1, before[node].1,
+            "{node} lost messages during the storm on {target}'s publisher port"
+        );
+        assert!(
+            during[node].0 > before[node].0 + 100,
+            "{node} did not keep receiving during the storm: {before:?} {during:?}"
+        );
+    }
+    eprintln!(
+        "MEASURED storm on {target}'s publisher port: {} connections ({storm:?}) opened in {} ms; proxy counted {ended} disconnects, \
+         {failed} failed handshakes; subscribers lost {:?}, received {:?} meanwhile; the real publisher stayed connected",
+        storm.connections(),
+        storm_took.as_millis(),
+        rig.nodes.iter().map(|n| after[n].1 - before[n].1).collect::<Vec<_>>(),
+        rig.nodes.iter().map(|n| after[n].0 - before[n].0).collect::<Vec<_>>(),
+    );
     rig.finish().await;
 }
 

@@ -2,6 +2,7 @@
 //! chart installed once, a controller process authenticated as the chart's ServiceAccount,
 //! fake nodes, and polling with deadlines.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -234,17 +235,43 @@ impl ControllerProcess {
 
     /// The sum of every sample of metric `name` (all label sets) on its /metrics.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let body = http_get(&self.http, "/metrics").ok()?;
-        let mut found = None;
-        for line in body.lines().filter(|l| !l.starts_with('#')) {
-            let (key, value) = line.rsplit_once(' ')?;
-            let metric = key.split('{').next().unwrap_or(key);
-            if metric == name {
-                *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
-            }
-        }
-        found
+        scrape(&self.http, name, &[])
     }
+
+    /// The samples of metric `name` on its /metrics, by their label sets.
+    pub fn samples(&self, name: &str) -> BTreeMap<String, f64> {
+        http_get(&self.http, "/metrics")
+            .map(|body| samples(&body, name))
+            .unwrap_or_default()
+    }
+}
+
+/// The samples of metric `name` in a Prometheus text exposition, by label set (`{...}` as
+/// written, empty for none).
+pub fn samples(body: &str, name: &str) -> BTreeMap<String, f64> {
+    let mut found = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, labels) = key.split_at(key.find('{').unwrap_or(key.len()));
+        if let (true, Ok(value)) = (metric == name, value.parse::<f64>()) {
+            *found.entry(labels.to_string()).or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+/// The sum of the samples of metric `name` at `http`'s /metrics whose labels include every
+/// `key="value"` of `labels`; None when the endpoint does not answer or has no such sample.
+pub fn scrape(http: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let body = http_get(http, "/metrics").ok()?;
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    samples(&body, name)
+        .into_iter()
+        .filter(|(set, _)| wanted.iter().all(|w| set.contains(w.as_str())))
+        .map(|(_, value)| value)
+        .reduce(|a, b| a + b)
 }
 
 impl Drop for ControllerProcess {
