@@ -58,9 +58,22 @@ async fn installed_cluster() -> (Client, tempfile::TempDir, std::path::PathBuf) 
     (client().await, work, service_account_kubeconfig())
 }
 
+/// Creates namespace `name` unless it exists; one still terminating (a previous run's) is
+/// waited out first.
 async fn ensure_namespace(client: &Client, name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(name).await.unwrap().is_none() {
+    let existing = eventually(
+        Duration::from_secs(120),
+        &format!("namespace {name} not terminating"),
+        || async {
+            match namespaces.get_opt(name).await.unwrap() {
+                Some(ns) if ns.metadata.deletion_timestamp.is_some() => None,
+                other => Some(other),
+            }
+        },
+    )
+    .await;
+    if existing.is_none() {
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
         namespaces.create(&PostParams::default(), &ns).await.unwrap();
     }
@@ -602,8 +615,88 @@ async fn invalid_groups_are_refused_at_admission() {
     let _ = namespaces.delete("e2e-invalid", &DeleteParams::default()).await;
 }
 
-/// Step 6: a controller restarted mid-way converges without duplicate slices, and with two
-/// replicas only the Lease holder writes.
+/// Whether the group's EndpointSlices and ConfigMap publish exactly its ready proxy pods: each
+/// once, none missing, nothing else. Returns how many.
+async fn published_exactly_the_ready_pods(client: &Client, namespace: &str, group: &str) -> Option<usize> {
+    let pods = ready_pods(client, namespace, group).await;
+    let want: BTreeSet<String> = pods.values().map(|(_, ip)| ip.clone()).collect();
+    let (all, ready, _) = slice_addresses(client, namespace, group).await;
+    if all.len() != want.len() || ready != want {
+        return None;
+    }
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let listed = configmaps
+        .get_opt(&format!("{group}-endpoints"))
+        .await
+        .ok()??
+        .data?
+        .remove("endpoints")?;
+    let lines: String = expected_endpoints(&pods, 7100)
+        .iter()
+        .map(|e| format!("{e}\n"))
+        .collect();
+    (listed == lines).then_some(want.len())
+}
+
+/// Nodes joining and leaving one after another on a thread of its own, until stopped: each step
+/// adds the next node of `names` that is absent or removes it if present, cycling.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u32, u32)>>,
+}
+
+impl Churn {
+    fn start(names: Vec<String>, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut joins, mut leaves) = (0, 0);
+            let mut present = BTreeSet::new();
+            for name in names.iter().cycle() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                if present.remove(name) {
+                    remove_node(name);
+                    leaves += 1;
+                } else {
+                    add_node(name);
+                    present.insert(name.clone());
+                    joins += 1;
+                }
+                std::thread::sleep(pause);
+            }
+            (joins, leaves)
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops after the current step; returns how many nodes joined and left.
+    fn stop(mut self) -> (u32, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().expect("the churn thread"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Step 6 and issue 12 §2: with two replicas only the Lease holder writes; the leader is
+/// SIGKILLed while nodes join and leave continuously; the standby takes over with the chart's
+/// default lease timings (the failover time is printed), and once the churn stops the published
+/// list is exactly the ready proxies. The crashed replica restarted adds no duplicates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: run hack/test.sh"]
 async fn restart_converges_and_only_the_leader_writes() {
@@ -612,21 +705,21 @@ async fn restart_converges_and_only_the_leader_writes() {
     let group = "leader-test";
     ensure_namespace(&client, namespace).await;
     let nodes: Vec<String> = (1..=3).map(|i| format!("le-node-{i}")).collect();
+    let churned: Vec<String> = (1..=4).map(|i| format!("le-churn-{i}")).collect();
+    let _cleanup = Cleanup {
+        nodes: nodes.iter().chain(&churned).cloned().collect(),
+        namespace: namespace.to_string(),
+    };
     for node in &nodes {
         add_node(node);
     }
-    let _kubelet = FakeKubelet::start(
-        client.clone(),
-        namespace,
-        fanout_binary(),
-        work.path().to_path_buf(),
-    );
     let manifest = format!(
         "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n  endpointsPerSlice: 2\n"
     );
     let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // Both replicas with the chart's default lease timings (15 s, 10 s, 2 s).
     let mut a = ControllerProcess::start(&kubeconfig, "replica-a", "127.0.0.1:18081", work.path());
     let mut b = ControllerProcess::start(&kubeconfig, "replica-b", "127.0.0.1:18082", work.path());
     let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
@@ -657,22 +750,45 @@ async fn restart_converges_and_only_the_leader_writes() {
     assert!(leader_writes > 0.0, "the leader wrote nothing");
     assert_eq!(follower_writes, 0.0, "the follower wrote to the API");
 
-    // The leader crashes; a node joins while nobody leads; the follower takes over and converges.
+    // Nodes join and leave every ~half second; the leader crashes in the middle of it; the
+    // churn goes on while nobody leads and after the standby took over.
+    let churn = Churn::start(churned.clone(), Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let crashed_at = Instant::now();
     leader.stop(true);
-    add_node("le-node-4");
-    eventually(
-        Duration::from_secs(90),
-        "4 endpoints after the failover",
-        || async {
-            let (all, ready, count) = slice_addresses(&client, namespace, group).await;
-            (all.len() == 4 && ready.len() == 4 && count == 2).then_some(())
-        },
+    let failover = eventually(Duration::from_secs(60), "the standby leading", || async {
+        (follower.metric("fanout_controller_leader") == Some(1.0)).then(|| crashed_at.elapsed())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (joins, leaves) = churn.stop();
+    let churn_stopped = Instant::now();
+    let published = eventually(
+        Duration::from_secs(30),
+        "the slices and the ConfigMap listing exactly the ready proxies after the churn",
+        || published_exactly_the_ready_pods(&client, namespace, group),
     )
     .await;
+    let converged = churn_stopped.elapsed();
+    let timings = fanout::controller::leader::LeaseTimings::default();
     eprintln!(
-        "MEASURED failover: leader killed → new node published {:?}",
-        crashed_at.elapsed()
+        "MEASURED failover during churn ({joins} joins, {leaves} leaves): leader SIGKILLed → standby leading {} ms \
+         (lease {:?}, retry {:?}); churn stopped → {published} endpoints published exactly {} ms",
+        failover.as_millis(),
+        timings.lease_duration(),
+        timings.retry_period(),
+        converged.as_millis()
+    );
+    // The standby sees the last renewal up to a retry period late, waits the lease out on its
+    // own clock and acquires at its next round: lease + 2 retry periods, plus a second of
+    // scheduling on a busy machine.
+    assert!(
+        failover <= timings.lease_duration() + timings.retry_period() * 2 + Duration::from_secs(1),
+        "the standby took {failover:?} to lead"
+    );
+    assert!(
+        converged <= Duration::from_secs(5),
+        "membership converged {converged:?} after the churn stopped"
     );
     assert!(
         follower
@@ -689,15 +805,186 @@ async fn restart_converges_and_only_the_leader_writes() {
         work.path(),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (all, ready, count) = slice_addresses(&client, namespace, group).await;
+    let (all, _, _) = slice_addresses(&client, namespace, group).await;
     let unique: BTreeSet<&String> = all.iter().collect();
     assert_eq!(unique.len(), all.len(), "an endpoint is listed twice: {all:?}");
-    assert_eq!((ready.len(), count), (4, 2));
+    assert_eq!(
+        published_exactly_the_ready_pods(&client, namespace, group).await,
+        Some(published),
+        "the restarted replica changed the published list"
+    );
 
     kubectl_ok(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
-    for node in nodes.iter().map(String::as_str).chain(["le-node-4"]) {
-        remove_node(node);
+}
+
+/// Issue 12 §2: the leader's connection to the API hangs (packets dropped, not refused: a TCP
+/// forwarder in the test stops moving bytes and keeps every connection open). No request of
+/// the leader ever returns, yet it stops leading within its renew deadline (its
+/// `fanout_controller_leader` gauge drops to 0, its reconciles and writes stop), before the
+/// standby may take the lease, so the two never lead at once; the standby converges the
+/// membership, a node that joined during the hang included. Short lease timings (6 s, 4 s,
+/// 1 s, as flags) keep the test quick; the protocol is the same at the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn a_leader_whose_api_connection_hangs_steps_down_within_its_renew_deadline() {
+    use fanout::controller::leader::LeaseTimings;
+    let (client, work, kubeconfig) = installed_cluster().await;
+    let namespace = "e2e-hung";
+    let group = "hung";
+    ensure_namespace(&client, namespace).await;
+    let nodes: Vec<String> = (1..=3).map(|i| format!("hung-node-{i}")).collect();
+    let _cleanup = Cleanup {
+        nodes: nodes.clone(),
+        namespace: namespace.to_string(),
+    };
+    for node in &nodes[..2] {
+        add_node(node);
     }
+    let manifest = format!(
+        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec: {{}}\n"
+    );
+    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The leader-to-be reaches the API through the forwarder only.
+    let config = std::fs::read_to_string(&kubeconfig).unwrap();
+    let server = config
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("server: https://"))
+        .expect("the kubeconfig's server")
+        .to_string();
+    let upstream = server.parse().expect("the API server's address");
+    let blackhole = faults::Blackhole::start(upstream).await;
+    let through = work.path().join("through-the-forwarder.kubeconfig");
+    std::fs::write(
+        &through,
+        config.replace(&server, &format!("127.0.0.1:{}", blackhole.local.port())),
+    )
+    .unwrap();
+    let timings = LeaseTimings::new(
+        Duration::from_secs(6),
+        Duration::from_secs(4),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let flags = [
+        "--lease-duration",
+        "6s",
+        "--renew-deadline",
+        "4s",
+        "--retry-period",
+        "1s",
+    ];
+    let mut hung =
+        ControllerProcess::start_with(&through, "hung-leader", "127.0.0.1:18088", work.path(), &flags);
+    eventually(Duration::from_secs(60), "the first replica leading", || async {
+        (hung.metric("fanout_controller_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "2 endpoints published by the first replica",
+        || async {
+            (published_exactly_the_ready_pods(&client, namespace, group).await == Some(2)).then_some(())
+        },
+    )
+    .await;
+    let mut standby =
+        ControllerProcess::start_with(&kubeconfig, "standby", "127.0.0.1:18089", work.path(), &flags);
+    eventually(
+        Duration::from_secs(30),
+        "the standby up and not leading",
+        || async { (standby.metric("fanout_controller_leader") == Some(0.0)).then_some(()) },
+    )
+    .await;
+
+    blackhole.drop_everything();
+    let hung_at = Instant::now();
+    let forwarded = blackhole.forwarded_bytes();
+    // A node joins while the leader cannot reach the API: only the next leader can publish it.
+    add_node(&nodes[2]);
+    // Both gauges, sampled until the standby leads.
+    let (mut stepped_down, mut both_leading) = (None, 0);
+    let (mut writes_then, mut reconciles_then) = (0.0, 0.0);
+    let took_over = loop {
+        let hung_leads = hung.metric("fanout_controller_leader");
+        let standby_leads = standby.metric("fanout_controller_leader");
+        if stepped_down.is_none() && hung_leads == Some(0.0) {
+            stepped_down = Some(hung_at.elapsed());
+            writes_then = hung.metric("fanout_controller_api_writes_total").unwrap_or(0.0);
+            reconciles_then = hung.metric("fanout_controller_reconciles_total").unwrap_or(0.0);
+        }
+        if hung_leads == Some(1.0) && standby_leads == Some(1.0) {
+            both_leading += 1;
+        }
+        if standby_leads == Some(1.0) {
+            break hung_at.elapsed();
+        }
+        assert!(
+            hung_at.elapsed() < Duration::from_secs(60),
+            "the standby never took over (the hung replica stepped down after {stepped_down:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stepped_down = stepped_down.expect("the hung leader never stepped down");
+    let published = eventually(
+        Duration::from_secs(30),
+        "the new leader publishing exactly the 3 ready proxies",
+        || async {
+            published_exactly_the_ready_pods(&client, namespace, group)
+                .await
+                .filter(|n| *n == 3)
+        },
+    )
+    .await;
+    let converged = hung_at.elapsed();
+    // The new leader wrote; the old one, since it stepped down, neither reconciled nor wrote.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hung_writes = hung.metric("fanout_controller_api_writes_total").unwrap_or(0.0);
+    let hung_reconciles = hung.metric("fanout_controller_reconciles_total").unwrap_or(0.0);
+    eprintln!(
+        "MEASURED leader's API connection hung (lease {:?}, renew deadline {:?}, retry {:?}): it stepped down after {} ms; \
+         the standby led after {} ms; {published} endpoints published exactly after {} ms; samples with both leading: {both_leading}; \
+         bytes forwarded after the hang began: {}",
+        timings.lease_duration(),
+        timings.renew_deadline(),
+        timings.retry_period(),
+        stepped_down.as_millis(),
+        took_over.as_millis(),
+        converged.as_millis(),
+        blackhole.forwarded_bytes() - forwarded,
+    );
+    assert_eq!(
+        blackhole.forwarded_bytes(),
+        forwarded,
+        "the forwarder kept forwarding"
+    );
+    // The last renewal was at most the hang's start; 500 ms for sampling and scheduling.
+    assert!(
+        stepped_down <= timings.renew_deadline() + Duration::from_millis(500),
+        "the hung leader stepped down only after {stepped_down:?}"
+    );
+    assert!(
+        stepped_down < took_over,
+        "the standby led before the hung leader stepped down"
+    );
+    assert_eq!(both_leading, 0, "both replicas led at once");
+    assert_eq!(
+        (hung_writes, hung_reconciles),
+        (writes_then, reconciles_then),
+        "the hung replica reconciled or wrote after it stepped down"
+    );
+    assert!(
+        standby
+            .metric("fanout_controller_api_writes_total")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+
+    // Its shutdown cannot release the lease through the blackhole: bounded by a retry period.
+    hung.stop(false);
+    standby.stop(false);
+    kubectl_ok(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
 }
 
 /// The reason of the group's `Degraded` condition when it is True.
@@ -1005,7 +1292,14 @@ struct FaultRig {
 }
 
 impl FaultRig {
-    async fn start(namespace: &str, group: &str, node_prefix: &str, nodes: usize, http: &str, rate: u32) -> Self {
+    async fn start(
+        namespace: &str,
+        group: &str,
+        node_prefix: &str,
+        nodes: usize,
+        http: &str,
+        rate: u32,
+    ) -> Self {
         let (client, work, kubeconfig) = installed_cluster().await;
         ensure_namespace(&client, namespace).await;
         let nodes: Vec<String> = (1..=nodes).map(|i| format!("{node_prefix}-{i}")).collect();
@@ -1182,7 +1476,11 @@ async fn a_stopped_or_killed_proxy_costs_only_its_own_node() {
         "one connection from the publisher to {frozen}'s proxy: {connection:?}"
     );
     let disconnects_before = rig
-        .proxy_metric(frozen, "fanout_proxy_disconnects_total", &[("side", "publishers")])
+        .proxy_metric(
+            frozen,
+            "fanout_proxy_disconnects_total",
+            &[("side", "publishers")],
+        )
         .expect("the proxy's metrics");
     let before = snapshot();
     kubelet.signal(&pod_on[frozen], libc::SIGSTOP);
@@ -1223,8 +1521,11 @@ async fn a_stopped_or_killed_proxy_costs_only_its_own_node() {
         Duration::from_secs(10),
         "the resumed proxy counting the publisher's dropped connection",
         || async {
-            let disconnects =
-                rig.proxy_metric(frozen, "fanout_proxy_disconnects_total", &[("side", "publishers")])?;
+            let disconnects = rig.proxy_metric(
+                frozen,
+                "fanout_proxy_disconnects_total",
+                &[("side", "publishers")],
+            )?;
             let connected =
                 rig.proxy_metric(frozen, "fanout_proxy_connected_peers", &[("side", "publishers")])?;
             (disconnects > disconnects_before && connected == 1.0).then_some(())
@@ -1428,7 +1729,8 @@ async fn a_connection_storm_and_garbage_on_a_publisher_port_cost_no_message() {
         Duration::from_secs(10),
         "the proxy holding every stalled connection",
         || async {
-            let peers = rig.proxy_metric(target, "fanout_proxy_connected_peers", &[("side", "publishers")])?;
+            let peers =
+                rig.proxy_metric(target, "fanout_proxy_connected_peers", &[("side", "publishers")])?;
             (peers >= (held_count + 1) as f64).then_some(())
         },
     )
@@ -1443,7 +1745,9 @@ async fn a_connection_storm_and_garbage_on_a_publisher_port_cost_no_message() {
             let ended = counter("fanout_proxy_disconnects_total") - disconnects_before;
             let failed = counter("fanout_proxy_handshake_failures_total") - failures_before;
             let peers = counter("fanout_proxy_connected_peers");
-            (ended >= storm.connections() as f64 && failed >= storm.failed_handshakes() as f64 && peers == 1.0)
+            (ended >= storm.connections() as f64
+                && failed >= storm.failed_handshakes() as f64
+                && peers == 1.0)
                 .then_some((ended, failed))
         },
     )
@@ -1455,11 +1759,17 @@ async fn a_connection_storm_and_garbage_on_a_publisher_port_cost_no_message() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rig.snapshot();
     assert_eq!(
-        faults::established_to(port).intersection(&real_connection).count(),
+        faults::established_to(port)
+            .intersection(&real_connection)
+            .count(),
         1,
         "the real publisher's connection to {target}'s proxy was dropped during the storm"
     );
-    assert_eq!(rig.publisher().connected(), rig.want, "the publisher's membership changed");
+    assert_eq!(
+        rig.publisher().connected(),
+        rig.want,
+        "the publisher's membership changed"
+    );
     let ready = http_get(&rig.proxy_http(target), "/readyz").unwrap_or_default();
     assert_eq!(ready, "ready\n", "{target}'s proxy /readyz");
     for node in &rig.nodes {
@@ -1477,8 +1787,14 @@ async fn a_connection_storm_and_garbage_on_a_publisher_port_cost_no_message() {
          {failed} failed handshakes; subscribers lost {:?}, received {:?} meanwhile; the real publisher stayed connected",
         storm.connections(),
         storm_took.as_millis(),
-        rig.nodes.iter().map(|n| after[n].1 - before[n].1).collect::<Vec<_>>(),
-        rig.nodes.iter().map(|n| after[n].0 - before[n].0).collect::<Vec<_>>(),
+        rig.nodes
+            .iter()
+            .map(|n| after[n].1 - before[n].1)
+            .collect::<Vec<_>>(),
+        rig.nodes
+            .iter()
+            .map(|n| after[n].0 - before[n].0)
+            .collect::<Vec<_>>(),
     );
     rig.finish().await;
 }

@@ -54,7 +54,9 @@ pub struct Blackhole {
 
 impl Blackhole {
     pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the forwarder");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the forwarder");
         let local = listener.local_addr().expect("forwarder address");
         let dropping = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
@@ -194,7 +196,8 @@ impl Storm {
             }
             kind -= self.garbage;
             if kind < self.http {
-                let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: proxy\r\nUser-Agent: storm\r\n\r\n");
+                let _ =
+                    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: proxy\r\nUser-Agent: storm\r\n\r\n");
                 continue;
             }
             kind -= self.http;
