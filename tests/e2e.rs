@@ -615,13 +615,15 @@ async fn invalid_groups_are_refused_at_admission() {
     let _ = namespaces.delete("e2e-invalid", &DeleteParams::default()).await;
 }
 
-/// Whether the group's EndpointSlices and ConfigMap publish exactly its ready proxy pods: each
-/// once, none missing, nothing else. Returns how many.
+/// Whether the group's EndpointSlices and ConfigMap publish exactly its ready proxy pods as
+/// ready: none missing, nothing else, no address twice in the slices (which also list pods not
+/// ready, as such). Returns how many.
 async fn published_exactly_the_ready_pods(client: &Client, namespace: &str, group: &str) -> Option<usize> {
     let pods = ready_pods(client, namespace, group).await;
     let want: BTreeSet<String> = pods.values().map(|(_, ip)| ip.clone()).collect();
     let (all, ready, _) = slice_addresses(client, namespace, group).await;
-    if all.len() != want.len() || ready != want {
+    let unique: BTreeSet<&String> = all.iter().collect();
+    if unique.len() != all.len() || ready != want {
         return None;
     }
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
@@ -1797,6 +1799,238 @@ async fn a_connection_storm_and_garbage_on_a_publisher_port_cost_no_message() {
             .collect::<Vec<_>>(),
     );
     rig.finish().await;
+}
+
+/// Kwok nodes created in bulk through the API (no fake kubelet: their pods run nothing, kwok
+/// marks them Ready), labelled so that one request removes them all; removed on drop with
+/// their pods, also when the test panics.
+struct BulkNodes {
+    selector: String,
+    namespace: String,
+}
+
+impl BulkNodes {
+    /// `count` nodes `<prefix>-1`... with InternalIPs from `first_ip` upwards (outside the
+    /// range `hack/cluster.sh add-node` hands out first), 16 creates in flight.
+    async fn create(client: &Client, prefix: &str, count: usize, first_ip: std::net::Ipv4Addr, namespace: &str) -> Self {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::Node;
+        let selector = format!("fanout.dev/e2e={prefix}");
+        let guard = Self {
+            selector,
+            namespace: namespace.to_string(),
+        };
+        let api: Api<Node> = Api::all(client.clone());
+        let first = u32::from(first_ip);
+        let created = futures::stream::iter(0..count)
+            .map(|i| {
+                let name = format!("{prefix}-{}", i + 1);
+                let ip = std::net::Ipv4Addr::from(first + i as u32);
+                let node: Node = serde_json::from_value(serde_json::json!({
+                    "metadata": {
+                        "name": name,
+                        "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+                        "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                   "kubernetes.io/arch": "amd64", "type": "kwok", "fanout.dev/e2e": prefix},
+                    },
+                    "spec": {},
+                    "status": {
+                        "addresses": [{"type": "InternalIP", "address": ip.to_string()},
+                                      {"type": "Hostname", "address": name}],
+                        "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "1100"},
+                        "capacity": {"cpu": "32", "memory": "256Gi", "pods": "1100"},
+                    },
+                }))
+                .unwrap();
+                let api = api.clone();
+                async move { api.create(&PostParams::default(), &node).await }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        for result in created {
+            result.expect("create a kwok node");
+        }
+        guard
+    }
+}
+
+impl Drop for BulkNodes {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "nodes", "-l", &self.selector, "--wait=false"]);
+        // What `remove-node` does per node: the pods of vanished nodes go at once.
+        let _ = kubectl(&[
+            "delete",
+            "pods",
+            "--all",
+            "-n",
+            &self.namespace,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// Issue 12 §2: 300 proxy pods (on kwok nodes created in bulk) flapping ready / not ready for
+/// 10 s: every 0.5 s a tenth of them (a different tenth each round, so each pod goes down and
+/// up again) flips its Ready condition through the status subresource, as kubelets whose probes
+/// flap would. The controller's API writes stay bounded
+/// by its per-group throttle (printed by kind, against the pod changes), and the published list
+/// ends exactly the ready pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn three_hundred_proxies_flapping_cost_bounded_writes_and_end_exact() {
+    use futures::StreamExt;
+    use kube::api::{Patch, PatchParams};
+    const PROXIES: usize = 300;
+    const ROUNDS: usize = 20;
+    const ROUND: Duration = Duration::from_millis(500);
+    let (client, work, kubeconfig) = installed_cluster().await;
+    let namespace = "e2e-flap";
+    let group = "flap";
+    ensure_namespace(&client, namespace).await;
+    let _cleanup = Cleanup {
+        nodes: Vec::new(),
+        namespace: namespace.to_string(),
+    };
+    let started = Instant::now();
+    let _nodes = BulkNodes::create(&client, "flap-node", PROXIES, "10.200.40.1".parse().unwrap(), namespace).await;
+    let nodes_took = started.elapsed();
+    let controller = ControllerProcess::start(&kubeconfig, "e2e-flap", "127.0.0.1:18090", work.path());
+    let manifest = format!(
+        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec: {{}}\n"
+    );
+    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(
+        Duration::from_secs(240),
+        &format!("{PROXIES} proxies published"),
+        || async { (published_exactly_the_ready_pods(&client, namespace, group).await == Some(PROXIES)).then_some(()) },
+    )
+    .await;
+    let listed_after = started.elapsed();
+    let mut pods: Vec<String> = ready_pods(&client, namespace, group).await.into_keys().collect();
+    pods.sort();
+
+    let writes_before = controller.samples("fanout_controller_api_writes_total");
+    let reconciles_before = controller.metric("fanout_controller_reconciles_total").unwrap_or(0.0);
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let set_ready = |name: String, ready: bool| {
+        let api = api.clone();
+        async move {
+            let status = if ready { "True" } else { "False" };
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let patch = serde_json::json!({"status": {"conditions": [
+                {"type": "Ready", "status": status, "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": status, "lastTransitionTime": now},
+            ]}});
+            api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+                .map(|_| ())
+        }
+    };
+    // Rounds: a tenth of the pods (a different tenth each round) flips; the last round leaves
+    // every tenth pod not ready and the rest ready.
+    let mut ready: Vec<bool> = vec![true; pods.len()];
+    let flap_started = Instant::now();
+    let mut flips = 0usize;
+    for round in 0..=ROUNDS {
+        let changes: Vec<(String, bool)> = (0..pods.len())
+            .filter_map(|i| {
+                let want = if round == ROUNDS {
+                    i % 10 != 0
+                } else if i % 10 == round % 10 {
+                    !ready[i]
+                } else {
+                    ready[i]
+                };
+                (want != ready[i]).then(|| {
+                    ready[i] = want;
+                    (pods[i].clone(), want)
+                })
+            })
+            .collect();
+        flips += changes.len();
+        let results: Vec<_> = futures::stream::iter(changes)
+            .map(|(name, want)| set_ready(name, want))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        for result in results {
+            result.expect("patch a pod's Ready condition");
+        }
+        let next = flap_started + ROUND * (round as u32 + 1);
+        tokio::time::sleep(next.saturating_duration_since(Instant::now())).await;
+    }
+    let flapped_for = flap_started.elapsed();
+    let want_ready = ready.iter().filter(|r| **r).count();
+    eventually(
+        Duration::from_secs(30),
+        &format!("exactly the {want_ready} ready proxies published"),
+        || async {
+            (published_exactly_the_ready_pods(&client, namespace, group).await == Some(want_ready)).then_some(())
+        },
+    )
+    .await;
+    let converged = flap_started.elapsed() - flapped_for;
+    // A last reconcile may still be writing the status or an Event.
+    tokio::time::sleep(fanout::controller::memory::MIN_INTERVAL * 4).await;
+    let window = flap_started.elapsed();
+    let writes_after = controller.samples("fanout_controller_api_writes_total");
+    let reconciles = controller.metric("fanout_controller_reconciles_total").unwrap_or(0.0) - reconciles_before;
+    let written: BTreeMap<String, f64> = writes_after
+        .iter()
+        .map(|(labels, n)| (labels.clone(), n - writes_before.get(labels).copied().unwrap_or(0.0)))
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    let total: f64 = written.values().sum();
+    let of_kind = |kind: &str| -> f64 {
+        written
+            .iter()
+            .filter(|(labels, _)| labels.contains(&format!("kind=\"{kind}\"")))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    eprintln!(
+        "MEASURED {PROXIES} proxies: nodes created in {} ms, all published {} ms after the first node; \
+         {flips} Ready flips in {} ms, exact list ({want_ready} ready) {} ms after the last flip; \
+         {reconciles} reconciles, {total} API writes ({:.3} per flip) by kind and verb: {written:?}",
+        nodes_took.as_millis(),
+        listed_after.as_millis(),
+        flapped_for.as_millis(),
+        converged.as_millis(),
+        total / flips as f64,
+    );
+    // The throttle bounds the reconciles; each writes at most every slice (3 of 100, one more
+    // if positions fragment), the ConfigMap, the status, and two Events (joined, left).
+    let most_reconciles = window.as_secs_f64() / fanout::controller::memory::MIN_INTERVAL.as_secs_f64() + 2.0;
+    assert!(
+        reconciles <= most_reconciles,
+        "{reconciles} reconciles in {window:?} (throttle bound {most_reconciles})"
+    );
+    let slices = PROXIES.div_ceil(100) as f64 + 1.0;
+    for (kind, per_reconcile) in [
+        ("EndpointSlice", slices),
+        ("ConfigMap", 1.0),
+        ("FanoutGroup", 1.0),
+        ("Event", 2.0),
+    ] {
+        assert!(
+            of_kind(kind) <= per_reconcile * reconciles,
+            "{} {kind} writes for {reconciles} reconciles: {written:?}",
+            of_kind(kind)
+        );
+    }
+    assert!(
+        total <= (slices + 4.0) * reconciles && total < flips as f64,
+        "{total} writes for {flips} flips in {reconciles} reconciles"
+    );
+    assert!(
+        converged <= Duration::from_secs(5),
+        "the list was exact only {converged:?} after the last flip"
+    );
+    kubectl_ok(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
 }
 
 /// Removes a test's kwok nodes and namespace when dropped, also when the test panics.
