@@ -7,7 +7,11 @@
 //! - every fake pod shares the test's one network namespace, so a wildcard bind address
 //!   (`*`, `0.0.0.0`) becomes the pod's own IP;
 //! - every fake node shares one filesystem, so a hostPath mount becomes a directory per node
-//!   under `root` (`<root>/<node>/<hostPath>[/<subPath>]`).
+//!   under `root` (`<root>/<node>/<hostPath>[/<subPath>]`);
+//! - kwok marks a pod Ready at once, before its proxy runs: a started proxy is waited for until
+//!   it answers `/readyz` before the next pod event is handled (`wait_ready`), so what a real
+//!   readiness probe orders (a surge rollout stopping the old proxy only once the new one is
+//!   ready) keeps its order here.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -56,7 +60,8 @@ impl FakeKubelet {
                     }
                 };
                 known.insert(pod.name_any(), pod.clone());
-                reconcile_pod(&pod, &binary, &dir, &state);
+                // It blocks (a proxy starting up, or stopping): off the runtime's workers.
+                tokio::task::block_in_place(|| reconcile_pod(&pod, &binary, &dir, &state));
             }
         });
         // Pods that vanish without a final update (deleted while the watch restarted) are
@@ -166,10 +171,15 @@ fn reconcile_pod(pod: &Pod, binary: &Path, root: &Path, running: &Mutex<HashMap<
         return;
     }
     match start_proxy(pod, &ip, &node, binary, root) {
-        Ok(started) => {
+        Ok(mut started) => {
+            let ready = wait_ready(&mut started);
             eprintln!(
-                "fake kubelet: started proxy for pod {name} on {node} at {ip} (pid {})",
-                started.child.id()
+                "fake kubelet: started proxy for pod {name} on {node} at {ip} (pid {}), {}",
+                started.child.id(),
+                match ready {
+                    Some(after) => format!("ready after {} ms", after.as_millis()),
+                    None => "never ready".to_string(),
+                }
             );
             running.insert(name, started);
         }
@@ -284,6 +294,31 @@ fn start_proxy(pod: &Pod, ip: &str, node: &str, binary: &Path, root: &Path) -> s
         words,
         log: log_path,
     })
+}
+
+/// Waits until the proxy answers `/readyz` (at most 10 s, less if it exits) and says how long
+/// that took. A kubelet reports a pod Ready only once its readiness probe passes, so whatever
+/// waits for that (the DaemonSet controller stopping the old pod of a surge rollout only when
+/// the new one is Ready) happens after the proxy bound its sockets. kwok marks fake pods Ready
+/// at once; this stand-in holds back its next pod event instead, which keeps that order.
+fn wait_ready(proc: &mut Running) -> Option<Duration> {
+    let http = proc
+        .words
+        .iter()
+        .position(|word| word == "--http")
+        .and_then(|at| proc.words.get(at + 1))?
+        .clone();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if crate::support::http_get(&http, "/readyz").is_ok_and(|body| body == "ready\n") {
+            return Some(started.elapsed());
+        }
+        if !matches!(proc.child.try_wait(), Ok(None)) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 /// SIGTERM, then SIGKILL after a grace period, like a kubelet.
