@@ -130,6 +130,61 @@ async fn pump(
     }
 }
 
+/// Connects to each of some unix socket paths every `interval` on a thread of its own, as a
+/// subscriber reconnecting would, and records per path the longest run of failed connects (the
+/// path missing, or nobody listening): how long a subscriber arriving then would have found no
+/// proxy.
+pub struct PathProbe {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<u32>>>,
+    pub interval: Duration,
+}
+
+impl PathProbe {
+    pub fn start(paths: Vec<std::path::PathBuf>, interval: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut longest, mut current) = (vec![0u32; paths.len()], vec![0u32; paths.len()]);
+            while !s.load(Ordering::Relaxed) {
+                for (i, path) in paths.iter().enumerate() {
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        current[i] = 0;
+                    } else {
+                        current[i] += 1;
+                        longest[i] = longest[i].max(current[i]);
+                    }
+                }
+                std::thread::sleep(interval);
+            }
+            longest
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+            interval,
+        }
+    }
+
+    /// Stops probing; per path, the longest run of consecutive failed connects.
+    pub fn stop(mut self) -> Vec<u32> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().expect("the probe thread"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PathProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A storm against a publisher port: how many connections of each kind of abuse.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Storm {
