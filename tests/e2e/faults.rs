@@ -137,7 +137,6 @@ async fn pump(
 pub struct PathProbe {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Vec<u32>>>,
-    pub interval: Duration,
 }
 
 impl PathProbe {
@@ -162,7 +161,6 @@ impl PathProbe {
         Self {
             stop,
             thread: Some(thread),
-            interval,
         }
     }
 
