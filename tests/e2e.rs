@@ -641,58 +641,28 @@ async fn published_exactly_the_ready_pods(client: &Client, namespace: &str, grou
 }
 
 /// Nodes joining and leaving one after another on a thread of its own, until stopped: each step
-/// adds the next node of `names` that is absent or removes it if present, cycling.
-struct Churn {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<(u32, u32)>>,
-}
-
-impl Churn {
-    fn start(names: Vec<String>, pause: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let (mut joins, mut leaves) = (0, 0);
-            let mut present = BTreeSet::new();
-            for name in names.iter().cycle() {
-                if s.load(Ordering::Relaxed) {
-                    break;
-                }
-                if present.remove(name) {
-                    remove_node(name);
-                    leaves += 1;
-                } else {
-                    add_node(name);
-                    present.insert(name.clone());
-                    joins += 1;
-                }
-                std::thread::sleep(pause);
+/// adds the next node of `names` if absent or removes it if present, cycling. The result is how
+/// many joined and how many left.
+fn churn(names: Vec<String>, pause: Duration) -> Background<(u32, u32)> {
+    Background::spawn(move |stop| {
+        let (mut joins, mut leaves) = (0, 0);
+        let mut present = BTreeSet::new();
+        for name in names.iter().cycle() {
+            if stop.load(Ordering::Relaxed) {
+                break;
             }
-            (joins, leaves)
-        });
-        Self {
-            stop,
-            thread: Some(thread),
+            if present.remove(name) {
+                remove_node(name);
+                leaves += 1;
+            } else {
+                add_node(name);
+                present.insert(name.clone());
+                joins += 1;
+            }
+            std::thread::sleep(pause);
         }
-    }
-
-    /// Stops after the current step; returns how many nodes joined and left.
-    fn stop(mut self) -> (u32, u32) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .map(|t| t.join().expect("the churn thread"))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Churn {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        (joins, leaves)
+    })
 }
 
 /// Step 6 and issue 12 §2: with two replicas only the Lease holder writes; the leader is
@@ -754,7 +724,7 @@ async fn restart_converges_and_only_the_leader_writes() {
 
     // Nodes join and leave every ~half second; the leader crashes in the middle of it; the
     // churn goes on while nobody leads and after the standby took over.
-    let churn = Churn::start(churned.clone(), Duration::from_millis(300));
+    let churn = churn(churned.clone(), Duration::from_millis(300));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let crashed_at = Instant::now();
     leader.stop(true);
@@ -2137,7 +2107,7 @@ async fn a_proxy_rollout_under_load_costs_each_node_only_a_reconnect() {
     // The old way, on one node: the old pod goes, then the new one starts.
     let replaced = &rig.nodes[0];
     let before = rig.snapshot();
-    let probe = faults::PathProbe::start(paths.clone(), PROBE);
+    let probe = faults::probe_paths(paths.clone(), PROBE);
     let deleted_at = Instant::now();
     kubectl_ok(&[
         "delete",
@@ -2174,7 +2144,7 @@ async fn a_proxy_rollout_under_load_costs_each_node_only_a_reconnect() {
 
     // The controller's way: a changed spec, a surge rollout over every node.
     let before = rig.snapshot();
-    let probe = faults::PathProbe::start(paths, PROBE);
+    let probe = faults::probe_paths(paths, PROBE);
     let patched_at = Instant::now();
     kubectl_ok(&[
         "patch",

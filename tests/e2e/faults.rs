@@ -3,6 +3,7 @@
 //! forwarder that can stop forwarding (packets dropped, not refused), and a storm of connections
 //! and garbage against a proxy's publisher port.
 
+use crate::support::Background;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -130,57 +131,26 @@ async fn pump(
     }
 }
 
-/// Connects to each of some unix socket paths every `interval` on a thread of its own, as a
-/// subscriber reconnecting would, and records per path the longest run of failed connects (the
-/// path missing, or nobody listening): how long a subscriber arriving then would have found no
-/// proxy.
-pub struct PathProbe {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<u32>>>,
-}
-
-impl PathProbe {
-    pub fn start(paths: Vec<std::path::PathBuf>, interval: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let (mut longest, mut current) = (vec![0u32; paths.len()], vec![0u32; paths.len()]);
-            while !s.load(Ordering::Relaxed) {
-                for (i, path) in paths.iter().enumerate() {
-                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                        current[i] = 0;
-                    } else {
-                        current[i] += 1;
-                        longest[i] = longest[i].max(current[i]);
-                    }
+/// Connects to each of `paths` every `interval` on a thread of its own, as a subscriber
+/// reconnecting would, until stopped; the result is, per path, the longest run of failed
+/// connects (the path missing, or nobody listening): how long a subscriber arriving then would
+/// have found no proxy, in intervals.
+pub fn probe_paths(paths: Vec<std::path::PathBuf>, interval: Duration) -> Background<Vec<u32>> {
+    Background::spawn(move |stop| {
+        let (mut longest, mut current) = (vec![0u32; paths.len()], vec![0u32; paths.len()]);
+        while !stop.load(Ordering::Relaxed) {
+            for (i, path) in paths.iter().enumerate() {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    current[i] = 0;
+                } else {
+                    current[i] += 1;
+                    longest[i] = longest[i].max(current[i]);
                 }
-                std::thread::sleep(interval);
             }
-            longest
-        });
-        Self {
-            stop,
-            thread: Some(thread),
+            std::thread::sleep(interval);
         }
-    }
-
-    /// Stops probing; per path, the longest run of consecutive failed connects.
-    pub fn stop(mut self) -> Vec<u32> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .map(|t| t.join().expect("the probe thread"))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for PathProbe {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        longest
+    })
 }
 
 /// A storm against a publisher port: how many connections of each kind of abuse.

@@ -293,6 +293,43 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
         .unwrap_or_default())
 }
 
+/// A loop on a thread of its own that runs until stopped (`body` sees the flag) and returns what
+/// it found; stopped and joined on drop too, also when a test panics.
+pub struct Background<T> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> Background<T> {
+    pub fn spawn(body: impl FnOnce(&std::sync::atomic::AtomicBool) -> T + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        Self {
+            stop,
+            thread: Some(std::thread::spawn(move || body(&flag))),
+        }
+    }
+
+    /// Stops the loop after its current step and returns its result.
+    pub fn stop(mut self) -> T {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("joined only here or on drop")
+            .join()
+            .expect("the background thread panicked")
+    }
+}
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
