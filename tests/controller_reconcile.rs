@@ -198,6 +198,7 @@ async fn reconcile_with(
         services: store_of(state.services),
         config_maps: store_of(state.config_maps),
         secrets: store_of(state.secrets),
+        relay_slices: store_of(Vec::new()),
     };
     let recorder = Recorder::new(
         client.clone(),
@@ -269,6 +270,10 @@ async fn first_reconcile_applies_children_in_order_then_status_then_event() {
     assert_eq!(
         lines,
         [
+            // The proxies' identity for relaying comes with the DaemonSet, before it.
+            "PATCH /api/v1/namespaces/net/serviceaccounts/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/roles/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/rolebindings/updates-proxy",
             "PATCH /apis/apps/v1/namespaces/net/daemonsets/updates",
             "PATCH /api/v1/namespaces/net/services/updates",
             "PATCH /apis/discovery.k8s.io/v1/namespaces/net/endpointslices/updates-v4-0",
@@ -318,10 +323,15 @@ async fn first_reconcile_applies_children_in_order_then_status_then_event() {
     );
     let slice: EndpointSlice = body_of(&seen, "endpointslices/updates-v4-0");
     assert_eq!(slice.endpoints.len(), 2);
-    let status = &seen[4].body["status"];
+    let status = &seen[7].body["status"];
     assert_eq!(status["publishedEndpoints"], 2);
     assert_eq!(status["observedGeneration"], 1);
-    assert_eq!(seen[5].body["reason"], "ProxiesJoined");
+    assert_eq!(seen[8].body["reason"], "ProxiesJoined");
+    let role = &seen[1].body;
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}])
+    );
 }
 
 #[tokio::test]
@@ -334,12 +344,15 @@ async fn a_curve_group_creates_its_key_pair_and_allow_list_before_the_proxies() 
     };
     let (result, seen) = reconcile_once(curve, state).await;
     assert_eq!(result, Ok(()));
-    let lines: Vec<String> = seen.iter().take(3).map(Seen::line).collect();
+    let lines: Vec<String> = seen.iter().take(6).map(Seen::line).collect();
     assert_eq!(
         lines,
         [
             "POST /api/v1/namespaces/net/secrets",
             "PATCH /api/v1/namespaces/net/configmaps/updates-curve-allow",
+            "PATCH /api/v1/namespaces/net/serviceaccounts/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/roles/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/rolebindings/updates-proxy",
             "PATCH /apis/apps/v1/namespaces/net/daemonsets/updates",
         ]
     );
@@ -516,13 +529,16 @@ async fn an_object_the_api_refuses_makes_the_group_degraded_and_the_reconcile_fa
     assert_eq!(
         lines,
         [
+            "PATCH /api/v1/namespaces/net/serviceaccounts/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/roles/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/rolebindings/updates-proxy",
             "PATCH /apis/apps/v1/namespaces/net/daemonsets/updates",
             "PATCH /api/v1/namespaces/net/services/updates",
             "PATCH /apis/fanout.dev/v1alpha1/namespaces/net/fanoutgroups/updates/status",
             "POST /apis/events.k8s.io/v1/namespaces/net/events",
         ]
     );
-    let degraded = seen[2].body["status"]["conditions"]
+    let degraded = seen[5].body["status"]["conditions"]
         .as_array()
         .unwrap()
         .iter()

@@ -264,13 +264,277 @@ impl Drop for PublishLoop {
 }
 
 fn socket_of(kubelet: &FakeKubelet, node: &str) -> String {
+    group_socket(kubelet, node, EXAMPLE_NAMESPACE, EXAMPLE_GROUP)
+}
+
+/// A publisher following `namespace/group` through the API, publishing every 5 ms, once it is
+/// connected to exactly `want` and every subscriber has received.
+async fn publish_following(
+    client: &Client,
+    namespace: &str,
+    group: &str,
+    want: &Membership,
+    subscribers: &BTreeMap<String, NodeSubscriber>,
+) -> PublishLoop {
+    let publisher = Publisher::new(PublisherConfig::default()).unwrap();
+    publisher
+        .follow(Box::new(
+            GroupSource::new(Some(namespace.into()), group.into(), GroupObject::Slices)
+                .with_client(client.clone()),
+        ))
+        .unwrap();
+    let publishing = PublishLoop::start(publisher, 200);
+    eventually(
+        Duration::from_secs(20),
+        &format!("the publisher connected to the {} proxies {want:?}", want.len()),
+        || async { (publishing.publisher.connected() == *want).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "messages on every node", || async {
+        subscribers.values().all(|s| s.count() > 0).then_some(())
+    })
+    .await;
+    publishing
+}
+
+/// Applies FanoutGroup `namespace/group` with the spec lines `spec` (YAML, two-space indented).
+fn apply_group(namespace: &str, group: &str, spec: &str) {
+    let manifest = format!(
+        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n{spec}"
+    );
+    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The subscriber socket of group `namespace/group` on `node`.
+fn group_socket(kubelet: &FakeKubelet, node: &str, namespace: &str, group: &str) -> String {
     let path = kubelet.host_path(
         node,
-        &format!(
-            "/var/run/fanout/{EXAMPLE_NAMESPACE}.{EXAMPLE_GROUP}/{EXAMPLE_NAMESPACE}.{EXAMPLE_GROUP}.sock"
-        ),
+        &format!("/var/run/fanout/{namespace}.{group}/{namespace}.{group}.sock"),
     );
     format!("ipc://{}", path.display())
+}
+
+/// The sum of a proxy's metric `name` (all label sets) on its HTTP port.
+fn proxy_metric(ip: &str, name: &str) -> Option<f64> {
+    scrape(&format!("{ip}:{}", fanout::crd::default_http_port()), name, &[])
+}
+
+/// The relay tree as the API holds it: relay pod → its leaves' pods (ready endpoints), from
+/// the slices labelled `fanout.dev/relay-for`.
+async fn relay_assignments(
+    client: &Client,
+    namespace: &str,
+    group: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let list = slices
+        .list(&ListParams::default().labels(&format!("fanout.dev/relay-for={group}")))
+        .await
+        .unwrap();
+    let mut tree: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for slice in &list.items {
+        assert!(
+            !slice.labels().contains_key("fanout.dev/group"),
+            "an assignment slice carries the group label: {}",
+            slice.name_any()
+        );
+        let relay = slice.labels()["fanout.dev/relay"].clone();
+        tree.entry(relay)
+            .or_default()
+            .extend(fanout::endpoint_list::published_pods(slice).map(|(pod, _)| pod.to_string()));
+    }
+    tree
+}
+
+/// Pods listed as ready in the group's own (top-tier) slices.
+async fn top_tier_pods(client: &Client, namespace: &str, group: &str) -> BTreeSet<String> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let list = slices
+        .list(&ListParams::default().labels(&fanout::endpoint_list::slice_selector(group)))
+        .await
+        .unwrap();
+    list.items
+        .iter()
+        .flat_map(|slice| fanout::endpoint_list::published_pods(slice).map(|(pod, _)| pod.to_string()))
+        .collect()
+}
+
+/// The relay tree on 10 nodes (threshold 9): 4 relays on top, 6 leaves under them; a publisher
+/// following the group connects to the relays only, every node receives each message once; a
+/// relay's node removed, its leaves are reassigned and receive again within the bound, their
+/// losses counted by the envelope and printed, the other nodes lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
+    let started = Instant::now();
+    let (client, work, kubeconfig) = installed_cluster().await;
+    let namespace = "e2e-relay";
+    let group = "relay-test";
+    ensure_namespace(&client, namespace).await;
+    let _controller = ControllerProcess::start(&kubeconfig, "e2e-relay", "127.0.0.1:18083", work.path());
+    let nodes: Vec<String> = (1..=10).map(|i| format!("rt-node-{i}")).collect();
+    for node in &nodes {
+        add_node(node);
+    }
+    let kubelet = FakeKubelet::start(
+        client.clone(),
+        namespace,
+        fanout_binary(),
+        work.path().to_path_buf(),
+    );
+    apply_group(
+        namespace,
+        group,
+        "  endpointsPerSlice: 3\n  relays:\n    minProxies: 9\n",
+    );
+
+    let pods = eventually(Duration::from_secs(90), "10 ready proxies", || async {
+        let pods = ready_pods(&client, namespace, group).await;
+        (pods.len() == 10).then_some(pods)
+    })
+    .await;
+    // The tree: 4 relays on top, each of the 6 others under exactly one relay.
+    let (top, tree) = eventually(
+        Duration::from_secs(30),
+        "a tree of 4 relays and 6 leaves",
+        || async {
+            let top = top_tier_pods(&client, namespace, group).await;
+            let tree = relay_assignments(&client, namespace, group).await;
+            let leaves: usize = tree.values().map(BTreeSet::len).sum();
+            (top.len() == 4 && leaves == 6 && tree.keys().all(|r| top.contains(r))).then_some((top, tree))
+        },
+    )
+    .await;
+    let leaves: BTreeSet<String> = tree.values().flatten().cloned().collect();
+    assert_eq!(leaves.len(), 6, "each leaf under one relay: {tree:?}");
+    assert!(leaves.is_disjoint(&top), "a leaf on top too: {top:?} {tree:?}");
+    let status = group_status(&client, namespace, group).await;
+    assert_eq!(status["relays"], 4, "{status}");
+    let table = kubectl_ok(&["get", "fg", "-n", namespace]);
+    assert!(
+        table.lines().next().unwrap_or_default().contains("RELAYS"),
+        "{table}"
+    );
+    eprintln!("[{:>6.1}s] tree: {tree:?}", started.elapsed().as_secs_f64());
+
+    // Each relay follows its assignment through the API with its own ServiceAccount (the
+    // kubeconfig the fake kubelet gives it holds only that account's token) and links to it.
+    for (relay, its_leaves) in &tree {
+        let ip = &pods[relay].1;
+        eventually(
+            Duration::from_secs(20),
+            "a relay linked to its leaves",
+            || async {
+                (proxy_metric(ip, "fanout_proxy_relay_leaves") == Some(its_leaves.len() as f64)).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // A publisher following the group connects to the 4 relays only; every node receives.
+    let mut subscribers: BTreeMap<String, NodeSubscriber> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                NodeSubscriber::start(group_socket(&kubelet, n, namespace, group)),
+            )
+        })
+        .collect();
+    let relay_endpoints: Membership = top
+        .iter()
+        .map(|pod| format!("tcp://{}:7100", pods[pod].1).parse().unwrap())
+        .collect();
+    let publishing = publish_following(&client, namespace, group, &relay_endpoints, &subscribers).await;
+    for leaf in &leaves {
+        let ip = &pods[leaf].1;
+        let publishers = proxy_metric(ip, "fanout_proxy_connected_peers{side=\"publishers\"}");
+        assert_eq!(
+            publishers,
+            Some(1.0),
+            "leaf {leaf}: its relay is its one publisher"
+        );
+    }
+    eprintln!(
+        "[{:>6.1}s] every node receives through the tree",
+        started.elapsed().as_secs_f64()
+    );
+
+    // A relay's node goes away. Its leaves are reassigned to the other relays and receive
+    // again; what they lost meanwhile is counted by their envelopes; nobody else loses.
+    let (gone_relay, orphans) = tree
+        .iter()
+        .max_by_key(|(_, l)| l.len())
+        .map(|(r, l)| (r.clone(), l.clone()))
+        .unwrap();
+    let gone_node = pods[&gone_relay].0.clone();
+    let lost_before: BTreeMap<String, u64> = subscribers.iter().map(|(n, s)| (n.clone(), s.lost())).collect();
+    let node_of = |pod: &String| pods[pod].0.clone();
+    let removed_at = Instant::now();
+    remove_node(&gone_node);
+    let reassigned_at = eventually(Duration::from_secs(30), "the orphans reassigned", || async {
+        let tree = relay_assignments(&client, namespace, group).await;
+        let placed: BTreeSet<String> = tree.values().flatten().cloned().collect();
+        let top = top_tier_pods(&client, namespace, group).await;
+        (!tree.contains_key(&gone_relay) && orphans.iter().all(|o| placed.contains(o) || top.contains(o)))
+            .then(Instant::now)
+    })
+    .await;
+    let counts: BTreeMap<String, u64> = subscribers.iter().map(|(n, s)| (n.clone(), s.count())).collect();
+    let resumed_at = eventually(
+        Duration::from_secs(10),
+        "every orphan receiving again",
+        || async {
+            orphans
+                .iter()
+                .all(|o| subscribers[&node_of(o)].count() > counts[&node_of(o)] + 5)
+                .then(Instant::now)
+        },
+    )
+    .await;
+    kubelet.sweep(client.clone(), namespace).await;
+    // Let the envelopes show the gap (the next message after it) before reading losses.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(publishing);
+    eprintln!(
+        "MEASURED relay leaving: node deleted → orphans reassigned in the API {:?}; → orphans receiving again {:?}",
+        reassigned_at - removed_at,
+        resumed_at - removed_at
+    );
+    eprintln!("messages received and lost per node (the publisher sent every 5 ms):");
+    for (node, subscriber) in &subscribers {
+        let lost = subscriber.lost() - lost_before[node];
+        let role = if *node == gone_node {
+            "  (the relay that left)"
+        } else if orphans.iter().any(|o| node_of(o) == *node) {
+            "  (its leaf, reassigned)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "  {node:<12} {:>7} received {lost:>5} lost{role}",
+            subscriber.count()
+        );
+        if role.is_empty() {
+            assert_eq!(
+                lost, 0,
+                "node {node} lost messages though neither it nor its relay moved"
+            );
+        } else if *node != gone_node {
+            // 200 messages a second: the bound of a join (1 s) is 200 messages.
+            assert!(
+                lost <= 200,
+                "node {node} lost {lost} messages: more than 1 s of outage"
+            );
+        }
+    }
+    subscribers.clear();
+    let groups = kubectl(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
+    assert!(groups.status.success());
+    for node in nodes.iter().filter(|n| **n != gone_node) {
+        remove_node(node);
+    }
 }
 
 /// Steps 1–5 of the user's path: helm install, kubectl apply the example on five nodes,
@@ -393,28 +657,7 @@ async fn user_path_install_apply_publish_join_leave_delete() {
         .iter()
         .map(|n| (n.clone(), NodeSubscriber::start(socket_of(&kubelet, n))))
         .collect();
-    let publisher = Publisher::new(PublisherConfig::default()).unwrap();
-    publisher
-        .follow(Box::new(
-            GroupSource::new(
-                Some(EXAMPLE_NAMESPACE.into()),
-                EXAMPLE_GROUP.into(),
-                GroupObject::Slices,
-            )
-            .with_client(client.clone()),
-        ))
-        .unwrap();
-    let publishing = PublishLoop::start(publisher, 200);
-    eventually(
-        Duration::from_secs(20),
-        "the publisher connected to all 5 proxies",
-        || async { (publishing.publisher.connected() == want).then_some(()) },
-    )
-    .await;
-    eventually(Duration::from_secs(20), "messages on every node", || async {
-        subscribers.values().all(|s| s.count() > 0).then_some(())
-    })
-    .await;
+    let publishing = publish_following(&client, EXAMPLE_NAMESPACE, EXAMPLE_GROUP, &want, &subscribers).await;
     eprintln!("[{:>6.1}s] every node receives", started.elapsed().as_secs_f64());
 
     // A node joins: its subscriber (already waiting on the node's socket) receives within 2 s
@@ -556,6 +799,8 @@ async fn invalid_groups_are_refused_at_admission() {
         ("publisherPort: 70000", "publisherPort"),
         ("endpointsPerSlice: 0", "endpointsPerSlice"),
         ("endpointsPerSlice: 1001", "endpointsPerSlice"),
+        ("relays: {minProxies: 1}", "relays.minProxies"),
+        ("relays: {minProxies: 100001}", "relays.minProxies"),
         ("highWaterMark: 0", "highWaterMark"),
         ("maxMessageBytes: -1", "maxMessageBytes"),
         (
@@ -685,11 +930,7 @@ async fn restart_converges_and_only_the_leader_writes() {
     for node in &nodes {
         add_node(node);
     }
-    let manifest = format!(
-        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n  endpointsPerSlice: 2\n"
-    );
-    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    apply_group(namespace, group, "  endpointsPerSlice: 2\n");
 
     // Both replicas with the chart's default lease timings (15 s, 10 s, 2 s).
     let mut a = ControllerProcess::start(&kubeconfig, "replica-a", "127.0.0.1:18081", work.path());
@@ -812,11 +1053,7 @@ async fn a_leader_whose_api_connection_hangs_steps_down_within_its_renew_deadlin
     for node in &nodes[..2] {
         add_node(node);
     }
-    let manifest = format!(
-        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec: {{}}\n"
-    );
-    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    apply_group(namespace, group, "  {}\n");
 
     // The leader-to-be reaches the API through the forwarder only.
     let config = std::fs::read_to_string(&kubeconfig).unwrap();
@@ -1290,11 +1527,7 @@ impl FaultRig {
             work.path().to_path_buf(),
         );
         let controller = ControllerProcess::start(&kubeconfig, namespace, http, work.path());
-        let manifest = format!(
-            "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec:\n  heartbeatSeconds: 1\n"
-        );
-        let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        apply_group(namespace, group, "  heartbeatSeconds: 1\n");
         let pods = eventually(
             Duration::from_secs(60),
             &format!("a ready proxy on each of {} nodes", nodes.len()),
@@ -1315,13 +1548,9 @@ impl FaultRig {
         let subscribers = nodes
             .iter()
             .map(|n| {
-                let path = kubelet.host_path(
-                    n,
-                    &format!("/var/run/fanout/{namespace}.{group}/{namespace}.{group}.sock"),
-                );
                 (
                     n.clone(),
-                    NodeSubscriber::start(format!("ipc://{}", path.display())),
+                    NodeSubscriber::start(group_socket(&kubelet, n, namespace, group)),
                 )
             })
             .collect();
@@ -1881,11 +2110,7 @@ async fn three_hundred_proxies_flapping_cost_bounded_writes_and_end_exact() {
     .await;
     let nodes_took = started.elapsed();
     let controller = ControllerProcess::start(&kubeconfig, "e2e-flap", "127.0.0.1:18090", work.path());
-    let manifest = format!(
-        "apiVersion: fanout.dev/v1alpha1\nkind: FanoutGroup\nmetadata:\n  name: {group}\n  namespace: {namespace}\nspec: {{}}\n"
-    );
-    let out = run(&tool("kubectl"), &["apply", "-f", "-"], Some(&manifest));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    apply_group(namespace, group, "  {}\n");
     eventually(
         Duration::from_secs(240),
         &format!("{PROXIES} proxies published"),

@@ -241,6 +241,9 @@ pub fn proxy_args(group: &FanoutGroup, id: &GroupId, socket_dir: &str) -> Vec<St
             ]);
         }
     }
+    if spec.relays.enabled {
+        args.extend(super::relay_access::relay_args(id));
+    }
     args
 }
 
@@ -452,11 +455,20 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         ports.push(tcp_port(SUBSCRIBE_PORT_NAME, port));
     }
     ports.push(tcp_port(HTTP_PORT_NAME, spec.http_port));
-    let (curve_volumes, curve_mounts) = if spec.security.curve {
+    let (mut extra_volumes, mut extra_mounts) = if spec.security.curve {
         curve_volumes(&id)
     } else {
         (Vec::new(), Vec::new())
     };
+    // With relays enabled: the pod's identity, its name and its API token (relay_access).
+    let relay = spec
+        .relays
+        .enabled
+        .then(|| super::relay_access::relay_pod_parts(&id));
+    if let Some(relay) = &relay {
+        extra_volumes.push(relay.volume.clone());
+        extra_mounts.push(relay.mount.clone());
+    }
 
     let container = Container {
         name: PROXY_CONTAINER.to_string(),
@@ -467,6 +479,7 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         readiness_probe: Some(http_probe("/readyz", spec.http_port, 2, 2)),
         liveness_probe: Some(http_probe("/healthz", spec.http_port, 10, 3)),
         resources: spec.resources.clone(),
+        env: relay.as_ref().map(|relay| relay.env.clone()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(PROXY_UID),
@@ -482,7 +495,7 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         }),
         volume_mounts: Some(
             std::iter::once(group_dir_mount(admitted))
-                .chain(curve_mounts)
+                .chain(extra_mounts)
                 .collect(),
         ),
         ..Container::default()
@@ -508,7 +521,9 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         tolerations: Some(admitted.tolerations.clone()),
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        // A relay's token is mounted into the proxy container only (relay_access).
         automount_service_account_token: Some(false),
+        service_account_name: relay.as_ref().map(|relay| relay.service_account.clone()),
         enable_service_links: Some(false),
         volumes: Some(
             std::iter::once(Volume {
@@ -519,7 +534,7 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
                 }),
                 ..Volume::default()
             })
-            .chain(curve_volumes)
+            .chain(extra_volumes)
             .collect(),
         ),
         ..PodSpec::default()
@@ -645,6 +660,14 @@ pub(crate) mod tests_support {
         group_with(FanoutGroupSpec::default())
     }
 
+    /// The id of [`group`]'s group.
+    pub fn id() -> super::GroupId {
+        super::GroupId {
+            namespace: "net".into(),
+            name: "updates".into(),
+        }
+    }
+
     /// A policy with the own image `img:1` that allows everything else the tests ask for.
     pub fn open_policy() -> crate::controller::policy::ProxyPolicy {
         crate::controller::policy::ProxyPolicy {
@@ -714,7 +737,13 @@ mod tests {
                 "--max-message-bytes",
                 "65536",
                 "--heartbeat",
-                "5"
+                "5",
+                "--relay-group",
+                "updates",
+                "--relay-namespace",
+                "net",
+                "--relay-pod",
+                "$(POD_NAME)"
             ]
         );
         assert_eq!(
