@@ -315,9 +315,13 @@ fn group_socket(kubelet: &FakeKubelet, node: &str, namespace: &str, group: &str)
     format!("ipc://{}", path.display())
 }
 
-/// The sum of a proxy's metric `name` (all label sets) on its HTTP port.
-fn proxy_metric(ip: &str, name: &str) -> Option<f64> {
-    scrape(&format!("{ip}:{}", fanout::crd::default_http_port()), name, &[])
+/// The sum of a proxy's metric `name` over the samples with `labels`, on its HTTP port.
+fn proxy_metric(ip: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape(
+        &format!("{ip}:{}", fanout::crd::default_http_port()),
+        name,
+        labels,
+    )
 }
 
 /// The relay tree as the API holds it: relay pod → its leaves' pods (ready endpoints), from
@@ -426,7 +430,8 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
             Duration::from_secs(20),
             "a relay linked to its leaves",
             || async {
-                (proxy_metric(ip, "fanout_proxy_relay_leaves") == Some(its_leaves.len() as f64)).then_some(())
+                (proxy_metric(ip, "fanout_proxy_relay_leaves", &[]) == Some(its_leaves.len() as f64))
+                    .then_some(())
             },
         )
         .await;
@@ -449,7 +454,7 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     let publishing = publish_following(&client, namespace, group, &relay_endpoints, &subscribers).await;
     for leaf in &leaves {
         let ip = &pods[leaf].1;
-        let publishers = proxy_metric(ip, "fanout_proxy_connected_peers{side=\"publishers\"}");
+        let publishers = proxy_metric(ip, "fanout_proxy_connected_peers", &[("side", "publishers")]);
         assert_eq!(
             publishers,
             Some(1.0),
@@ -1605,7 +1610,7 @@ impl FaultRig {
 
     /// A metric of `node`'s proxy, summed over the samples with `labels`.
     fn proxy_metric(&self, node: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        scrape(&self.proxy_http(node), name, labels)
+        proxy_metric(&self.ip_on[node], name, labels)
     }
 
     /// Per node: (messages received, messages lost by envelope gaps).
