@@ -378,6 +378,10 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     ensure_namespace(&client, namespace).await;
     let _controller = ControllerProcess::start(&kubeconfig, "e2e-relay", "127.0.0.1:18083", work.path());
     let nodes: Vec<String> = (1..=10).map(|i| format!("rt-node-{i}")).collect();
+    let _cleanup = Cleanup {
+        nodes: nodes.clone(),
+        namespace: namespace.to_string(),
+    };
     for node in &nodes {
         add_node(node);
     }
@@ -2470,8 +2474,17 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = kubectl(&["delete", "namespace", &self.namespace, "--wait=false"]);
         for node in &self.nodes {
-            // Not `remove_node`: it asserts, and a panic inside a panic's unwinding aborts.
-            let _ = run(&repo().join("hack/cluster.sh"), &["remove-node", node], None);
+            // Not `remove_node`: it asserts, and a panic inside a panic's unwinding aborts. Tried
+            // again for a while: right after an etcd restart a request may fail, and a node left
+            // behind would get the next test's pods.
+            for _ in 0..20 {
+                let _ = run(&repo().join("hack/cluster.sh"), &["remove-node", node], None);
+                let left = kubectl(&["get", "node", node, "--ignore-not-found", "-o", "name"]);
+                if left.status.success() && left.stdout.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
     }
 }
