@@ -677,7 +677,11 @@ async fn user_path_on_real_nodes() {
     // The agents' and the publisher's counts cover the whole test only if none restarted (a
     // restarted container starts counting from zero, hiding what it lost before).
     for pod in pods(NAMESPACE, "app in (port-agent,port-publisher)") {
-        assert_eq!(pod.restarts, 0, "{} restarted: its loss counts are incomplete", pod.name);
+        assert_eq!(
+            pod.restarts, 0,
+            "{} restarted: its loss counts are incomplete",
+            pod.name
+        );
     }
 
     // 7. helm uninstall and deleting the CRD leave nothing behind.
