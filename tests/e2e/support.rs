@@ -266,6 +266,35 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
         .unwrap_or_default())
 }
 
+/// The samples of metric `name` served at `addr` (`IP:port`): (labels, value).
+pub fn metric_samples(addr: &str, name: &str) -> Result<Vec<(String, f64)>, String> {
+    let body = http_get(addr, "/metrics").map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = key.split_once('{').unwrap_or((key, ""));
+            (metric == name).then(|| {
+                (
+                    labels.trim_end_matches('}').to_string(),
+                    value.parse().unwrap_or(f64::NAN),
+                )
+            })
+        })
+        .collect())
+}
+
+/// The sum of the samples of `name` at `addr` whose labels contain `label` (`reason="x"`;
+/// empty for all).
+pub fn metric_sum(addr: &str, name: &str, label: &str) -> Result<f64, String> {
+    Ok(metric_samples(addr, name)?
+        .iter()
+        .filter(|(labels, _)| labels.contains(label))
+        .map(|(_, v)| v)
+        .sum())
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
