@@ -1382,31 +1382,7 @@ async fn a_revoked_publisher_is_cut_off_at_every_proxy_within_a_second_of_the_al
     let publishing = publish_following(&client, namespace, group, config, &want, &subscribers).await;
 
     // Watch the allow-list ConfigMap from here too: when the controller rewrote it.
-    let rewrites: Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Arc::default();
-    let watch = {
-        use futures::StreamExt;
-        use kube::runtime::{WatchStreamExt, watcher};
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        let config = watcher::Config::default().fields(&format!("metadata.name={allow_cm}"));
-        let rewrites = rewrites.clone();
-        tokio::spawn(async move {
-            let mut events = watcher(api, config).applied_objects().boxed();
-            while let Some(Ok(cm)) = events.next().await {
-                let publishers = cm
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("publishers").cloned())
-                    .unwrap_or_default();
-                rewrites.lock().unwrap().push((Instant::now(), publishers));
-            }
-        })
-    };
-    eventually(
-        Duration::from_secs(10),
-        "the test's own watch on the allow-list",
-        || async { (!rewrites.lock().unwrap().is_empty()).then_some(()) },
-    )
-    .await;
+    let rewrites = ConfigMapVersions::watch(client.clone(), namespace, &allow_cm, "publishers").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before: BTreeMap<String, u64> = subscribers.iter().map(|(n, s)| (n.clone(), s.count())).collect();
 
@@ -1418,15 +1394,12 @@ async fn a_revoked_publisher_is_cut_off_at_every_proxy_within_a_second_of_the_al
         "the allow-list ConfigMap rewritten without the key",
         || async {
             rewrites
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(at, text)| *at >= revoked_at && !text.contains(&key_z85))
-                .map(|(at, _)| *at)
+                .first_since(revoked_at, |text| !text.contains(&key_z85))
+                .map(|version| version.at)
         },
     )
     .await;
-    watch.abort();
+    drop(rewrites);
     // Quiet for 2 s everywhere: the publisher is cut off (it keeps publishing every 5 ms).
     eventually(Duration::from_secs(15), "every node quiet for 2 s", || async {
         subscribers

@@ -835,41 +835,6 @@ const REVOCATION_BOUND_MS: i64 = 1_000;
 /// report that runs late.
 const REVOCATION_MARGIN_MS: i64 = 250;
 
-/// Watches the allow-list ConfigMap `name` from the test and notes, for every version of it,
-/// when the test saw it (ms since the epoch, the agents' clock: the same machine) and the
-/// publisher keys it lists.
-async fn watch_allow_list(name: &str) -> std::sync::Arc<std::sync::Mutex<Vec<(u64, Vec<String>)>>> {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let client = kube::Client::try_default()
-        .await
-        .expect("a client for the test cluster");
-    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, NAMESPACE);
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<(u64, Vec<String>)>>> = Default::default();
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let record = seen.clone();
-    tokio::spawn(async move {
-        let mut events = watcher(api, config).applied_objects().boxed();
-        while let Some(event) = events.next().await {
-            let Ok(cm) = event else { continue };
-            let keys = cm
-                .data
-                .as_ref()
-                .and_then(|data| data.get("publishers"))
-                .map(|text| allow_list_keys(text))
-                .unwrap_or_default();
-            record.lock().unwrap().push((now_ms(), keys));
-        }
-    });
-    eventually(
-        Duration::from_secs(30),
-        &format!("the test's own watch on {name}"),
-        || async { (!seen.lock().unwrap().is_empty()).then_some(()) },
-    )
-    .await;
-    seen
-}
-
 /// When an agent stopped receiving: the `at_ms` of its first report (after `since_ms`) that
 /// already had its final count, once `QUIET_WINDOW_MS` of reports have shown no more; and the
 /// `at_ms` of the report before it (the last message came between the two).
@@ -1252,7 +1217,11 @@ async fn curve_phase(image: &Images, started: Instant) {
     // allow-list, every proxy hears of it through its watch on the ConfigMap and closes the
     // connections (the kubelet refreshes the mounted file only later). A watch of the test's
     // own notes when the rewrite happened.
-    let rewrites = watch_allow_list(&allow_cm).await;
+    let client = kube::Client::try_default()
+        .await
+        .expect("a client for the test cluster");
+    let rewrites = ConfigMapVersions::watch(client, NAMESPACE, &allow_cm, "publishers").await;
+    let revoking = Instant::now();
     let revoked_at = now_ms();
     kubectl_ok(&[
         "patch",
@@ -1269,11 +1238,8 @@ async fn curve_phase(image: &Images, started: Instant) {
         "the allow-list ConfigMap without the revoked key",
         || async {
             rewrites
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(at, keys)| *at >= revoked_at && !keys.contains(&good_key))
-                .map(|(at, _)| *at)
+                .first_since(revoking, |text| !allow_list_keys(text).contains(&good_key))
+                .map(|version| version.at_ms)
         },
     )
     .await;

@@ -707,24 +707,31 @@ fn keygen_prints_or_writes_a_key_pair_and_never_overwrites_a_secret_key() {
     );
 }
 
+/// `fanout proxy` as a CURVE server with a new key pair and an empty allow-list in `dir`.
+fn curve_proxy_command(dir: &std::path::Path) -> std::process::Command {
+    let keys = KeyPair::generate().expect("keys");
+    keys.write_to_dir(dir).expect("write");
+    let allow = dir.join("allow");
+    std::fs::write(&allow, "").expect("allow-list");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"));
+    command
+        .args(["proxy", "--publishers", "tcp://127.0.0.1:0", "--subscribers"])
+        .arg(format!("ipc://{}", dir.join("s.sock").display()))
+        .arg("--curve-secret-key-file")
+        .arg(dir.join("secret.key"))
+        .arg("--allow-publishers-file")
+        .arg(&allow)
+        .stdin(std::process::Stdio::null());
+    command
+}
+
 #[test]
 fn the_proxy_refuses_a_secret_key_file_others_can_read() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let keys = KeyPair::generate().expect("keys");
-    keys.write_to_dir(dir.path()).expect("write");
+    let mut command = curve_proxy_command(dir.path());
     let secret = dir.path().join("secret.key");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let allow = dir.path().join("allow");
-    std::fs::write(&allow, "").expect("allow-list");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(["proxy", "--publishers", "tcp://127.0.0.1:0", "--subscribers"])
-        .arg(format!("ipc://{}", dir.path().join("s.sock").display()))
-        .arg("--curve-secret-key-file")
-        .arg(&secret)
-        .arg("--allow-publishers-file")
-        .arg(&allow)
-        .output()
-        .expect("run proxy");
+    let out = command.output().expect("run proxy");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("every user"), "{stderr}");
@@ -736,17 +743,7 @@ fn the_proxy_refuses_a_secret_key_file_others_can_read() {
 #[test]
 fn a_proxy_that_cannot_follow_its_allow_lists_through_the_api_stops_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let keys = KeyPair::generate().expect("keys");
-    keys.write_to_dir(dir.path()).expect("write");
-    let allow = dir.path().join("allow");
-    std::fs::write(&allow, "").expect("allow-list");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(["proxy", "--publishers", "tcp://127.0.0.1:0", "--subscribers"])
-        .arg(format!("ipc://{}", dir.path().join("s.sock").display()))
-        .arg("--curve-secret-key-file")
-        .arg(dir.path().join("secret.key"))
-        .arg("--allow-publishers-file")
-        .arg(&allow)
+    let out = curve_proxy_command(dir.path())
         .args([
             "--allow-lists-configmap",
             "g-curve-allow",
@@ -758,7 +755,6 @@ fn a_proxy_that_cannot_follow_its_allow_lists_through_the_api_stops_with_the_rea
         .env_remove("KUBERNETES_SERVICE_PORT")
         .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
         .env("HOME", dir.path())
-        .stdin(std::process::Stdio::null())
         .output()
         .expect("run proxy");
     assert!(!out.status.success());

@@ -306,20 +306,7 @@ mod tests {
         assert!(bad("--allow-subscribers-file", "/g"));
         assert!(bad("--allow-lists-configmap", "g-curve-allow"));
         assert!(bad("--allow-lists-namespace", "net"));
-        let cli = Cli::try_parse_from([
-            "proxy",
-            "--publishers",
-            "tcp://*:1",
-            "--subscribers",
-            "ipc:///x",
-            "--curve-secret-key-file",
-            "/k",
-            "--allow-publishers-file",
-            "/g",
-        ])
-        .expect("valid CURVE flags");
-        assert_eq!(cli.args.allow_publishers_file, Some(PathBuf::from("/g")));
-        let with_api = |extra: &[&str]| {
+        let with_curve = |extra: &[&str]| {
             let mut words = vec![
                 "proxy",
                 "--publishers",
@@ -334,7 +321,9 @@ mod tests {
             words.extend(extra);
             Cli::try_parse_from(words)
         };
-        let cli = with_api(&[
+        let cli = with_curve(&[]).expect("valid CURVE flags");
+        assert_eq!(cli.args.allow_publishers_file, Some(PathBuf::from("/g")));
+        let cli = with_curve(&[
             "--allow-lists-configmap",
             "g-curve-allow",
             "--allow-lists-namespace",
@@ -344,8 +333,8 @@ mod tests {
         assert_eq!(cli.args.allow_lists_configmap.as_deref(), Some("g-curve-allow"));
         assert_eq!(cli.args.allow_lists_namespace.as_deref(), Some("net"));
         // The ConfigMap and its namespace come together.
-        assert!(with_api(&["--allow-lists-configmap", "g-curve-allow"]).is_err());
-        assert!(with_api(&["--allow-lists-namespace", "net"]).is_err());
+        assert!(with_curve(&["--allow-lists-configmap", "g-curve-allow"]).is_err());
+        assert!(with_curve(&["--allow-lists-namespace", "net"]).is_err());
     }
 
     #[test]

@@ -239,7 +239,10 @@ mod tests {
         }
     }
 
-    fn rules_of(access: &ProxyAccess) -> Vec<(String, String, Option<Vec<String>>, Vec<String>)> {
+    /// A rule as (api groups, resources, resource names, verbs).
+    type Rule = (String, String, Option<Vec<String>>, Vec<String>);
+
+    fn rules_of(access: &ProxyAccess) -> Vec<Rule> {
         access
             .role
             .rules
@@ -323,9 +326,16 @@ mod tests {
         );
     }
 
-    /// The proxy container's args, env names, mount paths, and the pod's service account and
-    /// volume names.
-    fn pod_view(spec: FanoutGroupSpec) -> (String, Vec<String>, Vec<String>, Option<String>, Vec<String>) {
+    /// What a pod template gives the proxy container and the pod.
+    struct PodView {
+        args: String,
+        env: Vec<String>,
+        mounts: Vec<String>,
+        account: Option<String>,
+        volumes: Vec<String>,
+    }
+
+    fn pod_view(spec: FanoutGroupSpec) -> PodView {
         let ds = build(&group_with(spec));
         let pod = ds.spec.as_ref().unwrap().template.spec.clone().unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
@@ -338,23 +348,29 @@ mod tests {
             "the root init container never gets the token"
         );
         let proxy = &pod.containers[0];
-        (
-            proxy.args.as_ref().unwrap().join(" "),
-            proxy.env.iter().flatten().map(|e| e.name.clone()).collect(),
-            proxy
+        PodView {
+            args: proxy.args.as_ref().unwrap().join(" "),
+            env: proxy.env.iter().flatten().map(|e| e.name.clone()).collect(),
+            mounts: proxy
                 .volume_mounts
                 .iter()
                 .flatten()
                 .map(|m| m.mount_path.clone())
                 .collect(),
-            pod.service_account_name.clone(),
-            pod.volumes.iter().flatten().map(|v| v.name.clone()).collect(),
-        )
+            account: pod.service_account_name.clone(),
+            volumes: pod.volumes.iter().flatten().map(|v| v.name.clone()).collect(),
+        }
     }
 
     #[test]
     fn only_the_proxy_container_of_a_relay_capable_group_gets_the_token_and_the_flags() {
-        let (args, env, mounts, account, volumes) = pod_view(FanoutGroupSpec::default());
+        let PodView {
+            args,
+            env,
+            mounts,
+            account,
+            volumes,
+        } = pod_view(FanoutGroupSpec::default());
         assert_eq!(account.as_deref(), Some("updates-proxy"));
         assert!(
             args.ends_with("--relay-group updates --relay-namespace net --relay-pod $(POD_NAME)"),
@@ -365,7 +381,13 @@ mod tests {
         assert!(mounts.iter().any(|m| m == TOKEN_MOUNT));
         assert!(volumes.iter().any(|v| v == TOKEN_VOLUME));
 
-        let (args, env, mounts, account, volumes) = pod_view(spec(false, false));
+        let PodView {
+            args,
+            env,
+            mounts,
+            account,
+            volumes,
+        } = pod_view(spec(false, false));
         assert_eq!(account, None);
         assert!(env.is_empty());
         assert!(
@@ -379,14 +401,22 @@ mod tests {
     #[test]
     fn a_curve_group_follows_its_allow_list_configmap_with_or_without_relays() {
         let follow = "--allow-lists-configmap updates-curve-allow --allow-lists-namespace net";
-        let (args, env, mounts, account, _) = pod_view(spec(false, true));
+        let PodView {
+            args,
+            env,
+            mounts,
+            account,
+            ..
+        } = pod_view(spec(false, true));
         assert_eq!(account.as_deref(), Some("updates-proxy"));
         assert!(args.contains(follow), "{args}");
         assert!(!args.contains("--relay"), "{args}");
         assert!(env.is_empty(), "no relay, no POD_NAME: {env:?}");
         assert!(mounts.iter().any(|m| m == TOKEN_MOUNT));
 
-        let (args, env, _, account, _) = pod_view(spec(true, true));
+        let PodView {
+            args, env, account, ..
+        } = pod_view(spec(true, true));
         assert_eq!(account.as_deref(), Some("updates-proxy"));
         assert!(
             args.contains(follow) && args.contains("--relay-group updates"),

@@ -176,31 +176,34 @@ fn is_running(pod: &Pod) -> bool {
         && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
+/// A Secret's or ConfigMap's data: key -> bytes.
+type VolumeData = BTreeMap<String, Vec<u8>>;
+
 /// Writes the pod's Secret and ConfigMap volumes (waiting a little for objects not there yet,
 /// as a kubelet would) and returns where each volume's files are.
 async fn volume_files(client: &Client, pod: &Pod, root: &Path) -> std::io::Result<HashMap<String, PathBuf>> {
     let namespace = pod.namespace().unwrap_or_default();
     let mut files = HashMap::new();
     for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let (data, items): (Option<BTreeMap<String, Vec<u8>>>, Option<Vec<KeyToPath>>) =
-            if let Some(source) = &volume.secret {
-                let name = source.secret_name.clone().unwrap_or_default();
-                let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-                let secret = fetch(&api, &name).await?;
-                let data = secret
-                    .and_then(|s| s.data)
-                    .map(|data| data.into_iter().map(|(k, v)| (k, v.0)).collect());
-                (data, source.items.clone())
-            } else if let Some(source) = &volume.config_map {
-                let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-                let cm = fetch(&api, &source.name).await?;
-                let data = cm
-                    .and_then(|c| c.data)
-                    .map(|data| data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect());
-                (data, source.items.clone())
-            } else {
-                continue;
-            };
+        let (data, items): (Option<VolumeData>, Option<Vec<KeyToPath>>) = if let Some(source) = &volume.secret
+        {
+            let name = source.secret_name.clone().unwrap_or_default();
+            let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+            let secret = fetch(&api, &name).await?;
+            let data = secret
+                .and_then(|s| s.data)
+                .map(|data| data.into_iter().map(|(k, v)| (k, v.0)).collect());
+            (data, source.items.clone())
+        } else if let Some(source) = &volume.config_map {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+            let cm = fetch(&api, &source.name).await?;
+            let data = cm
+                .and_then(|c| c.data)
+                .map(|data| data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect());
+            (data, source.items.clone())
+        } else {
+            continue;
+        };
         let data = data.ok_or_else(|| {
             std::io::Error::other(format!("volume {}: its object is not there", volume.name))
         })?;
