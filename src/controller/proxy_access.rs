@@ -364,64 +364,53 @@ mod tests {
 
     #[test]
     fn only_the_proxy_container_of_a_relay_capable_group_gets_the_token_and_the_flags() {
-        let PodView {
-            args,
-            env,
-            mounts,
-            account,
-            volumes,
-        } = pod_view(FanoutGroupSpec::default());
-        assert_eq!(account.as_deref(), Some("updates-proxy"));
+        let relay = pod_view(FanoutGroupSpec::default());
+        assert_eq!(relay.account.as_deref(), Some("updates-proxy"));
         assert!(
-            args.ends_with("--relay-group updates --relay-namespace net --relay-pod $(POD_NAME)"),
-            "{args}"
+            relay
+                .args
+                .ends_with("--relay-group updates --relay-namespace net --relay-pod $(POD_NAME)"),
+            "{}",
+            relay.args
         );
-        assert!(!args.contains("--allow-lists"), "{args}");
-        assert_eq!(env, [POD_NAME_ENV]);
-        assert!(mounts.iter().any(|m| m == TOKEN_MOUNT));
-        assert!(volumes.iter().any(|v| v == TOKEN_VOLUME));
+        assert!(!relay.args.contains("--allow-lists"), "{}", relay.args);
+        assert_eq!(relay.env, [POD_NAME_ENV]);
+        assert!(relay.mounts.iter().any(|m| m == TOKEN_MOUNT));
+        assert!(relay.volumes.iter().any(|v| v == TOKEN_VOLUME));
 
-        let PodView {
-            args,
-            env,
-            mounts,
-            account,
-            volumes,
-        } = pod_view(spec(false, false));
-        assert_eq!(account, None);
-        assert!(env.is_empty());
+        let neither = pod_view(spec(false, false));
+        assert_eq!(neither.account, None);
+        assert!(neither.env.is_empty());
         assert!(
-            !args.contains("--relay") && !args.contains("--allow-lists"),
-            "{args}"
+            !neither.args.contains("--relay") && !neither.args.contains("--allow-lists"),
+            "{}",
+            neither.args
         );
-        assert!(mounts.iter().all(|m| m != TOKEN_MOUNT));
-        assert!(volumes.iter().all(|v| v != TOKEN_VOLUME));
+        assert!(neither.mounts.iter().all(|m| m != TOKEN_MOUNT));
+        assert!(neither.volumes.iter().all(|v| v != TOKEN_VOLUME));
     }
 
     #[test]
     fn a_curve_group_follows_its_allow_list_configmap_with_or_without_relays() {
         let follow = "--allow-lists-configmap updates-curve-allow --allow-lists-namespace net";
-        let PodView {
-            args,
-            env,
-            mounts,
-            account,
-            ..
-        } = pod_view(spec(false, true));
-        assert_eq!(account.as_deref(), Some("updates-proxy"));
-        assert!(args.contains(follow), "{args}");
-        assert!(!args.contains("--relay"), "{args}");
-        assert!(env.is_empty(), "no relay, no POD_NAME: {env:?}");
-        assert!(mounts.iter().any(|m| m == TOKEN_MOUNT));
-
-        let PodView {
-            args, env, account, ..
-        } = pod_view(spec(true, true));
-        assert_eq!(account.as_deref(), Some("updates-proxy"));
+        let curve_only = pod_view(spec(false, true));
+        assert_eq!(curve_only.account.as_deref(), Some("updates-proxy"));
+        assert!(curve_only.args.contains(follow), "{}", curve_only.args);
+        assert!(!curve_only.args.contains("--relay"), "{}", curve_only.args);
         assert!(
-            args.contains(follow) && args.contains("--relay-group updates"),
-            "{args}"
+            curve_only.env.is_empty(),
+            "no relay, no POD_NAME: {:?}",
+            curve_only.env
         );
-        assert_eq!(env, [POD_NAME_ENV]);
+        assert!(curve_only.mounts.iter().any(|m| m == TOKEN_MOUNT));
+
+        let both = pod_view(spec(true, true));
+        assert_eq!(both.account.as_deref(), Some("updates-proxy"));
+        assert!(
+            both.args.contains(follow) && both.args.contains("--relay-group updates"),
+            "{}",
+            both.args
+        );
+        assert_eq!(both.env, [POD_NAME_ENV]);
     }
 }
