@@ -6,9 +6,11 @@
 //! so the fabric would learn of joins and leaves long after the API could tell it. Ours doubles
 //! from 100 ms and stops at 1 s, so a watch retries at most about a second after the server is
 //! back and membership reconverges within the 2 s. The price is at most one request a
-//! second per watch while the server is down; the watches are few (six in the controller, one
-//! per publisher; proxies do not watch the API) and each retry is one cheap failed request. The
-//! delay is jittered down to half its step so many watchers that failed together do not retry
+//! second per watch while the server is down: six in the controller, one per publisher, and per
+//! proxy one for a relay's assignment and one for a CURVE group's allow-list ConfigMap (each a
+//! narrow selection: a relay's own slices, one object by name). Each retry is one cheap failed
+//! request, but a large group's proxies add up (5 000 proxies: up to 5 000 a second); the
+//! delay is jittered down to half its step so that watchers that failed together do not retry
 //! in lockstep.
 
 use kube::runtime::utils::Backoff;
