@@ -4,8 +4,8 @@
 //!
 //! One watch on one object: a field selector `metadata.name=<name>`, which is also what lets
 //! RBAC restrict the proxies' `list` and `watch` to that name (`resourceNames`). Failures are
-//! retried with [`WatchBackoff`] (at most a second apart) and counted; the proxy keeps the
-//! last lists it has meanwhile. A relist is held until it is complete, so a restarted watch
+//! retried with [`WatchBackoff::per_node`] (at most 10 s apart: every proxy of the group does
+//! this) and counted; the proxy keeps the last lists it has meanwhile. A relist is held until it is complete, so a restarted watch
 //! never delivers a transient "no ConfigMap".
 
 use super::ProxyError;
@@ -97,7 +97,7 @@ impl ConfigMapAllowLists {
         tracing::info!(%namespace, configmap = %name, "following the allow-lists through the API");
         let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut events = watcher(api, config).backoff(WatchBackoff::default()).boxed();
+        let mut events = watcher(api, config).backoff(WatchBackoff::per_node()).boxed();
         let mut object = OneObject::default();
         let mut delivered: Option<AllowLists> = None;
         let mut warned: Vec<String> = Vec::new();
