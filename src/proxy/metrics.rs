@@ -3,6 +3,7 @@
 //! The forwarding thread keeps per-burst tallies and adds them to these shared atomics once
 //! per burst, so the hot loop does not pay an atomic operation per message.
 
+use super::allow_lists::ListSource;
 use super::auth::Refusal;
 use crate::message_budget::Exceeded;
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +14,8 @@ use prometheus_client::registry::{Registry, Unit};
 type SideLabels = [(&'static str, &'static str); 1];
 type RefusalLabels = [(&'static str, &'static str); 2];
 type ReasonLabels = [(&'static str, &'static str); 1];
+type SideSourceLabels = [(&'static str, &'static str); 2];
+type SourceLabels = [(&'static str, &'static str); 1];
 
 /// Why the proxy closed a peer's connection itself (besides CURVE revocation, counted with the
 /// other CURVE refusals).
@@ -88,6 +91,9 @@ pub struct SideMetrics {
     pub bytes_sent: Counter,
     /// Messages the proxy could not hand to this side's socket (a failed send).
     pub send_failures: Counter,
+    /// Times a peer's queue (high-water mark) was found full when a message was sent to it:
+    /// from then until that peer read enough, libzmq dropped its messages without a trace.
+    pub queue_full: Counter,
     /// Peers currently connected (monitor ACCEPTED minus DISCONNECTED).
     pub connected: Gauge,
     /// Connections that ended in a failed ZMTP handshake (garbage greeting, bad mechanism).
@@ -116,6 +122,7 @@ struct Families {
     messages_sent: Family<SideLabels, Counter>,
     bytes_sent: Family<SideLabels, Counter>,
     send_failures: Family<SideLabels, Counter>,
+    queue_full: Family<SideLabels, Counter>,
     connected: Family<SideLabels, Gauge>,
     handshake_failures: Family<SideLabels, Counter>,
     disconnects: Family<SideLabels, Counter>,
@@ -123,6 +130,8 @@ struct Families {
     auth_refused: Family<RefusalLabels, Counter>,
     allow_list_keys: Family<SideLabels, Gauge>,
     allow_list_invalid_lines: Family<SideLabels, Gauge>,
+    allow_list_updates: Family<SideSourceLabels, Counter>,
+    allow_list_source: Family<SourceLabels, Gauge>,
     cut_off: Family<RefusalLabels, Counter>,
     refused_subscriptions: Family<ReasonLabels, Counter>,
     in_flight_max: Family<SideLabels, Gauge>,
@@ -151,6 +160,7 @@ impl Families {
             messages_sent: self.messages_sent.get_or_create(&labels).clone(),
             bytes_sent: self.bytes_sent.get_or_create(&labels).clone(),
             send_failures: self.send_failures.get_or_create(&labels).clone(),
+            queue_full: self.queue_full.get_or_create(&labels).clone(),
             connected: self.connected.get_or_create(&labels).clone(),
             handshake_failures: self.handshake_failures.get_or_create(&labels).clone(),
             disconnects: self.disconnects.get_or_create(&labels).clone(),
@@ -180,6 +190,9 @@ pub struct ProxyMetrics {
     /// 1 while the proxy subscribes upstream to everything because its subscribers asked for
     /// more (or longer) topics than the limits allow.
     pub subscriptions_collapsed: Gauge,
+    /// Failed requests of the watch on the allow-list ConfigMap (CURVE with
+    /// `--allow-lists-configmap`), each retried.
+    pub allow_list_api_errors: Counter,
 }
 
 impl Default for ProxyMetrics {
@@ -211,6 +224,7 @@ impl Default for ProxyMetrics {
             subscription_messages: Counter::default(),
             subscriptions_over_limit: Counter::default(),
             subscriptions_collapsed: Gauge::default(),
+            allow_list_api_errors: Counter::default(),
         }
     }
 }
@@ -248,14 +262,37 @@ impl ProxyMetrics {
         &self.side(side).allow_list_invalid_lines
     }
 
-    /// Creates every refusal series at zero, so that a CURVE proxy shows them before the
-    /// first refusal.
+    /// Allow-lists applied on `side` from `source` (CURVE).
+    pub fn allow_list_updates(&self, side: Side, source: ListSource) -> Counter {
+        self.families
+            .allow_list_updates
+            .get_or_create(&[side.labels()[0], ("source", source.as_str())])
+            .clone()
+    }
+
+    /// Marks `source` as the one the allow-lists in force come from (CURVE).
+    pub fn set_allow_list_source(&self, source: ListSource) {
+        for each in ListSource::ALL {
+            let in_force = i64::from(each == source);
+            self.families
+                .allow_list_source
+                .get_or_create(&[("source", each.as_str())])
+                .set(in_force);
+        }
+    }
+
+    /// Creates every refusal and allow-list series at zero, so that a CURVE proxy shows them
+    /// before the first refusal or update; the files are the allow-lists' first source.
     pub fn enable_auth(&self) {
         for side in Side::ALL {
             for reason in Refusal::ALL {
                 self.auth_refused(side, reason);
             }
+            for source in ListSource::ALL {
+                self.allow_list_updates(side, source);
+            }
         }
+        self.set_allow_list_source(ListSource::File);
     }
 
     pub fn side(&self, side: Side) -> &SideMetrics {
@@ -293,8 +330,13 @@ impl ProxyMetrics {
         );
         registry.register(
             "dropped_messages",
-            "Messages the proxy could not hand to a side's socket; per-subscriber queue overflows inside libzmq XPUB are not visible here",
+            "Messages the proxy could not hand to a side's socket at all",
             f.send_failures.clone(),
+        );
+        registry.register(
+            "queue_full_events",
+            "Times a peer's queue (highWaterMark) was found full: from then until that peer read enough, its messages were dropped (the other peers got them)",
+            f.queue_full.clone(),
         );
         registry.register(
             "connected_peers",
@@ -344,8 +386,23 @@ impl ProxyMetrics {
         );
         registry.register(
             "allow_list_invalid_lines",
-            "CURVE: lines of the side's allow-list file skipped as invalid",
+            "CURVE: lines of the side's allow-list (file or ConfigMap key) skipped as invalid",
             f.allow_list_invalid_lines.clone(),
+        );
+        registry.register(
+            "allow_list_updates",
+            "CURVE: allow-lists applied (the first included), by side and source (file: the allow-list files; api: the allow-list ConfigMap through the API)",
+            f.allow_list_updates.clone(),
+        );
+        registry.register(
+            "allow_list_source",
+            "CURVE: 1 for the source of the allow-lists in force (file until the API's first list arrives, then api for good), 0 for the other",
+            f.allow_list_source.clone(),
+        );
+        registry.register(
+            "allow_list_api_errors",
+            "CURVE with --allow-lists-configmap: failed requests of the watch on the allow-list ConfigMap, each retried (the lists in force stay)",
+            self.allow_list_api_errors.clone(),
         );
         registry.register(
             "live_subscriptions",
@@ -376,6 +433,7 @@ impl ProxyMetrics {
             messages_sent: m.messages_sent.get(),
             bytes_sent: m.bytes_sent.get(),
             send_failures: m.send_failures.get(),
+            queue_full: m.queue_full.get(),
             connected: u64::try_from(m.connected.get()).unwrap_or(0),
             handshake_failures: m.handshake_failures.get(),
             disconnects: m.disconnects.get(),
@@ -412,6 +470,8 @@ pub struct SideStats {
     pub messages_sent: u64,
     pub bytes_sent: u64,
     pub send_failures: u64,
+    /// Times a peer's queue was found full (its messages dropped from then until it drained).
+    pub queue_full: u64,
     pub connected: u64,
     pub handshake_failures: u64,
     pub disconnects: u64,

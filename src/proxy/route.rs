@@ -4,7 +4,18 @@
 use super::ProxyError;
 use super::in_flight::WireCost;
 use super::metrics::{ProxyMetrics, Side};
+use super::sockets::set_lossy;
 use crate::message_budget::{Exceeded, MessageBudget, MessageLimits, Verdict};
+use std::ffi::{c_int, c_void};
+
+// The `zmq` crate's send consumes the message even when the send fails; this one leaves it
+// to the caller, so a send refused for a full queue can be tried again (zmq.h).
+unsafe extern "C" {
+    fn zmq_msg_send(msg: *mut c_void, socket: *mut c_void, flags: c_int) -> c_int;
+}
+
+// `zmq::Message` is libzmq's 64-byte `zmq_msg_t` and nothing else (see `message_source`).
+const _: () = assert!(std::mem::size_of::<zmq::Message>() == 64);
 
 /// Messages moved per socket before the loop looks at the other socket and the stop signal,
 /// so neither direction starves the other.
@@ -22,12 +33,19 @@ pub struct Tally {
     /// Messages deliberately not forwarded (a revoked key's, subscription changes the proxy
     /// applies itself).
     pub withheld: u64,
+    /// Sends that found a peer's queue full (see `Route::count_full_queues`).
+    pub queue_full: u64,
 }
 
 impl Tally {
     pub fn record(&self, metrics: &ProxyMetrics, from: Side, to: Side) {
         let refused = self.refused_frames + self.refused_bytes;
-        if self.messages == 0 && self.failures == 0 && refused == 0 && self.withheld == 0 {
+        if self.messages == 0
+            && self.failures == 0
+            && refused == 0
+            && self.withheld == 0
+            && self.queue_full == 0
+        {
             return;
         }
         let received = metrics.side(from);
@@ -43,13 +61,19 @@ impl Tally {
         if self.failures > 0 {
             sent.send_failures.inc_by(self.failures);
         }
+        if self.queue_full > 0 {
+            sent.queue_full.inc_by(self.queue_full);
+        }
     }
 
     pub fn add(&mut self, outcome: Outcome) {
         match outcome {
-            Outcome::Sent { bytes, .. } => {
+            Outcome::Sent {
+                bytes, queue_full, ..
+            } => {
                 self.messages += 1;
                 self.bytes += bytes;
+                self.queue_full += u64::from(queue_full);
             }
             Outcome::SendFailed { .. } => self.failures += 1,
             Outcome::Refused {
@@ -67,10 +91,23 @@ impl Tally {
 /// What became of one message, with the wire bytes its frames took from the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    Sent { bytes: u64, wire: u64 },
-    SendFailed { wire: u64 },
-    Refused { why: Exceeded, wire: u64 },
-    Withheld { wire: u64 },
+    /// Handed to the socket; `queue_full`: a peer's queue was found full, and that peer did not
+    /// get it.
+    Sent {
+        bytes: u64,
+        wire: u64,
+        queue_full: bool,
+    },
+    SendFailed {
+        wire: u64,
+    },
+    Refused {
+        why: Exceeded,
+        wire: u64,
+    },
+    Withheld {
+        wire: u64,
+    },
 }
 
 impl Outcome {
@@ -92,6 +129,14 @@ pub struct Route<'a> {
     pub limits: MessageLimits,
     pub parts: &'a mut Vec<zmq::Message>,
     pub wire: WireCost,
+    /// `to` as libzmq's raw socket when it is the subscriber side's XPUB, which runs with
+    /// ZMQ_XPUB_NODROP: a message a subscriber's full queue cannot take fails with EAGAIN, is
+    /// sent again with the socket lossy for that one send (the others get it, the full queue
+    /// does not), and the event is counted. libzmq then takes the full subscriber out of the
+    /// send set until it has read enough, dropping its messages meanwhile without telling
+    /// anyone: what is counted is each time a queue filled, not each message it then missed
+    /// (those the subscriber's envelope gaps count). `None`: sent as libzmq does by default.
+    pub count_full_queues: Option<*mut c_void>,
 }
 
 impl Route<'_> {
@@ -167,20 +212,70 @@ impl Route<'_> {
         // fail in practice; any failure drops the message and is counted, never ends the proxy.
         let mut bytes = frame.len() as u64;
         let last = std::mem::replace(frame, zmq::Message::new());
-        for part in self.parts.drain(..) {
-            bytes += part.len() as u64;
-            if let Err(err) = self.to.send(part, zmq::SNDMORE | zmq::DONTWAIT) {
+        let mut queue_full = false;
+        let mut first = true;
+        let sent = self
+            .parts
+            .drain(..)
+            .map(|part| (part, zmq::SNDMORE))
+            .chain([(last, 0)]);
+        for (mut part, more) in sent {
+            bytes += if more == 0 { 0 } else { part.len() as u64 };
+            let flags = more | zmq::DONTWAIT;
+            let result = match self.count_full_queues {
+                Some(xpub) if first => send_counting_full_queues(xpub, &mut part, flags).map(|full| {
+                    queue_full = full;
+                }),
+                _ => self.to.send(part, flags),
+            };
+            first = false;
+            if let Err(err) = result {
                 tracing::debug!(error = %err, "send failed; message dropped");
                 return Ok(Outcome::SendFailed { wire });
             }
         }
-        if let Err(err) = self.to.send(last, zmq::DONTWAIT) {
-            tracing::debug!(error = %err, "send failed; message dropped");
-            return Ok(Outcome::SendFailed { wire });
-        }
-        Ok(Outcome::Sent { bytes, wire })
+        Ok(Outcome::Sent {
+            bytes,
+            wire,
+            queue_full,
+        })
     }
+}
 
+/// Sends the first frame of a message on the NODROP `xpub`; when a subscriber's full queue
+/// refuses it, sends it again with the socket lossy for just this send. Returns whether that
+/// happened (the message reached every other subscriber, not the full ones).
+fn send_counting_full_queues(
+    xpub: *mut c_void,
+    part: &mut zmq::Message,
+    flags: i32,
+) -> Result<bool, zmq::Error> {
+    let send = |part: &mut zmq::Message| {
+        // SAFETY: `xpub` is the forwarding thread's live XPUB and `part` an initialised
+        // `zmq_msg_t`; on success libzmq takes its content and leaves it empty, on failure it
+        // leaves it as it was, and `zmq::Message`'s drop closes it either way.
+        let rc = unsafe { zmq_msg_send((part as *mut zmq::Message).cast(), xpub, flags) };
+        if rc >= 0 {
+            Ok(())
+        } else {
+            Err(zmq::Error::from_raw(
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ))
+        }
+    };
+    match send(part) {
+        Ok(()) => Ok(false),
+        Err(zmq::Error::EAGAIN) => {
+            set_lossy(xpub, true)?;
+            let retried = send(part);
+            set_lossy(xpub, false)?;
+            retried.map(|()| true)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+impl Route<'_> {
     /// Drops the message whose first frame is in `frame`.
     pub fn discard(&self, frame: &mut zmq::Message) -> Result<Outcome, ProxyError> {
         let first = self.wire.frame(frame.len());

@@ -18,6 +18,9 @@ use crate::socket_options::HeartbeatOptions;
 const SUBSCRIBER_RCVHWM: i32 = 2;
 // libzmq's XPUB option that hands every subscribe and unsubscribe to the application (zmq.h).
 const ZMQ_XPUB_VERBOSER: std::ffi::c_int = 78;
+// libzmq's XPUB option that makes a send fail with EAGAIN instead of dropping the message for a
+// subscriber whose queue is full (zmq.h).
+const ZMQ_XPUB_NODROP: std::ffi::c_int = 69;
 unsafe extern "C" {
     fn zmq_setsockopt(
         socket: *mut std::ffi::c_void,
@@ -25,6 +28,44 @@ unsafe extern "C" {
         value: *const std::ffi::c_void,
         len: usize,
     ) -> std::ffi::c_int;
+}
+
+/// The raw libzmq socket behind `socket`, for the options and calls the `zmq` crate lacks.
+/// Valid for as long as `socket` lives.
+pub fn raw_socket(socket: &mut zmq::Socket) -> *mut std::ffi::c_void {
+    socket.as_mut_ptr()
+}
+
+/// Sets an int-valued option the `zmq` crate has no setter for.
+fn set_int_option(
+    socket: *mut std::ffi::c_void,
+    option: std::ffi::c_int,
+    value: std::ffi::c_int,
+) -> Result<(), zmq::Error> {
+    // SAFETY: a live socket (the caller's) and an int option value of the size given.
+    let rc = unsafe {
+        zmq_setsockopt(
+            socket,
+            option,
+            (&raw const value).cast(),
+            std::mem::size_of::<std::ffi::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(zmq::Error::from_raw(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ))
+    }
+}
+
+/// Whether the XPUB drops a message for a subscriber whose queue is full (`true`, libzmq's
+/// default) or fails the whole send with EAGAIN (`false`, ZMQ_XPUB_NODROP). The proxy runs it
+/// with NODROP and turns it lossy for one send at a time to *count* those drops (`route`):
+/// libzmq drops for a full queue without a trace otherwise.
+pub fn set_lossy(xpub: *mut std::ffi::c_void, lossy: bool) -> Result<(), zmq::Error> {
+    set_int_option(xpub, ZMQ_XPUB_NODROP, std::ffi::c_int::from(!lossy))
 }
 
 /// Applies the options a proxy sets on both of its sockets (HWM, size limit, heartbeats, ZAP
@@ -95,27 +136,25 @@ pub fn bind_all(
     Ok(bound)
 }
 
+/// The publisher side's own option: a send high-water mark that holds every subscription the
+/// XSUB sends a peer when it connects (`ProxyConfig::publisher_send_hwm`).
+pub fn configure_publisher_side(xsub: &zmq::Socket, config: &ProxyConfig) -> Result<(), ProxyError> {
+    xsub.set_sndhwm(config.publisher_send_hwm())
+        .map_err(ProxyError::zmq("setting SNDHWM on the publisher (XSUB) socket"))
+}
+
 /// The subscriber side's own options: every subscribe and unsubscribe handed up with its
-/// connection (the proxy keeps the per-connection books, see `subscription_relay`), and
+/// connection (the proxy keeps the per-connection books, see `subscription_relay`), a send
+/// that fails rather than drops silently for a full subscriber queue (`set_lossy`), and
 /// incoming frames no longer than a subscription to the longest allowed topic (or a handshake
 /// command), so that libzmq drops a subscriber sending more before storing it.
 pub fn configure_subscriber_side(xpub: &mut zmq::Socket, config: &ProxyConfig) -> Result<(), ProxyError> {
-    let on: std::ffi::c_int = 1;
-    // SAFETY: a live socket and an int option value of the size given.
-    let rc = unsafe {
-        zmq_setsockopt(
-            xpub.as_mut_ptr(),
-            ZMQ_XPUB_VERBOSER,
-            (&raw const on).cast(),
-            std::mem::size_of::<std::ffi::c_int>(),
-        )
-    };
-    if rc != 0 {
-        return Err(ProxyError::Zmq {
-            context: "setting XPUB_VERBOSER on the subscriber (XPUB) socket".into(),
-            source: zmq::Error::from_raw(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
-        });
-    }
+    set_int_option(raw_socket(xpub), ZMQ_XPUB_VERBOSER, 1).map_err(ProxyError::zmq(
+        "setting XPUB_VERBOSER on the subscriber (XPUB) socket",
+    ))?;
+    set_lossy(raw_socket(xpub), false).map_err(ProxyError::zmq(
+        "setting XPUB_NODROP on the subscriber (XPUB) socket",
+    ))?;
     xpub.set_maxmsgsize(config.subscriber_frame_limit())
         .map_err(ProxyError::zmq(
             "setting MAXMSGSIZE on the subscriber (XPUB) socket",
