@@ -18,7 +18,11 @@
 //! - Secret and ConfigMap volumes (a CURVE group's key and allow-lists) are written once, when
 //!   the proxy starts, under `<root>/<pod>/volumes/<volume>/`, and never refreshed: this
 //!   kubelet's pod sync never comes, so whatever a proxy learns later it learns through the
-//!   API.
+//!   API;
+//! - kwok marks a pod Ready at once, before its proxy runs: a started proxy is waited for until
+//!   it answers `/readyz` before the next pod event is handled (`wait_ready`), so what a real
+//!   readiness probe orders (a surge rollout stopping the old proxy only once the new one is
+//!   ready) keeps its order here.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret};
@@ -84,7 +88,8 @@ impl FakeKubelet {
                 } else {
                     HashMap::new()
                 };
-                reconcile_pod(&pod, &binary, &dir, &state, &files);
+                // It blocks (a proxy starting up, or stopping): off the runtime's workers.
+                tokio::task::block_in_place(|| reconcile_pod(&pod, &binary, &dir, &state, &files));
             }
         });
         // Pods that vanish without a final update (deleted while the watch restarted) are
@@ -271,10 +276,15 @@ fn reconcile_pod(
         return;
     }
     match start_proxy(pod, &ip, &node, binary, root, files) {
-        Ok(started) => {
+        Ok(mut started) => {
+            let ready = wait_ready(&mut started);
             eprintln!(
-                "fake kubelet: started proxy for pod {name} on {node} at {ip} (pid {})",
-                started.child.id()
+                "fake kubelet: started proxy for pod {name} on {node} at {ip} (pid {}), {}",
+                started.child.id(),
+                match ready {
+                    Some(after) => format!("ready after {} ms", after.as_millis()),
+                    None => "never ready".to_string(),
+                }
             );
             running.insert(name, started);
         }
@@ -409,6 +419,31 @@ fn start_proxy(
         log: log_path,
         kubeconfig,
     })
+}
+
+/// Waits until the proxy answers `/readyz` (at most 10 s, less if it exits) and says how long
+/// that took. A kubelet reports a pod Ready only once its readiness probe passes, so whatever
+/// waits for that (the DaemonSet controller stopping the old pod of a surge rollout only when
+/// the new one is Ready) happens after the proxy bound its sockets. kwok marks fake pods Ready
+/// at once; this stand-in holds back its next pod event instead, which keeps that order.
+fn wait_ready(proc: &mut Running) -> Option<Duration> {
+    let http = proc
+        .words
+        .iter()
+        .position(|word| word == "--http")
+        .and_then(|at| proc.words.get(at + 1))?
+        .clone();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if crate::support::http_get(&http, "/readyz").is_ok_and(|body| body == "ready\n") {
+            return Some(started.elapsed());
+        }
+        if !matches!(proc.child.try_wait(), Ok(None)) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 /// The proxy's command, with the pod's API credentials or none.
