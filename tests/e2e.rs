@@ -11,6 +11,8 @@
 
 #[path = "chart/support.rs"]
 mod chart_support;
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/kubelet.rs"]
 mod kubelet;
 #[path = "e2e/support.rs"]
@@ -44,6 +46,15 @@ async fn client() -> Client {
         .expect("a client for the test cluster")
 }
 
+/// A client authenticated by `kubeconfig` (a ServiceAccount's, from `installed_cluster`).
+async fn client_from(kubeconfig: &std::path::Path) -> Client {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).expect("read the kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+        .await
+        .expect("a client configuration");
+    Client::try_from(config).expect("a client")
+}
+
 /// The cluster with the chart installed: an admin client, a scratch directory, and a
 /// kubeconfig for the chart's ServiceAccount.
 async fn installed_cluster() -> (Client, tempfile::TempDir, std::path::PathBuf) {
@@ -56,9 +67,22 @@ async fn installed_cluster() -> (Client, tempfile::TempDir, std::path::PathBuf) 
     (client().await, work, service_account_kubeconfig())
 }
 
+/// Creates namespace `name` unless it exists; one still terminating (a previous run's) is
+/// waited out first.
 async fn ensure_namespace(client: &Client, name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(name).await.unwrap().is_none() {
+    let existing = eventually(
+        Duration::from_secs(120),
+        &format!("namespace {name} not terminating"),
+        || async {
+            match namespaces.get_opt(name).await.unwrap() {
+                Some(ns) if ns.metadata.deletion_timestamp.is_some() => None,
+                other => Some(other),
+            }
+        },
+    )
+    .await;
+    if existing.is_none() {
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
         namespaces.create(&PostParams::default(), &ns).await.unwrap();
     }
@@ -145,12 +169,14 @@ fn condition_true(status: &serde_json::Value, kind: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c["type"] == kind && c["status"] == "True"))
 }
 
-/// A subscriber for one node, on its own thread; records when the first message arrived.
+/// A subscriber for one node, on its own thread; records when the first and the last message
+/// arrived.
 struct NodeSubscriber {
     received: Arc<std::sync::atomic::AtomicU64>,
     /// Messages missing by the envelope's sequence numbers, as the subscriber counts them.
     lost: Arc<std::sync::atomic::AtomicU64>,
     first_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    last_at: Arc<std::sync::Mutex<Option<Instant>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -160,17 +186,21 @@ impl NodeSubscriber {
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let first_at = Arc::new(std::sync::Mutex::new(None));
+        let last_at = Arc::new(std::sync::Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let (r, l, f, s) = (received.clone(), lost.clone(), first_at.clone(), stop.clone());
+        let last = last_at.clone();
         let thread = std::thread::spawn(move || {
             let mut sub =
                 Subscriber::connect(&endpoint, SubscriberConfig::default()).expect("subscriber connect");
             sub.subscribe(TopicFilter::exact(TOPIC)).expect("subscribe");
             while !s.load(Ordering::Relaxed) {
-                if let Ok(Some(_)) = sub.recv(Duration::from_millis(100))
-                    && r.fetch_add(1, Ordering::Relaxed) == 0
-                {
-                    *f.lock().unwrap() = Some(Instant::now());
+                if let Ok(Some(_)) = sub.recv(Duration::from_millis(100)) {
+                    let now = Instant::now();
+                    *last.lock().unwrap() = Some(now);
+                    if r.fetch_add(1, Ordering::Relaxed) == 0 {
+                        *f.lock().unwrap() = Some(now);
+                    }
                 }
                 l.store(sub.stats().total_lost(), Ordering::Relaxed);
             }
@@ -179,6 +209,7 @@ impl NodeSubscriber {
             received,
             lost,
             first_at,
+            last_at,
             stop,
             thread: Some(thread),
         }
@@ -195,6 +226,10 @@ impl NodeSubscriber {
     fn first_at(&self) -> Option<Instant> {
         *self.first_at.lock().unwrap()
     }
+
+    fn last_at(&self) -> Option<Instant> {
+        *self.last_at.lock().unwrap()
+    }
 }
 
 impl Drop for NodeSubscriber {
@@ -206,7 +241,8 @@ impl Drop for NodeSubscriber {
     }
 }
 
-/// A publisher thread sending on TOPIC every 5 ms until stopped.
+/// A publisher thread sending on TOPIC at `rate` messages a second until stopped, paced by the
+/// clock (message n leaves at start + n / rate), so a late wake-up does not lower the rate.
 struct PublishLoop {
     publisher: Arc<Publisher>,
     stop: Arc<AtomicBool>,
@@ -214,16 +250,19 @@ struct PublishLoop {
 }
 
 impl PublishLoop {
-    fn start(publisher: Publisher) -> Self {
+    fn start(publisher: Publisher, rate: u32) -> Self {
         let publisher = Arc::new(publisher);
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s) = (publisher.clone(), stop.clone());
+        let period = Duration::from_secs(1) / rate.max(1);
         let thread = std::thread::spawn(move || {
-            let mut n = 0u64;
+            let started = Instant::now();
+            let mut n = 0u32;
             while !s.load(Ordering::Relaxed) {
                 let _ = p.publish(TOPIC.to_vec(), vec![format!("update {n}").into_bytes()]);
                 n += 1;
-                std::thread::sleep(Duration::from_millis(5));
+                let next = started + period * n;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
         });
         Self {
@@ -248,23 +287,24 @@ fn socket_of(kubelet: &FakeKubelet, node: &str) -> String {
     group_socket(kubelet, node, EXAMPLE_NAMESPACE, EXAMPLE_GROUP)
 }
 
-/// A publisher following `namespace/group` through the API, publishing every 5 ms, once it is
-/// connected to exactly `want` and every subscriber has received.
+/// A publisher (`config`) following `namespace/group` through the API, publishing every 5 ms,
+/// once it is connected to exactly `want` and every subscriber has received.
 async fn publish_following(
     client: &Client,
     namespace: &str,
     group: &str,
+    config: PublisherConfig,
     want: &Membership,
     subscribers: &BTreeMap<String, NodeSubscriber>,
 ) -> PublishLoop {
-    let publisher = Publisher::new(PublisherConfig::default()).unwrap();
+    let publisher = Publisher::new(config).unwrap();
     publisher
         .follow(Box::new(
             GroupSource::new(Some(namespace.into()), group.into(), GroupObject::Slices)
                 .with_client(client.clone()),
         ))
         .unwrap();
-    let publishing = PublishLoop::start(publisher);
+    let publishing = PublishLoop::start(publisher, 200);
     eventually(
         Duration::from_secs(20),
         &format!("the publisher connected to the {} proxies {want:?}", want.len()),
@@ -296,17 +336,13 @@ fn group_socket(kubelet: &FakeKubelet, node: &str, namespace: &str, group: &str)
     format!("ipc://{}", path.display())
 }
 
-/// The sum of a proxy's metric `name` (all label sets) on its HTTP port.
-fn proxy_metric(ip: &str, name: &str) -> Option<f64> {
-    let body = http_get(&format!("{ip}:9102"), "/metrics").ok()?;
-    let mut found = None;
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let (key, value) = line.rsplit_once(' ')?;
-        if key == name || key.split('{').next() == Some(name) && key.starts_with(&format!("{name}{{")) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
-        }
-    }
-    found
+/// The sum of a proxy's metric `name` over the samples with `labels`, on its HTTP port.
+fn proxy_metric(ip: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape(
+        &format!("{ip}:{}", fanout::crd::default_http_port()),
+        name,
+        labels,
+    )
 }
 
 /// The relay tree as the API holds it: relay pod → its leaves' pods (ready endpoints), from
@@ -363,6 +399,10 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     ensure_namespace(&client, namespace).await;
     let _controller = ControllerProcess::start(&kubeconfig, "e2e-relay", "127.0.0.1:18083", work.path());
     let nodes: Vec<String> = (1..=10).map(|i| format!("rt-node-{i}")).collect();
+    let _cleanup = Cleanup {
+        nodes: nodes.clone(),
+        namespace: namespace.to_string(),
+    };
     for node in &nodes {
         add_node(node);
     }
@@ -418,7 +458,8 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
             Duration::from_secs(20),
             "a relay linked to its leaves",
             || async {
-                (proxy_metric(ip, "fanout_proxy_relay_leaves") == Some(its_leaves.len() as f64)).then_some(())
+                (proxy_metric(ip, "fanout_proxy_relay_leaves", &[]) == Some(its_leaves.len() as f64))
+                    .then_some(())
             },
         )
         .await;
@@ -438,10 +479,18 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
         .iter()
         .map(|pod| format!("tcp://{}:7100", pods[pod].1).parse().unwrap())
         .collect();
-    let publishing = publish_following(&client, namespace, group, &relay_endpoints, &subscribers).await;
+    let publishing = publish_following(
+        &client,
+        namespace,
+        group,
+        PublisherConfig::default(),
+        &relay_endpoints,
+        &subscribers,
+    )
+    .await;
     for leaf in &leaves {
         let ip = &pods[leaf].1;
-        let publishers = proxy_metric(ip, "fanout_proxy_connected_peers{side=\"publishers\"}");
+        let publishers = proxy_metric(ip, "fanout_proxy_connected_peers", &[("side", "publishers")]);
         assert_eq!(
             publishers,
             Some(1.0),
@@ -649,7 +698,15 @@ async fn user_path_install_apply_publish_join_leave_delete() {
         .iter()
         .map(|n| (n.clone(), NodeSubscriber::start(socket_of(&kubelet, n))))
         .collect();
-    let publishing = publish_following(&client, EXAMPLE_NAMESPACE, EXAMPLE_GROUP, &want, &subscribers).await;
+    let publishing = publish_following(
+        &client,
+        EXAMPLE_NAMESPACE,
+        EXAMPLE_GROUP,
+        PublisherConfig::default(),
+        &want,
+        &subscribers,
+    )
+    .await;
     eprintln!("[{:>6.1}s] every node receives", started.elapsed().as_secs_f64());
 
     // A node joins: its subscriber (already waiting on the node's socket) receives within 2 s
@@ -852,8 +909,60 @@ async fn invalid_groups_are_refused_at_admission() {
     let _ = namespaces.delete("e2e-invalid", &DeleteParams::default()).await;
 }
 
-/// Step 6: a controller restarted mid-way converges without duplicate slices, and with two
-/// replicas only the Lease holder writes.
+/// Whether the group's EndpointSlices and ConfigMap publish exactly its ready proxy pods as
+/// ready: none missing, nothing else, no address twice in the slices (which also list pods not
+/// ready, as such). Returns how many.
+async fn published_exactly_the_ready_pods(client: &Client, namespace: &str, group: &str) -> Option<usize> {
+    let pods = ready_pods(client, namespace, group).await;
+    let want: BTreeSet<String> = pods.values().map(|(_, ip)| ip.clone()).collect();
+    let (all, ready, _) = slice_addresses(client, namespace, group).await;
+    let unique: BTreeSet<&String> = all.iter().collect();
+    if unique.len() != all.len() || ready != want {
+        return None;
+    }
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let listed = configmaps
+        .get_opt(&format!("{group}-endpoints"))
+        .await
+        .ok()??
+        .data?
+        .remove("endpoints")?;
+    let lines: String = expected_endpoints(&pods, 7100)
+        .iter()
+        .map(|e| format!("{e}\n"))
+        .collect();
+    (listed == lines).then_some(want.len())
+}
+
+/// Nodes joining and leaving one after another on a thread of its own, until stopped: each step
+/// adds the next node of `names` if absent or removes it if present, cycling. The result is how
+/// many joined and how many left.
+fn churn(names: Vec<String>, pause: Duration) -> Background<(u32, u32)> {
+    Background::spawn(move |stop| {
+        let (mut joins, mut leaves) = (0, 0);
+        let mut present = BTreeSet::new();
+        for name in names.iter().cycle() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if present.remove(name) {
+                remove_node(name);
+                leaves += 1;
+            } else {
+                add_node(name);
+                present.insert(name.clone());
+                joins += 1;
+            }
+            std::thread::sleep(pause);
+        }
+        (joins, leaves)
+    })
+}
+
+/// Step 6 and issue 12 §2: with two replicas only the Lease holder writes; the leader is
+/// SIGKILLed while nodes join and leave continuously; the standby takes over with the chart's
+/// default lease timings (the failover time is printed), and once the churn stops the published
+/// list is exactly the ready proxies. The crashed replica restarted adds no duplicates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: run hack/test.sh"]
 async fn restart_converges_and_only_the_leader_writes() {
@@ -862,17 +971,17 @@ async fn restart_converges_and_only_the_leader_writes() {
     let group = "leader-test";
     ensure_namespace(&client, namespace).await;
     let nodes: Vec<String> = (1..=3).map(|i| format!("le-node-{i}")).collect();
+    let churned: Vec<String> = (1..=4).map(|i| format!("le-churn-{i}")).collect();
+    let _cleanup = Cleanup {
+        nodes: nodes.iter().chain(&churned).cloned().collect(),
+        namespace: namespace.to_string(),
+    };
     for node in &nodes {
         add_node(node);
     }
-    let _kubelet = FakeKubelet::start(
-        client.clone(),
-        namespace,
-        fanout_binary(),
-        work.path().to_path_buf(),
-    );
     apply_group(namespace, group, "  endpointsPerSlice: 2\n");
 
+    // Both replicas with the chart's default lease timings (15 s, 10 s, 2 s).
     let mut a = ControllerProcess::start(&kubeconfig, "replica-a", "127.0.0.1:18081", work.path());
     let mut b = ControllerProcess::start(&kubeconfig, "replica-b", "127.0.0.1:18082", work.path());
     let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
@@ -903,22 +1012,45 @@ async fn restart_converges_and_only_the_leader_writes() {
     assert!(leader_writes > 0.0, "the leader wrote nothing");
     assert_eq!(follower_writes, 0.0, "the follower wrote to the API");
 
-    // The leader crashes; a node joins while nobody leads; the follower takes over and converges.
+    // Nodes join and leave every ~half second; the leader crashes in the middle of it; the
+    // churn goes on while nobody leads and after the standby took over.
+    let churn = churn(churned.clone(), Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let crashed_at = Instant::now();
     leader.stop(true);
-    add_node("le-node-4");
-    eventually(
-        Duration::from_secs(90),
-        "4 endpoints after the failover",
-        || async {
-            let (all, ready, count) = slice_addresses(&client, namespace, group).await;
-            (all.len() == 4 && ready.len() == 4 && count == 2).then_some(())
-        },
+    let failover = eventually(Duration::from_secs(60), "the standby leading", || async {
+        (follower.metric("fanout_controller_leader") == Some(1.0)).then(|| crashed_at.elapsed())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (joins, leaves) = churn.stop();
+    let churn_stopped = Instant::now();
+    let published = eventually(
+        Duration::from_secs(30),
+        "the slices and the ConfigMap listing exactly the ready proxies after the churn",
+        || published_exactly_the_ready_pods(&client, namespace, group),
     )
     .await;
+    let converged = churn_stopped.elapsed();
+    let timings = fanout::controller::leader::LeaseTimings::default();
     eprintln!(
-        "MEASURED failover: leader killed → new node published {:?}",
-        crashed_at.elapsed()
+        "MEASURED failover during churn ({joins} joins, {leaves} leaves): leader SIGKILLed → standby leading {} ms \
+         (lease {:?}, retry {:?}); churn stopped → {published} endpoints published exactly {} ms",
+        failover.as_millis(),
+        timings.lease_duration(),
+        timings.retry_period(),
+        converged.as_millis()
+    );
+    // The standby sees the last renewal up to a retry period late, waits the lease out on its
+    // own clock and acquires at its next round: lease + 2 retry periods, plus a second of
+    // scheduling on a busy machine.
+    assert!(
+        failover <= timings.lease_duration() + timings.retry_period() * 2 + Duration::from_secs(1),
+        "the standby took {failover:?} to lead"
+    );
+    assert!(
+        converged <= Duration::from_secs(5),
+        "membership converged {converged:?} after the churn stopped"
     );
     assert!(
         follower
@@ -935,15 +1067,182 @@ async fn restart_converges_and_only_the_leader_writes() {
         work.path(),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (all, ready, count) = slice_addresses(&client, namespace, group).await;
+    let (all, _, _) = slice_addresses(&client, namespace, group).await;
     let unique: BTreeSet<&String> = all.iter().collect();
     assert_eq!(unique.len(), all.len(), "an endpoint is listed twice: {all:?}");
-    assert_eq!((ready.len(), count), (4, 2));
+    assert_eq!(
+        published_exactly_the_ready_pods(&client, namespace, group).await,
+        Some(published),
+        "the restarted replica changed the published list"
+    );
 
     kubectl_ok(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
-    for node in nodes.iter().map(String::as_str).chain(["le-node-4"]) {
-        remove_node(node);
+}
+
+/// Issue 12 §2: the leader's connection to the API hangs (packets dropped, not refused: a TCP
+/// forwarder in the test stops moving bytes and keeps every connection open). No request of
+/// the leader ever returns, yet it stops leading within its renew deadline (its
+/// `fanout_controller_leader` gauge drops to 0, its reconciles and writes stop), before the
+/// standby may take the lease, so the two never lead at once; the standby converges the
+/// membership, a node that joined during the hang included. Short lease timings (6 s, 4 s,
+/// 1 s, as flags) keep the test quick; the protocol is the same at the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn a_leader_whose_api_connection_hangs_steps_down_within_its_renew_deadline() {
+    use fanout::controller::leader::LeaseTimings;
+    let (client, work, kubeconfig) = installed_cluster().await;
+    let namespace = "e2e-hung";
+    let group = "hung";
+    ensure_namespace(&client, namespace).await;
+    let nodes: Vec<String> = (1..=3).map(|i| format!("hung-node-{i}")).collect();
+    let _cleanup = Cleanup {
+        nodes: nodes.clone(),
+        namespace: namespace.to_string(),
+    };
+    for node in &nodes[..2] {
+        add_node(node);
     }
+    apply_group(namespace, group, "  {}\n");
+
+    // The leader-to-be reaches the API through the forwarder only.
+    let config = std::fs::read_to_string(&kubeconfig).unwrap();
+    let server = config
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("server: https://"))
+        .expect("the kubeconfig's server")
+        .to_string();
+    let upstream = server.parse().expect("the API server's address");
+    let blackhole = faults::Blackhole::start(upstream).await;
+    let through = work.path().join("through-the-forwarder.kubeconfig");
+    std::fs::write(
+        &through,
+        config.replace(&server, &format!("127.0.0.1:{}", blackhole.local.port())),
+    )
+    .unwrap();
+    let timings = LeaseTimings::new(
+        Duration::from_secs(6),
+        Duration::from_secs(4),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let flags = [
+        "--lease-duration",
+        "6s",
+        "--renew-deadline",
+        "4s",
+        "--retry-period",
+        "1s",
+    ];
+    let mut hung =
+        ControllerProcess::start_with(&through, "hung-leader", "127.0.0.1:18088", work.path(), &flags);
+    eventually(Duration::from_secs(60), "the first replica leading", || async {
+        (hung.metric("fanout_controller_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "2 endpoints published by the first replica",
+        || async {
+            (published_exactly_the_ready_pods(&client, namespace, group).await == Some(2)).then_some(())
+        },
+    )
+    .await;
+    let mut standby =
+        ControllerProcess::start_with(&kubeconfig, "standby", "127.0.0.1:18089", work.path(), &flags);
+    eventually(
+        Duration::from_secs(30),
+        "the standby up and not leading",
+        || async { (standby.metric("fanout_controller_leader") == Some(0.0)).then_some(()) },
+    )
+    .await;
+
+    blackhole.drop_everything();
+    let hung_at = Instant::now();
+    let forwarded = blackhole.forwarded_bytes();
+    // A node joins while the leader cannot reach the API: only the next leader can publish it.
+    add_node(&nodes[2]);
+    // Both gauges, sampled until the standby leads.
+    let (mut stepped_down, mut both_leading) = (None, 0);
+    let (mut writes_then, mut reconciles_then) = (0.0, 0.0);
+    let took_over = loop {
+        let hung_leads = hung.metric("fanout_controller_leader");
+        let standby_leads = standby.metric("fanout_controller_leader");
+        if stepped_down.is_none() && hung_leads == Some(0.0) {
+            stepped_down = Some(hung_at.elapsed());
+            writes_then = hung.metric("fanout_controller_api_writes_total").unwrap_or(0.0);
+            reconciles_then = hung.metric("fanout_controller_reconciles_total").unwrap_or(0.0);
+        }
+        if hung_leads == Some(1.0) && standby_leads == Some(1.0) {
+            both_leading += 1;
+        }
+        if standby_leads == Some(1.0) {
+            break hung_at.elapsed();
+        }
+        assert!(
+            hung_at.elapsed() < Duration::from_secs(60),
+            "the standby never took over (the hung replica stepped down after {stepped_down:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stepped_down = stepped_down.expect("the hung leader never stepped down");
+    let published = eventually(
+        Duration::from_secs(30),
+        "the new leader publishing exactly the 3 ready proxies",
+        || async {
+            published_exactly_the_ready_pods(&client, namespace, group)
+                .await
+                .filter(|n| *n == 3)
+        },
+    )
+    .await;
+    let converged = hung_at.elapsed();
+    // The new leader wrote; the old one, since it stepped down, neither reconciled nor wrote.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hung_writes = hung.metric("fanout_controller_api_writes_total").unwrap_or(0.0);
+    let hung_reconciles = hung.metric("fanout_controller_reconciles_total").unwrap_or(0.0);
+    eprintln!(
+        "MEASURED leader's API connection hung (lease {:?}, renew deadline {:?}, retry {:?}): it stepped down after {} ms; \
+         the standby led after {} ms; {published} endpoints published exactly after {} ms; samples with both leading: {both_leading}; \
+         bytes forwarded after the hang began: {}",
+        timings.lease_duration(),
+        timings.renew_deadline(),
+        timings.retry_period(),
+        stepped_down.as_millis(),
+        took_over.as_millis(),
+        converged.as_millis(),
+        blackhole.forwarded_bytes() - forwarded,
+    );
+    assert_eq!(
+        blackhole.forwarded_bytes(),
+        forwarded,
+        "the forwarder kept forwarding"
+    );
+    // The last renewal was at most the hang's start; 500 ms for sampling and scheduling.
+    assert!(
+        stepped_down <= timings.renew_deadline() + Duration::from_millis(500),
+        "the hung leader stepped down only after {stepped_down:?}"
+    );
+    assert!(
+        stepped_down < took_over,
+        "the standby led before the hung leader stepped down"
+    );
+    assert_eq!(both_leading, 0, "both replicas led at once");
+    assert_eq!(
+        (hung_writes, hung_reconciles),
+        (writes_then, reconciles_then),
+        "the hung replica reconciled or wrote after it stepped down"
+    );
+    assert!(
+        standby
+            .metric("fanout_controller_api_writes_total")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+
+    // Its shutdown cannot release the lease through the blackhole: bounded by a retry period.
+    hung.stop(false);
+    standby.stop(false);
+    kubectl_ok(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
 }
 
 /// The reason of the group's `Degraded` condition when it is True.
@@ -1227,12 +1526,245 @@ async fn a_planted_server_key_secret_is_refused_with_the_reason_in_the_status() 
     let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
 }
 
+/// Whether `account` may `verb` `resource` in `namespace` (`kubectl auth can-i`).
+fn can_i(account: &str, namespace: &str, verb: &str, resource: &str) -> bool {
+    let out = kubectl(&["auth", "can-i", verb, resource, "-n", namespace, "--as", account]);
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// Issue 10 §3/§4: revoking a key stops it within a second. A CURVE group on 3 kwok nodes,
+/// relays off (so the proxies' API access is CURVE's alone); a publisher whose key a labelled
+/// public-key Secret allows reaches every node. The Secret's selecting label removed, the
+/// controller rewrites `<group>-curve-allow`, and every proxy cuts the publisher off within a
+/// second of that rewrite through its watch on the ConfigMap: this fake kubelet never refreshes
+/// the mounted allow-list, which still lists the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn a_revoked_publisher_is_cut_off_at_every_proxy_within_a_second_of_the_allow_list_rewrite() {
+    use k8s_openapi::api::core::v1::Secret;
+    let (namespace, group) = ("e2e-curve", "secure");
+    let (client, work, kubeconfig) = installed_cluster().await;
+    ensure_namespace(&client, namespace).await;
+    let nodes: Vec<String> = (1..=3).map(|i| format!("curve-node-{i}")).collect();
+    for node in &nodes {
+        add_node(node);
+    }
+    let _cleanup = Cleanup {
+        nodes: nodes.clone(),
+        namespace: namespace.to_string(),
+    };
+
+    // The publisher's key pair; its public half in a Secret the group selects by label.
+    let keys = fanout::curve::KeyPair::generate().unwrap();
+    let key_z85 = keys.public.to_z85();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "publisher-public", "labels": {
+            "fanout.dev/public-key": "true", "team": "e2e-curve"}},
+        "stringData": {"public.key": format!("{key_z85}\n")}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+
+    let kubelet = FakeKubelet::start(
+        client.clone(),
+        namespace,
+        fanout_binary(),
+        work.path().to_path_buf(),
+    );
+    let mut controller = ControllerProcess::start(&kubeconfig, namespace, "127.0.0.1:18087", work.path());
+    apply_group(
+        namespace,
+        group,
+        "  heartbeatSeconds: 1\n  relays:\n    enabled: false\n  security:\n    curve: true\n    allowedPublishers:\n      selector:\n        matchLabels:\n          team: e2e-curve\n",
+    );
+    let pods = eventually(
+        Duration::from_secs(60),
+        "a ready CURVE proxy on each of the 3 nodes",
+        || async {
+            let pods = ready_pods(&client, namespace, group).await;
+            (pods.len() == nodes.len()).then_some(pods)
+        },
+    )
+    .await;
+
+    // The proxies' API access is CURVE's: list and watch on their allow-list ConfigMap, no
+    // other ConfigMap, no EndpointSlices (relays are off).
+    let account = format!("system:serviceaccount:{namespace}:{group}-proxy");
+    let allow_cm = format!("{group}-curve-allow");
+    for verb in ["list", "watch"] {
+        assert!(
+            can_i(&account, namespace, verb, &format!("configmaps/{allow_cm}")),
+            "{account} cannot {verb} {allow_cm}"
+        );
+    }
+    for (verb, resource) in [
+        ("list", "configmaps".to_string()),
+        ("get", format!("configmaps/{group}-endpoints")),
+        ("get", format!("configmaps/{allow_cm}")),
+        ("list", "endpointslices.discovery.k8s.io".to_string()),
+        ("list", "secrets".to_string()),
+    ] {
+        assert!(
+            !can_i(&account, namespace, verb, &resource),
+            "{account} may {verb} {resource}"
+        );
+    }
+
+    // Every proxy follows the allow-lists through the API (its own ServiceAccount's token).
+    let ips: BTreeMap<String, String> = pods
+        .values()
+        .map(|(node, ip)| (node.clone(), ip.clone()))
+        .collect();
+    eventually(
+        Duration::from_secs(30),
+        "every proxy's allow-lists coming from the API",
+        || async {
+            ips.values()
+                .all(|ip| {
+                    proxy_metric(ip, "fanout_proxy_allow_list_source", &[("source", "api")]) == Some(1.0)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The publisher, with the server key the controller publishes.
+    let server_key = eventually(Duration::from_secs(30), "status.curvePublicKey", || async {
+        group_status(&client, namespace, group).await["curvePublicKey"]
+            .as_str()
+            .map(|key| fanout::curve::PublicKey::from_z85(key).expect("a Z85 key"))
+    })
+    .await;
+    let subscribers: BTreeMap<String, NodeSubscriber> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                NodeSubscriber::start(group_socket(&kubelet, n, namespace, group)),
+            )
+        })
+        .collect();
+    let config = PublisherConfig {
+        curve: Some(fanout::curve::CurveClient {
+            server: server_key,
+            keys: keys.clone(),
+        }),
+        ..PublisherConfig::default()
+    };
+    let want = expected_endpoints(&pods, 7100);
+    let publishing = publish_following(&client, namespace, group, config, &want, &subscribers).await;
+
+    // Watch the allow-list ConfigMap from here too: when the controller rewrote it.
+    let rewrites = ConfigMapVersions::watch(client.clone(), namespace, &allow_cm, "publishers").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before: BTreeMap<String, u64> = subscribers.iter().map(|(n, s)| (n.clone(), s.count())).collect();
+
+    // Revoke: the Secret no longer carries the label the group selects.
+    let revoked_at = Instant::now();
+    kubectl_ok(&["label", "secret", "publisher-public", "team-", "-n", namespace]);
+    let rewritten_at = eventually(
+        Duration::from_secs(10),
+        "the allow-list ConfigMap rewritten without the key",
+        || async {
+            rewrites
+                .first_since(revoked_at, |text| !text.contains(&key_z85))
+                .map(|version| version.at)
+        },
+    )
+    .await;
+    drop(rewrites);
+    // Quiet for 2 s everywhere: the publisher is cut off (it keeps publishing every 5 ms).
+    eventually(Duration::from_secs(15), "every node quiet for 2 s", || async {
+        subscribers
+            .values()
+            .all(|s| {
+                s.last_at()
+                    .is_some_and(|at| at.elapsed() >= Duration::from_secs(2))
+            })
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "MEASURED CURVE revocation (kwok): allow-list ConfigMap rewritten {} ms after the label was removed",
+        rewritten_at.duration_since(revoked_at).as_millis()
+    );
+    // Signed: a proxy may hear of the rewrite before this test's own watch does.
+    let millis_from = |from: Instant, to: Instant| match to.checked_duration_since(from) {
+        Some(after) => after.as_millis() as i128,
+        None => -(from.duration_since(to).as_millis() as i128),
+    };
+    let mut slowest = Duration::ZERO;
+    for (node, subscriber) in &subscribers {
+        let last = subscriber.last_at().expect("received before");
+        slowest = slowest.max(last.saturating_duration_since(rewritten_at));
+        eprintln!(
+            "MEASURED CURVE revocation (kwok) on {node}: last message {:+} ms from the ConfigMap rewrite (as this test's watch saw it), \
+             {} ms after the label was removed ({} received since just before)",
+            millis_from(rewritten_at, last),
+            millis_from(revoked_at, last),
+            subscriber.count() - before[node]
+        );
+    }
+    assert!(
+        slowest <= Duration::from_secs(1),
+        "a node still received {slowest:?} after the allow-list was rewritten"
+    );
+    for (node, ip) in &ips {
+        // Each proxy closed the connection itself, and refuses the publisher's reconnections.
+        let metrics = format!("{ip}:9102");
+        let revoked = metric_sum(&metrics, "fanout_proxy_auth_refused_total", "reason=\"revoked\"");
+        assert!(
+            revoked.as_ref().is_ok_and(|n| *n >= 1.0),
+            "the proxy on {node} closed no connection as revoked: {revoked:?}"
+        );
+        eventually(
+            Duration::from_secs(10),
+            &format!("the proxy on {node} refusing the publisher's reconnection"),
+            || async {
+                metric_sum(
+                    &metrics,
+                    "fanout_proxy_auth_refused_total",
+                    "reason=\"unknown_key\"",
+                )
+                .is_ok_and(|n| n >= 1.0)
+                .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            proxy_metric(ip, "fanout_proxy_allow_list_updates_total", &[("source", "file")]),
+            Some(1.0),
+            "the proxy on {node} applied a file list after its start"
+        );
+    }
+    // Through the API alone: every mounted allow-list still lists the key.
+    for pod in pods.keys() {
+        let mounted = work.path().join(pod).join("volumes/curve-allow/publishers");
+        let text = std::fs::read_to_string(&mounted).unwrap();
+        assert!(
+            text.contains(&key_z85),
+            "{} no longer lists the key",
+            mounted.display()
+        );
+    }
+
+    drop(publishing);
+    drop(subscribers);
+    kubectl_ok(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
+    controller.stop(false);
+    kubelet.stop_all();
+}
+
 /// A group on `nodes` kwok nodes with real proxies (the fake kubelet), the controller, a
 /// subscriber on every node's socket and a publisher following the group through the API and
-/// sending 200 msg/s: the stage of the fault tests (issue 12 §2). Steady state is reached and
-/// checked (every node receiving, nothing lost) before `start` returns.
+/// sending `rate` msg/s: the stage of the fault tests (issue 12 §2). The group's heartbeat is
+/// 1 s. Steady state is reached and checked (every node receiving, nothing lost) before `start`
+/// returns.
 struct FaultRig {
     client: Client,
+    /// A client with the controller's own credentials (its ServiceAccount's RBAC).
+    controller_client: Client,
     namespace: String,
     group: String,
     nodes: Vec<String>,
@@ -1250,7 +1782,14 @@ struct FaultRig {
 }
 
 impl FaultRig {
-    async fn start(namespace: &str, group: &str, node_prefix: &str, nodes: usize, http: &str) -> Self {
+    async fn start(
+        namespace: &str,
+        group: &str,
+        node_prefix: &str,
+        nodes: usize,
+        http: &str,
+        rate: u32,
+    ) -> Self {
         let (client, work, kubeconfig) = installed_cluster().await;
         ensure_namespace(&client, namespace).await;
         let nodes: Vec<String> = (1..=nodes).map(|i| format!("{node_prefix}-{i}")).collect();
@@ -1269,6 +1808,7 @@ impl FaultRig {
             work.path().to_path_buf(),
         );
         let controller = ControllerProcess::start(&kubeconfig, namespace, http, work.path());
+        let controller_client = client_from(&kubeconfig).await;
         apply_group(namespace, group, "  heartbeatSeconds: 1\n");
         let pods = eventually(
             Duration::from_secs(60),
@@ -1290,13 +1830,9 @@ impl FaultRig {
         let subscribers = nodes
             .iter()
             .map(|n| {
-                let path = kubelet.host_path(
-                    n,
-                    &format!("/var/run/fanout/{namespace}.{group}/{namespace}.{group}.sock"),
-                );
                 (
                     n.clone(),
-                    NodeSubscriber::start(format!("ipc://{}", path.display())),
+                    NodeSubscriber::start(group_socket(&kubelet, n, namespace, group)),
                 )
             })
             .collect();
@@ -1309,13 +1845,14 @@ impl FaultRig {
             .unwrap();
         let rig = Self {
             client,
+            controller_client,
             namespace: namespace.to_string(),
             group: group.to_string(),
             want: expected_endpoints(&pods, 7100),
             nodes,
             pod_on,
             ip_on,
-            publishing: Some(PublishLoop::start(publisher)),
+            publishing: Some(PublishLoop::start(publisher, rate)),
             subscribers,
             controller,
             kubelet,
@@ -1342,6 +1879,16 @@ impl FaultRig {
 
     fn publisher(&self) -> &Publisher {
         &self.publishing.as_ref().expect("publishing").publisher
+    }
+
+    /// The address of the HTTP endpoint (`/metrics`) of `node`'s proxy.
+    fn proxy_http(&self, node: &str) -> String {
+        format!("{}:{}", self.ip_on[node], fanout::crd::default_http_port())
+    }
+
+    /// A metric of `node`'s proxy, summed over the samples with `labels`.
+    fn proxy_metric(&self, node: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        proxy_metric(&self.ip_on[node], name, labels)
     }
 
     /// Per node: (messages received, messages lost by envelope gaps).
@@ -1392,22 +1939,58 @@ impl FaultRig {
 
 /// Faults while publishing (issue 12 §2): a proxy SIGSTOPped, then one SIGKILLed and restarted
 /// as a kubelet would, while a publisher sends 200 msg/s. Only the node whose proxy failed loses
-/// messages (counted by the subscribers' envelope gaps); the others lose nothing.
+/// messages (counted by the subscribers' envelope gaps); the others lose nothing. The stopped
+/// proxy is found by heartbeats within three intervals: the publisher's connection to it ends
+/// (the kernel's TCP table shows it) although the kernel still holds the TCP session open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: run hack/test.sh"]
 async fn a_stopped_or_killed_proxy_costs_only_its_own_node() {
-    let rig = FaultRig::start("e2e-faults", "faults", "fault-node", 3, "127.0.0.1:18085").await;
+    let rig = FaultRig::start("e2e-faults", "faults", "fault-node", 3, "127.0.0.1:18085", 200).await;
     let (nodes, pod_on, kubelet, subscribers) = (&rig.nodes, &rig.pod_on, &rig.kubelet, &rig.subscribers);
     let snapshot = || rig.snapshot();
 
     // A: SIGSTOP for 5 s (5 heartbeat intervals), then SIGCONT.
     let frozen = &nodes[1];
+    let heartbeat = Duration::from_secs(1);
+    let frozen_port: std::net::SocketAddrV4 = format!("{}:7100", rig.ip_on[frozen]).parse().unwrap();
+    let connection = faults::established_to(frozen_port);
+    assert_eq!(
+        connection.len(),
+        1,
+        "one connection from the publisher to {frozen}'s proxy: {connection:?}"
+    );
+    let disconnects_before = rig
+        .proxy_metric(
+            frozen,
+            "fanout_proxy_disconnects_total",
+            &[("side", "publishers")],
+        )
+        .expect("the proxy's metrics");
     let before = snapshot();
     kubelet.signal(&pod_on[frozen], libc::SIGSTOP);
     let stopped_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The proxy's last PING (at most one interval ago) asked the publisher to drop it after
+    // three intervals of silence (ZMTP heartbeat TTL); the kernel would keep the session forever.
+    let mut found_after = None;
+    while stopped_at.elapsed() < Duration::from_secs(5) {
+        if found_after.is_none() && faults::established_to(frozen_port).is_disjoint(&connection) {
+            found_after = Some(stopped_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let during = snapshot();
     kubelet.signal(&pod_on[frozen], libc::SIGCONT);
+    let found_after = found_after.expect("the publisher's connection to the stopped proxy never ended");
+    eprintln!(
+        "MEASURED proxy SIGSTOPped on {frozen}: the publisher dropped its connection {} ms after SIGSTOP (heartbeat {} ms, limit 3 intervals)",
+        found_after.as_millis(),
+        heartbeat.as_millis()
+    );
+    // Three intervals, plus the 20 ms sampling and scheduling on a busy 2-core machine.
+    assert!(
+        found_after <= heartbeat * 3 + Duration::from_millis(250),
+        "heartbeats found the stopped proxy only after {found_after:?}"
+    );
     let resumed_at = Instant::now();
     let frozen_count = during[frozen].0;
     eventually(
@@ -1417,6 +2000,22 @@ async fn a_stopped_or_killed_proxy_costs_only_its_own_node() {
     )
     .await;
     let receiving_again = resumed_at.elapsed();
+    // Woken up, the proxy sees the connection the publisher ended, and the publisher's new one.
+    eventually(
+        Duration::from_secs(10),
+        "the resumed proxy counting the publisher's dropped connection",
+        || async {
+            let disconnects = rig.proxy_metric(
+                frozen,
+                "fanout_proxy_disconnects_total",
+                &[("side", "publishers")],
+            )?;
+            let connected =
+                rig.proxy_metric(frozen, "fanout_proxy_connected_peers", &[("side", "publishers")])?;
+            (disconnects > disconnects_before && connected == 1.0).then_some(())
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = snapshot();
     for node in nodes.iter().filter(|n| *n != frozen) {
@@ -1478,12 +2077,14 @@ async fn a_stopped_or_killed_proxy_costs_only_its_own_node() {
 /// started again, then etcd restarted. The data plane does not hang on the API: the publisher
 /// keeps its last list, stays connected to every proxy, and every node keeps receiving with
 /// nothing lost. After each outage membership reconverges: the controller leads again within
-/// one lease retry period of the API answering, and a node removed then is unlisted at the
-/// publisher within 2 s (the watches retry at least every second, `watch_backoff`).
+/// one lease retry period of the API answering it (its ServiceAccount, whose RBAC the restarted
+/// API server checks only once its caches are filled), and, once it reconciles again (a
+/// controller that stepped down lists everything afresh first), a node removed is unlisted at
+/// the publisher within 2 s (the watches retry at least every second, `watch_backoff`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the test cluster: run hack/test.sh"]
 async fn control_plane_outages_leave_delivery_alone_and_membership_reconverges() {
-    let mut rig = FaultRig::start("e2e-outage", "outage", "outage-node", 4, "127.0.0.1:18086").await;
+    let mut rig = FaultRig::start("e2e-outage", "outage", "outage-node", 4, "127.0.0.1:18086", 200).await;
     // The controller runs with the chart's default lease timings.
     let retry_period = fanout::controller::leader::LeaseTimings::default().retry_period();
     for (component, outage) in [
@@ -1491,6 +2092,7 @@ async fn control_plane_outages_leave_delivery_alone_and_membership_reconverges()
         ("etcd", Duration::ZERO),
     ] {
         let before = rig.snapshot();
+        let reconciles_before = rig.controller.metric("fanout_controller_reconciles_total");
         let stopped_at = Instant::now();
         cluster_sh(&["stop", component]);
         // The publisher's connections, sampled through the outage.
@@ -1510,10 +2112,14 @@ async fn control_plane_outages_leave_delivery_alone_and_membership_reconverges()
         tokio::task::spawn_blocking(move || cluster_sh(&["start", component]))
             .await
             .unwrap();
-        let client = rig.client.clone();
-        eventually(Duration::from_secs(60), "the API answering again", || async {
-            client.apiserver_version().await.ok().map(|_| ())
-        })
+        // Answering the controller, that is: right after a restart the API server answers its
+        // admin at once but refuses ServiceAccounts until its RBAC caches are filled again.
+        let leases: Api<Lease> = Api::namespaced(rig.controller_client.clone(), RELEASE_NAMESPACE);
+        eventually(
+            Duration::from_secs(60),
+            "the API answering the controller again",
+            || async { leases.get_opt("fanout-controller").await.ok().map(|_| ()) },
+        )
         .await;
         let api_back = started_at.elapsed();
         eventually(
@@ -1523,6 +2129,19 @@ async fn control_plane_outages_leave_delivery_alone_and_membership_reconverges()
         )
         .await;
         let leading_after = started_at.elapsed() - api_back;
+        // A controller that stepped down during the outage starts its reconciler afresh: its
+        // watches list everything again (slowly, right after an etcd restart) before its first
+        // reconcile. Membership reconverges from then on.
+        eventually(
+            Duration::from_secs(30),
+            "the controller reconciling again",
+            || async {
+                (rig.controller.metric("fanout_controller_reconciles_total") > reconciles_before)
+                    .then_some(())
+            },
+        )
+        .await;
+        let reconciling_after = started_at.elapsed() - api_back;
         let after = rig.snapshot();
         assert_eq!(
             off_list, 0,
@@ -1550,7 +2169,7 @@ async fn control_plane_outages_leave_delivery_alone_and_membership_reconverges()
         eprintln!(
             "MEASURED {component} down {} ms: {samples} samples of the publisher's connections, {off_list} off the list; \
              nodes lost {:?} (received {:?}); API answering {} ms after start, controller leading {} ms after that; \
-             {victim} removed then unlisted at the publisher in {} ms",
+             reconciling {} ms after that; {victim} removed then unlisted at the publisher in {} ms",
             down_for.as_millis(),
             after
                 .iter()
@@ -1562,11 +2181,583 @@ async fn control_plane_outages_leave_delivery_alone_and_membership_reconverges()
                 .collect::<Vec<_>>(),
             api_back.as_millis(),
             leading_after.as_millis(),
+            (reconciling_after - leading_after).as_millis(),
             unlisted.as_millis(),
         );
         assert!(
             unlisted <= Duration::from_secs(2),
             "{victim} unlisted {unlisted:?} after its removal, after the {component} outage"
+        );
+    }
+    rig.finish().await;
+}
+
+/// A connection storm and garbage against one proxy's publisher port, from inside the cluster
+/// (issue 12 §2), while a publisher sends 200 msg/s: hundreds of connections held open silent
+/// or stalled in the middle of a greeting, random bytes, HTTP requests, greetings with an
+/// unknown mechanism. The proxy keeps serving: the real publisher's connection is never
+/// dropped, no subscriber on any node loses a message, and the proxy's counters show every
+/// abusive connection (disconnects, failed handshakes) and return to the one real peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn a_connection_storm_and_garbage_on_a_publisher_port_cost_no_message() {
+    let rig = FaultRig::start("e2e-storm", "storm", "storm-node", 2, "127.0.0.1:18087", 200).await;
+    let target = &rig.nodes[0];
+    let port: std::net::SocketAddrV4 = format!("{}:7100", rig.ip_on[target]).parse().unwrap();
+    let real_connection = faults::established_to(port);
+    assert_eq!(real_connection.len(), 1, "{real_connection:?}");
+    let counter = |name: &str| {
+        rig.proxy_metric(target, name, &[("side", "publishers")])
+            .unwrap_or_else(|| panic!("{name} of {target}'s proxy"))
+    };
+    let (disconnects_before, failures_before) = (
+        counter("fanout_proxy_disconnects_total"),
+        counter("fanout_proxy_handshake_failures_total"),
+    );
+    let storm = faults::Storm {
+        silent: 300,
+        garbage: 100,
+        http: 50,
+        partial_greeting: 50,
+        bad_mechanism: 50,
+    };
+    let before = rig.snapshot();
+    let started = Instant::now();
+    let (held, failed) = tokio::task::spawn_blocking(move || storm.run(port.into()))
+        .await
+        .unwrap();
+    let storm_took = started.elapsed();
+    assert_eq!(failed, 0, "connects to the proxy failed during the storm");
+    // The proxy accepted and holds every silent or stalled connection, beside the real one.
+    let held_count = held.len();
+    eventually(
+        Duration::from_secs(10),
+        "the proxy holding every stalled connection",
+        || async {
+            let peers =
+                rig.proxy_metric(target, "fanout_proxy_connected_peers", &[("side", "publishers")])?;
+            (peers >= (held_count + 1) as f64).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = rig.snapshot();
+    drop(held);
+    eventually(
+        Duration::from_secs(10),
+        "every storm connection counted as ended, and only the real publisher left",
+        || async {
+            let ended = counter("fanout_proxy_disconnects_total") - disconnects_before;
+            let failed = counter("fanout_proxy_handshake_failures_total") - failures_before;
+            let peers = counter("fanout_proxy_connected_peers");
+            (ended >= storm.connections() as f64
+                && failed >= storm.failed_handshakes() as f64
+                && peers == 1.0)
+                .then_some((ended, failed))
+        },
+    )
+    .await;
+    let (ended, failed) = (
+        counter("fanout_proxy_disconnects_total") - disconnects_before,
+        counter("fanout_proxy_handshake_failures_total") - failures_before,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rig.snapshot();
+    assert_eq!(
+        faults::established_to(port)
+            .intersection(&real_connection)
+            .count(),
+        1,
+        "the real publisher's connection to {target}'s proxy was dropped during the storm"
+    );
+    assert_eq!(
+        rig.publisher().connected(),
+        rig.want,
+        "the publisher's membership changed"
+    );
+    let ready = http_get(&rig.proxy_http(target), "/readyz").unwrap_or_default();
+    assert_eq!(ready, "ready\n", "{target}'s proxy /readyz");
+    for node in &rig.nodes {
+        assert_eq!(
+            after[node].1, before[node].1,
+            "{node} lost messages during the storm on {target}'s publisher port"
+        );
+        assert!(
+            during[node].0 > before[node].0 + 100,
+            "{node} did not keep receiving during the storm: {before:?} {during:?}"
+        );
+    }
+    eprintln!(
+        "MEASURED storm on {target}'s publisher port: {} connections ({storm:?}) opened in {} ms; proxy counted {ended} disconnects, \
+         {failed} failed handshakes; subscribers lost {:?}, received {:?} meanwhile; the real publisher stayed connected",
+        storm.connections(),
+        storm_took.as_millis(),
+        rig.nodes
+            .iter()
+            .map(|n| after[n].1 - before[n].1)
+            .collect::<Vec<_>>(),
+        rig.nodes
+            .iter()
+            .map(|n| after[n].0 - before[n].0)
+            .collect::<Vec<_>>(),
+    );
+    rig.finish().await;
+}
+
+/// Kwok nodes created in bulk through the API (no fake kubelet: their pods run nothing, kwok
+/// marks them Ready), labelled so that one request removes them all; removed on drop with
+/// their pods, also when the test panics.
+struct BulkNodes {
+    selector: String,
+    namespace: String,
+}
+
+impl BulkNodes {
+    /// `count` nodes `<prefix>-1`... with InternalIPs from `first_ip` upwards (outside the
+    /// range `hack/cluster.sh add-node` hands out first), 16 creates in flight.
+    async fn create(
+        client: &Client,
+        prefix: &str,
+        count: usize,
+        first_ip: std::net::Ipv4Addr,
+        namespace: &str,
+    ) -> Self {
+        use futures::StreamExt;
+        use k8s_openapi::api::core::v1::Node;
+        let selector = format!("fanout.dev/e2e={prefix}");
+        let guard = Self {
+            selector,
+            namespace: namespace.to_string(),
+        };
+        let api: Api<Node> = Api::all(client.clone());
+        let first = u32::from(first_ip);
+        let created = futures::stream::iter(0..count)
+            .map(|i| {
+                let name = format!("{prefix}-{}", i + 1);
+                let ip = std::net::Ipv4Addr::from(first + i as u32);
+                let node: Node = serde_json::from_value(serde_json::json!({
+                    "metadata": {
+                        "name": name,
+                        "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+                        "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                   "kubernetes.io/arch": "amd64", "type": "kwok", "fanout.dev/e2e": prefix},
+                    },
+                    "spec": {},
+                    "status": {
+                        "addresses": [{"type": "InternalIP", "address": ip.to_string()},
+                                      {"type": "Hostname", "address": name}],
+                        "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "1100"},
+                        "capacity": {"cpu": "32", "memory": "256Gi", "pods": "1100"},
+                    },
+                }))
+                .unwrap();
+                let api = api.clone();
+                async move { api.create(&PostParams::default(), &node).await }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        for result in created {
+            result.expect("create a kwok node");
+        }
+        guard
+    }
+}
+
+impl Drop for BulkNodes {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "nodes", "-l", &self.selector, "--wait=false"]);
+        // What `remove-node` does per node: the pods of vanished nodes go at once.
+        let _ = kubectl(&[
+            "delete",
+            "pods",
+            "--all",
+            "-n",
+            &self.namespace,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// Issue 12 §2: 300 proxy pods (on kwok nodes created in bulk) flapping ready / not ready for
+/// 10 s: every 0.5 s a tenth of them (a different tenth each round, so each pod goes down and
+/// up again) flips its Ready condition through the status subresource, as kubelets whose probes
+/// flap would. The group is flat (`relays.enabled: false`): every proxy is in its own slices. The controller's API writes stay bounded
+/// by its per-group throttle (printed by kind, against the pod changes), and the published list
+/// ends exactly the ready pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn three_hundred_proxies_flapping_cost_bounded_writes_and_end_exact() {
+    use futures::StreamExt;
+    use kube::api::{Patch, PatchParams};
+    const PROXIES: usize = 300;
+    const ROUNDS: usize = 20;
+    const ROUND: Duration = Duration::from_millis(500);
+    let (client, work, kubeconfig) = installed_cluster().await;
+    let namespace = "e2e-flap";
+    let group = "flap";
+    ensure_namespace(&client, namespace).await;
+    let _cleanup = Cleanup {
+        nodes: Vec::new(),
+        namespace: namespace.to_string(),
+    };
+    let started = Instant::now();
+    let _nodes = BulkNodes::create(
+        &client,
+        "flap-node",
+        PROXIES,
+        "10.200.40.1".parse().unwrap(),
+        namespace,
+    )
+    .await;
+    let nodes_took = started.elapsed();
+    let controller = ControllerProcess::start(&kubeconfig, "e2e-flap", "127.0.0.1:18090", work.path());
+    // Flat, so that every proxy is in the group's own slices and ConfigMap (from 64 proxies a
+    // group is a relay tree by default, publishing its relays only).
+    apply_group(namespace, group, "  relays: {enabled: false}\n");
+    eventually(
+        Duration::from_secs(240),
+        &format!("{PROXIES} proxies published"),
+        || async {
+            (published_exactly_the_ready_pods(&client, namespace, group).await == Some(PROXIES)).then_some(())
+        },
+    )
+    .await;
+    let listed_after = started.elapsed();
+    let mut pods: Vec<String> = ready_pods(&client, namespace, group).await.into_keys().collect();
+    pods.sort();
+
+    let writes_before = controller.samples("fanout_controller_api_writes_total");
+    let reconciles_before = controller
+        .metric("fanout_controller_reconciles_total")
+        .unwrap_or(0.0);
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let set_ready = |name: String, ready: bool| {
+        let api = api.clone();
+        async move {
+            let status = if ready { "True" } else { "False" };
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let patch = serde_json::json!({"status": {"conditions": [
+                {"type": "Ready", "status": status, "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": status, "lastTransitionTime": now},
+            ]}});
+            api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+                .map(|_| ())
+        }
+    };
+    // Rounds: a tenth of the pods (a different tenth each round) flips; the last round leaves
+    // every tenth pod not ready and the rest ready.
+    let mut ready: Vec<bool> = vec![true; pods.len()];
+    let flap_started = Instant::now();
+    let mut flips = 0usize;
+    for round in 0..=ROUNDS {
+        let changes: Vec<(String, bool)> = (0..pods.len())
+            .filter_map(|i| {
+                let want = if round == ROUNDS {
+                    i % 10 != 0
+                } else if i % 10 == round % 10 {
+                    !ready[i]
+                } else {
+                    ready[i]
+                };
+                (want != ready[i]).then(|| {
+                    ready[i] = want;
+                    (pods[i].clone(), want)
+                })
+            })
+            .collect();
+        flips += changes.len();
+        let results: Vec<_> = futures::stream::iter(changes)
+            .map(|(name, want)| set_ready(name, want))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        for result in results {
+            result.expect("patch a pod's Ready condition");
+        }
+        let next = flap_started + ROUND * (round as u32 + 1);
+        tokio::time::sleep(next.saturating_duration_since(Instant::now())).await;
+    }
+    let flapped_for = flap_started.elapsed();
+    let want_ready = ready.iter().filter(|r| **r).count();
+    eventually(
+        Duration::from_secs(30),
+        &format!("exactly the {want_ready} ready proxies published"),
+        || async {
+            (published_exactly_the_ready_pods(&client, namespace, group).await == Some(want_ready))
+                .then_some(())
+        },
+    )
+    .await;
+    let converged = flap_started.elapsed() - flapped_for;
+    // A last reconcile may still be writing the status or an Event.
+    tokio::time::sleep(fanout::controller::memory::MIN_INTERVAL * 4).await;
+    let window = flap_started.elapsed();
+    let writes_after = controller.samples("fanout_controller_api_writes_total");
+    let reconciles = controller
+        .metric("fanout_controller_reconciles_total")
+        .unwrap_or(0.0)
+        - reconciles_before;
+    let written: BTreeMap<String, f64> = writes_after
+        .iter()
+        .map(|(labels, n)| {
+            (
+                labels.clone(),
+                n - writes_before.get(labels).copied().unwrap_or(0.0),
+            )
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    let total: f64 = written.values().sum();
+    let of_kind = |kind: &str| -> f64 {
+        written
+            .iter()
+            .filter(|(labels, _)| labels.contains(&format!("kind=\"{kind}\"")))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    eprintln!(
+        "MEASURED {PROXIES} proxies: nodes created in {} ms, all published {} ms after the first node; \
+         {flips} Ready flips in {} ms, exact list ({want_ready} ready) {} ms after the last flip; \
+         {reconciles} reconciles, {total} API writes ({:.3} per flip) by kind and verb: {written:?}",
+        nodes_took.as_millis(),
+        listed_after.as_millis(),
+        flapped_for.as_millis(),
+        converged.as_millis(),
+        total / flips as f64,
+    );
+    // The throttle bounds the reconciles; each writes at most every slice (3 of 100, one more
+    // if positions fragment), the ConfigMap, the status, and two Events (joined, left).
+    let most_reconciles = window.as_secs_f64() / fanout::controller::memory::MIN_INTERVAL.as_secs_f64() + 2.0;
+    assert!(
+        reconciles <= most_reconciles,
+        "{reconciles} reconciles in {window:?} (throttle bound {most_reconciles})"
+    );
+    let slices = PROXIES.div_ceil(100) as f64 + 1.0;
+    for (kind, per_reconcile) in [
+        ("EndpointSlice", slices),
+        ("ConfigMap", 1.0),
+        ("FanoutGroup", 1.0),
+        ("Event", 2.0),
+    ] {
+        assert!(
+            of_kind(kind) <= per_reconcile * reconciles,
+            "{} {kind} writes for {reconciles} reconciles: {written:?}",
+            of_kind(kind)
+        );
+    }
+    assert!(
+        total <= (slices + 4.0) * reconciles && total < flips as f64,
+        "{total} writes for {flips} flips in {reconciles} reconciles"
+    );
+    assert!(
+        converged <= Duration::from_secs(5),
+        "the list was exact only {converged:?} after the last flip"
+    );
+    kubectl_ok(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
+}
+
+/// The group's proxy pods by node: (pod name, template revision, Ready and not terminating).
+async fn proxy_pods_by_node(
+    client: &Client,
+    namespace: &str,
+    group: &str,
+) -> BTreeMap<String, Vec<(String, String, bool)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("fanout.dev/group={group}")))
+        .await
+        .unwrap();
+    let mut by_node: BTreeMap<String, Vec<(String, String, bool)>> = BTreeMap::new();
+    for pod in list.items {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        let revision = pod
+            .labels()
+            .get("controller-revision-hash")
+            .cloned()
+            .unwrap_or_default();
+        let ready = pod.metadata.deletion_timestamp.is_none()
+            && pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        by_node
+            .entry(node)
+            .or_default()
+            .push((pod.name_any(), revision, ready));
+    }
+    by_node
+}
+
+/// Issue 12 §2: the proxies of a group replaced under 1 000 msg/s, and what each node's
+/// subscriber loses (envelope gaps). First one node's proxy pod is deleted and replaced, old
+/// pod first: the cycle a rollout with `maxUnavailable` goes through on each node (the one
+/// hostNetwork groups still use): the socket path is gone from the old proxy's stop to the new
+/// one's start. Then a changed spec rolls every node as the controller writes the DaemonSet: a
+/// surge, the new proxy taking the socket path over before the old one stops, so the path never
+/// goes missing (probed every 10 ms) and a subscriber loses only its reconnect. Both losses are
+/// printed; the surge's is bounded, and nodes not being replaced lose nothing.
+///
+/// kwok marks a new pod Ready before its proxy runs, so here the DaemonSet controller may stop
+/// the old pod (and the controller unlist it) before the new proxy is up and before the
+/// publisher is connected to it (a refused first connect costs libzmq's 100 ms reconnect and
+/// more): that adds to the surge's loss here (up to a few hundred messages on a busy machine),
+/// not on a real node, where the readiness probe orders bind, Ready, listed, old pod stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn a_proxy_rollout_under_load_costs_each_node_only_a_reconnect() {
+    const RATE: u32 = 1000;
+    const PROBE: Duration = Duration::from_millis(10);
+    let rig = FaultRig::start("e2e-rollout", "rollout", "roll-node", 3, "127.0.0.1:18091", RATE).await;
+    let (client, namespace, group) = (&rig.client, rig.namespace.as_str(), rig.group.as_str());
+    let revision = |pods: &BTreeMap<String, Vec<(String, String, bool)>>| {
+        pods.values()
+            .flatten()
+            .map(|(_, r, _)| r.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let old_revision = revision(&proxy_pods_by_node(client, namespace, group).await);
+    assert_eq!(old_revision.len(), 1, "{old_revision:?}");
+    let paths: Vec<std::path::PathBuf> = rig
+        .nodes
+        .iter()
+        .map(|n| {
+            rig.kubelet.host_path(
+                n,
+                &format!("/var/run/fanout/{namespace}.{group}/{namespace}.{group}.sock"),
+            )
+        })
+        .collect();
+
+    // The old way, on one node: the old pod goes, then the new one starts.
+    let replaced = &rig.nodes[0];
+    let before = rig.snapshot();
+    let probe = faults::probe_paths(paths.clone(), PROBE);
+    let deleted_at = Instant::now();
+    kubectl_ok(&[
+        "delete",
+        "pod",
+        &rig.pod_on[replaced],
+        "-n",
+        namespace,
+        "--wait=false",
+    ]);
+    let count = before[replaced].0;
+    eventually(
+        Duration::from_secs(60),
+        &format!("{replaced}'s subscriber receiving from the replacement"),
+        || async {
+            let pods = proxy_pods_by_node(client, namespace, group).await;
+            let replaced_ready = pods
+                .get(replaced.as_str())
+                .is_some_and(|ps| ps.len() == 1 && ps[0].2 && ps[0].0 != rig.pod_on[replaced]);
+            (replaced_ready && rig.subscribers[replaced].count() > count).then_some(())
+        },
+    )
+    .await;
+    let cycle = deleted_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cycle_gone = probe.stop()[0];
+    let after = rig.snapshot();
+    let cycle_loss = after[replaced].1 - before[replaced].1;
+    for node in rig.nodes.iter().filter(|n| *n != replaced) {
+        assert_eq!(
+            after[node].1, before[node].1,
+            "{node} lost messages while {replaced}'s proxy was replaced"
+        );
+    }
+
+    // The controller's way: a changed spec, a surge rollout over every node.
+    let before = rig.snapshot();
+    let probe = faults::probe_paths(paths, PROBE);
+    let patched_at = Instant::now();
+    kubectl_ok(&[
+        "patch",
+        "fanoutgroup",
+        group,
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"heartbeatSeconds":2}}"#,
+    ]);
+    eventually(
+        Duration::from_secs(120),
+        "one ready proxy of the new template on every node, and no other",
+        || async {
+            let pods = proxy_pods_by_node(client, namespace, group).await;
+            let rolled = rig.nodes.iter().all(|node| {
+                pods.get(node.as_str())
+                    .is_some_and(|ps| ps.len() == 1 && ps[0].2 && !old_revision.contains(&ps[0].1))
+            });
+            rolled.then_some(())
+        },
+    )
+    .await;
+    let rollout = patched_at.elapsed();
+    // Every subscriber receiving again, then a second more for the counts to settle.
+    let counts = rig.snapshot();
+    eventually(
+        Duration::from_secs(10),
+        "every node receiving after the rollout",
+        || async {
+            rig.subscribers
+                .iter()
+                .all(|(n, s)| s.count() > counts[n].0)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let surge_gone = probe.stop();
+    let after = rig.snapshot();
+    let surge_loss: BTreeMap<&str, u64> = rig
+        .nodes
+        .iter()
+        .map(|n| (n.as_str(), after[n].1 - before[n].1))
+        .collect();
+    eprintln!(
+        "MEASURED proxy replaced on {replaced} at {RATE} msg/s, old pod first (maxUnavailable, hostNetwork): lost {cycle_loss} \
+         messages, socket path missing for {} ms, receiving again {} ms after the delete",
+        (PROBE * cycle_gone).as_millis(),
+        cycle.as_millis()
+    );
+    eprintln!(
+        "MEASURED surge rollout of {} nodes at {RATE} msg/s (new proxy takes the socket over): lost per node {surge_loss:?}, \
+         socket path missing at most {:?} probes of {} ms per node, rolled in {} ms",
+        rig.nodes.len(),
+        surge_gone,
+        PROBE.as_millis(),
+        rollout.as_millis()
+    );
+    // The replace cycle leaves the path without a proxy for a while (110 ms here, seconds on a
+    // real node); the surge never does, but for the moment between libzmq's unlink of the old
+    // file and its bind of the new socket (microseconds, more if the proxy is preempted there;
+    // a probe then retries 10 ms later, as a subscriber would).
+    assert!(
+        cycle_gone >= 5,
+        "the replace cycle never left the socket path missing: {cycle_gone}"
+    );
+    assert!(
+        surge_gone.iter().all(|gone| *gone <= 2),
+        "the socket path went missing during the surge rollout: {surge_gone:?} probes"
+    );
+    // A subscriber's reconnect (10 ms, up to as much again in jitter), a handshake and the
+    // subscription reaching the publisher cost tens of messages; here kwok's early Ready (above)
+    // adds the new proxy's start and the publisher's reconnect back-off (100 ms doubling), which
+    // on a busy 2-core machine reached 1.3 s once: the bound is 3 s of messages, a sanity bound.
+    // What the surge changes is asserted above: the path never goes missing.
+    let bound = u64::from(RATE) * 3;
+    for (node, lost) in &surge_loss {
+        assert!(
+            *lost <= bound,
+            "{node} lost {lost} messages in the surge rollout (bound {bound})"
         );
     }
     rig.finish().await;
@@ -1582,8 +2773,17 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = kubectl(&["delete", "namespace", &self.namespace, "--wait=false"]);
         for node in &self.nodes {
-            // Not `remove_node`: it asserts, and a panic inside a panic's unwinding aborts.
-            let _ = run(&repo().join("hack/cluster.sh"), &["remove-node", node], None);
+            // Not `remove_node`: it asserts, and a panic inside a panic's unwinding aborts. Tried
+            // again for a while: right after an etcd restart a request may fail, and a node left
+            // behind would get the next test's pods.
+            for _ in 0..20 {
+                let _ = run(&repo().join("hack/cluster.sh"), &["remove-node", node], None);
+                let left = kubectl(&["get", "node", node, "--ignore-not-found", "-o", "name"]);
+                if left.status.success() && left.stdout.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
     }
 }

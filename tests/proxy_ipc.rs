@@ -1,11 +1,12 @@
-//! Unix socket files: created with their directory and mode, stale ones replaced, anything
-//! else refused, removed on shutdown.
+//! Unix socket files: created with their directory and mode, stale ones replaced, a live one
+//! taken over from the same proxy user in its own directory (a rolling update), anything else
+//! refused, removed on shutdown only while still the proxy's own.
 
 mod proxy_support;
 
 use fanout::proxy::{self, ProxyConfig, ProxyError};
 use proxy_support::*;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -80,15 +81,61 @@ fn a_regular_file_is_never_replaced() {
     assert_eq!(std::fs::read(&path).expect("still there"), b"precious");
 }
 
+/// A rolling update: the group's next proxy (same user, the directory only that user may
+/// write) takes the socket path over while the first still serves. The first keeps its
+/// subscriber until it stops and then leaves the file alone; a new subscriber reaches the
+/// second at once, and the first's subscriber reconnects to the second by itself.
 #[test]
-fn a_socket_another_proxy_listens_on_is_refused() {
+fn a_live_socket_of_the_same_proxy_user_in_its_own_directory_is_taken_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = socket_path(dir.path());
+    let first = start(dir.path());
+    let ctx = zmq::Context::new();
+    let first_publisher = publisher(&ctx, &first);
+    let early = subscriber(&ctx, &first, &[b"t"]);
+    sync(&first_publisher, &early, b"t");
+    let first_inode = std::fs::symlink_metadata(&path).expect("socket").ino();
+
+    let second = start(dir.path());
+    let taken = std::fs::symlink_metadata(&path).expect("socket");
+    assert_ne!(
+        taken.ino(),
+        first_inode,
+        "the path is the second proxy's socket now"
+    );
+    assert_eq!(taken.mode() & 0o777, 0o660);
+    let second_publisher = publisher(&ctx, &second);
+    // The first proxy still serves the subscriber it has ...
+    sync(&first_publisher, &early, b"t");
+    // ... and a subscriber connecting now reaches the second.
+    let late = subscriber(&ctx, &second, &[b"t"]);
+    sync(&second_publisher, &late, b"t");
+
+    first.shutdown().expect("clean shutdown");
+    let kept = std::fs::symlink_metadata(&path).expect("the first proxy left the second's socket");
+    assert_eq!(kept.ino(), taken.ino());
+    // The first proxy's subscriber reconnects to the path: the second proxy.
+    sync(&second_publisher, &early, b"t");
+    second.shutdown().expect("clean shutdown");
+    assert!(!path.exists(), "the second proxy removes its own socket");
+}
+
+/// A live socket in a directory others may write to (a shared directory such as /tmp) could
+/// be anybody's: it is refused, and its proxy keeps serving.
+#[test]
+fn a_live_socket_in_a_directory_others_may_write_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = start(dir.path());
+    let parent = socket_path(dir.path()).parent().expect("a parent").to_path_buf();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
     let err = proxy::start(config(dir.path())).expect_err("must refuse a live socket");
     assert!(matches!(err, ProxyError::SocketFile { .. }), "{err}");
-    assert!(err.to_string().contains("listening"), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("listening") && text.contains("writable by others"),
+        "{text}"
+    );
 
-    // The first proxy is untouched and still serves.
     let ctx = zmq::Context::new();
     let publisher = publisher(&ctx, &first);
     let subscriber = subscriber(&ctx, &first, &[b"t"]);

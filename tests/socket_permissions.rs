@@ -1,8 +1,8 @@
 //! A node's socket directory as the proxy pod leaves it, with real uids: the init container's
 //! `fanout prepare-socket-dir` (root), the real `fanout proxy` as uid 65532, and an agent as
 //! another uid in the socket's group. The agent receives over the socket, and cannot unlink,
-//! move or replace it, nor plant anything beside it (issue 10: "an agent can never unlink or
-//! replace the proxy's socket"). Needs root to switch uids; without it the test says so and
+//! move or replace it, nor plant anything beside it, nor take it over with a proxy of its own
+//! (issue 10: "an agent can never unlink or replace the proxy's socket"). Needs root to switch uids; without it the test says so and
 //! does nothing.
 
 mod proxy_support;
@@ -201,6 +201,25 @@ fn an_agent_in_the_socket_group_receives_but_cannot_unlink_or_replace_the_proxy_
             described(&output)
         );
     }
+    // Nor by starting a proxy of its own on the path: a live socket is taken over only from a
+    // listener of the proxy's own uid (a rolling update of the group's proxy).
+    let usurper = fanout()
+        .args([
+            "proxy",
+            "--publishers",
+            &format!("tcp://127.0.0.1:{}", free_port()),
+        ])
+        .args(["--subscribers", &format!("ipc://{}", socket.display())])
+        .uid(AGENT_UID)
+        .gid(SOCKET_GROUP)
+        .output()
+        .expect("the agent's proxy runs");
+    assert!(
+        !usurper.status.success()
+            && String::from_utf8_lossy(&usurper.stderr).contains(&format!("runs as uid {PROXY_UID}")),
+        "the agent's own proxy was not refused the socket: {}",
+        described(&usurper)
+    );
     let after = std::fs::symlink_metadata(&socket).expect("the socket is still there");
     assert_eq!(after.ino(), before.ino(), "the very same socket");
     assert!(!beside.exists());

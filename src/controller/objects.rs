@@ -241,8 +241,11 @@ pub fn proxy_args(group: &FanoutGroup, id: &GroupId, socket_dir: &str) -> Vec<St
             ]);
         }
     }
+    if spec.security.curve {
+        args.extend(super::proxy_access::allow_list_args(id));
+    }
     if spec.relays.enabled {
-        args.extend(super::relay_access::relay_args(id));
+        args.extend(super::proxy_access::relay_args(id));
     }
     args
 }
@@ -413,6 +416,32 @@ fn tcp_port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
+/// How a changed proxy template rolls out, node by node. Without hostNetwork, a surge: the new
+/// pod starts beside the old one (its own pod IP, its own ports), takes the unix socket path
+/// over (`proxy::ipc`), and the old pod is stopped only once the new one is Ready, so local
+/// subscribers lose only their reconnect to the same path; `maxUnavailable: 0` is what makes
+/// it a surge, and 10 % of the nodes (at least one) change at a time. With hostNetwork the two
+/// pods would want the same node ports, so the old pod goes first (10 % of the nodes at a
+/// time), and each node's subscribers lose the whole replace cycle.
+pub fn update_strategy(host_network: bool) -> DaemonSetUpdateStrategy {
+    let ten_percent = || Some(IntOrString::String("10%".to_string()));
+    let rolling_update = if host_network {
+        RollingUpdateDaemonSet {
+            max_unavailable: ten_percent(),
+            max_surge: Some(IntOrString::Int(0)),
+        }
+    } else {
+        RollingUpdateDaemonSet {
+            max_unavailable: Some(IntOrString::Int(0)),
+            max_surge: ten_percent(),
+        }
+    };
+    DaemonSetUpdateStrategy {
+        type_: Some("RollingUpdate".to_string()),
+        rolling_update: Some(rolling_update),
+    }
+}
+
 /// The proxy DaemonSet of a group, with what the controller's policy `admitted` of it
 /// (images, the group's own socket directory, tolerations).
 pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet, Unrealisable> {
@@ -434,14 +463,11 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
     } else {
         (Vec::new(), Vec::new())
     };
-    // With relays enabled: the pod's identity, its name and its API token (relay_access).
-    let relay = spec
-        .relays
-        .enabled
-        .then(|| super::relay_access::relay_pod_parts(&id));
-    if let Some(relay) = &relay {
-        extra_volumes.push(relay.volume.clone());
-        extra_mounts.push(relay.mount.clone());
+    // With relays or CURVE: the pod's identity and its API token (proxy_access).
+    let api_access = super::proxy_access::needs_api(group).then(|| super::proxy_access::proxy_pod_parts(&id));
+    if let Some(access) = &api_access {
+        extra_volumes.push(access.volume.clone());
+        extra_mounts.push(access.mount.clone());
     }
 
     let container = Container {
@@ -453,7 +479,8 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         readiness_probe: Some(http_probe("/readyz", spec.http_port, 2, 2)),
         liveness_probe: Some(http_probe("/healthz", spec.http_port, 10, 3)),
         resources: spec.resources.clone(),
-        env: relay.as_ref().map(|relay| relay.env.clone()),
+        // A relay's own pod name, for its flags.
+        env: spec.relays.enabled.then(super::proxy_access::relay_env),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(PROXY_UID),
@@ -495,9 +522,9 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         tolerations: Some(admitted.tolerations.clone()),
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-        // A relay's token is mounted into the proxy container only (relay_access).
+        // The API token is mounted into the proxy container only (proxy_access).
         automount_service_account_token: Some(false),
-        service_account_name: relay.as_ref().map(|relay| relay.service_account.clone()),
+        service_account_name: api_access.as_ref().map(|access| access.service_account.clone()),
         enable_service_links: Some(false),
         volumes: Some(
             std::iter::once(Volume {
@@ -528,13 +555,7 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
                 }),
                 spec: Some(pod),
             },
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_string()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::String("10%".to_string())),
-                    ..RollingUpdateDaemonSet::default()
-                }),
-            }),
+            update_strategy: Some(update_strategy(spec.host_network)),
             ..DaemonSetSpec::default()
         }),
         status: None,
@@ -1010,6 +1031,10 @@ mod tests {
         assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
         assert_eq!(pod.node_selector.as_ref().unwrap()["role"], "edge");
         assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
+        // Two pods of one node would want the same host ports: no surge with hostNetwork.
+        let rolling = ds.spec.unwrap().update_strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::String("10%".into())));
+        assert_eq!(rolling.max_surge, Some(IntOrString::Int(0)));
     }
 
     #[test]
@@ -1042,11 +1067,11 @@ mod tests {
         let svc_spec = svc.spec.unwrap();
         assert_eq!(svc_spec.cluster_ip.as_deref(), Some("None"));
         assert!(svc_spec.selector.is_none());
+        // A surge: the new proxy starts beside the old one and takes the socket over.
         let strategy = ds.spec.unwrap().update_strategy.unwrap();
         assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
-        assert_eq!(
-            strategy.rolling_update.unwrap().max_unavailable,
-            Some(IntOrString::String("10%".into()))
-        );
+        let rolling = strategy.rolling_update.unwrap();
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(rolling.max_surge, Some(IntOrString::String("10%".into())));
     }
 }

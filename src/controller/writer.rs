@@ -44,8 +44,8 @@ pub enum ApplyMode {
 /// A child stamped with its applied-hash and due to be applied.
 #[derive(Debug, Clone)]
 enum Child {
-    /// The proxies' ServiceAccount, Role and RoleBinding (relays): not cached, applied with
-    /// the DaemonSet.
+    /// The proxies' ServiceAccount, Role and RoleBinding (relays, CURVE allow-lists followed
+    /// through the API): not cached, applied with the DaemonSet.
     ServiceAccount(Box<ServiceAccount>),
     Role(Box<Role>),
     RoleBinding(Box<RoleBinding>),
@@ -113,7 +113,7 @@ impl Writes {
 /// Which cache shows a written child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WrittenKind {
-    /// Not watched (the relays' access objects): nothing to wait for.
+    /// Not watched (the proxies' API access objects): nothing to wait for.
     NotCached,
     DaemonSet,
     Service,
@@ -182,7 +182,7 @@ pub fn writes(plan: &Plan, mode: ApplyMode) -> Result<Writes, Error> {
         let daemon_set = stamped(daemon_set, mode, |ds| Child::DaemonSet(Box::new(ds)))?;
         // The proxies' API access goes with every write of their DaemonSet (before it), and
         // with every full apply: three objects that change only with the spec need no watch.
-        if let (Some(access), Some(_)) = (&plan.relay_access, &daemon_set) {
+        if let (Some(access), Some(_)) = (&plan.proxy_access, &daemon_set) {
             let all = ApplyMode::ReapplyAll;
             let account = uncached(access.service_account.clone());
             add(

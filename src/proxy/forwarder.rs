@@ -9,6 +9,7 @@
 //! connections are a relay's links to its leaves (`leaf_links`).
 
 use super::ProxyError;
+use super::allow_lists::{AllowListInput, allow_list_feed};
 use super::auth::{self, LogLimiter};
 use super::config::{ProxyConfig, SHUTDOWN_LINGER};
 use super::connections::Connections;
@@ -59,19 +60,41 @@ pub struct Proxy {
     thread: Option<JoinHandle<Result<(), ProxyError>>>,
 }
 
+/// What a proxy is fed while it runs, besides its configuration.
+#[derive(Debug, Default)]
+pub struct ProxyInputs {
+    /// The leaves it relays to (relay tree).
+    pub relay: Option<RelayInput>,
+    /// The allow-lists from the API (CURVE only): once the first arrives, they alone count
+    /// (`allow_lists`).
+    pub allow_lists: Option<AllowListInput>,
+}
+
 /// Starts a proxy: every socket is bound (and every unix socket file prepared) before this
 /// returns; forwarding runs on a thread of its own.
 pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
-    start_with(config, None)
+    start_with(config, ProxyInputs::default())
 }
 
 /// Starts a proxy that also relays to the leaves its feed names (`relay`).
 pub fn start_relay(config: ProxyConfig, relay: RelayInput) -> Result<Proxy, ProxyError> {
-    start_with(config, Some(relay))
+    start_with(
+        config,
+        ProxyInputs {
+            relay: Some(relay),
+            ..ProxyInputs::default()
+        },
+    )
 }
 
-fn start_with(config: ProxyConfig, relay: Option<RelayInput>) -> Result<Proxy, ProxyError> {
+/// Starts a proxy fed by `inputs`.
+pub fn start_with(config: ProxyConfig, inputs: ProxyInputs) -> Result<Proxy, ProxyError> {
     config.validate()?;
+    if inputs.allow_lists.is_some() && config.curve.is_none() {
+        return Err(ProxyError::Config(
+            "allow-lists from the API need a CURVE proxy (a secret key and allow-list files)".into(),
+        ));
+    }
     let metrics = ProxyMetrics::default();
     let (stop, stop_rx) = UnixStream::pair().map_err(ProxyError::io("creating the stop signal"))?;
     stop_rx
@@ -85,7 +108,7 @@ fn start_with(config: ProxyConfig, relay: Option<RelayInput>) -> Result<Proxy, P
         std::thread::Builder::new()
             .name("fanout-proxy".into())
             .spawn(move || {
-                let forwarder = match Forwarder::bind(&config, metrics, relay) {
+                let forwarder = match Forwarder::bind(&config, metrics, inputs) {
                     Ok(forwarder) => forwarder,
                     Err(err) => {
                         running.store(false, Ordering::Release);
@@ -244,11 +267,8 @@ struct Forwarder {
 static NEXT_PROXY_ID: AtomicU64 = AtomicU64::new(0);
 
 impl Forwarder {
-    fn bind(
-        config: &ProxyConfig,
-        metrics: ProxyMetrics,
-        relay: Option<RelayInput>,
-    ) -> Result<Self, ProxyError> {
+    fn bind(config: &ProxyConfig, metrics: ProxyMetrics, inputs: ProxyInputs) -> Result<Self, ProxyError> {
+        let ProxyInputs { relay, allow_lists } = inputs;
         let context = zmq::Context::new();
         let xsub = context
             .socket(zmq::XSUB)
@@ -265,7 +285,12 @@ impl Forwarder {
         // missing (libzmq would then admit the peer: ZAP enforcement is off by default).
         let curve = match &config.curve {
             Some(curve) => {
-                let server = CurveServer::start(&context, curve, metrics.clone())?;
+                // Without a feed from the API the files stay the only source.
+                let allow_lists = match allow_lists {
+                    Some(input) => input,
+                    None => allow_list_feed()?.1,
+                };
+                let server = CurveServer::start(&context, curve, metrics.clone(), allow_lists)?;
                 metrics.enable_auth();
                 let ctx = |what: &str| ProxyError::zmq(format!("setting {what}"));
                 for (socket, domain) in [(&xsub, auth::PUBLISHER_DOMAIN), (&xpub, auth::SUBSCRIBER_DOMAIN)] {

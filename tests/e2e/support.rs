@@ -2,6 +2,7 @@
 //! chart installed once, a controller process authenticated as the chart's ServiceAccount,
 //! fake nodes, and polling with deadlines.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -234,17 +235,43 @@ impl ControllerProcess {
 
     /// The sum of every sample of metric `name` (all label sets) on its /metrics.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let body = http_get(&self.http, "/metrics").ok()?;
-        let mut found = None;
-        for line in body.lines().filter(|l| !l.starts_with('#')) {
-            let (key, value) = line.rsplit_once(' ')?;
-            let metric = key.split('{').next().unwrap_or(key);
-            if metric == name {
-                *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
-            }
-        }
-        found
+        scrape(&self.http, name, &[])
     }
+
+    /// The samples of metric `name` on its /metrics, by their label sets.
+    pub fn samples(&self, name: &str) -> BTreeMap<String, f64> {
+        http_get(&self.http, "/metrics")
+            .map(|body| samples(&body, name))
+            .unwrap_or_default()
+    }
+}
+
+/// The samples of metric `name` in a Prometheus text exposition, by label set (`{...}` as
+/// written, empty for none).
+pub fn samples(body: &str, name: &str) -> BTreeMap<String, f64> {
+    let mut found = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, labels) = key.split_at(key.find('{').unwrap_or(key.len()));
+        if let (true, Ok(value)) = (metric == name, value.parse::<f64>()) {
+            *found.entry(labels.to_string()).or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+/// The sum of the samples of metric `name` at `http`'s /metrics whose labels include every
+/// `key="value"` of `labels`; None when the endpoint does not answer or has no such sample.
+pub fn scrape(http: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let body = http_get(http, "/metrics").ok()?;
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    samples(&body, name)
+        .into_iter()
+        .filter(|(set, _)| wanted.iter().all(|w| set.contains(w.as_str())))
+        .map(|(_, value)| value)
+        .reduce(|a, b| a + b)
 }
 
 impl Drop for ControllerProcess {
@@ -264,6 +291,139 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())
         .unwrap_or_default())
+}
+
+/// A loop on a thread of its own that runs until stopped (`body` sees the flag) and returns what
+/// it found; stopped and joined on drop too, also when a test panics.
+pub struct Background<T> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> Background<T> {
+    pub fn spawn(body: impl FnOnce(&std::sync::atomic::AtomicBool) -> T + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        Self {
+            stop,
+            thread: Some(std::thread::spawn(move || body(&flag))),
+        }
+    }
+
+    /// Stops the loop after its current step and returns its result.
+    pub fn stop(mut self) -> T {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("joined only here or on drop")
+            .join()
+            .expect("the background thread panicked")
+    }
+}
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The samples of metric `name` served at `addr` (`IP:port`): (labels without braces, value).
+pub fn metric_samples(addr: &str, name: &str) -> Result<Vec<(String, f64)>, String> {
+    let body = http_get(addr, "/metrics").map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
+    Ok(samples(&body, name)
+        .into_iter()
+        .map(|(labels, value)| {
+            let labels = labels.trim_start_matches('{').trim_end_matches('}');
+            (labels.to_string(), value)
+        })
+        .collect())
+}
+
+/// The sum of the samples of `name` at `addr` whose labels contain `label` (`reason="x"`;
+/// empty for all).
+pub fn metric_sum(addr: &str, name: &str, label: &str) -> Result<f64, String> {
+    Ok(metric_samples(addr, name)?
+        .iter()
+        .filter(|(labels, _)| labels.contains(label))
+        .map(|(_, v)| v)
+        .sum())
+}
+
+/// One version of a ConfigMap as a test saw it: when (both clocks: `Instant` for this process,
+/// ms since the epoch for comparing with pods' logs on the same machine) and one key's text.
+#[derive(Debug, Clone)]
+pub struct SeenVersion {
+    pub at: Instant,
+    /// For comparing with pods' logs (`e2e_real_nodes`); `e2e` compares `at` only.
+    #[allow(dead_code)]
+    pub at_ms: u64,
+    pub text: String,
+}
+
+/// Every version of one ConfigMap seen by a watch of the test's own (to know when a
+/// controller rewrote it); the watch ends when this is dropped.
+pub struct ConfigMapVersions {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SeenVersion>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConfigMapVersions {
+    /// Watches ConfigMap `namespace/name`, keeping key `key` of each version; returns once
+    /// the first version is seen.
+    pub async fn watch(client: kube::Client, namespace: &str, name: &str, key: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<SeenVersion>>> = Default::default();
+        let (record, key) = (seen.clone(), key.to_string());
+        let task = tokio::spawn(async move {
+            let mut events = watcher(api, config).applied_objects().boxed();
+            while let Some(event) = events.next().await {
+                let Ok(cm) = event else { continue };
+                let text = cm
+                    .data
+                    .as_ref()
+                    .and_then(|data| data.get(&key).cloned())
+                    .unwrap_or_default();
+                let at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                record.lock().unwrap().push(SeenVersion {
+                    at: Instant::now(),
+                    at_ms,
+                    text,
+                });
+            }
+        });
+        let versions = Self { seen, task };
+        eventually(
+            Duration::from_secs(30),
+            &format!("the test's own watch on ConfigMap {namespace}/{name}"),
+            || async { (!versions.seen.lock().unwrap().is_empty()).then_some(()) },
+        )
+        .await;
+        versions
+    }
+
+    /// The first version seen at or after `since` whose text passes `test`.
+    pub fn first_since(&self, since: Instant, test: impl Fn(&str) -> bool) -> Option<SeenVersion> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|version| version.at >= since && test(&version.text))
+            .cloned()
+    }
+}
+
+impl Drop for ConfigMapVersions {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
