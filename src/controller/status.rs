@@ -251,7 +251,7 @@ mod tests {
     }
 
     #[test]
-    fn all_ready_is_ready_and_not_degraded() {
+    fn all_ready_is_ready_and_not_degraded_unless_the_endpoint_list_is_too_large() {
         let d = ds(3, 3, 3, true);
         let observed = Observed {
             generation: Some(7),
@@ -279,6 +279,27 @@ mod tests {
         );
         assert_eq!(status.observed_generation, Some(7));
         assert!(status.conditions.iter().all(|c| c.observed_generation == Some(7)));
+
+        // The same group with an endpoint list too large for its ConfigMap: degraded, but the
+        // proxies (and the slices) are as ready as before.
+        let too_large = Observed {
+            endpoint_list_too_large: Some(1_100_000),
+            ..observed
+        };
+        let status = compute_status(&too_large, None, t(100));
+        assert_eq!(
+            summary(&status),
+            [
+                s("Ready", "True", "AllProxiesReady"),
+                s("Progressing", "False", "RolloutComplete"),
+                s("Degraded", "True", ENDPOINT_LIST_TOO_LARGE)
+            ]
+        );
+        let message = &status.conditions[2].message;
+        assert!(
+            message.contains("1100000 bytes") && message.contains("spec.configMap: false"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -324,32 +345,6 @@ mod tests {
         let status = compute_status(&observed, None, t(100));
         assert_eq!(status.conditions[2].reason, "ProxiesUnavailable");
         assert_eq!(status.conditions[2].message, "1 of 4 proxies not ready");
-    }
-
-    #[test]
-    fn an_endpoint_list_too_large_for_the_configmap_degrades_but_keeps_ready() {
-        let d = ds(3, 3, 3, true);
-        let observed = Observed {
-            generation: Some(1),
-            daemon_set: Some(&d),
-            published_endpoints: 3,
-            endpoint_list_too_large: Some(1_100_000),
-            ..Observed::default()
-        };
-        let status = compute_status(&observed, None, t(100));
-        assert_eq!(
-            summary(&status),
-            [
-                s("Ready", "True", "AllProxiesReady"),
-                s("Progressing", "False", "RolloutComplete"),
-                s("Degraded", "True", ENDPOINT_LIST_TOO_LARGE)
-            ]
-        );
-        let message = &status.conditions[2].message;
-        assert!(
-            message.contains("1100000 bytes") && message.contains("spec.configMap: false"),
-            "{message}"
-        );
     }
 
     #[test]
