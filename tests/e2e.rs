@@ -221,7 +221,7 @@ impl PublishLoop {
         let thread = std::thread::spawn(move || {
             let mut n = 0u64;
             while !s.load(Ordering::Relaxed) {
-                let _ = p.publish(TOPIC.to_vec(), vec![format!("update {n}").into_bytes()]);
+                let _ = p.publish_bytes(TOPIC, format!("update {n}").as_bytes());
                 n += 1;
                 std::thread::sleep(Duration::from_millis(5));
             }

@@ -37,7 +37,6 @@ mod proxy_under_test {
 }
 use proxy_under_test::Proxy;
 
-#[allow(dead_code)]
 mod proxy_support;
 
 const WAIT: Duration = Duration::from_secs(10);
