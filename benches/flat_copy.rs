@@ -13,20 +13,17 @@
 //! 1024,4096,16384,65536,262144), `FANOUT_BENCH_BYTES` (payload bytes per run, default 256 MiB,
 //! at most 200 000 messages), `FANOUT_BENCH_REPS=3`).
 
+#[path = "support/knobs.rs"]
+mod knobs;
+
 use fanout::membership::Membership;
 use fanout::proxy::ProxyConfig;
 use fanout::publisher::{Publisher, PublisherConfig};
 use fanout::subscriber::{Subscriber, SubscriberConfig, TopicFilter};
+use knobs::{env_list, env_or, median};
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "bench";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn cpu() -> Duration {
     fanout::metrics::process::cpu_time().unwrap_or(Duration::ZERO)
@@ -43,7 +40,8 @@ fn run(size: usize, messages: u64, flat_max_payload: usize) -> (f64, f64) {
         ..ProxyConfig::default()
     })
     .expect("proxy starts");
-    let hwm = i32::try_from(messages).unwrap_or(i32::MAX);
+    // Unbounded queues (0): lossless however far the publisher runs ahead, warm-up included.
+    let hwm = 0;
     let mut sub = Subscriber::connect(
         &proxy.subscriber_endpoints()[0],
         SubscriberConfig {
@@ -110,24 +108,17 @@ fn run(size: usize, messages: u64, flat_max_payload: usize) -> (f64, f64) {
     )
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn main() {
     // `cargo test --benches` runs us too: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let sizes: Vec<usize> = std::env::var("FANOUT_BENCH_SIZES")
-        .unwrap_or_else(|_| {
-            if quick {
-                "1024".into()
-            } else {
-                "1024,4096,16384,65536,262144".into()
-            }
-        })
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
+    let default_sizes = if quick {
+        "1024"
+    } else {
+        "1024,4096,16384,65536,262144"
+    };
+    let sizes: Vec<usize> = env_list("FANOUT_BENCH_SIZES", default_sizes)
+        .iter()
+        .filter_map(|s| s.parse().ok())
         .collect();
     let bytes: u64 = env_or("FANOUT_BENCH_BYTES", if quick { 1 << 20 } else { 256 << 20 });
     let reps: usize = env_or("FANOUT_BENCH_REPS", if quick { 1 } else { 3 });

@@ -51,7 +51,10 @@ pub struct PublisherConfig {
     /// (the batch being filled; the socket thread may be sending as many more).
     pub queue: usize,
     /// Bytes that queue holds (topics, payloads, envelopes); one message bigger than this is
-    /// still queued, alone.
+    /// still queued, alone. Small by default so that what a caller wrote is still in the CPU's
+    /// cache when the socket thread sends it (a deep queue only absorbs bursts: a publisher
+    /// that outruns the socket keeps it full, and every byte then goes through main memory;
+    /// BENCHMARKS.md). Raise it (and `queue`) for `try_publish` callers with big bursts.
     pub queue_bytes: usize,
     /// A message with one payload part of at most this many bytes (and a topic of at most
     /// 255) is sent as one frame, the payload copied in with the topic and envelope (wire
@@ -70,7 +73,7 @@ impl Default for PublisherConfig {
             heartbeat: Some(Duration::from_secs(5)),
             linger: Duration::from_secs(1),
             queue: 8192,
-            queue_bytes: 32 << 20,
+            queue_bytes: 256 << 10,
             flat_max_payload: DEFAULT_FLAT_MAX_PAYLOAD,
             curve: None,
         }
