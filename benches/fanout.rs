@@ -655,13 +655,14 @@ fn main() {
                         Peer::Nats => run_nats(nats.as_ref().expect("server"), k, messages, size),
                     };
                     println!(
-                        "  {size:>5} B K={k} run {rep} {:<12}: {:>10.0} deliveries/s, publisher {:.3} us CPU per delivery, delivered {} of {} (lost by sequence {})",
+                        "  {size:>5} B K={k} run {rep} {:<12}: {:>10.0} deliveries/s, publisher {:.3} us CPU per delivery, delivered {} of {} (lost by sequence {}); load {}",
                         peer.name(),
                         run.deliveries_per_sec,
                         run.publisher_us_per_delivery,
                         run.delivered,
                         run.expected,
-                        run.lost_by_sequence
+                        run.lost_by_sequence,
+                        knobs::load_average()
                     );
                     rates.push(run.deliveries_per_sec);
                     cpus.push(run.publisher_us_per_delivery);

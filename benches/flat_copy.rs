@@ -127,9 +127,9 @@ fn main() {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!(
-        "| payload | messages | copied, one frame (v3): msg/s, µs CPU/msg | uncopied, two frames (v2): msg/s, µs CPU/msg | v3 / v2 msg/s | v3 / v2 CPU |"
+        "| payload | messages | copied, one frame (v3): msg/s, µs CPU/msg | uncopied, two frames (v2): msg/s, µs CPU/msg | v3 / v2 msg/s | v3 / v2 CPU | load after |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for size in sizes {
         let messages = (bytes / size.max(1) as u64).clamp(1_000, 200_000);
         let (mut flat, mut frames) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
@@ -150,11 +150,12 @@ fn main() {
         let (fr, fc) = (median(&mut flat.0), median(&mut flat.1));
         let (tr, tc) = (median(&mut frames.0), median(&mut frames.1));
         println!(
-            "| {size} B | {messages} | {:.0} k, {fc:.2} | {:.0} k, {tc:.2} | {:.2}x | {:.2}x |",
+            "| {size} B | {messages} | {:.0} k, {fc:.2} | {:.0} k, {tc:.2} | {:.2}x | {:.2}x | {} |",
             fr / 1e3,
             tr / 1e3,
             fr / tr,
-            fc / tc
+            fc / tc,
+            knobs::load_average()
         );
     }
 }
