@@ -12,6 +12,11 @@
 #            benches/fanout.rs)
 # and prints (Ir(N2) - Ir(N1)) / ((N2 - N1) * K): the whole publisher process (caller, socket
 # thread, libzmq's I/O thread) per delivery, with start-up and settling cancelled out.
+#
+# FANOUT_COST_SIDE=subscriber measures our subscriber instead: `fanout subscribe --topic bench
+# --count N` under callgrind on proxy 1, fed at 20 000 msg/s by a native `fanout publish`, and
+# prints (Ir(N2) - Ir(N1)) / (N2 - N1) per message received (its I/O thread included; at that
+# rate it also polls between messages).
 # Needs valgrind; builds the release binaries first (`cargo bench --no-run --bench fanout`), or
 # takes them from FANOUT_BIN and FANOUT_BENCH_BIN (to measure an older build).
 set -euo pipefail
@@ -78,6 +83,25 @@ bare_run() {
   FANOUT_BENCH_ROLE=bare FANOUT_BENCH_TARGET="$targets" FANOUT_BENCH_COUNT="$1" \
     FANOUT_BENCH_SIZE="$size" instructions "$bench"
 }
+
+subscriber_run() {
+  "$fanout" publish --log-level warn --endpoints "${endpoints[0]}" --topic bench --count "$(($1 + 100000))" \
+    --size "$size" --hwm 0 --settle 3 --rate 20000 >/dev/null 2>>"$dir/receivers.log" &
+  local publisher=$!
+  pids+=("$publisher")
+  instructions "$fanout" subscribe --log-level warn --connect "ipc://$dir/p1.sock" --topic bench \
+    --count "$1" --hwm 0 --quiet
+  kill "$publisher" 2>/dev/null || true
+  wait "$publisher" 2>/dev/null || true
+}
+
+if [ "${FANOUT_COST_SIDE:-publisher}" = subscriber ]; then
+  a=$(subscriber_run "$n1")
+  b=$(subscriber_run "$n2")
+  echo "subscriber instructions per message: payload $size B, (Ir($n2) - Ir($n1)) / $((n2 - n1))"
+  python3 -c "print(f'{\"fanout\":<8} {($b - $a) / ($n2 - $n1):10.0f} Ir/message   (Ir({$n1}) = $a, Ir({$n2}) = $b)')"
+  exit 0
+fi
 
 echo "publisher instructions per delivery: payload $size B, K = $k, (Ir($n2) - Ir($n1)) / ($((n2 - n1)) x $k)"
 for who in fanout bare; do
