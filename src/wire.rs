@@ -40,21 +40,23 @@
 //! (BENCHMARKS.md). Version 3 keeps the topic at the front so prefix subscriptions work
 //! unchanged; the envelope goes at the end, where a subscriber finds it from the frame's length
 //! alone, and carries the topic's length so the subscriber can cut the topic from the payload.
-//! Big payloads keep version 2: putting them in one frame with the topic means copying them,
-//! and beyond `flat_max_payload` that copy costs more than the second frame (BENCHMARKS.md,
-//! "Where the copy stops paying"). Version 3 says "exactly one payload part": a message with
-//! none is written as version 2, so a subscriber always gets back the parts that were sent.
+//! Putting the payload in one frame with the topic means copying it; measured up to 256 KiB
+//! that copy never cost more than the second frame (BENCHMARKS.md, "Where the copy stops
+//! paying"), so the bound, `flat_max_payload`, defaults to 64 KiB, a group's default message
+//! cap, and above it a payload the caller owns is handed to libzmq uncopied as version 2.
+//! Version 3 says "exactly one payload part": a message with none is written as version 2, so
+//! a subscriber always gets back the parts that were sent.
 //!
-//! How a subscriber tells them apart (`split_one`, `split`): a message of one frame whose last 28 bytes are
-//! a version-3 envelope with a topic length that fits is version 3; otherwise frame 0 ending
-//! in a version-2 envelope is version 2; otherwise a version-1 envelope as frame 1; otherwise a
-//! plain message. A version-3 or version-2 tail is recognised by its magic and version byte
-//! (and, for version 3, a topic length within the frame). 0xFA never occurs in UTF-8 text, so
-//! a plain publisher's UTF-8 topic or text payload is never mistaken for an envelope. Binary
-//! data can be: the last 28 bytes of a plain single-frame message (or of a plain message's
-//! binary frame 0) start with the three bytes of a valid tail with probability 2^-24 for
-//! random bytes, and such a message would be delivered with its topic cut short and a made-up
-//! origin. Frames a plain publisher sends as parts of a multi-frame message after frame 0 are
+//! How a subscriber tells them apart (`split_one`, `split`): a message of one frame whose last
+//! 28 bytes are a version-3 envelope with a topic length that fits is version 3; otherwise
+//! frame 0 ending in a version-2 envelope is version 2; otherwise a version-1 envelope as
+//! frame 1; otherwise a plain message. A version-3 or version-2 tail is recognised by its
+//! magic and version byte (and, for version 3, a topic length within the frame). 0xFA never
+//! occurs in UTF-8 text, so a plain publisher's UTF-8 topic or text payload is never mistaken
+//! for an envelope. Binary data can be: the last 28 bytes of a plain single-frame message (or
+//! of a plain message's binary frame 0) start with the three bytes of a valid tail with
+//! probability 2^-24 for random bytes, and such a message would be delivered with its topic
+//! cut short and a made-up origin. Frames after frame 0 of a plain multi-frame message are
 //! never read as an envelope except a 28-byte frame 1 (version 1). A message that carries the
 //! magic where a version-1 envelope would be but is not a valid one (wrong length, unknown
 //! version) is "malformed": counted by the subscriber and delivered as a plain message, all
