@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the project's benchmarks with the peers they compare against installed.
 #
-#   hack/bench.sh [BENCH...]     default: fanout proxy_throughput
+#   hack/bench.sh [BENCH...]     default: fanout proxy_throughput relay_tree
+#
+# relay_tree's output is also plotted into docs/img/relay_tree.png (hack/plot_relay_tree.py,
+# with Debian's python3-matplotlib, installed here).
 #
 # The fanout benchmark starts Debian's `nats-server` on 127.0.0.1 itself (skipped when it is
 # missing), so this script installs it and the other build needs first. Knobs are the
@@ -14,6 +17,7 @@ command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(n
 dpkg -s libzmq3-dev >/dev/null 2>&1 || missing+=(libzmq3-dev)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v c++ >/dev/null || missing+=(g++)
+/usr/bin/python3 -c 'import matplotlib' 2>/dev/null || missing+=(python3-matplotlib)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   apt-get update -qq
@@ -22,8 +26,15 @@ fi
 export PATH="$PATH:/usr/sbin"
 
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(fanout proxy_throughput)
+[ ${#benches[@]} -gt 0 ] || benches=(fanout proxy_throughput relay_tree)
 for bench in "${benches[@]}"; do
   echo "== cargo bench --bench $bench" >&2
-  cargo bench --locked --bench "$bench"
+  if [ "$bench" = relay_tree ]; then
+    out=$(mktemp)
+    cargo bench --locked --bench "$bench" | tee "$out"
+    /usr/bin/python3 hack/plot_relay_tree.py "$out" docs/img/relay_tree.png
+    rm -f "$out"
+  else
+    cargo bench --locked --bench "$bench"
+  fi
 done

@@ -24,7 +24,9 @@
 # The tool is umoci (built from its Go module by hack/tools.sh): the OCI project's own tool for
 # editing image layouts on disk. It needs no daemon and no registry, takes an uncompressed layer
 # tarball verbatim, sets the config fields the Dockerfile sets, and honours SOURCE_DATE_EPOCH.
-# crane, the other candidate, can only mutate an image it reads from a registry.
+# crane (go-containerregistry), the other candidate, is registry-centred: it can start from an
+# empty base and write a tarball, but its config edits (`crane mutate`) address images by
+# reference; umoci edits an OCI layout directory in place, which is what an offline build wants.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -487,15 +487,28 @@ cmd_remove_real_node() {
     [ -d "/sys/fs/cgroup/$h$root" ] && find "/sys/fs/cgroup/$h$root" -depth -type d -exec rmdir {} + 2>/dev/null
     rmdir "/sys/fs/cgroup/$h${root%/*}" 2>/dev/null || true
   done
-  for h in $(cgroup_hierarchies); do
-    [ -d "/sys/fs/cgroup/$h$root" ] && log "warning: cgroup /sys/fs/cgroup/$h$root could not be removed"
-  done
   if api_ready >/dev/null 2>&1; then
     kubectl_ns delete node "$name" --ignore-not-found --wait=false >/dev/null 2>&1 || true
     kubectl_ns delete pods --all-namespaces --field-selector "spec.nodeName=$name" \
       --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
   fi
   rm -rf "$dir"
+  # Nothing of the node may be left for the next `up`: say what is, and fail.
+  local left=()
+  mapfile -t pids < <(real_node_pids "$name")
+  [ ${#pids[@]} -eq 0 ] || left+=("processes ${pids[*]}")
+  for h in $(cgroup_hierarchies); do
+    [ -d "/sys/fs/cgroup/$h$root" ] && left+=("cgroup /sys/fs/cgroup/$h$root")
+  done
+  [ ! -e "$mnt" ] || left+=("mount namespace file $mnt")
+  ! netns_exists "$netns" || left+=("network namespace $netns")
+  if [ -n "$index" ] && netns_exists "$NETNS" && in_ns ip link show "fnv$index" >/dev/null 2>&1; then
+    left+=("veth fnv$index")
+  fi
+  [ ! -e "$dir" ] || left+=("state directory $dir")
+  if [ ${#left[@]} -gt 0 ]; then
+    die "real node $name not removed cleanly; left: ${left[*]}"
+  fi
   if [ -z "$(ls -A "$DIR/real-nodes" 2>/dev/null | grep -v '^\.lock$')" ]; then restore_kernel_tunables; fi
   log "real node $name removed in $(( $(now_ms) - t0 )) ms"
 }

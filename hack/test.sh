@@ -49,6 +49,15 @@ if [ -z "${FANOUT_SKIP_LINT:-}" ]; then
   cargo clippy --all-targets --locked -- -D warnings
 fi
 
+phase "library features (no Kubernetes API version forced on users; publisher/subscriber alone)"
+# A crate depending on fanout as a library picks its own k8s-openapi version: no feature of ours,
+# the default included, may enable one (the binary gets it from .cargo/config.toml's [env]).
+if cargo tree --locked -e normal,build,features -i k8s-openapi | grep 'feature "v1_'; then
+  echo "a fanout feature enables a k8s-openapi version feature (see above)"; exit 1
+fi
+cargo check --locked --lib --no-default-features
+cargo check --locked --lib --no-default-features --features kubernetes
+
 phase "build"
 cargo build --locked --all-targets
 
@@ -57,6 +66,14 @@ cargo test --locked
 
 phase "the container images (hack/image.sh: release build, OCI archives, chroot check)"
 hack/image.sh
+# Reproducible: the same binary built into images again gives the same digests.
+first=$(hack/image.sh --print-env)
+hack/image.sh >/dev/null
+second=$(hack/image.sh --print-env)
+if [ "$first" != "$second" ]; then
+  echo "hack/image.sh is not reproducible:"; diff <(echo "$first") <(echo "$second") || true; exit 1
+fi
+echo "reproducible: a second build gave the same digests"
 
 phase "end-to-end tests on kwok nodes against a fresh cluster (up, tests, down)"
 tests/cluster/with-cluster.sh cargo test --locked --offline --test e2e --test chart -- --ignored --test-threads=1 --nocapture

@@ -32,6 +32,7 @@ pub const DEFAULT_SOCKET_ROOT: &str = "/var/run/fanout";
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredProxies", description = "proxies the DaemonSet wants"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyProxies", description = "proxies that are ready"),
     printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.publishedEndpoints", description = "ready endpoints published"),
+    printcolumn(name = "Relays", type_ = "integer", json_path = ".status.relays", description = "proxies relaying to the others (0: flat)"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     doc = "A fanout group: one ZeroMQ proxy per selected node and the live list of their endpoints",
     // Only size(): CEL cost estimation treats metadata.name as unbounded, so a regex here could
@@ -78,13 +79,17 @@ pub struct FanoutGroupSpec {
 
     /// Directory on the node under which the group gets its own directory
     /// `<socketDir>/<namespace>.<name>`, holding the subscriber socket `<namespace>.<name>.sock`.
-    /// Absolute and normalized, `/var/run/fanout` or below it (admission), and inside the
+    /// Absolute and normalized, `/var/run/fanout` or below it with no `.` in a directory name
+    /// below it (so never inside another group's directory; admission), and inside the
     /// controller's `--socket-root` (checked by the controller).
     #[serde(default = "default_socket_dir")]
     #[x_kube(
         validation = Rule::new("self.startsWith('/') && !self.endsWith('/') && !self.contains('//') && !self.matches('(^|/)[.][.]?(/|$)')").message("socketDir must be a normalized absolute path: no trailing '/', no '//', no '.' or '..' segment"),
         // The init container hands the group's directory below this one to the proxy user.
         validation = Rule::new("self == '/var/run/fanout' || self.startsWith('/var/run/fanout/')").message("socketDir must be /var/run/fanout or a directory below it"),
+        // Each group's own directory is `<socketDir>/<namespace>.<name>` and its proxy owns it:
+        // a dot below the root could put this group inside another's (`policy::enters_a_group_dir`).
+        validation = Rule::new("!self.matches('^/var/run/fanout/.*[.]')").message("socketDir must not have a '.' in a directory name below /var/run/fanout: <namespace>.<name> directories are the groups' own"),
     )]
     #[schemars(length(max = 64))]
     pub socket_dir: String,
@@ -149,6 +154,39 @@ pub struct FanoutGroupSpec {
     /// Who may publish and subscribe over TCP: CURVE (authentication and encryption).
     #[serde(default)]
     pub security: GroupSecurity,
+
+    /// The relay tree for large groups: from `minProxies` ready proxies on, publishers reach
+    /// about √N relays and each relay forwards to its share of the other proxies.
+    #[serde(default)]
+    pub relays: RelaySpec,
+}
+
+/// `spec.relays`: when a group becomes a two-tier tree.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RelaySpec {
+    /// Let the group become a tree. The proxy pods then run with the group's ServiceAccount
+    /// `<name>-proxy`, allowed to list and watch the EndpointSlices of the namespace (a relay
+    /// follows its assignment through the API), and with CURVE the group's own key may publish
+    /// (relays authenticate to their leaves with it). `false`: always flat, and the proxies get
+    /// no API access at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Ready proxies from which the group is a tree (below: flat, publishers connect to every
+    /// proxy). About √N of them become relays.
+    #[serde(default = "default_min_proxies")]
+    #[schemars(range(min = 2, max = 100000))]
+    pub min_proxies: i32,
+}
+
+impl Default for RelaySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_proxies: default_min_proxies(),
+        }
+    }
 }
 
 /// `spec.security`: CURVE on the proxies' TCP ports.
@@ -223,6 +261,9 @@ pub struct FanoutGroupStatus {
     /// keys are not admitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unresolved_keys: Vec<String>,
+    /// Proxies that relay to the others (the relay tree's top tier); 0 while the group is flat.
+    #[serde(default)]
+    pub relays: i32,
 }
 
 pub fn default_publisher_port() -> i32 {
@@ -245,6 +286,9 @@ pub fn default_heartbeat_seconds() -> i32 {
 }
 pub fn default_endpoints_per_slice() -> i32 {
     100
+}
+pub fn default_min_proxies() -> i32 {
+    64
 }
 fn default_true() -> bool {
     true
@@ -271,6 +315,7 @@ impl Default for FanoutGroupSpec {
             resources: None,
             priority_class_name: None,
             security: GroupSecurity::default(),
+            relays: RelaySpec::default(),
         }
     }
 }
@@ -283,6 +328,22 @@ pub fn crd_yaml() -> Result<String, serde_norway::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relays_default_to_a_tree_from_64_proxies_and_the_threshold_is_bounded() {
+        let crd = serde_json::to_value(FanoutGroup::crd()).unwrap();
+        let relays = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["relays"]["properties"];
+        assert_eq!(relays["minProxies"]["minimum"], 2.0);
+        assert_eq!(relays["minProxies"]["maximum"], 100000.0);
+        assert_eq!(relays["minProxies"]["default"], 64);
+        assert_eq!(relays["enabled"]["default"], true);
+        let spec: FanoutGroupSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.relays, RelaySpec::default());
+        assert!(spec.relays.enabled);
+        let spec: FanoutGroupSpec = serde_json::from_str(r#"{"relays": {"minProxies": 9}}"#).unwrap();
+        assert_eq!((spec.relays.enabled, spec.relays.min_proxies), (true, 9));
+    }
 
     #[test]
     fn socket_group_is_optional_and_bounded_to_a_gid() {

@@ -8,7 +8,22 @@
 //!   a line, sorted), and where the proxies' CURVE public key is published;
 //! - the [`Endpoint`] type, a ZeroMQ endpoint checked once when it is made, and how an
 //!   address renders as one;
-//! - the one rule for which slice endpoints count as published ([`is_published`]).
+//! - the one rule for which slice endpoints count as published ([`is_published`]);
+//! - the relay tree's second tier: how a relay finds the leaves assigned to it
+//!   ([`relay_slice_selector`]), in slices that the group's own selector never matches.
+//!
+//! # The relay tree
+//!
+//! A group in tree mode (`spec.relays`, see `relay_tree`) publishes two tiers:
+//! - the **top tier**, in exactly the objects a flat group uses (the slices labelled
+//!   `fanout.dev/group=<name>`, the `<name>-endpoints` ConfigMap): the relays only. Publishers,
+//!   old and new, follow it unchanged and connect to the relays only;
+//! - **one assignment per relay**: EndpointSlices labelled `fanout.dev/relay-for=<group>` and
+//!   `fanout.dev/relay=<relay pod>`, without the `fanout.dev/group` and
+//!   `kubernetes.io/service-name` labels, so that no publisher's selector (nor cluster DNS)
+//!   ever lists a leaf. Each leaf appears in exactly one relay's assignment, once (its pod's
+//!   primary address), and never in the top tier: a publisher reaching a leaf directly as well
+//!   as through its relay would deliver every message twice.
 
 use std::borrow::Borrow;
 use std::collections::BTreeSet;
@@ -33,6 +48,41 @@ pub const CONFIGMAP_KEY: &str = "endpoints";
 /// proxies' CURVE public key (Z85), which publishers connect with.
 pub const CONFIGMAP_CURVE_KEY: &str = "curve-public-key";
 pub const CURVE_PUBLIC_KEY_ANNOTATION: &str = "fanout.dev/curve-public-key";
+
+/// On a relay's assignment slices: the group the relay belongs to (instead of [`GROUP_LABEL`],
+/// which would put the leaves in every publisher's list).
+pub const RELAY_FOR_LABEL: &str = "fanout.dev/relay-for";
+/// On a relay's assignment slices: the relay's pod name.
+pub const RELAY_LABEL: &str = "fanout.dev/relay";
+
+/// The label selector of the slices assigning leaves to relay pod `relay` of `group`, as the
+/// relay watches them.
+pub fn relay_slice_selector(group: &str, relay: &str) -> String {
+    format!("{RELAY_FOR_LABEL}={group},{RELAY_LABEL}={relay},{SLICE_MANAGED_BY_LABEL}={SLICE_MANAGER}")
+}
+
+/// Whether `value` can be a label value (and so a relay pod's name can label its slices):
+/// at most 63 characters of `[A-Za-z0-9._-]`, starting and ending alphanumeric.
+pub fn is_label_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Whether an equality-based label selector (`k=v,k2=v2`, or a bare `k` for "has the label")
+/// as this module writes them matches `labels`: what the API server does with our selectors,
+/// so tests can check which objects a reader sees.
+pub fn selector_matches(selector: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some((key, value)) => labels.get(key).map(String::as_str) == Some(value),
+        None => labels.contains_key(term),
+    })
+}
 
 /// Name of the ConfigMap that lists a group's ready proxies.
 pub fn configmap_name(group: &str) -> String {
@@ -302,6 +352,46 @@ mod tests {
             "udp://1.2.3.4:5",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_relay_selector_never_matches_what_the_group_selector_matches() {
+        let relay = relay_slice_selector("g", "g-abcde");
+        assert_eq!(
+            relay,
+            "fanout.dev/relay-for=g,fanout.dev/relay=g-abcde,endpointslice.kubernetes.io/managed-by=controller.fanout.dev"
+        );
+        let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let top = labels(&[(GROUP_LABEL, "g"), (SLICE_MANAGED_BY_LABEL, SLICE_MANAGER)]);
+        let assignment = labels(&[
+            (RELAY_FOR_LABEL, "g"),
+            (RELAY_LABEL, "g-abcde"),
+            (SLICE_MANAGED_BY_LABEL, SLICE_MANAGER),
+        ]);
+        assert!(selector_matches(&slice_selector("g"), &top));
+        assert!(!selector_matches(&slice_selector("g"), &assignment));
+        assert!(selector_matches(&relay, &assignment));
+        assert!(!selector_matches(&relay, &top));
+        assert!(!selector_matches(
+            &relay_slice_selector("g", "g-other"),
+            &assignment
+        ));
+        assert!(selector_matches(GROUP_LABEL, &top));
+    }
+
+    #[test]
+    fn label_values_are_checked() {
+        for ok in ["a", "g-abcde", "A.b_c-9", &"x".repeat(63)] {
+            assert!(is_label_value(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a/b", "a b", &"x".repeat(64)] {
+            assert!(!is_label_value(bad), "{bad}");
         }
     }
 

@@ -4,8 +4,14 @@
 /// Everything a subcommand can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
+    #[error("--curve-secret-key-file needs --proxy-public-key (or, for fanout publish, --group)")]
+    MissingProxyPublicKey,
+    #[error("--{flag} {value}: {source}")]
+    InvalidSeconds {
+        flag: String,
+        value: f64,
+        source: std::time::TryFromFloatSecsError,
+    },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod probe;
 pub mod proxy;
 pub mod publisher;
+pub mod relay_tree;
 pub mod runtime;
 pub mod socket_options;
 pub mod subscriber;

@@ -198,6 +198,7 @@ async fn reconcile_with(
         services: store_of(state.services),
         config_maps: store_of(state.config_maps),
         secrets: store_of(state.secrets),
+        relay_slices: store_of(Vec::new()),
     };
     let recorder = Recorder::new(
         client.clone(),
@@ -237,6 +238,25 @@ fn body_of<K: DeserializeOwned>(seen: &[Seen], path_end: &str) -> K {
     serde_json::from_value(entry.body.clone()).expect("typed body")
 }
 
+/// The status the reconcile wrote.
+fn written_status(seen: &[Seen]) -> &Value {
+    &seen
+        .iter()
+        .find(|s| s.path.ends_with("/status"))
+        .expect("a status patch")
+        .body["status"]
+}
+
+/// The condition of type `kind` in `status`.
+fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == kind)
+        .expect("the condition")
+}
+
 #[tokio::test]
 async fn first_reconcile_applies_children_in_order_then_status_then_event() {
     let state = State {
@@ -250,6 +270,10 @@ async fn first_reconcile_applies_children_in_order_then_status_then_event() {
     assert_eq!(
         lines,
         [
+            // The proxies' identity for relaying comes with the DaemonSet, before it.
+            "PATCH /api/v1/namespaces/net/serviceaccounts/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/roles/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/rolebindings/updates-proxy",
             "PATCH /apis/apps/v1/namespaces/net/daemonsets/updates",
             "PATCH /api/v1/namespaces/net/services/updates",
             "PATCH /apis/discovery.k8s.io/v1/namespaces/net/endpointslices/updates-v4-0",
@@ -299,10 +323,15 @@ async fn first_reconcile_applies_children_in_order_then_status_then_event() {
     );
     let slice: EndpointSlice = body_of(&seen, "endpointslices/updates-v4-0");
     assert_eq!(slice.endpoints.len(), 2);
-    let status = &seen[4].body["status"];
+    let status = &seen[7].body["status"];
     assert_eq!(status["publishedEndpoints"], 2);
     assert_eq!(status["observedGeneration"], 1);
-    assert_eq!(seen[5].body["reason"], "ProxiesJoined");
+    assert_eq!(seen[8].body["reason"], "ProxiesJoined");
+    let role = &seen[1].body;
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}])
+    );
 }
 
 #[tokio::test]
@@ -315,12 +344,15 @@ async fn a_curve_group_creates_its_key_pair_and_allow_list_before_the_proxies() 
     };
     let (result, seen) = reconcile_once(curve, state).await;
     assert_eq!(result, Ok(()));
-    let lines: Vec<String> = seen.iter().take(3).map(Seen::line).collect();
+    let lines: Vec<String> = seen.iter().take(6).map(Seen::line).collect();
     assert_eq!(
         lines,
         [
             "POST /api/v1/namespaces/net/secrets",
             "PATCH /api/v1/namespaces/net/configmaps/updates-curve-allow",
+            "PATCH /api/v1/namespaces/net/serviceaccounts/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/roles/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/rolebindings/updates-proxy",
             "PATCH /apis/apps/v1/namespaces/net/daemonsets/updates",
         ]
     );
@@ -336,6 +368,57 @@ async fn a_curve_group_creates_its_key_pair_and_allow_list_before_the_proxies() 
         pair.public_key().unwrap(),
         fanout::curve::PublicKey::from_z85(public).unwrap(),
         "a real key pair"
+    );
+}
+
+/// Issue 10: a Secret `<name>-curve` planted with the controller's labels (and a key pair of
+/// the planter's) is not the group's: no proxies are written to use it, nothing overwrites it,
+/// and the status says why.
+#[tokio::test]
+async fn a_planted_key_pair_is_refused_and_no_proxy_is_written_to_use_it() {
+    let mut curve = group(None);
+    curve.spec.security.curve = true;
+    let planted_key = fanout::curve::KeyPair::generate().unwrap().public.to_z85();
+    let planted: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "updates-curve", "namespace": "net",
+                     "labels": {"fanout.dev/group": "updates",
+                                "app.kubernetes.io/managed-by": "fanout-controller",
+                                "fanout.dev/public-key": "true"}},
+        "data": {"public.key": k8s_openapi::ByteString(planted_key.clone().into_bytes())}
+    }))
+    .unwrap();
+    let state = State {
+        daemon_sets: vec![existing_daemon_set()],
+        secrets: vec![planted],
+        ..State::default()
+    };
+    let (result, seen) = reconcile_once(curve, state).await;
+    assert_eq!(result, Ok(()));
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("/secrets") || l.contains("/daemonsets/")),
+        "{lines:?}"
+    );
+    let status = written_status(&seen);
+    let degraded = condition(status, "Degraded");
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("CurveKeyUnusable"))
+    );
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("no controller ownerReference to this FanoutGroup (uid uid-1)"),
+        "{message}"
+    );
+    assert!(
+        status["curvePublicKey"].is_null(),
+        "the planted key is never published"
+    );
+    assert!(
+        !seen.iter().any(|s| s.body.to_string().contains(&planted_key)),
+        "the planted key appears in no write"
     );
 }
 
@@ -416,13 +499,8 @@ async fn a_group_without_image_is_degraded_and_gets_no_daemon_set() {
     assert_eq!(result, Ok(()));
     let lines: Vec<String> = seen.iter().map(Seen::line).collect();
     assert!(!lines.iter().any(|l| l.contains("daemonsets")), "{lines:?}");
-    let status = &seen.iter().find(|s| s.path.ends_with("/status")).unwrap().body["status"];
-    let degraded = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .unwrap();
+    let status = written_status(&seen);
+    let degraded = condition(status, "Degraded");
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["reason"], "NoProxyImage");
     let warning = seen.iter().find(|s| s.method == "POST").unwrap();
@@ -451,13 +529,16 @@ async fn an_object_the_api_refuses_makes_the_group_degraded_and_the_reconcile_fa
     assert_eq!(
         lines,
         [
+            "PATCH /api/v1/namespaces/net/serviceaccounts/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/roles/updates-proxy",
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/net/rolebindings/updates-proxy",
             "PATCH /apis/apps/v1/namespaces/net/daemonsets/updates",
             "PATCH /api/v1/namespaces/net/services/updates",
             "PATCH /apis/fanout.dev/v1alpha1/namespaces/net/fanoutgroups/updates/status",
             "POST /apis/events.k8s.io/v1/namespaces/net/events",
         ]
     );
-    let degraded = seen[2].body["status"]["conditions"]
+    let degraded = seen[5].body["status"]["conditions"]
         .as_array()
         .unwrap()
         .iter()

@@ -74,6 +74,7 @@ fn schema_carries_defaults_and_admission_rules() {
         "maximum: 65535.0",
         "rule: self == '/var/run/fanout' || self.startsWith('/var/run/fanout/')",
         "rule: self != 0",
+        "rule: '!self.matches(''^/var/run/fanout/.*[.]'')'",
         "rule: self.publisherPort != self.httpPort",
         "shortNames:\n    - fg",
         "subresources:\n      status: {}",

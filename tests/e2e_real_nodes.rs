@@ -436,6 +436,16 @@ async fn user_path_on_real_nodes() {
             pod.raw["spec"]["containers"][0]["image"],
             image.reference().as_str()
         );
+        // What the kubelet ran is what the controller wrote: the init container with exactly
+        // CHOWN and FOWNER on top of nothing, the proxy probed on /readyz.
+        let init_spec = &pod.raw["spec"]["initContainers"][0];
+        assert_eq!(
+            init_spec["securityContext"]["capabilities"],
+            serde_json::json!({"add": ["CHOWN", "FOWNER"], "drop": ["ALL"]}),
+            "init container capabilities on {node}"
+        );
+        let probe = &pod.raw["spec"]["containers"][0]["readinessProbe"]["httpGet"];
+        assert_eq!(probe["path"], "/readyz", "readiness probe on {node}: {probe}");
         assert_eq!(
             node_stat(node, SOCKET_DIR),
             "2750 65532:2000 directory",
@@ -507,6 +517,27 @@ async fn user_path_on_real_nodes() {
     }
     let publisher = pods(NAMESPACE, "app=port-publisher");
     assert_eq!(publisher.len(), 1);
+    // The publisher's ServiceAccount can read the endpoint list and nothing more (docs/rbac.md).
+    let publisher_sa = format!("--as=system:serviceaccount:{NAMESPACE}:port-publisher");
+    for (verb, resource, allowed) in [
+        ("list", "endpointslices.discovery.k8s.io", "yes"),
+        ("watch", "endpointslices.discovery.k8s.io", "yes"),
+        ("get", "secrets", "no"),
+        ("list", "pods", "no"),
+        ("create", "endpointslices.discovery.k8s.io", "no"),
+        ("get", "configmaps", "no"),
+    ] {
+        let out = run(
+            &tool("kubectl"),
+            &["auth", "can-i", verb, resource, "-n", NAMESPACE, &publisher_sa],
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            allowed,
+            "publisher ServiceAccount: can-i {verb} {resource}"
+        );
+    }
     eprintln!(
         "[{:>6.1}s] publisher {} on {} reaches every agent",
         elapsed(started),
@@ -643,6 +674,15 @@ async fn user_path_on_real_nodes() {
         );
     }
     eprintln!("[{:>6.1}s] a changed group rolled the proxies", elapsed(started));
+    // The agents' and the publisher's counts cover the whole test only if none restarted (a
+    // restarted container starts counting from zero, hiding what it lost before).
+    for pod in pods(NAMESPACE, "app in (port-agent,port-publisher)") {
+        assert_eq!(
+            pod.restarts, 0,
+            "{} restarted: its loss counts are incomplete",
+            pod.name
+        );
+    }
 
     // 7. helm uninstall and deleting the CRD leave nothing behind.
     kubectl_ok(&[

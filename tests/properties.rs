@@ -9,7 +9,7 @@ use fanout::crd::{FanoutGroup, FanoutGroupSpec};
 use fanout::curve::{KeyPair, PublicKey};
 use fanout::endpoint_list::{Endpoint, parse_list, render_list, slice_members};
 use fanout::proxy::auth::{ZapPolicy, decide, parse_allow_list};
-use fanout::subscriber::{GapTracker, SequenceCheck};
+use fanout::subscriber::{GapTracker, SequenceCheck, SubscriberStats};
 use fanout::wire::{ENVELOPE_LEN, Envelope, FLAT_MAX_TOPIC, Parsed, PublisherId, WireError, split};
 use k8s_openapi::api::discovery::v1::{
     Endpoint as SliceEndpoint, EndpointConditions, EndpointPort, EndpointSlice,
@@ -144,6 +144,28 @@ proptest! {
                 SequenceCheck::First | SequenceCheck::InOrder | SequenceCheck::OutOfOrder => {}
             }
         }
+    }
+
+    #[test]
+    fn forged_envelopes_never_overflow_the_counts_nor_grow_them_without_bound(
+        observations in proptest::collection::vec((0u8..6, 0u8..4, prop_oneof![
+            Just(0u64), Just(1), Just(u64::MAX - 1), Just(u64::MAX), any::<u64>()]), 1..64)
+    ) {
+        let mut tracker = GapTracker::default();
+        let mut stats = SubscriberStats::default();
+        let (mut lost, mut gaps) = (0, 0);
+        for (publisher, topic, sequence) in &observations {
+            let id = PublisherId([*publisher; 16]);
+            let check = tracker.observe(id, &[*topic], *sequence);
+            stats.record(id, check);
+            // Saturating, never wrapping: the totals only ever grow.
+            prop_assert!(stats.total_lost() >= lost && stats.total_gaps() >= gaps);
+            (lost, gaps) = (stats.total_lost(), stats.total_gaps());
+        }
+        let received: u64 = stats.per_publisher.values().map(|c| c.received).sum::<u64>() + stats.evicted.received;
+        prop_assert_eq!(received, observations.len() as u64);
+        prop_assert!(stats.per_publisher.len() <= SubscriberStats::MAX_PUBLISHERS);
+        prop_assert!(tracker.streams() <= GapTracker::MAX_STREAMS);
     }
 
     // --- endpoints, lists, slices --------------------------------------------------------

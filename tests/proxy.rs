@@ -3,6 +3,7 @@
 
 mod proxy_support;
 
+use fanout::proxy::{self, ProxyConfig};
 use proxy_support::*;
 use std::time::Duration;
 
@@ -54,6 +55,10 @@ fn every_multipart_message_is_forwarded_unchanged() {
     );
     let stats = proxy.shutdown().expect("clean shutdown");
     assert_eq!(stats.subscribers.send_failures, 0);
+    assert_eq!(
+        stats.subscribers.queue_full, 0,
+        "no queue filled: nothing counted"
+    );
 }
 
 #[test]
@@ -247,4 +252,79 @@ fn a_proxy_handle_can_be_shared_between_threads() {
     };
     assert_eq!(reader.join().expect("thread").live_subscriptions, 0);
     assert!(proxy.is_running());
+}
+
+/// A subscriber that stops reading fills its queue; libzmq's XPUB then drops its messages
+/// without a trace. The proxy counts each time a subscriber's queue was found full
+/// (`fanout_proxy_queue_full_events_total`): never when nothing was lost, at least once when
+/// something was, never more often than messages were missed.
+#[test]
+fn a_full_subscriber_queue_is_counted_where_it_happens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = proxy::start(ProxyConfig {
+        hwm: 10,
+        ..config(dir.path())
+    })
+    .expect("proxy starts");
+    let ctx = zmq::Context::new();
+    let publisher = publisher(&ctx, &proxy);
+    publisher.set_sndhwm(0).expect("sndhwm");
+    let reader = subscriber(&ctx, &proxy, &[b"t"]);
+    reader.set_rcvhwm(0).expect("rcvhwm");
+    let stuck = subscriber(&ctx, &proxy, &[b"t"]);
+    stuck.set_rcvhwm(10).expect("rcvhwm");
+    sync(&publisher, &reader, b"t");
+    sync(&publisher, &stuck, b"t");
+    // The second set of probes reached the reader too.
+    std::thread::sleep(Duration::from_millis(50));
+    while reader.recv_multipart(zmq::DONTWAIT).is_ok() {}
+    let before = proxy.stats().subscribers;
+
+    // 4 KiB messages: the stuck subscriber's queues and socket buffers fill long before the end
+    // (the reader, also behind a queue of 10, may miss some too).
+    const COUNT: u32 = 5_000;
+    let payload = vec![7u8; 4096];
+    let sender = std::thread::spawn(move || {
+        for n in 0..COUNT {
+            publisher
+                .send_multipart([b"t".as_slice(), &n.to_be_bytes(), &payload], 0)
+                .expect("publish");
+        }
+        publisher
+    });
+    let received = |socket: &zmq::Socket| -> std::collections::BTreeSet<u32> {
+        socket.set_rcvtimeo(500).expect("rcvtimeo");
+        let mut got = std::collections::BTreeSet::new();
+        while let Ok(parts) = socket.recv_multipart(0) {
+            got.insert(u32::from_be_bytes(parts[1][..4].try_into().expect("a sequence")));
+        }
+        got
+    };
+    let by_reader = received(&reader);
+    let _publisher = sender.join().expect("publisher thread");
+    let by_stuck = received(&stuck);
+    let after = proxy.stats().subscribers;
+    let counted = after.queue_full - before.queue_full;
+    let missed_by_some = (0..COUNT)
+        .filter(|n| !(by_reader.contains(n) && by_stuck.contains(n)))
+        .count() as u64;
+    eprintln!(
+        "of {COUNT}: the reader got {}, the stuck subscriber {}; missed by some: {missed_by_some}; counted: {counted}",
+        by_reader.len(),
+        by_stuck.len()
+    );
+    assert!(
+        by_stuck.len() < COUNT as usize / 2,
+        "the stuck subscriber's queue never filled: the test proves nothing"
+    );
+    assert!(
+        by_reader.len() > by_stuck.len(),
+        "the reader got less than the stuck subscriber"
+    );
+    assert!(
+        counted >= 1 && counted <= missed_by_some,
+        "{counted} queue-full events for {missed_by_some} messages missed by some subscriber"
+    );
+    assert_eq!(after.messages_sent - before.messages_sent, u64::from(COUNT));
+    assert_eq!(after.send_failures, before.send_failures);
 }

@@ -9,11 +9,6 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 /// Status code and body of `GET path`, or `None` while nothing listens.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -106,11 +101,7 @@ fn serves_metrics_and_stops_cleanly_on_sigterm() {
     assert_eq!(get(http_port, "/healthz").map(|(s, _)| s), Some(200));
 
     let ctx = zmq::Context::new();
-    let publisher = ctx.socket(zmq::PUB).expect("PUB");
-    publisher.set_linger(0).expect("linger");
-    publisher
-        .connect(&format!("tcp://127.0.0.1:{publish_port}"))
-        .expect("connect");
+    let publisher = publisher_to(&ctx, &format!("tcp://127.0.0.1:{publish_port}"));
     let subscriber = ctx.socket(zmq::SUB).expect("SUB");
     subscriber.set_linger(0).expect("linger");
     subscriber.set_subscribe(b"t").expect("subscribe");

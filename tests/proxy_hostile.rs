@@ -3,6 +3,7 @@
 
 mod proxy_support;
 
+use fanout::proxy::{CutOff, Side};
 use proxy_support::*;
 use std::io::Write;
 use std::net::TcpStream;
@@ -64,6 +65,7 @@ fn a_garbage_greeting_is_cut_off_and_forwarding_goes_on() {
 
 #[test]
 fn a_frame_claiming_a_terabyte_is_cut_off_with_bounded_memory() {
+    let _memory = measuring_memory();
     let rig = Rig::new(b"t");
     let (proxy, publisher, subscriber) = (&rig.proxy, &rig.publisher, &rig.subscriber);
     let port = tcp_port(&proxy.publisher_endpoints()[0]);
@@ -252,4 +254,248 @@ fn a_flood_of_distinct_subscriptions_collapses_upstream_and_loses_nothing() {
     let parts = honest.recv_multipart(0).expect("last");
     assert_eq!(parts[1], b"last", "a topic it never asked for reached it");
     assert!(proxy.is_running());
+}
+
+/// A raw subscriber on the unix socket: holds nothing itself, so the memory measured is the
+/// proxy's.
+fn raw_subscriber(dir: &std::path::Path) -> std::os::unix::net::UnixStream {
+    raw_unix_zmtp_peer(&socket_path(dir), "SUB")
+}
+
+/// The subscription frame for `topic`.
+fn subscribe_frame(topic: &[u8]) -> Vec<u8> {
+    zmtp_frame(false, &[&[1u8][..], topic].concat())
+}
+
+#[test]
+fn a_subscriber_flooding_100_000_long_prefixes_is_cut_off_at_its_cap_with_bounded_memory() {
+    let _memory = measuring_memory();
+    let rig = Rig::new(b"t");
+    let watcher = rig.watcher();
+    let proxy = &rig.proxy;
+    let limits = fanout::proxy::SubscriptionLimits::default();
+    let rss_before = rss_kib();
+
+    // 100 000 distinct prefixes of the longest length allowed, each different from the others
+    // from its 7th byte: in a plain XPUB's trie that is about 8 KiB each, 800 MiB in all.
+    let mut flood = raw_subscriber(rig.dir.path());
+    let mut sent = 0u32;
+    'flood: for batch in 0..100u32 {
+        let mut bytes = Vec::new();
+        for n in batch * 1000..(batch + 1) * 1000 {
+            let mut topic = format!("flood/{n:06}/").into_bytes();
+            topic.resize(limits.max_topic_bytes, b'x');
+            bytes.extend_from_slice(&subscribe_frame(&topic));
+        }
+        if flood.write_all(&bytes).is_err() {
+            break 'flood;
+        }
+        sent += 1000;
+    }
+    assert!(
+        closed_by_proxy(&mut flood).is_some(),
+        "the flooding subscriber must be cut off"
+    );
+    let grown_mib = rss_kib().saturating_sub(rss_before) / 1024;
+    eprintln!("flood: {sent} subscriptions written before the cut; RSS grew by {grown_mib} MiB");
+    assert!(grown_mib < 64, "memory grew by {grown_mib} MiB");
+    let metrics = proxy.metrics();
+    assert!(eventually(|| metrics
+        .cut_off(Side::Subscribers, CutOff::Topics)
+        .get()
+        == 1));
+    assert!(metrics.refused_subscriptions("topics").get() >= 1);
+
+    // Upstream saw at most the subscriber's cap of distinct topics, and all of them withdrawn
+    // once it was gone; the honest subscriber's topic stays.
+    // Read until every subscribe seen has its unsubscribe (a busy machine may pause the
+    // proxy for longer than one quiet second), then for one quiet second more.
+    let mut subscribed = std::collections::HashSet::new();
+    let mut withdrawn = 0usize;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match upstream(&watcher, Duration::from_secs(1)).as_deref().map(|m| m.split_first()) {
+            Some(Some((1, topic))) => {
+                subscribed.insert(topic.to_vec());
+            }
+            Some(Some((0, _))) => withdrawn += 1,
+            Some(_) => {}
+            None if withdrawn >= subscribed.len() || std::time::Instant::now() > deadline => break,
+            None => {}
+        }
+    }
+    assert!(
+        subscribed.len() <= limits.max_topics_per_subscriber,
+        "{} topics went upstream",
+        subscribed.len()
+    );
+    assert_eq!(withdrawn, subscribed.len());
+    assert!(eventually(|| proxy.stats().live_subscriptions == 1));
+    still_forwarding(&rig.publisher, &rig.subscriber, b"t");
+    assert!(proxy.is_running());
+}
+
+#[test]
+fn a_topic_longer_than_allowed_closes_the_subscriber_and_others_go_on() {
+    let rig = Rig::new(b"t");
+    let limits = fanout::proxy::SubscriptionLimits::default();
+    let metrics = rig.proxy.metrics();
+
+    // Longer than --max-topic-bytes, shorter than the frame limit: refused by the proxy.
+    let mut long = raw_subscriber(rig.dir.path());
+    long.write_all(&subscribe_frame(&vec![b'y'; limits.max_topic_bytes + 1]))
+        .expect("send");
+    assert!(closed_by_proxy(&mut long).is_some(), "must be cut off");
+    assert!(eventually(|| metrics
+        .cut_off(Side::Subscribers, CutOff::TopicBytes)
+        .get()
+        == 1));
+    // Longer than the subscriber side's frame limit: libzmq drops the connection before the
+    // frame is read, so nothing of it is stored or counted as a refusal.
+    let mut huge = raw_subscriber(rig.dir.path());
+    let _ = huge.write_all(&subscribe_frame(&vec![b'z'; 64 << 10]));
+    assert!(closed_by_proxy(&mut huge).is_some(), "must be cut off");
+    assert_eq!(metrics.refused_subscriptions("topic_bytes").get(), 1);
+    still_forwarding(&rig.publisher, &rig.subscriber, b"t");
+}
+
+#[test]
+fn an_unsubscribe_of_a_topic_someone_else_holds_changes_nothing() {
+    let rig = Rig::new(b"t");
+    let watcher = rig.watcher();
+    let proxy = &rig.proxy;
+
+    // A peer that never subscribed to t unsubscribes from it (libzmq's XPUB passes that up,
+    // and a proxy that forwarded it would unsubscribe the node from t).
+    let mut hostile = raw_subscriber(rig.dir.path());
+    hostile.write_all(&zmtp_frame(false, b"\x00t")).expect("send");
+    assert!(eventually(|| proxy
+        .metrics()
+        .refused_subscriptions("not_subscribed")
+        .get()
+        == 1));
+    assert_eq!(
+        upstream(&watcher, Duration::from_millis(300)),
+        None,
+        "nothing goes upstream"
+    );
+    still_forwarding(&rig.publisher, &rig.subscriber, b"t");
+
+    // Subscribing twice and unsubscribing once from the same connection leaves nothing held:
+    // libzmq keeps one subscription per connection and topic.
+    hostile.write_all(&zmtp_frame(false, b"\x01u")).expect("send");
+    hostile.write_all(&zmtp_frame(false, b"\x01u")).expect("send");
+    assert_eq!(upstream(&watcher, WAIT).as_deref(), Some(b"\x01u".as_slice()));
+    hostile.write_all(&zmtp_frame(false, b"\x00u")).expect("send");
+    assert_eq!(upstream(&watcher, WAIT).as_deref(), Some(b"\x00u".as_slice()));
+    assert_eq!(upstream(&watcher, Duration::from_millis(300)), None);
+    assert!(eventually(|| proxy.stats().live_subscriptions == 1));
+}
+
+/// Writes `bytes` to `stream` over and over until `cut` holds (or 20 s pass); returns the bytes
+/// written, when `cut` held, and the largest growth of this process's memory over `rss_before`
+/// (MiB) seen meanwhile. Writes time out rather than block: once the proxy stops reading, the
+/// socket's buffers stay full.
+fn flood_until(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    cut: impl Fn() -> bool,
+    rss_before: u64,
+) -> (u64, Duration, u64) {
+    stream
+        .set_write_timeout(Some(Duration::from_millis(50)))
+        .expect("write timeout");
+    let started = std::time::Instant::now();
+    let mut written = 0u64;
+    let mut peak_mib = 0;
+    while started.elapsed() < Duration::from_secs(20) && !cut() {
+        match stream.write(bytes) {
+            Ok(n) => written += n as u64,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        peak_mib = peak_mib.max(rss_kib().saturating_sub(rss_before) / 1024);
+    }
+    (written, started.elapsed(), peak_mib)
+}
+
+#[test]
+fn a_message_that_never_ends_is_cut_off_while_an_honest_publisher_loses_nothing() {
+    let _memory = measuring_memory();
+    let rig = Rig::new(b"t");
+    let (proxy, dir) = (&rig.proxy, &rig.dir);
+    let port = tcp_port(&proxy.publisher_endpoints()[0]);
+    let honest_publisher = publisher(&rig.ctx, proxy);
+    let honest = subscriber(&rig.ctx, proxy, &[b"n"]);
+    sync(&honest_publisher, &honest, b"n");
+    let _ = dir;
+    let rss_before = rss_kib();
+
+    // The honest publisher sends 2 000 numbered messages over about 2 s meanwhile.
+    const COUNT: u32 = 2000;
+    let sending = publish_numbered(honest_publisher, b"n", COUNT, Duration::from_millis(1));
+
+    // Empty frames with MORE set, as fast as the socket takes them: 2 bytes on the wire,
+    // about 64 bytes of libzmq's memory each, and no message ever completes.
+    let metrics = proxy.metrics();
+    let cut = || metrics.cut_off(Side::Publishers, CutOff::UnfinishedMessage).get() > 0;
+    let mut stuck = raw_zmtp_peer(port, "PUB");
+    let frames = zmtp_frame(true, b"").repeat(32 << 10);
+    let (written, cut_after, peak_mib) = flood_until(&mut stuck, &frames, cut, rss_before);
+    assert!(closed_by_proxy(&mut stuck).is_some(), "the peer must be cut off");
+    eprintln!(
+        "unfinished message: {} KiB of empty frames written, cut after {cut_after:?}, RSS peak +{peak_mib} MiB",
+        written >> 10
+    );
+    assert!(
+        cut_after < Duration::from_secs(5),
+        "cut off only after {cut_after:?}"
+    );
+    assert!(peak_mib < 256, "memory grew by {peak_mib} MiB");
+    assert_eq!(
+        metrics.cut_off(Side::Publishers, CutOff::UnfinishedMessage).get(),
+        1
+    );
+    assert_eq!(metrics.cut_off(Side::Publishers, CutOff::InFlight).get(), 0);
+
+    // The honest publisher lost nothing, in order.
+    receive_numbered(&honest, COUNT);
+    let _publisher = sending.join().expect("honest publisher");
+    still_forwarding(&rig.publisher, &rig.subscriber, b"t");
+    assert!(proxy.is_running());
+}
+
+#[test]
+fn a_tcp_subscriber_sending_a_message_that_never_ends_is_cut_off() {
+    let _memory = measuring_memory();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.subscribers.push("tcp://127.0.0.1:0".into());
+    let proxy = fanout::proxy::start(config).expect("proxy starts");
+    let port = tcp_port(&proxy.subscriber_endpoints()[1]);
+    let ctx = zmq::Context::new();
+    let publisher = publisher(&ctx, &proxy);
+    let honest = subscriber(&ctx, &proxy, &[b"t"]);
+    sync(&publisher, &honest, b"t");
+
+    let metrics = proxy.metrics();
+    let cut = || {
+        metrics
+            .cut_off(Side::Subscribers, CutOff::UnfinishedMessage)
+            .get()
+            > 0
+    };
+    let mut stuck = raw_zmtp_peer(port, "SUB");
+    let frames = zmtp_frame(true, b"\x02").repeat(32 << 10);
+    let (_, cut_after, _) = flood_until(&mut stuck, &frames, cut, rss_kib());
+    assert!(closed_by_proxy(&mut stuck).is_some(), "must be cut off");
+    assert!(
+        cut_after < Duration::from_secs(5),
+        "cut off only after {cut_after:?}"
+    );
+    still_forwarding(&publisher, &honest, b"t");
 }

@@ -2,7 +2,9 @@
 
 use crate::controller::ControllerConfig;
 use crate::controller::leader::LeaseTimings;
-use crate::controller::policy::{DEFAULT_SOCKET_ROOT, ProxyPolicy};
+use crate::controller::policy::{
+    DEFAULT_SOCKET_ROOT, ProxyPolicy, is_normalized_absolute, parse_image_pattern,
+};
 use k8s_openapi::api::core::v1::Toleration;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,6 +12,18 @@ use std::time::Duration;
 /// Tolerations as JSON (`[{"key": "dedicated", "operator": "Exists"}]`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tolerations(pub Vec<Toleration>);
+
+/// `--socket-root`: a normalized absolute path (a trailing `/` is dropped).
+fn parse_socket_root(text: &str) -> Result<String, String> {
+    let root = text.trim_end_matches('/');
+    if is_normalized_absolute(root) {
+        Ok(root.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a normalized absolute directory other than `/` (no `//`, `.` or `..`)"
+        ))
+    }
+}
 
 fn parse_tolerations(text: &str) -> Result<Tolerations, String> {
     serde_json::from_str(text)
@@ -30,13 +44,14 @@ pub struct ControllerArgs {
     /// it no DaemonSet is written.
     #[arg(long, env = "FANOUT_PROXY_IMAGE")]
     pub default_proxy_image: Option<String>,
-    /// Another image spec.image may name: an exact reference, or a prefix ending in `*`.
-    /// Repeat for more. Default: only --default-proxy-image.
-    #[arg(long = "allowed-proxy-image", value_name = "IMAGE")]
+    /// Another image spec.image may name: an exact reference, `REPO@*` (any digest of REPO),
+    /// `REPO:*` (any tag of REPO), `PATH/*` (any repository below PATH) or `*`. Repeat for
+    /// more. Default: only --default-proxy-image.
+    #[arg(long = "allowed-proxy-image", value_name = "IMAGE", value_parser = parse_image_pattern)]
     pub allowed_proxy_images: Vec<String>,
     /// Every group's spec.socketDir must be this directory or below it; each group gets its
     /// own directory `<socketDir>/<namespace>.<name>`.
-    #[arg(long, default_value = DEFAULT_SOCKET_ROOT, value_name = "DIR")]
+    #[arg(long, default_value = DEFAULT_SOCKET_ROOT, value_name = "DIR", value_parser = parse_socket_root)]
     pub socket_root: String,
     /// Allow groups to set spec.hostNetwork: true.
     #[arg(long)]
@@ -161,5 +176,17 @@ mod tests {
         assert_eq!(policy.default_tolerations[0].key.as_deref(), Some("dedicated"));
         let bad = parse(&["--default-proxy-tolerations", "{"]).unwrap_err();
         assert!(bad.to_string().contains("tolerations"), "{bad}");
+        let sibling = parse(&["--allowed-proxy-image", "registry/fanout*"]).unwrap_err();
+        assert!(sibling.to_string().contains("registry/fanout-evil"), "{sibling}");
+        assert_eq!(
+            parse(&["--socket-root", "/var/run/fanout/"])
+                .unwrap()
+                .policy()
+                .socket_root,
+            "/var/run/fanout"
+        );
+        for bad_root in ["/", "relative", "/var/../etc", "/var//run"] {
+            assert!(parse(&["--socket-root", bad_root]).is_err(), "{bad_root}");
+        }
     }
 }

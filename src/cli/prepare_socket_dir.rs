@@ -5,7 +5,12 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct PrepareSocketDirArgs {
-    /// Directory to prepare: absolute, created (one level) if missing, never a symlink.
+    /// The admin's socket root (the pod's hostPath volume): the walk starts here; it and every
+    /// directory below it on the way must be root-owned and writable by nobody else.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Directory to prepare, below --root: created (with the directories leading to it) if
+    /// missing; no symlink on the way is followed.
     #[arg(long, value_name = "DIR")]
     pub path: PathBuf,
     /// Owner to give the directory (the proxy's uid).
@@ -25,7 +30,7 @@ impl PrepareSocketDirArgs {
             gid: self.gid,
             mode: self.mode,
         };
-        Ok(socket_dir::run(&self.path, wanted)?)
+        Ok(socket_dir::run(&self.root, &self.path, wanted)?)
     }
 }
 
@@ -42,8 +47,10 @@ mod tests {
         }
         let cli = <Cli as clap::Parser>::try_parse_from([
             "x",
-            "--path",
+            "--root",
             "/var/run/fanout",
+            "--path",
+            "/var/run/fanout/net.updates",
             "--uid",
             "65532",
             "--gid",
@@ -55,7 +62,8 @@ mod tests {
         assert_eq!(
             cli.args,
             PrepareSocketDirArgs {
-                path: "/var/run/fanout".into(),
+                root: "/var/run/fanout".into(),
+                path: "/var/run/fanout/net.updates".into(),
                 uid: 65532,
                 gid: 2000,
                 mode: 0o2750,
@@ -63,7 +71,7 @@ mod tests {
         );
         for bad_id in ["-1", "4294967295", "2147483648"] {
             let parsed = <Cli as clap::Parser>::try_parse_from([
-                "x", "--path", "/d", "--uid", bad_id, "--gid", "1", "--mode", "750",
+                "x", "--root", "/d", "--path", "/d/g", "--uid", bad_id, "--gid", "1", "--mode", "750",
             ]);
             assert!(parsed.is_err(), "{bad_id}");
         }

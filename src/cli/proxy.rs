@@ -25,19 +25,27 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_HWM, value_parser = clap::value_parser!(i32).range(0..))]
     pub hwm: i32,
     /// Largest message (all frames) forwarded; a peer sending a bigger frame is disconnected.
-    /// `--hwm` x this is the most one peer's queue holds, at most 256 MiB.
+    /// `--hwm` x this is the most one peer's queue holds, at most 256 MiB; with framing and a
+    /// 16 MiB margin, the most libzmq may hold for one TCP peer before its connection is closed
+    /// (as it is when a peer keeps sending without completing a message).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_MESSAGE_BYTES, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_message_bytes: i64,
     /// Most frames per message; a message with more is dropped and counted.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FRAMES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_frames: u32,
-    /// Most distinct topics forwarded upstream to the publishers; past it (or past
-    /// `--max-topic-bytes`) the proxy subscribes upstream to everything and filters locally.
+    /// Most distinct topics (of all subscribers together) subscribed upstream one by one; past
+    /// it the proxy subscribes upstream to everything once and filters locally.
     #[arg(long, value_name = "N", default_value_t = SubscriptionLimits::default().max_topics)]
     pub max_topics: usize,
-    /// Longest topic prefix forwarded upstream.
+    /// Longest topic prefix a subscriber may subscribe to; a longer one closes its connection
+    /// (a subscriber frame longer than a subscription to it, or than 512 bytes, ends the
+    /// connection inside libzmq).
     #[arg(long, value_name = "BYTES", default_value_t = SubscriptionLimits::default().max_topic_bytes)]
     pub max_topic_bytes: usize,
+    /// Most topics one subscriber connection may hold at once; one more closes the connection
+    /// (the proxy keeps what each connection subscribed to, so this bounds its memory).
+    #[arg(long, value_name = "N", default_value_t = SubscriptionLimits::default().max_topics_per_subscriber, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_topics_per_subscriber: usize,
     /// ZMTP heartbeat interval in seconds (fractions allowed; 0 disables); peers silent for
     /// three intervals are dropped.
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
@@ -59,6 +67,45 @@ pub struct ProxyArgs {
     /// still authenticates the proxy).
     #[arg(long, value_name = "FILE", requires = "curve_secret_key_file")]
     pub allow_subscribers_file: Option<PathBuf>,
+    /// Relay tree: the group whose relay this proxy may be. The proxy follows the leaves
+    /// assigned to it (EndpointSlices labelled `fanout.dev/relay-for=GROUP` and
+    /// `fanout.dev/relay=POD`) through the API and connects its subscriber side to each leaf's
+    /// publisher port. Needs list and watch on EndpointSlices in the namespace.
+    #[arg(long, value_name = "GROUP", requires_all = ["relay_namespace", "relay_pod"])]
+    pub relay_group: Option<String>,
+    /// Relay tree: the group's namespace.
+    #[arg(long, value_name = "NAMESPACE", requires = "relay_group")]
+    pub relay_namespace: Option<String>,
+    /// Relay tree: this proxy's pod name (the downward API's `metadata.name`).
+    #[arg(long, value_name = "POD", requires = "relay_group")]
+    pub relay_pod: Option<String>,
+}
+
+/// The source of a relay's assignment, its names checked.
+fn relay_assignment(
+    namespace: &str,
+    group: &str,
+    pod: &str,
+) -> crate::Result<Box<dyn crate::membership::MembershipSource>> {
+    for (what, value) in [
+        ("--relay-group", group),
+        ("--relay-namespace", namespace),
+        ("--relay-pod", pod),
+    ] {
+        if !crate::endpoint_list::is_label_value(value) {
+            return Err(crate::proxy::ProxyError::Config(format!(
+                "{what} {value:?} is not a label value (at most 63 of [A-Za-z0-9._-], alphanumeric at both ends)"
+            ))
+            .into());
+        }
+    }
+    Ok(Box::new(
+        crate::membership::kubernetes::GroupSource::relay_assignment(
+            namespace.to_string(),
+            group.to_string(),
+            pod.to_string(),
+        ),
+    ))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -87,6 +134,7 @@ impl From<ProxyArgs> for ProxyConfig {
             subscription_limits: SubscriptionLimits {
                 max_topics: args.max_topics,
                 max_topic_bytes: args.max_topic_bytes,
+                max_topics_per_subscriber: args.max_topics_per_subscriber,
             },
             heartbeat: args.heartbeat,
             socket_mode: args.socket_mode,
@@ -107,8 +155,15 @@ impl ProxyArgs {
             }),
             _ => None,
         };
+        let relay = match (&self.relay_group, &self.relay_namespace, &self.relay_pod) {
+            (Some(group), Some(namespace), Some(pod)) => Some(relay_assignment(namespace, group, pod)?),
+            _ => None,
+        };
         let config = ProxyConfig { curve, ..self.into() };
-        Ok(crate::proxy::run(config, http)?)
+        match relay {
+            Some(assignment) => Ok(crate::proxy::run_relay(config, http, assignment)?),
+            None => Ok(crate::proxy::run(config, http)?),
+        }
     }
 }
 
@@ -143,6 +198,8 @@ mod tests {
             "2.5",
             "--socket-mode",
             "600",
+            "--max-topics-per-subscriber",
+            "50",
         ])
         .expect("valid flags");
         assert_eq!(
@@ -156,6 +213,8 @@ mod tests {
         assert_eq!(config.max_message_bytes, 65536);
         assert_eq!(config.heartbeat, Duration::from_millis(2500));
         assert_eq!(config.socket_mode, 0o600);
+        assert_eq!(config.subscription_limits.max_topics_per_subscriber, 50);
+        assert_eq!(config.subscription_limits.max_topic_bytes, 256);
     }
 
     #[test]
@@ -189,6 +248,7 @@ mod tests {
         assert!(bad("--heartbeat", "soon"));
         assert!(bad("--hwm", "-5"));
         assert!(bad("--max-message-bytes", "0"));
+        assert!(bad("--max-topics-per-subscriber", "0"));
         // The CURVE flags come together.
         assert!(bad("--curve-secret-key-file", "/k"));
         assert!(bad("--allow-publishers-file", "/g"));

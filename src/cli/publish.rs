@@ -89,12 +89,7 @@ impl CurveClientArgs {
         };
         let server = match self.proxy_public_key {
             Some(server) => server,
-            None => published()?.ok_or_else(|| {
-                crate::Error::InvalidArgument(
-                    "--curve-secret-key-file needs --proxy-public-key (or, for fanout publish, --group)"
-                        .into(),
-                )
-            })?,
+            None => published()?.ok_or(crate::Error::MissingProxyPublicKey)?,
         };
         Ok(Some(crate::curve::CurveClient::from_files(file, server)?))
     }
@@ -102,8 +97,11 @@ impl CurveClientArgs {
 
 /// `--NAME VALUE` seconds as a duration.
 pub fn seconds(name: &str, value: f64) -> crate::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|e| crate::Error::InvalidArgument(format!("--{name} {value}: {e}")))
+    Duration::try_from_secs_f64(value).map_err(|source| crate::Error::InvalidSeconds {
+        flag: name.to_string(),
+        value,
+        source,
+    })
 }
 
 impl PublishArgs {

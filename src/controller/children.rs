@@ -4,11 +4,15 @@
 //! - children (DaemonSet, Service, EndpointSlices, ConfigMaps, the server key Secret): that,
 //!   and also labelled `app.kubernetes.io/managed-by: fanout-controller`, so that nothing
 //!   anyone else labels with the group is ever pruned;
-//! - key Secrets: every Secret of the group's namespace labelled `fanout.dev/public-key`.
+//! - key Secrets: every Secret of the group's namespace labelled `fanout.dev/public-key`; the
+//!   group's own key pair among them is trusted only with its controller owner reference to the
+//!   group (`is_controlled_by`), never by its labels alone;
+//! - relay assignment slices: in the group's namespace, labelled `fanout.dev/relay-for:
+//!   <name>` (never `fanout.dev/group`, see `endpoint_list`) and managed by the controller.
 
 use super::error::Error;
 use super::objects::{FIELD_MANAGER, GroupId, MANAGED_BY_LABEL};
-use crate::endpoint_list::GROUP_LABEL;
+use crate::endpoint_list::{GROUP_LABEL, RELAY_FOR_LABEL};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -31,6 +35,8 @@ pub struct Caches {
     pub config_maps: Store<ConfigMap>,
     /// Public-key Secrets (`keys::secret_watch_selector`), only their `public.key` kept.
     pub secrets: Store<Secret>,
+    /// Relay assignment slices (`relay_watch_selector`).
+    pub relay_slices: Store<EndpointSlice>,
 }
 
 impl Caches {
@@ -43,6 +49,7 @@ impl Caches {
                 && self.services.wait_until_ready().await.is_ok()
                 && self.config_maps.wait_until_ready().await.is_ok()
                 && self.secrets.wait_until_ready().await.is_ok()
+                && self.relay_slices.wait_until_ready().await.is_ok()
         };
         match tokio::time::timeout(CACHE_SYNC_TIMEOUT, all).await {
             Ok(true) => Ok(()),
@@ -68,6 +75,10 @@ impl Caches {
                     secret.metadata.namespace.as_deref() == Some(id.namespace.as_str())
                 }),
             ),
+            relay_slices: sorted(
+                self.relay_slices
+                    .state_filter(|o| is_relay_child(&o.metadata, id)),
+            ),
         }
     }
 }
@@ -83,6 +94,8 @@ pub struct Children {
     /// Every public-key Secret of the group's namespace (not only its children: the
     /// publishers' keys too), with only `public.key` in their data.
     pub key_secrets: Vec<Arc<Secret>>,
+    /// The relay assignment slices of the group's tree.
+    pub relay_slices: Vec<Arc<EndpointSlice>>,
 }
 
 /// The object called `name` in `objects`.
@@ -104,6 +117,18 @@ pub fn watch_selector() -> String {
     format!("{GROUP_LABEL},{MANAGED_BY_LABEL}={FIELD_MANAGER}")
 }
 
+/// The label selector of the relay assignment slices' watch.
+pub fn relay_watch_selector() -> String {
+    format!("{RELAY_FOR_LABEL},{MANAGED_BY_LABEL}={FIELD_MANAGER}")
+}
+
+/// One of the group's relay assignment slices.
+pub fn is_relay_child(meta: &ObjectMeta, id: &GroupId) -> bool {
+    meta.namespace.as_deref() == Some(id.namespace.as_str())
+        && label(meta, RELAY_FOR_LABEL) == Some(id.name.as_str())
+        && label(meta, MANAGED_BY_LABEL) == Some(FIELD_MANAGER)
+}
+
 /// In the group's namespace and labelled with its name (proxy pods).
 pub fn is_member(meta: &ObjectMeta, id: &GroupId) -> bool {
     meta.namespace.as_deref() == Some(id.namespace.as_str())
@@ -113,6 +138,23 @@ pub fn is_member(meta: &ObjectMeta, id: &GroupId) -> bool {
 /// A member that the controller manages: one of the group's children.
 pub fn is_child(meta: &ObjectMeta, id: &GroupId) -> bool {
     is_member(meta, id) && label(meta, MANAGED_BY_LABEL) == Some(FIELD_MANAGER)
+}
+
+/// Whether `meta`'s controller owner reference is `owner` itself: its apiVersion, kind, name
+/// and uid. Labels can be set by anyone who may create the object; the uid of an owner that
+/// exists only from its creation on cannot be guessed beforehand.
+pub fn is_controlled_by<K: Resource<DynamicType = ()>>(meta: &ObjectMeta, owner: &K) -> bool {
+    let owner_meta = owner.meta();
+    let Some(uid) = owner_meta.uid.as_deref() else {
+        return false;
+    };
+    meta.owner_references.iter().flatten().any(|reference| {
+        reference.controller == Some(true)
+            && reference.api_version == K::api_version(&())
+            && reference.kind == K::kind(&())
+            && Some(reference.name.as_str()) == owner_meta.name.as_deref()
+            && reference.uid == uid
+    })
 }
 
 #[cfg(test)]

@@ -62,19 +62,28 @@ pub enum ServerKey {
     Unusable(String),
 }
 
-/// The group's server key among the cached key Secrets of its namespace. `is_ours` says
-/// whether a Secret is one of the group's children.
-pub fn server_key(group: &str, secrets: &[Arc<Secret>], is_ours: impl Fn(&Secret) -> bool) -> ServerKey {
+/// The group's server key among the cached key Secrets of its namespace. `ours` says whether
+/// a Secret is the group's own key pair, or why not; a Secret that is not is never used (its
+/// key pair could be anyone's) and never overwritten.
+pub fn server_key(
+    group: &str,
+    secrets: &[Arc<Secret>],
+    ours: impl Fn(&Secret) -> Result<(), String>,
+) -> ServerKey {
     let name = server_secret_name(group);
-    match secrets.iter().find(|secret| secret.name_any() == name) {
-        None => ServerKey::Missing,
-        Some(secret) if !is_ours(secret) => ServerKey::Unusable(format!(
-            "Secret {name} exists and is not the group's own (not labelled by the controller as one of the group's children); delete it or rename the group"
-        )),
-        Some(secret) => match public_key_of(secret) {
-            Ok(key) => ServerKey::Ready(key),
-            Err(why) => ServerKey::Unusable(format!("Secret {name} {why}")),
-        },
+    let Some(secret) = secrets.iter().find(|secret| secret.name_any() == name) else {
+        return ServerKey::Missing;
+    };
+    if let Err(why) = ours(secret) {
+        return ServerKey::Unusable(format!(
+            "Secret {name} is not the group's own key pair: it {why}; the proxies do not use it \
+             (it may have been planted by anyone who may create Secrets here): delete it and \
+             the controller makes a new key pair"
+        ));
+    }
+    match public_key_of(secret) {
+        Ok(key) => ServerKey::Ready(key),
+        Err(why) => ServerKey::Unusable(format!("Secret {name} {why}")),
     }
 }
 
@@ -239,21 +248,29 @@ mod tests {
 
     #[test]
     fn the_server_key_is_ours_or_left_alone() {
+        let ours = |secret: &Secret| {
+            if managed(secret) {
+                Ok(())
+            } else {
+                Err("is not managed".to_string())
+            }
+        };
         let k = key();
-        let ours = vec![secret("updates-curve", &[("managed", "yes")], Some(&k))];
+        let mine = vec![secret("updates-curve", &[("managed", "yes")], Some(&k))];
         assert_eq!(
-            server_key("updates", &ours, managed),
+            server_key("updates", &mine, ours),
             ServerKey::Ready(PublicKey::from_z85(&k).unwrap())
         );
-        assert_eq!(server_key("other", &ours, managed), ServerKey::Missing);
+        assert_eq!(server_key("other", &mine, ours), ServerKey::Missing);
         let foreign = vec![secret("updates-curve", &[], Some(&k))];
         assert!(matches!(
-            server_key("updates", &foreign, managed),
-            ServerKey::Unusable(why) if why.contains("not the group's own")
+            server_key("updates", &foreign, ours),
+            ServerKey::Unusable(why) if why.contains("not the group's own key pair: it is not managed")
+                && why.contains("delete it")
         ));
         let broken = vec![secret("updates-curve", &[("managed", "yes")], None)];
         assert!(matches!(
-            server_key("updates", &broken, managed),
+            server_key("updates", &broken, ours),
             ServerKey::Unusable(why) if why.contains("has no public.key")
         ));
     }

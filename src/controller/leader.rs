@@ -5,6 +5,10 @@
 //! releases the lease on shutdown, and the whole of it is one file we can read, not another
 //! dependency to keep in step with kube.
 //!
+//! Longer than 500 lines for a reason: the decision, the loop that acts on it and their tests
+//! (paused-clock tests against an API that stops answering among them) are one protocol, read
+//! together.
+//!
 //! - Every `RETRY_PERIOD` a replica reads the Lease and decides (pure [`decide`]): renew it
 //!   (it holds it), acquire it (absent, unheld, released, or not renewed for
 //!   `leaseDurationSeconds` as measured on *our* clock since we last saw it change, so clock

@@ -3,8 +3,11 @@
 //! Where things are:
 //! - `plan`: the pure function from a group and its cached children to everything a
 //!   reconcile wants (children, prune set, status, Events), built on the pure `objects`
-//!   (spec → DaemonSet/Service/ConfigMap), `slices` (pods → EndpointSlices), `status`,
-//!   `notices` and `apply` (the applied-hash);
+//!   `policy` (what the admin allows a group), `objects` (spec → DaemonSet/Service/
+//!   ConfigMaps/key Secret), `keys` (CURVE key pair and allow-lists), `slices` (pods →
+//!   EndpointSlices), `relays` (the relay tree's tiers and assignment slices), `relay_access`
+//!   (the proxies' ServiceAccount, Role and token for relaying), `status`, `notices` and
+//!   `apply` (the applied-hash);
 //! - `writer`: the one place that writes to the API, and checks leadership;
 //! - `reconcile`: `Context`, `reconcile` (sync, throttle, plan, write, status, events) and
 //!   `error_policy`; `memory`: what is kept per group between passes; `children`: the caches
@@ -29,6 +32,8 @@ pub mod objects;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
+pub mod relay_access;
+pub mod relays;
 pub mod slices;
 pub mod status;
 pub mod watches;

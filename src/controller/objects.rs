@@ -1,5 +1,6 @@
 //! Pure: a FanoutGroup → the objects the controller wants to exist (DaemonSet, headless Service,
-//! endpoints ConfigMap), with the labels and owner reference every child carries. No I/O.
+//! endpoints ConfigMap, the CURVE allow-list ConfigMap and the server key Secret's metadata),
+//! with the labels and owner reference every child carries. No I/O.
 //!
 //! Longer than 500 lines for a reason: more than half of it is tests, and the DaemonSet is one
 //! pod spec's worth of fields that a reader should see in one place.
@@ -51,7 +52,9 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 30;
 /// Name of the init container that hands the socket directory to the proxy user.
 pub const PREPARE_SOCKET_DIR_CONTAINER: &str = "prepare-socket-dir";
 /// Volume (hostPath `spec.socketDir`) holding the subscriber socket.
-pub const SOCKET_DIR_VOLUME: &str = "socket-dir";
+/// The pod's one hostPath volume: the admin's socket root. The init container mounts all of it
+/// (it walks down from the root); the proxy only its own group's directory, as a subPath.
+pub const SOCKET_ROOT_VOLUME: &str = "socket-root";
 /// Volumes of the server secret key and of the allow-lists (`security.curve`).
 pub const SERVER_KEY_VOLUME: &str = "curve-key";
 pub const ALLOW_LIST_VOLUME: &str = "curve-allow";
@@ -238,6 +241,9 @@ pub fn proxy_args(group: &FanoutGroup, id: &GroupId, socket_dir: &str) -> Vec<St
             ]);
         }
     }
+    if spec.relays.enabled {
+        args.extend(super::relay_access::relay_args(id));
+    }
     args
 }
 
@@ -294,13 +300,15 @@ pub fn socket_dir_group_and_mode(group: &FanoutGroup) -> (i64, u32) {
 }
 
 /// The arguments of the init container: `fanout prepare-socket-dir ...` on the group's own
-/// directory `socket_dir`.
-pub fn prepare_socket_dir_args(group: &FanoutGroup, socket_dir: &str) -> Vec<String> {
+/// directory, walking down from the admin's socket root.
+pub fn prepare_socket_dir_args(group: &FanoutGroup, admitted: &Admitted) -> Vec<String> {
     let (gid, mode) = socket_dir_group_and_mode(group);
     vec![
         crate::proxy::socket_dir::SUBCOMMAND.to_string(),
+        "--root".to_string(),
+        admitted.socket_root.clone(),
         "--path".to_string(),
-        socket_dir.to_string(),
+        admitted.socket_dir.clone(),
         "--uid".to_string(),
         PROXY_UID.to_string(),
         "--gid".to_string(),
@@ -310,10 +318,29 @@ pub fn prepare_socket_dir_args(group: &FanoutGroup, socket_dir: &str) -> Vec<Str
     ]
 }
 
-fn socket_dir_mount(socket_dir: &str) -> VolumeMount {
+/// The whole socket root, for the init container.
+fn socket_root_mount(admitted: &Admitted) -> VolumeMount {
     VolumeMount {
-        name: SOCKET_DIR_VOLUME.to_string(),
-        mount_path: socket_dir.to_string(),
+        name: SOCKET_ROOT_VOLUME.to_string(),
+        mount_path: admitted.socket_root.clone(),
+        ..VolumeMount::default()
+    }
+}
+
+/// The group's own directory only, for the proxy: a subPath of the root volume, which the
+/// kubelet resolves without following symlinks out of the volume, when the proxy starts (after
+/// the init container checked the way down). A hostPath of the group's directory instead would
+/// have the kubelet create it, following whatever lies on the way, before any check ran.
+fn group_dir_mount(admitted: &Admitted) -> VolumeMount {
+    let below_root = admitted
+        .socket_dir
+        .strip_prefix(&admitted.socket_root)
+        .unwrap_or(&admitted.socket_dir)
+        .trim_start_matches('/');
+    VolumeMount {
+        name: SOCKET_ROOT_VOLUME.to_string(),
+        mount_path: admitted.socket_dir.clone(),
+        sub_path: Some(below_root.to_string()),
         ..VolumeMount::default()
     }
 }
@@ -335,7 +362,7 @@ fn prepare_socket_dir_container(group: &FanoutGroup, admitted: &Admitted) -> Con
         name: PREPARE_SOCKET_DIR_CONTAINER.to_string(),
         image: Some(admitted.init_image.clone()),
         command: Some(vec!["fanout".to_string()]),
-        args: Some(prepare_socket_dir_args(group, &admitted.socket_dir)),
+        args: Some(prepare_socket_dir_args(group, admitted)),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_string(), quantity("10m")),
@@ -357,7 +384,7 @@ fn prepare_socket_dir_container(group: &FanoutGroup, admitted: &Admitted) -> Con
             seccomp_profile: Some(runtime_default_seccomp()),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![socket_dir_mount(&admitted.socket_dir)]),
+        volume_mounts: Some(vec![socket_root_mount(admitted)]),
         ..Container::default()
     }
 }
@@ -402,11 +429,20 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         ports.push(tcp_port(SUBSCRIBE_PORT_NAME, port));
     }
     ports.push(tcp_port(HTTP_PORT_NAME, spec.http_port));
-    let (curve_volumes, curve_mounts) = if spec.security.curve {
+    let (mut extra_volumes, mut extra_mounts) = if spec.security.curve {
         curve_volumes(&id)
     } else {
         (Vec::new(), Vec::new())
     };
+    // With relays enabled: the pod's identity, its name and its API token (relay_access).
+    let relay = spec
+        .relays
+        .enabled
+        .then(|| super::relay_access::relay_pod_parts(&id));
+    if let Some(relay) = &relay {
+        extra_volumes.push(relay.volume.clone());
+        extra_mounts.push(relay.mount.clone());
+    }
 
     let container = Container {
         name: PROXY_CONTAINER.to_string(),
@@ -417,6 +453,7 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         readiness_probe: Some(http_probe("/readyz", spec.http_port, 2, 2)),
         liveness_probe: Some(http_probe("/healthz", spec.http_port, 10, 3)),
         resources: spec.resources.clone(),
+        env: relay.as_ref().map(|relay| relay.env.clone()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(PROXY_UID),
@@ -431,8 +468,8 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
             ..SecurityContext::default()
         }),
         volume_mounts: Some(
-            std::iter::once(socket_dir_mount(&admitted.socket_dir))
-                .chain(curve_mounts)
+            std::iter::once(group_dir_mount(admitted))
+                .chain(extra_mounts)
                 .collect(),
         ),
         ..Container::default()
@@ -458,18 +495,20 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         tolerations: Some(admitted.tolerations.clone()),
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        // A relay's token is mounted into the proxy container only (relay_access).
         automount_service_account_token: Some(false),
+        service_account_name: relay.as_ref().map(|relay| relay.service_account.clone()),
         enable_service_links: Some(false),
         volumes: Some(
             std::iter::once(Volume {
-                name: SOCKET_DIR_VOLUME.to_string(),
+                name: SOCKET_ROOT_VOLUME.to_string(),
                 host_path: Some(HostPathVolumeSource {
-                    path: admitted.socket_dir.clone(),
+                    path: admitted.socket_root.clone(),
                     type_: Some("DirectoryOrCreate".to_string()),
                 }),
                 ..Volume::default()
             })
-            .chain(curve_volumes)
+            .chain(extra_volumes)
             .collect(),
         ),
         ..PodSpec::default()
@@ -601,6 +640,14 @@ pub(crate) mod tests_support {
         group_with(FanoutGroupSpec::default())
     }
 
+    /// The id of [`group`]'s group.
+    pub fn id() -> super::GroupId {
+        super::GroupId {
+            namespace: "net".into(),
+            name: "updates".into(),
+        }
+    }
+
     /// A policy with the own image `img:1` that allows everything else the tests ask for.
     pub fn open_policy() -> crate::controller::policy::ProxyPolicy {
         crate::controller::policy::ProxyPolicy {
@@ -670,7 +717,13 @@ mod tests {
                 "--max-message-bytes",
                 "65536",
                 "--heartbeat",
-                "5"
+                "5",
+                "--relay-group",
+                "updates",
+                "--relay-namespace",
+                "net",
+                "--relay-pod",
+                "$(POD_NAME)"
             ]
         );
         assert_eq!(
@@ -745,11 +798,21 @@ mod tests {
         );
         let volume = &pod.volumes.as_ref().unwrap()[0];
         let host_path = volume.host_path.as_ref().unwrap();
-        assert_eq!(host_path.path, "/var/run/fanout/net.updates");
+        assert_eq!(host_path.path, "/var/run/fanout", "the admin's root");
         assert_eq!(host_path.type_.as_deref(), Some("DirectoryOrCreate"));
+        let mount = &container(&ds).volume_mounts.as_ref().unwrap()[0];
         assert_eq!(
-            container(&ds).volume_mounts.as_ref().unwrap()[0].mount_path,
-            "/var/run/fanout/net.updates"
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.sub_path.as_deref()
+            ),
+            (
+                volume.name.as_str(),
+                "/var/run/fanout/net.updates",
+                Some("net.updates")
+            ),
+            "the proxy sees its own group's directory only"
         );
         let ready = container(&ds).readiness_probe.clone().unwrap().http_get.unwrap();
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
@@ -779,6 +842,8 @@ mod tests {
             init.args.clone().unwrap(),
             [
                 "prepare-socket-dir",
+                "--root",
+                "/var/run/fanout",
                 "--path",
                 "/var/run/fanout/net.updates",
                 "--uid",
@@ -808,9 +873,17 @@ mod tests {
                 ..SecurityContext::default()
             })
         );
-        assert_eq!(init.volume_mounts, container(&ds).volume_mounts, "same mount");
         let volume = &pod_spec(&ds).volumes.as_ref().unwrap()[0];
-        assert_eq!(init.volume_mounts.as_ref().unwrap()[0].name, volume.name);
+        let mount = &init.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.sub_path.as_deref()
+            ),
+            (volume.name.as_str(), "/var/run/fanout", None),
+            "the init container walks down from the whole root"
+        );
         let resources = init.resources.clone().unwrap();
         assert_eq!(resources.requests.unwrap()["cpu"], Quantity("10m".into()));
         assert_eq!(resources.limits.unwrap()["memory"], Quantity("64Mi".into()));
@@ -841,6 +914,8 @@ mod tests {
         assert_eq!(
             args[1..],
             [
+                "--root",
+                "/var/run/fanout",
                 "--path",
                 "/var/run/fanout/x/net.updates",
                 "--uid",
@@ -855,7 +930,12 @@ mod tests {
         assert_eq!(pod_security.supplemental_groups, Some(vec![2000]));
         assert_eq!(
             init_container(&ds).volume_mounts.as_ref().unwrap()[0].mount_path,
-            "/var/run/fanout/x/net.updates"
+            "/var/run/fanout"
+        );
+        let mount = &container(&ds).volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.sub_path.as_deref()),
+            ("/var/run/fanout/x/net.updates", Some("x/net.updates"))
         );
     }
 
@@ -887,6 +967,7 @@ mod tests {
             assert_eq!(
                 args,
                 PrepareSocketDirArgs {
+                    root: "/var/run/fanout".into(),
                     path: "/var/run/fanout/net.updates".into(),
                     uid: 65532,
                     gid,

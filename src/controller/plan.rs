@@ -3,14 +3,20 @@
 //!
 //! A [`Plan`] holds each child to apply beside the copy the cache has (so the writer can skip
 //! one already as desired), the children to prune, the status (only when it changed) and the
-//! Events. The modules it draws on stay small and pure as well: `objects` (DaemonSet, Service,
-//! ConfigMap), `slices` (pods → endpoints → EndpointSlices), `status`, `notices`.
+//! Events. The modules it draws on stay small and pure as well: `policy` (what the admin allows),
+//! `objects` (DaemonSet, Service, ConfigMaps, the key Secret's metadata), `keys` (the CURVE key
+//! pair and allow-lists), `slices` (pods → endpoints → EndpointSlices), `status`, `notices`.
+//!
+//! Longer than 500 lines for a reason: over half of it is the plan's own tests (group and
+//! caches in, plan out, no API), which belong beside the one function they test.
 
-use super::children::{Children, is_child, named};
+use super::children::{Children, is_child, is_controlled_by, named};
 use super::keys::{self, ServerKey};
 use super::notices::{Notice, notices};
 use super::objects::{self, GroupId, Unrealisable};
 use super::policy::ProxyPolicy;
+use super::relay_access::{self, RelayAccess};
+use super::relays;
 use super::slices::{self, ExistingSlice, ProxyEndpoint};
 use super::status::{Observed, Problem, compute_status};
 use crate::crd::{FanoutGroup, FanoutGroupStatus};
@@ -92,6 +98,10 @@ pub struct Plan {
     /// With `security.curve`: the allow-lists the proxies follow (written before the
     /// DaemonSet, whose pods mount it).
     pub allow_list: Option<Desired<ConfigMap>>,
+    /// With `spec.relays.enabled`: the proxies' ServiceAccount, Role and RoleBinding, written
+    /// before the DaemonSet whenever the DaemonSet is (they are not watched, so they ride with
+    /// it; the periodic full apply restores them too).
+    pub relay_access: Option<RelayAccess>,
     /// Children of the group that this plan does not want: apply, then prune (stackable's
     /// `ClusterResources`), every prunable kind in one place.
     pub prune: Vec<ChildRef>,
@@ -115,9 +125,11 @@ fn prune_set(children: &Children, kept: &BTreeSet<(ChildKind, &str)>) -> Vec<Chi
         ),
         (ChildKind::ConfigMap, names(&children.config_maps).collect()),
     ];
+    let relay_slices = names(&children.relay_slices).map(|name| (ChildKind::EndpointSlice, name));
     cached
         .into_iter()
         .flat_map(|(kind, names)| names.into_iter().map(move |name| (kind, name)))
+        .chain(relay_slices)
         .filter(|child| !kept.contains(child))
         .map(|(kind, name)| ChildRef {
             kind,
@@ -126,11 +138,13 @@ fn prune_set(children: &Children, kept: &BTreeSet<(ChildKind, &str)>) -> Vec<Chi
         .collect()
 }
 
-/// Pods with a ready (published) endpoint in the cached slices, and in the planned endpoints.
+/// Pods with a ready (published) endpoint in the cached slices (either tier), and among the
+/// endpoints (all of them: a leaf is published too, in its relay's assignment).
 fn published_pods(children: &Children, endpoints: &[ProxyEndpoint]) -> (BTreeSet<String>, BTreeSet<String>) {
     let before = children
         .slices
         .iter()
+        .chain(&children.relay_slices)
         .flat_map(|slice| endpoint_list::published_pods(slice).map(|(pod, _)| pod.to_string()))
         .collect();
     let after = endpoints
@@ -146,10 +160,12 @@ fn report(
     group: &FanoutGroup,
     observed: &Observed<'_>,
     joined_or_left: (&BTreeSet<String>, &BTreeSet<String>),
+    relays: i32,
     now: Timestamp,
 ) -> Report {
     let old = group.status.as_ref();
-    let new = compute_status(observed, old, now);
+    let mut new = compute_status(observed, old, now);
+    new.relays = relays;
     let notices = notices(joined_or_left.0, joined_or_left.1, old, &new);
     Report {
         status: (old != Some(&new)).then_some(new),
@@ -219,7 +235,10 @@ pub fn plan(
     // Only the pods of the group's own DaemonSet are its proxies.
     let own_daemon_set = named(&children.daemon_sets, &id.name).map(|ds| ds.as_ref());
     let proxies = slices::own_pods(children.pods.iter().map(|pod| pod.as_ref()), own_daemon_set);
-    let endpoints = slices::endpoints_from_pods(proxies, spec.host_network);
+    let all_endpoints = slices::endpoints_from_pods(proxies, spec.host_network);
+    // The relay tree (flat below its threshold: the top tier is then every endpoint).
+    let tiers = relays::tiers(group, all_endpoints.clone(), &children.relay_slices);
+    let endpoints = tiers.top.clone();
     let existing: Vec<ExistingSlice> = children
         .slices
         .iter()
@@ -246,6 +265,16 @@ pub fn plan(
             newly_ready_since,
         });
     }
+    // Each relay's assignment, after the top tier (a proxy promoted to relay is listed for
+    // publishers before its old relay lets it go: duplicates rather than losses).
+    for (object, newly_ready_since) in
+        relays::assignment_slices(group, id, &tiers, &children.relay_slices, per_slice)?
+    {
+        planned.push(PlannedSlice {
+            slice: Desired::new(object, &children.relay_slices),
+            newly_ready_since,
+        });
+    }
     for slice in &planned {
         if let Some(name) = slice.slice.object.metadata.name.as_deref() {
             kept.insert((ChildKind::EndpointSlice, name));
@@ -266,8 +295,10 @@ pub fn plan(
     };
     let prune = prune_set(children, &kept);
 
+    let leaves: usize = tiers.assignments.values().map(Vec::len).sum();
     let published_endpoints =
-        i32::try_from(endpoints.iter().filter(|endpoint| endpoint.ready).count()).unwrap_or(i32::MAX);
+        i32::try_from(endpoints.iter().filter(|endpoint| endpoint.ready).count() + leaves)
+            .unwrap_or(i32::MAX);
     let observed = Observed {
         generation: group.meta().generation,
         daemon_set: named(&children.daemon_sets, &id.name).map(|ds| ds.as_ref()),
@@ -279,8 +310,9 @@ pub fn plan(
             .map(|curve| curve.unresolved.clone())
             .unwrap_or_default(),
     };
-    let (before, after) = published_pods(children, &endpoints);
-    let report = report(group, &observed, (&before, &after), now);
+    let (before, after) = published_pods(children, &all_endpoints);
+    let relay_count = i32::try_from(tiers.relays()).unwrap_or(i32::MAX);
+    let report = report(group, &observed, (&before, &after), relay_count, now);
     let (create_server_key, allow_list) = match curve {
         Some(curve) => (
             (curve.server_key == ServerKey::Missing)
@@ -290,8 +322,10 @@ pub fn plan(
         ),
         None => (None, None),
     };
+    let relay_access = relay_access::relay_access(group, id)?;
     Ok(Plan {
         daemon_set,
+        relay_access,
         service,
         slices: planned,
         config_map,
@@ -319,10 +353,15 @@ fn plan_curve(group: &FanoutGroup, id: &GroupId, children: &Children) -> Result<
         secret.labels().get(objects::MANAGED_BY_LABEL).map(String::as_str) == Some(objects::FIELD_MANAGER)
     };
     let server_key = keys::server_key(&id.name, secrets, |secret| {
-        is_child(&secret.metadata, id) && is_server_key(secret)
+        server_key_ownership(secret, group, id)
     });
     let security = &group.spec.security;
-    let publishers = keys::allow_list(security.allowed_publishers.as_ref(), secrets, is_server_key);
+    let mut publishers = keys::allow_list(security.allowed_publishers.as_ref(), secrets, is_server_key);
+    if group.spec.relays.enabled
+        && let ServerKey::Ready(key) = &server_key
+    {
+        relays::admit_relays(&mut publishers.text, key);
+    }
     let subscribers = keys::allow_list(security.allowed_subscribers.as_ref(), secrets, is_server_key);
     let tagged = |side: &str, list: &keys::AllowList| {
         list.unresolved
@@ -341,6 +380,31 @@ fn plan_curve(group: &FanoutGroup, id: &GroupId, children: &Children) -> Result<
         allow_list,
         unresolved,
     })
+}
+
+/// Whether `secret` is `group`'s own server key pair, or why not. The labels say it is one of
+/// the group's children, but anyone who may create Secrets in the namespace can set labels, and
+/// could so plant a key pair of their own and hold the proxies' secret key. The controller
+/// owner reference to the group's uid is what the controller's own create wrote: a uid exists
+/// only once the group does, so no Secret made before the group can carry it. (The field
+/// manager in `managedFields` is no proof: every client names its own.)
+fn server_key_ownership(secret: &Secret, group: &FanoutGroup, id: &GroupId) -> Result<(), String> {
+    if !is_child(&secret.metadata, id) {
+        return Err(format!(
+            "is not labelled as one of the group's children ({}={}, {}={})",
+            crate::endpoint_list::GROUP_LABEL,
+            id.name,
+            objects::MANAGED_BY_LABEL,
+            objects::FIELD_MANAGER
+        ));
+    }
+    if !is_controlled_by(&secret.metadata, group) {
+        return Err(format!(
+            "has no controller ownerReference to this FanoutGroup (uid {})",
+            group.metadata.uid.as_deref().unwrap_or("unknown")
+        ));
+    }
+    Ok(())
 }
 
 /// The report for a group that `problem` keeps from being realised (a name that cannot name
@@ -367,7 +431,8 @@ pub fn plan_problem(
             .unwrap_or_default(),
     };
     let none = BTreeSet::new();
-    report(group, &observed, (&none, &none), now)
+    let relays = group.status.as_ref().map(|s| s.relays).unwrap_or(0);
+    report(group, &observed, (&none, &none), relays, now)
 }
 
 #[cfg(test)]
@@ -422,6 +487,13 @@ mod tests {
             slices: plan
                 .slices
                 .iter()
+                .filter(|s| relays::relay_of(&s.slice.object).is_none())
+                .map(|s| Arc::new(s.slice.object.clone()))
+                .collect(),
+            relay_slices: plan
+                .slices
+                .iter()
+                .filter(|s| relays::relay_of(&s.slice.object).is_some())
                 .map(|s| Arc::new(s.slice.object.clone()))
                 .collect(),
             config_maps: plan
@@ -532,6 +604,119 @@ mod tests {
         assert_eq!(next.published_endpoints, 1);
         let reasons: Vec<_> = next.report.notices.iter().map(|n| n.reason.as_str()).collect();
         assert_eq!(reasons, ["ProxiesLeft"]);
+    }
+
+    fn tree_group() -> FanoutGroup {
+        group_with(FanoutGroupSpec {
+            relays: crate::crd::RelaySpec {
+                enabled: true,
+                min_proxies: 9,
+            },
+            ..FanoutGroupSpec::default()
+        })
+    }
+
+    fn pods_ready(n: usize, unready: &str) -> Vec<Arc<Pod>> {
+        (1..=n)
+            .map(|i| {
+                let name = format!("p{i:02}");
+                let ready = name != unready;
+                pod(&name, &format!("10.0.0.{i}"), ready)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_at_its_threshold_publishes_the_relays_on_top_and_each_relays_leaves_apart() {
+        let group = tree_group();
+        let children = Children {
+            pods: pods_ready(12, ""),
+            daemon_sets: vec![cached(build(&group))],
+            ..Children::default()
+        };
+        let first = plan(&group, &id(), &children, &open_policy(), now()).unwrap();
+        let (top, assignments): (Vec<_>, Vec<_>) = first
+            .slices
+            .iter()
+            .map(|s| &s.slice.object)
+            .partition(|s| relays::relay_of(s).is_none());
+        let old_selector = endpoint_list::slice_selector("updates");
+        let listed: BTreeSet<String> = top
+            .iter()
+            .filter(|s| endpoint_list::selector_matches(&old_selector, s.metadata.labels.as_ref().unwrap()))
+            .flat_map(|s| endpoint_list::published_pods(s).map(|(pod, _)| pod.to_string()))
+            .collect();
+        assert_eq!(listed.len(), 4, "an old publisher sees the 4 relays: {listed:?}");
+        for slice in &assignments {
+            assert!(!endpoint_list::selector_matches(
+                &old_selector,
+                slice.metadata.labels.as_ref().unwrap()
+            ));
+            assert!(listed.contains(relays::relay_of(slice).unwrap()));
+        }
+        let leaves: BTreeSet<String> = assignments
+            .iter()
+            .flat_map(|s| endpoint_list::published_pods(s).map(|(pod, _)| pod.to_string()))
+            .collect();
+        assert_eq!(leaves.len(), 8);
+        assert!(leaves.is_disjoint(&listed));
+        let cm = &first.config_map.as_ref().unwrap().object.data.as_ref().unwrap()["endpoints"];
+        assert_eq!(cm.lines().count(), 4, "{cm}");
+        let status = first.report.status.as_ref().unwrap();
+        assert_eq!((status.relays, status.published_endpoints), (4, 12));
+        assert!(first.relay_access.is_some());
+
+        // Written, the same state plans nothing new; a relay turning unready hands its leaves
+        // to the others, its assignment is pruned, and no event says anyone left but it.
+        let mut settled = group.clone();
+        settled.status = first.report.status.clone();
+        let children = written(&first, pods_ready(12, ""));
+        let again = plan(&settled, &id(), &children, &open_policy(), now()).unwrap();
+        assert!(again.slices.iter().all(|s| s.slice.cached.is_some()));
+        assert!(again.prune.is_empty());
+        let gone = relays::relay_of(assignments[0]).unwrap().to_string();
+        let mut children = children;
+        children.pods = pods_ready(12, &gone);
+        settled.status = again.report.status.clone().or(settled.status);
+        let next = plan(&settled, &id(), &children, &open_policy(), now()).unwrap();
+        let pruned: Vec<&str> = next.prune.iter().map(|c| c.name.as_str()).collect();
+        assert!(
+            pruned
+                .iter()
+                .any(|name| name.starts_with(&format!("updates-relay-{gone}-"))),
+            "{pruned:?}"
+        );
+        // Any other assignment pruned is one of a relay left with no leaves (a relay's slice
+        // exists only while it has some).
+        for name in pruned
+            .iter()
+            .filter(|name| !name.starts_with(&format!("updates-relay-{gone}-")))
+        {
+            assert!(
+                next.slices
+                    .iter()
+                    .all(|s| s.slice.object.metadata.name.as_deref() != Some(*name))
+            );
+        }
+        let placed: BTreeSet<String> = next
+            .slices
+            .iter()
+            .flat_map(|s| endpoint_list::published_pods(&s.slice.object).map(|(pod, _)| pod.to_string()))
+            .collect();
+        assert_eq!(
+            placed.len(),
+            11,
+            "every ready proxy still published once: {placed:?}"
+        );
+        let reasons: Vec<_> = next
+            .report
+            .notices
+            .iter()
+            .map(|n| (n.reason.as_str(), n.note.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert_eq!(reasons[0].0, "ProxiesLeft");
+        assert!(reasons[0].1.contains(&gone));
     }
 
     #[test]
@@ -670,6 +855,26 @@ mod tests {
         Arc::new(secret)
     }
 
+    /// The group's key pair as the writer creates it: the planned Secret with a public key.
+    fn written_server_key(group: &FanoutGroup, key: &str) -> Arc<Secret> {
+        let mut secret = objects::server_key_secret(group).unwrap();
+        secret.data = Some(std::collections::BTreeMap::from([(
+            "public.key".to_string(),
+            k8s_openapi::ByteString(key.as_bytes().to_vec()),
+        )]));
+        Arc::new(secret)
+    }
+
+    fn curve_group() -> FanoutGroup {
+        group_with(FanoutGroupSpec {
+            security: crate::crd::GroupSecurity {
+                curve: true,
+                ..Default::default()
+            },
+            ..FanoutGroupSpec::default()
+        })
+    }
+
     #[test]
     fn a_curve_group_gets_its_key_pair_then_publishes_the_key_and_admits_the_named_publishers() {
         use crate::crd::{GroupSecurity, KeySecrets};
@@ -744,7 +949,10 @@ mod tests {
             .iter()
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(volumes, ["socket-dir", "curve-key", "curve-allow"]);
+        assert_eq!(
+            volumes,
+            ["socket-root", "curve-key", "curve-allow", "relay-api-access"]
+        );
         let secret_volume = pod_spec.volumes.as_ref().unwrap()[1].secret.as_ref().unwrap();
         let items = secret_volume.items.as_ref().unwrap();
         assert_eq!(
@@ -753,11 +961,11 @@ mod tests {
             "only the secret half is mounted"
         );
 
-        // The key pair written (it carries the group's child labels): its public half is
+        // The key pair written (the group's child labels, its controller owner reference): its public half is
         // published on every slice, in the ConfigMap and the status; no second key is made.
         children
             .key_secrets
-            .push(key_secret("updates-curve", &server.to_z85(), true));
+            .push(written_server_key(&curve, &server.to_z85()));
         let next = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
         assert!(next.create_server_key.is_none());
         let annotations = next.slices[0].slice.object.metadata.annotations.as_ref().unwrap();
@@ -768,8 +976,14 @@ mod tests {
             next.report.status.as_ref().unwrap().curve_public_key,
             Some(server.to_z85())
         );
-        // The group's own key pair never becomes a publisher (keys::tests: not even selected).
+        // The group's own key publishes only as its relays (relays are on by default); with
+        // relays off it never does (keys::tests: not even selected).
         let publishers = &next.allow_list.as_ref().unwrap().object.data.as_ref().unwrap()["publishers"];
+        assert!(publishers.contains(&server.to_z85()));
+        let mut flat_only = curve.clone();
+        flat_only.spec.relays.enabled = false;
+        let flat = plan(&flat_only, &id(), &children, &open_policy(), now()).unwrap();
+        let publishers = &flat.allow_list.as_ref().unwrap().object.data.as_ref().unwrap()["publishers"];
         assert!(!publishers.contains(&server.to_z85()));
 
         // Turning CURVE off prunes the allow-lists (the key pair stays with the group).
@@ -787,15 +1001,76 @@ mod tests {
         );
     }
 
+    /// Issue 10: someone who may create Secrets plants `<name>-curve` with the controller's labels
+    /// and a key pair of their own (before the group exists, or with a wrong or non-controller
+    /// owner reference). The proxies never get it, nothing overwrites it, and the status says why.
+    #[test]
+    fn a_key_pair_planted_with_the_right_labels_is_not_trusted() {
+        let curve = curve_group();
+        let planted = crate::curve::KeyPair::generate().unwrap().public.to_z85();
+        let mut other_group = curve_group();
+        other_group.metadata.uid = Some("uid-of-an-earlier-group".into());
+        let mut not_controller = (*written_server_key(&curve, &planted)).clone();
+        for reference in not_controller.metadata.owner_references.iter_mut().flatten() {
+            reference.controller = Some(false);
+        }
+        for (case, secret) in [
+            ("labels only", key_secret("updates-curve", &planted, true)),
+            ("another uid", written_server_key(&other_group, &planted)),
+            ("not the controller", Arc::new(not_controller)),
+        ] {
+            let children = Children {
+                daemon_sets: vec![cached(build(&curve))],
+                key_secrets: vec![secret],
+                ..Children::default()
+            };
+            let refused = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
+            assert!(refused.daemon_set.is_none(), "{case}: no proxies with that key");
+            assert!(
+                refused.create_server_key.is_none(),
+                "{case}: nothing overwrites it"
+            );
+            let problem = refused.problem.as_ref().unwrap();
+            assert_eq!(problem.reason, "CurveKeyUnusable", "{case}");
+            assert!(
+                problem
+                    .message
+                    .contains("has no controller ownerReference to this FanoutGroup (uid uid-1)")
+                    && problem.message.contains("delete it"),
+                "{case}: {}",
+                problem.message
+            );
+            let status = refused.report.status.as_ref().unwrap();
+            assert_eq!(
+                status.curve_public_key, None,
+                "{case}: the planted key is not published"
+            );
+            let degraded = status.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+            assert_eq!(
+                (degraded.status.as_str(), degraded.reason.as_str()),
+                ("True", "CurveKeyUnusable")
+            );
+            assert!(
+                refused
+                    .slices
+                    .iter()
+                    .all(|s| s.slice.object.metadata.annotations.is_none()),
+                "{case}"
+            );
+        }
+        // The controller's own key pair, for comparison, is used.
+        let children = Children {
+            key_secrets: vec![written_server_key(&curve, &planted)],
+            ..Children::default()
+        };
+        let trusted = plan(&curve, &id(), &children, &open_policy(), now()).unwrap();
+        assert!(trusted.problem.is_none(), "{:?}", trusted.problem);
+        assert!(trusted.daemon_set.is_some());
+    }
+
     #[test]
     fn a_foreign_secret_in_the_key_pairs_place_stops_the_group() {
-        let curve = group_with(FanoutGroupSpec {
-            security: crate::crd::GroupSecurity {
-                curve: true,
-                ..Default::default()
-            },
-            ..FanoutGroupSpec::default()
-        });
+        let curve = curve_group();
         let planted = crate::curve::KeyPair::generate().unwrap().public.to_z85();
         let children = Children {
             key_secrets: vec![key_secret("updates-curve", &planted, false)],

@@ -24,8 +24,9 @@ pub struct ProxyPolicy {
     /// knows it). The root init container always runs it, and so do proxies of groups that
     /// name no image. Without it no DaemonSet is written.
     pub own_image: Option<String>,
-    /// Further images `spec.image` may name: an exact reference, or a prefix when the entry
-    /// ends with `*` (`registry.example.com/fanout@*`).
+    /// Further images `spec.image` may name ([`image_allowed_by`]): an exact reference, every
+    /// digest (`repo@*`) or tag (`repo:*`) of one repository, every repository below a path
+    /// (`registry.example.com/proxies/*`), or `*`.
     pub allowed_images: Vec<String>,
     /// Every group's `socketDir` must be this directory or below it.
     pub socket_root: String,
@@ -68,6 +69,12 @@ pub enum Refused {
     ImageNotAllowed(String),
     #[error("spec.socketDir {dir:?} is not a normalized absolute path inside the socket root {root:?}")]
     SocketDirOutsideRoot { dir: String, root: String },
+    #[error(
+        "spec.socketDir {dir:?} has a directory name with a '.' below the socket root {root:?}: \
+         names <namespace>.<name> are the groups' own directories, and one group's socketDir \
+         must never lie inside another group's directory"
+    )]
+    SocketDirInGroupDir { dir: String, root: String },
     #[error("spec.socketGroup 0 is refused: it would give the root group access to the socket directory")]
     SocketGroupRoot,
     #[error("spec.hostNetwork is not allowed by the controller (--allow-host-network)")]
@@ -91,6 +98,7 @@ impl Refused {
             Refused::NoProxyImage => "NoProxyImage",
             Refused::ImageNotAllowed(_) => "ProxyImageNotAllowed",
             Refused::SocketDirOutsideRoot { .. } => "SocketDirOutsideRoot",
+            Refused::SocketDirInGroupDir { .. } => "SocketDirInGroupDir",
             Refused::SocketGroupRoot => "SocketGroupRoot",
             Refused::HostNetworkNotAllowed => "HostNetworkNotAllowed",
             Refused::PriorityClassNotAllowed(_) => "PriorityClassNotAllowed",
@@ -107,7 +115,10 @@ pub struct Admitted {
     pub proxy_image: String,
     /// Image of the root init container: always the controller's own.
     pub init_image: String,
-    /// The group's own host directory: `<socketDir>/<namespace>.<name>`.
+    /// The admin's socket root (normalized): the host directory the init container walks down
+    /// from, and the one hostPath volume of the pod.
+    pub socket_root: String,
+    /// The group's own host directory: `<socketDir>/<namespace>.<name>`, below `socket_root`.
     pub socket_dir: String,
     pub tolerations: Vec<Toleration>,
 }
@@ -132,6 +143,14 @@ pub fn is_within(dir: &str, root: &str) -> bool {
         && (dir == root || dir.strip_prefix(root).is_some_and(|rest| rest.starts_with('/')))
 }
 
+/// Whether `dir` (within `root`) names a directory with a `.` below `root`: the shape of a
+/// group's own directory `<namespace>.<name>` (namespaces and group names have no `.`), so such
+/// a `socketDir` could lie inside another group's directory, which that group's proxy owns.
+pub fn enters_a_group_dir(dir: &str, root: &str) -> bool {
+    dir.strip_prefix(root.trim_end_matches('/'))
+        .is_some_and(|below| below.contains('.'))
+}
+
 /// The directory of one group below `socket_dir`. Namespace names have no `.` and group
 /// names are DNS-1035 labels, so `<namespace>.<name>` names one group only.
 pub fn group_socket_dir(socket_dir: &str, namespace: &str, name: &str) -> String {
@@ -154,16 +173,108 @@ pub fn tolerates(toleration: &Toleration, key: &str, effect: &str) -> bool {
     effect_matches && key_matches && value_matches
 }
 
+/// An image reference split into its repository (registry and path), tag and digest:
+/// `reg:5000/a/b:1.2@sha256:f0` is `("reg:5000/a/b", Some("1.2"), Some("sha256:f0"))`. A `:`
+/// before the last `/` is a registry port, not a tag.
+fn split_reference(image: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (name, digest) = match image.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (image, None),
+    };
+    let last_segment = name.rfind('/').map_or(0, |slash| slash + 1);
+    match name[last_segment..].rfind(':') {
+        Some(colon) => {
+            let at = last_segment + colon;
+            (&name[..at], Some(&name[at + 1..]), digest)
+        }
+        None => (name, None, digest),
+    }
+}
+
+/// The kinds of `--allowed-proxy-image` entry.
+enum ImagePattern<'a> {
+    Any,
+    /// `<path>/*`: every repository below the path (the prefix keeps its `/`).
+    Below(&'a str),
+    /// `<repository>:*`: every tag of exactly this repository.
+    AnyTag(&'a str),
+    /// `<repository>@*`: every digest of exactly this repository.
+    AnyDigest(&'a str),
+    Exact(&'a str),
+}
+
+impl<'a> ImagePattern<'a> {
+    /// The entry's kind, or why it is not one. A `*` anywhere else would be a plain string
+    /// prefix, and `registry/fanout*` would also allow the sibling `registry/fanout-evil`.
+    fn parse(entry: &'a str) -> Result<Self, String> {
+        let pattern = if entry == "*" {
+            Self::Any
+        } else if let Some(path) = entry.strip_suffix("/*") {
+            Self::Below(&entry[..path.len() + 1])
+        } else if let Some(repository) = entry.strip_suffix(":*") {
+            Self::AnyTag(repository)
+        } else if let Some(repository) = entry.strip_suffix("@*") {
+            Self::AnyDigest(repository)
+        } else {
+            Self::Exact(entry)
+        };
+        let bare = match pattern {
+            Self::Any => "",
+            Self::Below(rest) | Self::AnyTag(rest) | Self::AnyDigest(rest) | Self::Exact(rest) => rest,
+        };
+        let whole_repository = |repository: &str| {
+            let (name, tag, digest) = split_reference(repository);
+            name == repository && tag.is_none() && digest.is_none()
+        };
+        if bare.contains('*') {
+            return Err(format!(
+                "{entry:?}: a `*` may only end an entry as `/*`, `:*` or `@*`, or be the whole \
+                 entry; as a plain prefix `registry/fanout*` would also allow `registry/fanout-evil`"
+            ));
+        }
+        match pattern {
+            Self::Exact("") | Self::Below("/") => Err(format!("{entry:?} names no image")),
+            Self::AnyTag(repository) | Self::AnyDigest(repository)
+                if !whole_repository(repository) || repository.is_empty() =>
+            {
+                Err(format!(
+                    "{entry:?}: before `:*` or `@*` comes a repository alone (no tag, no digest)"
+                ))
+            }
+            pattern => Ok(pattern),
+        }
+    }
+
+    fn allows(&self, image: &str) -> bool {
+        let (repository, tag, digest) = split_reference(image);
+        match *self {
+            Self::Any => true,
+            Self::Below(path) => repository.starts_with(path),
+            Self::AnyTag(wanted) => repository == wanted && tag.is_some(),
+            Self::AnyDigest(wanted) => repository == wanted && digest.is_some(),
+            Self::Exact(wanted) => image == wanted,
+        }
+    }
+}
+
+/// Checks an `--allowed-proxy-image` entry (the controller refuses to start with a bad one).
+pub fn parse_image_pattern(entry: &str) -> Result<String, String> {
+    ImagePattern::parse(entry).map(|_| entry.to_string())
+}
+
+/// Whether the allow-list entry `entry` allows `image`. An entry that is not a valid pattern
+/// allows nothing.
+pub fn image_allowed_by(entry: &str, image: &str) -> bool {
+    ImagePattern::parse(entry).is_ok_and(|pattern| pattern.allows(image))
+}
+
 impl ProxyPolicy {
     fn image_allowed(&self, image: &str) -> bool {
         self.own_image.as_deref() == Some(image)
             || self
                 .allowed_images
                 .iter()
-                .any(|entry| match entry.strip_suffix('*') {
-                    Some(prefix) => image.starts_with(prefix),
-                    None => entry == image,
-                })
+                .any(|entry| image_allowed_by(entry, image))
     }
 
     /// Checks the group `namespace/name` with `spec` against the policy.
@@ -180,6 +291,12 @@ impl ProxyPolicy {
         };
         if !is_within(&spec.socket_dir, &self.socket_root) {
             return Err(Refused::SocketDirOutsideRoot {
+                dir: spec.socket_dir.clone(),
+                root: self.socket_root.clone(),
+            });
+        }
+        if enters_a_group_dir(&spec.socket_dir, &self.socket_root) {
+            return Err(Refused::SocketDirInGroupDir {
                 dir: spec.socket_dir.clone(),
                 root: self.socket_root.clone(),
             });
@@ -217,6 +334,7 @@ impl ProxyPolicy {
         Ok(Admitted {
             proxy_image: proxy_image.to_string(),
             init_image: own.to_string(),
+            socket_root: self.socket_root.trim_end_matches('/').to_string(),
             socket_dir: group_socket_dir(&spec.socket_dir, namespace, name),
             tolerations,
         })
@@ -255,6 +373,7 @@ mod tests {
             Admitted {
                 proxy_image: "reg/fanout@sha256:abc".into(),
                 init_image: "reg/fanout@sha256:abc".into(),
+                socket_root: "/var/run/fanout".into(),
                 socket_dir: "/var/run/fanout/net.updates".into(),
                 tolerations: vec![],
             }
@@ -292,6 +411,92 @@ mod tests {
             ..FanoutGroupSpec::default()
         };
         assert!(admit(&policy(), own).is_ok());
+    }
+
+    #[test]
+    fn an_allow_list_entry_never_allows_a_sibling_repository() {
+        let cases: [(&str, &[&str], &[&str]); 6] = [
+            (
+                "registry/fanout",
+                &["registry/fanout"],
+                &[
+                    "registry/fanout-evil",
+                    "registry/fanout:1",
+                    "registry/fanout/x",
+                    "registry/fanoutx@sha256:1",
+                ],
+            ),
+            (
+                "registry/fanout@*",
+                &["registry/fanout@sha256:0123", "registry/fanout:1@sha256:0123"],
+                &[
+                    "registry/fanout",
+                    "registry/fanout:1",
+                    "registry/fanout-evil@sha256:0123",
+                    "registry/fanout/x@sha256:1",
+                ],
+            ),
+            (
+                "registry/fanout:*",
+                &["registry/fanout:1.2", "registry/fanout:latest"],
+                &[
+                    "registry/fanout",
+                    "registry/fanout-evil:1",
+                    "registry/fanout/x:1",
+                    "registry/fanout@sha256:1",
+                ],
+            ),
+            (
+                "registry/proxies/*",
+                &["registry/proxies/a:1", "registry/proxies/a/b@sha256:1"],
+                &[
+                    "registry/proxies-evil/a:1",
+                    "registry/proxies",
+                    "registry/proxiesx/a",
+                ],
+            ),
+            (
+                "reg:5000/*",
+                &["reg:5000/fanout:1"],
+                &["reg:50000/fanout:1", "reg/fanout:1"],
+            ),
+            (
+                "reg:5000/fanout:*",
+                &["reg:5000/fanout:1"],
+                &["reg:5000/fanout-evil:1", "reg:5000/fanout"],
+            ),
+        ];
+        for (entry, allowed, refused) in cases {
+            assert_eq!(parse_image_pattern(entry).as_deref(), Ok(entry));
+            for image in allowed {
+                assert!(image_allowed_by(entry, image), "{entry} should allow {image}");
+            }
+            for image in refused {
+                assert!(!image_allowed_by(entry, image), "{entry} must not allow {image}");
+            }
+        }
+        assert!(image_allowed_by("*", "anything/at:all"));
+        // A `*` that would be a plain string prefix is refused, and allows nothing.
+        for bad in [
+            "registry/fanout*",
+            "registry/fan*out",
+            "*/fanout",
+            "registry/fanout:1*",
+            "",
+            "/*",
+            ":*",
+            "a:1:*",
+            "a@sha256:1@*",
+        ] {
+            let err = parse_image_pattern(bad);
+            assert!(err.is_err(), "{bad:?} accepted");
+            assert!(!image_allowed_by(bad, "registry/fanout-evil"), "{bad:?}");
+        }
+        assert!(
+            parse_image_pattern("registry/fanout*")
+                .unwrap_err()
+                .contains("registry/fanout-evil")
+        );
     }
 
     #[test]
@@ -348,6 +553,37 @@ mod tests {
             ..policy()
         };
         assert!(admit(&narrower, FanoutGroupSpec::default()).is_err());
+    }
+
+    #[test]
+    fn a_socket_dir_inside_another_groups_directory_is_refused() {
+        for nested in [
+            "/var/run/fanout/net.other",
+            "/var/run/fanout/net.other/deeper",
+            "/var/run/fanout/team/a.b",
+            "/var/run/fanout/.hidden-but-normalized",
+        ] {
+            let spec = FanoutGroupSpec {
+                socket_dir: nested.into(),
+                ..FanoutGroupSpec::default()
+            };
+            let refused = admit(&policy(), spec).unwrap_err();
+            assert_eq!(refused.reason(), "SocketDirInGroupDir", "{nested}");
+            assert!(refused.to_string().contains(nested), "{refused}");
+        }
+        // Dots in the admin's own root are the admin's business.
+        let dotted_root = ProxyPolicy {
+            socket_root: "/var/run/fanout.d".into(),
+            ..policy()
+        };
+        let spec = FanoutGroupSpec {
+            socket_dir: "/var/run/fanout.d/team".into(),
+            ..FanoutGroupSpec::default()
+        };
+        assert_eq!(
+            admit(&dotted_root, spec).unwrap().socket_dir,
+            "/var/run/fanout.d/team/net.updates"
+        );
     }
 
     #[test]

@@ -84,16 +84,7 @@ impl ProxyEndpoint {
 /// DaemonSet (kind, name and uid). Only these become endpoints; the group's label alone, which
 /// anyone who may create a pod in the namespace can set, is not enough.
 pub fn is_owned_by(pod: &Pod, daemon_set: &DaemonSet) -> bool {
-    let Some(uid) = daemon_set.metadata.uid.as_deref() else {
-        return false;
-    };
-    pod.metadata.owner_references.iter().flatten().any(|owner| {
-        owner.controller == Some(true)
-            && owner.api_version == "apps/v1"
-            && owner.kind == "DaemonSet"
-            && Some(owner.name.as_str()) == daemon_set.metadata.name.as_deref()
-            && owner.uid == uid
-    })
+    super::children::is_controlled_by(&pod.metadata, daemon_set)
 }
 
 /// The pods of `pods` that `daemon_set` (None: none is cached yet) owns.

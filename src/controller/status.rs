@@ -179,6 +179,8 @@ pub fn compute_status(
         conditions,
         curve_public_key: observed.curve_public_key.clone(),
         unresolved_keys: observed.unresolved_keys.clone(),
+        // The plan sets it (plan::report): the tree is not the status module's to know.
+        relays: 0,
     }
 }
 

@@ -3,7 +3,7 @@
 //! kube's `applier`. A group's deletion (or its absence after a relist) makes the reconciler
 //! forget it.
 
-use super::children::{Caches, watch_selector};
+use super::children::{Caches, relay_watch_selector, watch_selector};
 use super::memory::GroupKey;
 use super::reconcile::{self, Context};
 use crate::crd::FanoutGroup;
@@ -59,15 +59,29 @@ fn child_trigger<K>(api: Api<K>, writer: Writer<K>) -> GroupRefStream
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let config = watcher::Config::default().labels(&watch_selector());
+    labelled_trigger(api, writer, watch_selector(), GROUP_LABEL)
+}
+
+/// Watches the objects `selector` picks into `writer`'s cache and maps every change to the
+/// group that the label `group_label` names.
+fn labelled_trigger<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    selector: String,
+    group_label: &'static str,
+) -> GroupRefStream
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let config = watcher::Config::default().labels(&selector);
     let stream = watcher(api, config)
         .backoff(crate::watch_backoff::WatchBackoff::default())
         // Managed fields are a large part of every object and the reconciler never reads them.
         .modify(|object: &mut K| object.managed_fields_mut().clear());
     reflector::reflector(writer, stream)
         .touched_objects()
-        .try_filter_map(|object: K| async move {
-            let group = object.labels().get(GROUP_LABEL).cloned();
+        .try_filter_map(move |object: K| async move {
+            let group = object.labels().get(group_label).cloned();
             Ok(match (group, object.namespace()) {
                 (Some(group), Some(namespace)) => {
                     Some(ObjectRef::<FanoutGroup>::new(&group).within(&namespace))
@@ -123,6 +137,7 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
     let (services, services_writer) = reflector::store::<Service>();
     let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
     let (secrets, secrets_writer) = reflector::store::<Secret>();
+    let (relay_slices, relay_slices_writer) = reflector::store::<EndpointSlice>();
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -135,6 +150,7 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
             services,
             config_maps,
             secrets,
+            relay_slices,
         },
         leader.policy,
         leader.leading,
@@ -177,6 +193,12 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
         group_stream,
         child_trigger(api_for::<Pod>(&client, &namespace), pods_writer),
         child_trigger(api_for::<EndpointSlice>(&client, &namespace), slices_writer),
+        labelled_trigger(
+            api_for::<EndpointSlice>(&client, &namespace),
+            relay_slices_writer,
+            relay_watch_selector(),
+            crate::endpoint_list::RELAY_FOR_LABEL,
+        ),
         child_trigger(api_for::<DaemonSet>(&client, &namespace), daemon_sets_writer),
         child_trigger(api_for::<Service>(&client, &namespace), services_writer),
         child_trigger(api_for::<ConfigMap>(&client, &namespace), config_maps_writer),

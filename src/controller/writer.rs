@@ -10,6 +10,7 @@ use super::metrics::Metrics;
 use super::notices::Notice;
 use super::objects::FIELD_MANAGER;
 use super::plan::{ChildKind, ChildRef, Desired, Plan, Report};
+use super::relay_access::RelayAccess;
 use crate::crd::{FanoutGroup, FanoutGroupStatus};
 use crate::curve::{KeyPair, PUBLIC_KEY_FILE, SECRET_KEY_FILE};
 use k8s_openapi::NamespaceResourceScope;
@@ -74,6 +75,11 @@ impl Writer {
             self.apply(namespace, allow_list, mode).await?;
         }
         if let Some(daemon_set) = &plan.daemon_set {
+            if let Some(access) = &plan.relay_access
+                && (mode == ApplyMode::ReapplyAll || !self.is_unchanged(daemon_set)?)
+            {
+                self.apply_relay_access(namespace, access).await?;
+            }
             self.apply(namespace, daemon_set, mode).await?;
         }
         self.apply(namespace, &plan.service, mode).await?;
@@ -138,6 +144,43 @@ impl Writer {
             })?;
         self.metrics.write(&kind, "apply");
         Ok(true)
+    }
+
+    /// Whether the cache already holds `desired` as last applied (the skip `apply` makes).
+    fn is_unchanged<K: Resource<DynamicType = ()> + Clone + Serialize>(
+        &self,
+        desired: &Desired<K>,
+    ) -> Result<bool, Error> {
+        let mut object = desired.object.clone();
+        let hash = stamp(&mut object).map_err(|source| Error::Serialise {
+            kind: K::kind(&()).into_owned(),
+            source,
+        })?;
+        Ok(is_current(&hash, desired.cached.as_deref()))
+    }
+
+    /// The proxies' ServiceAccount, Role and RoleBinding (not cached: applied as they are).
+    async fn apply_relay_access(&self, namespace: &str, access: &RelayAccess) -> Result<(), Error> {
+        fn uncached<K>(object: &K) -> Desired<K>
+        where
+            K: Clone,
+        {
+            Desired {
+                object: object.clone(),
+                cached: None,
+            }
+        }
+        self.apply(
+            namespace,
+            &uncached(&access.service_account),
+            ApplyMode::ReapplyAll,
+        )
+        .await?;
+        self.apply(namespace, &uncached(&access.role), ApplyMode::ReapplyAll)
+            .await?;
+        self.apply(namespace, &uncached(&access.binding), ApplyMode::ReapplyAll)
+            .await?;
+        Ok(())
     }
 
     /// Creates the group's server key Secret as planned (`objects::server_key_secret`), with a

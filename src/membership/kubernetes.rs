@@ -76,11 +76,20 @@ impl MembershipIndex {
     }
 }
 
-/// Follows a group through the API server.
+/// What a [`GroupSource`] follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Followed {
+    /// The group's own list (its top tier), as publishers follow it.
+    Group(GroupObject),
+    /// The leaves assigned to relay pod `relay` (the relay tree's second tier).
+    RelayAssignment { relay: String },
+}
+
+/// Follows a group (or a relay's assignment in it) through the API server.
 pub struct GroupSource {
     namespace: Option<String>,
     group: String,
-    object: GroupObject,
+    followed: Followed,
     client: Option<Client>,
 }
 
@@ -90,7 +99,19 @@ impl GroupSource {
         Self {
             namespace,
             group,
-            object,
+            followed: Followed::Group(object),
+            client: None,
+        }
+    }
+
+    /// The leaves assigned to relay pod `relay` of `group` (`endpoint_list`'s relay tree):
+    /// what a relay proxy connects to. The same watch, relist buffering and retries as a
+    /// publisher's, on the relay's own slices.
+    pub fn relay_assignment(namespace: String, group: String, relay: String) -> Self {
+        Self {
+            namespace: Some(namespace),
+            group,
+            followed: Followed::RelayAssignment { relay },
             client: None,
         }
     }
@@ -109,20 +130,24 @@ impl GroupSource {
         let namespace = self
             .namespace
             .unwrap_or_else(|| client.default_namespace().to_string());
-        tracing::info!(%namespace, group = %self.group, object = ?self.object, "following group membership");
-        match self.object {
-            GroupObject::Slices => {
+        tracing::info!(%namespace, group = %self.group, followed = ?self.followed, "following group membership");
+        let slice_selector = match &self.followed {
+            Followed::Group(GroupObject::Slices) => endpoint_list::slice_selector(&self.group),
+            Followed::RelayAssignment { relay } => endpoint_list::relay_slice_selector(&self.group, relay),
+            Followed::Group(GroupObject::Configmap) => String::new(),
+        };
+        match self.followed {
+            Followed::Group(GroupObject::Slices) | Followed::RelayAssignment { .. } => {
                 let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
-                let selector = endpoint_list::slice_selector(&self.group);
                 follow_objects(
                     api,
-                    watcher::Config::default().labels(&selector),
+                    watcher::Config::default().labels(&slice_selector),
                     updates,
                     slice_members,
                 )
                 .await
             }
-            GroupObject::Configmap => {
+            Followed::Group(GroupObject::Configmap) => {
                 let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
                 let name = endpoint_list::configmap_name(&self.group);
                 let config = watcher::Config::default().fields(&format!("metadata.name={name}"));

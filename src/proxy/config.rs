@@ -44,6 +44,13 @@ pub const DEFAULT_MAX_FRAMES: u32 = 64;
 /// The most one peer's queue may hold, `hwm × max_message_bytes`: libzmq bounds queues in
 /// messages only, so the byte bound comes from the pair.
 pub const MAX_QUEUED_BYTES_PER_PEER: i64 = 256 << 20;
+/// The smallest frame limit of the subscriber side: room for the handshake commands (a CURVE
+/// INITIATE with a SUB's metadata is about 280 bytes).
+pub const SUBSCRIBER_FRAME_FLOOR: i64 = 512;
+/// What a subscription to a topic adds to it on the wire at most: the ZMTP 3.1 SUBSCRIBE
+/// command name (10 bytes) and CURVE's MESSAGE wrapping (33).
+const SUBSCRIPTION_FRAME_EXTRA: i64 = 10 + 33;
+
 /// Default heartbeat interval.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Default permission bits of unix socket files.
@@ -76,6 +83,16 @@ impl Default for ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// ZMQ_MAXMSGSIZE of the subscriber side: subscribers send subscriptions, so a frame longer
+    /// than a subscription to the longest allowed topic (or than a handshake command) ends the
+    /// connection inside libzmq, before anything is stored.
+    pub fn subscriber_frame_limit(&self) -> i64 {
+        let topic = i64::try_from(self.subscription_limits.max_topic_bytes).unwrap_or(i64::MAX);
+        topic
+            .saturating_add(SUBSCRIPTION_FRAME_EXTRA)
+            .max(SUBSCRIBER_FRAME_FLOOR)
+    }
+
     /// Refuses configurations libzmq would reject late or interpret surprisingly.
     pub fn validate(&self) -> Result<(), ProxyError> {
         if self.publishers.is_empty() {
@@ -116,6 +133,11 @@ impl ProxyConfig {
         }
         if self.max_frames == 0 {
             return Err(ProxyError::Config("max frames must be at least 1".into()));
+        }
+        if self.subscription_limits.max_topics_per_subscriber == 0 {
+            return Err(ProxyError::Config(
+                "max topics per subscriber must be at least 1".into(),
+            ));
         }
         if self.socket_mode > 0o777 {
             return Err(ProxyError::Config(format!(
@@ -209,11 +231,36 @@ mod tests {
         );
         assert!(
             ProxyConfig {
+                subscription_limits: SubscriptionLimits {
+                    max_topics_per_subscriber: 0,
+                    ..SubscriptionLimits::default()
+                },
+                ..good.clone()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            ProxyConfig {
                 socket_mode: 0o1777,
                 ..good
             }
             .validate()
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_subscriber_frame_limit_fits_the_longest_subscription_and_the_handshake() {
+        let with_topics = |max_topic_bytes| ProxyConfig {
+            subscription_limits: SubscriptionLimits {
+                max_topic_bytes,
+                ..SubscriptionLimits::default()
+            },
+            ..ProxyConfig::default()
+        };
+        assert_eq!(with_topics(256).subscriber_frame_limit(), SUBSCRIBER_FRAME_FLOOR);
+        assert_eq!(with_topics(1000).subscriber_frame_limit(), 1043);
+        assert_eq!(with_topics(usize::MAX).subscriber_frame_limit(), i64::MAX);
     }
 }

@@ -13,17 +13,20 @@
 //!   `refused_messages{reason="revoked_key"}`).
 //! - Closing the connection: libzmq cannot disconnect one peer of an XSUB/XPUB socket, so the
 //!   forwarder learns each connection's file descriptor from its messages (libzmq's private
-//!   `__fd` message property, behind the deprecated ZMQ_SRCFD) and the peer address of that
-//!   descriptor (getpeername). When a key is removed, each descriptor it was seen on is
-//!   `shutdown(SHUT_RDWR)` (never `close`d: libzmq owns it), after checking the descriptor
-//!   still has the same peer address (a descriptor closed and reused meanwhile is left
-//!   alone). libzmq then sees the connection end and tears the session down. A connection
-//!   of a revoked key that has sent nothing since the proxy started is unknown here; it is
-//!   closed at its first message, which is dropped.
+//!   `__fd` message property, behind the deprecated ZMQ_SRCFD) and the socket behind that
+//!   descriptor ([`peer::socket_id`]). When a key is removed, each descriptor it was seen on
+//!   is shut down ([`peer::shut_down`]: never closed, libzmq owns it, and only if it still is
+//!   the same socket). libzmq then sees the connection end and tears the session down. Every
+//!   subscription reaches the proxy with its descriptor (the XPUB passes all of them up), so a
+//!   subscriber is known from its first subscription; a connection of a revoked key that has
+//!   sent nothing since the proxy started is unknown here and is closed at its first message,
+//!   which is dropped (a subscriber that never subscribed receives nothing).
 
 use super::ProxyError;
 use super::auth::{self, AllowList, LogLimiter, MAX_ZAP_FRAME_BYTES, MAX_ZAP_FRAMES, Refusal, ZapPolicy};
+use super::message_source::Source;
 use super::metrics::{ProxyMetrics, Side};
+use super::peer::{self, SocketId};
 use crate::curve::{PublicKey, SecretKey};
 use crate::endpoint_list::InvalidLine;
 use crate::followed_file::FollowedFile;
@@ -61,7 +64,7 @@ struct SideAuth {
     /// `None`: every CURVE key is admitted on this side (subscribers without a list).
     list: Option<AllowList>,
     updates: Option<watch::Receiver<(AllowList, usize)>>,
-    /// Descriptor -> (Z85 key, peer address) of connections whose messages were seen.
+    /// Descriptor -> (Z85 key, socket) of connections whose messages were seen.
     connections: HashMap<i32, Connection>,
     /// The last message's `User-Id` and verdict: messages come in runs from one peer.
     last_user: String,
@@ -70,25 +73,7 @@ struct SideAuth {
 
 struct Connection {
     key: String,
-    peer: Option<PeerAddress>,
-}
-
-/// A socket's peer address as getpeername returns it, compared bytewise.
-#[derive(PartialEq, Eq)]
-struct PeerAddress(Vec<u8>);
-
-fn peer_address(fd: i32) -> Option<PeerAddress> {
-    // SAFETY: getpeername writes at most `len` bytes into storage we own and sets `len`; a
-    // descriptor that is not a connected socket makes it fail, which we report as None.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getpeername(fd, (&raw mut storage).cast(), &mut len) != 0 {
-            return None;
-        }
-        let bytes = std::slice::from_raw_parts((&raw const storage).cast::<u8>(), len as usize);
-        Some(PeerAddress(bytes.to_vec()))
-    }
+    socket: Option<SocketId>,
 }
 
 impl SideAuth {
@@ -321,33 +306,27 @@ impl CurveServer {
         let Some(connection) = self.side_mut(side).connections.remove(&fd) else {
             return;
         };
-        let now = peer_address(fd);
-        if now.is_none() || now != connection.peer {
-            // Closed (and perhaps reused) since: not ours to touch.
-            return;
-        }
-        // SAFETY: shutdown on a descriptor we checked is still the same connected socket;
-        // it does not release the descriptor, which stays libzmq's to close.
-        let rc = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-        if rc == 0 {
-            let key = connection.key.clone();
+        if connection
+            .socket
+            .is_some_and(|socket| peer::shut_down(fd, socket))
+        {
             self.refused(
                 side,
                 Refusal::Revoked,
-                &format_args!("key {key}: connection closed"),
+                &format_args!("key {}: connection closed", connection.key),
             );
         }
     }
 
-    /// Whether the message whose first frame is `message` may be forwarded: its `User-Id`
-    /// (the key it was admitted with) must still be listed. Learns the connection's
-    /// descriptor on the way; a message of a revoked key closes its connection.
-    pub fn admit(&mut self, side: Side, message: &mut zmq::Message) -> bool {
+    /// Whether a message from `source` may be forwarded: its `User-Id` (the key it was
+    /// admitted with) must still be listed. Learns the connection's descriptor on the way; a
+    /// message of a revoked key closes its connection.
+    pub fn admit(&mut self, side: Side, source: &Source) -> bool {
         let state = self.side_mut(side);
         if state.list.is_none() {
             return true;
         }
-        let allowed = match message.gets("User-Id") {
+        let allowed = match source.user.as_deref() {
             Some(user) if user == state.last_user => state.last_allowed,
             Some(user) => {
                 let allowed = state.allows(user);
@@ -360,8 +339,7 @@ impl CurveServer {
             // side with a list; refuse rather than guess.
             None => false,
         };
-        let fd = message.gets("__fd").and_then(|fd| fd.parse::<i32>().ok());
-        if let Some(fd) = fd {
+        if let Some(fd) = source.fd {
             let state = self.side_mut(side);
             let known = state
                 .connections
@@ -373,7 +351,7 @@ impl CurveServer {
                     fd,
                     Connection {
                         key,
-                        peer: peer_address(fd),
+                        socket: peer::socket_id(fd),
                     },
                 );
             }

@@ -22,6 +22,9 @@ pub enum ProxyError {
     },
     #[error("the forwarding thread stopped unexpectedly: {0}")]
     Thread(String),
+    /// A relay that cannot follow its assignment.
+    #[error("relay: {0}")]
+    Relay(String),
 }
 
 impl ProxyError {

@@ -2,30 +2,43 @@
 //! thread-safe) and their monitors, and forwards between them until told to stop.
 //!
 //! Longer than 500 lines for a reason: it is one thread's state (two sockets, two monitors, the
-//! socket files and counters) and the loop that owns it; split, that state would be spread
-//! across files that must change together.
+//! connection tables, the socket files and counters) and the loop that owns it; split, that
+//! state would be spread across files that must change together. The parts that are not that
+//! state live beside it: setting the sockets up (`sockets`), moving messages (`route`),
+//! subscriptions (`subscription_relay`), in-flight accounts (`connections`).
 
 use super::ProxyError;
-use super::auth;
+use super::auth::{self, LogLimiter};
 use super::config::{ProxyConfig, SHUTDOWN_LINGER};
+use super::connections::Connections;
 use super::curve_server::CurveServer;
-use super::ipc::{self, BoundSocketFile};
-use super::metrics::{ProxyMetrics, ProxyStats, Side};
-use super::monitor::{self, MonitorEvent, PeerChange, PeerTracker};
-use super::subscriptions::{LiveSubscriptions, SUBSCRIBE_TO_EVERYTHING, Upstream};
+use super::in_flight::{InFlightLimits, Verdict, WireCost};
+use super::ipc::BoundSocketFile;
+use super::message_source::{Source, SourceCache};
+use super::metrics::{CutOff, ProxyMetrics, ProxyStats, Side};
+use super::monitor::{EVENT_ACCEPTED, EVENT_DISCONNECTED, MonitorEvent, PeerChange, PeerTracker};
+use super::peer::{self, SocketId};
+use super::relay::{RelayInput, RelayLinks};
+use super::route::{BURST, Outcome, Route, Tally};
+use super::sockets::{apply_socket_options, bind_all, configure_subscriber_side, monitor_socket, raw_socket};
+use super::subscriber_book::{Applied, Refusal};
+use super::subscription_relay::{Relayed, SubscriptionRelay};
+use super::subscriptions::{UpstreamMessage, classify};
 use crate::curve::PublicKey;
-use crate::message_budget::{Exceeded, MessageBudget, MessageLimits, Verdict};
-use crate::socket_options::HeartbeatOptions;
+use crate::message_budget::MessageLimits;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-/// Messages moved per socket before the loop looks at the other socket and the stop signal,
-/// so neither direction starves the other.
-const BURST: usize = 4096;
+/// How often every TCP connection's in-flight account is checked, and subscriber connections
+/// whose socket went away are released.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// At most one log line per side and reason per this long.
+const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// A running proxy. Dropping it stops it like `shutdown` does, without returning the stats.
 #[derive(Debug)]
@@ -42,6 +55,15 @@ pub struct Proxy {
 /// Starts a proxy: every socket is bound (and every unix socket file prepared) before this
 /// returns; forwarding runs on a thread of its own.
 pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+    start_with(config, None)
+}
+
+/// Starts a proxy that also relays to the leaves its feed names (`relay`).
+pub fn start_relay(config: ProxyConfig, relay: RelayInput) -> Result<Proxy, ProxyError> {
+    start_with(config, Some(relay))
+}
+
+fn start_with(config: ProxyConfig, relay: Option<RelayInput>) -> Result<Proxy, ProxyError> {
     config.validate()?;
     let metrics = ProxyMetrics::default();
     let (stop, stop_rx) = UnixStream::pair().map_err(ProxyError::io("creating the stop signal"))?;
@@ -56,7 +78,7 @@ pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
         std::thread::Builder::new()
             .name("fanout-proxy".into())
             .spawn(move || {
-                let forwarder = match Forwarder::bind(&config, metrics) {
+                let forwarder = match Forwarder::bind(&config, metrics, relay) {
                     Ok(forwarder) => forwarder,
                     Err(err) => {
                         running.store(false, Ordering::Release);
@@ -76,9 +98,8 @@ pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
                 let _ = bound_tx.send(Ok(endpoints));
                 let result = forwarder.run(&stop_rx);
                 running.store(false, Ordering::Release);
-                if let Err(err) = &result {
-                    tracing::error!(error = %err, "proxy stopped with an error");
-                }
+                // Not logged here: `shutdown` returns it (and `fanout proxy` ends at once and
+                // prints it), or `Drop` logs it; logging it here too would print it twice.
                 result
             })
             .map_err(ProxyError::io("spawning the proxy thread"))?
@@ -170,126 +191,63 @@ struct Forwarder {
     // them (bounded by the linger set at shutdown).
     xsub: zmq::Socket,
     xpub: zmq::Socket,
+    /// `xpub` as libzmq's raw socket (the object libzmq owns, not the wrapper, so it stays
+    /// valid while `xpub` lives): sends that count full subscriber queues use it (`route`).
+    xpub_raw: *mut std::ffi::c_void,
     xsub_monitor: zmq::Socket,
     xpub_monitor: zmq::Socket,
     /// The ZAP handler and allow-lists, when the proxy is a CURVE server.
     curve: Option<CurveServer>,
+    /// The links to its leaf proxies, when the proxy may relay (relay tree).
+    leaves: Option<RelayLinks>,
+    /// Where recent publisher messages came from.
+    sources: SourceCache,
     _context: zmq::Context,
     publisher_endpoints: Vec<String>,
     subscriber_endpoints: Vec<String>,
     socket_files: Vec<BoundSocketFile>,
     metrics: ProxyMetrics,
-    live_subscriptions: LiveSubscriptions,
+    /// Subscriptions: per subscriber connection, and what goes upstream.
+    relay: SubscriptionRelay,
     /// The per-message caps, checked on both directions before anything is sent on.
     limits: MessageLimits,
     /// The frames of the multipart message being forwarded (reused: no allocation per message).
     parts: Vec<zmq::Message>,
     publisher_peers: PeerTracker,
     subscriber_peers: PeerTracker,
+    /// Per connection of each side: its socket and in-flight account.
+    publisher_connections: Connections,
+    subscriber_connections: Connections,
+    /// The framing of each side's TCP connections (CURVE or NULL).
+    publisher_wire: WireCost,
+    subscriber_wire: WireCost,
+    /// Whether each side's socket had nothing complete left to receive after the last pass.
+    publishers_caught_up: bool,
+    subscribers_caught_up: bool,
+    next_check: Instant,
+    log: LogLimiter<(Side, CutOff)>,
 }
 
 /// Distinguishes the inproc monitor endpoints of several proxies in one process.
 static NEXT_PROXY_ID: AtomicU64 = AtomicU64::new(0);
 
-/// Applies the options a proxy sets on both of its sockets (HWM, size limit, heartbeats, ZAP
-/// domain, linger). Public so that the benchmark gives libzmq's stock proxy identical sockets.
-pub fn apply_socket_options(
-    socket: &zmq::Socket,
-    config: &ProxyConfig,
-    what: &str,
-) -> Result<(), ProxyError> {
-    let heartbeat = HeartbeatOptions::from_interval(config.heartbeat);
-    let ctx = |option: &str| ProxyError::zmq(format!("setting {option} on the {what} socket"));
-    socket.set_sndhwm(config.hwm).map_err(ctx("SNDHWM"))?;
-    socket.set_rcvhwm(config.hwm).map_err(ctx("RCVHWM"))?;
-    socket
-        .set_maxmsgsize(config.max_message_bytes)
-        .map_err(ctx("MAXMSGSIZE"))?;
-    heartbeat
-        .apply(socket)
-        .map_err(ctx("HEARTBEAT_IVL/TIMEOUT/TTL"))?;
-    // A ZAP domain makes libzmq refuse pre-ZMTP-3.0 peers. Without it any byte stream not
-    // starting with 0xFF (an HTTP request, a port scanner) is taken for a ZMTP 1.0 peer and
-    // its bytes for messages. No ZAP handler exists in the proxy's context and enforcement
-    // is off, so ZMTP 3.x peers with the NULL mechanism are accepted as before.
-    socket.set_zap_domain("fanout").map_err(ctx("ZAP_DOMAIN"))?;
-    // Until shutdown nothing waits on close; shutdown sets the bounded linger.
-    socket.set_linger(0).map_err(ctx("LINGER"))?;
-    Ok(())
-}
-
-/// Binds `socket` to each endpoint, preparing unix socket files first; returns the endpoints
-/// as bound.
-///
-/// With `curve_on_tcp`, tcp endpoints are bound as CURVE servers and the others (unix
-/// sockets, protected by their file mode) with the NULL mechanism: libzmq copies the socket's
-/// options into each listener when it binds, so the mechanism can differ per endpoint.
-fn bind_all(
-    socket: &zmq::Socket,
-    endpoints: &[String],
-    mode: u32,
-    files: &mut Vec<BoundSocketFile>,
-    curve_on_tcp: bool,
-) -> Result<Vec<String>, ProxyError> {
-    let mut bound = Vec::with_capacity(endpoints.len());
-    for endpoint in endpoints {
-        if curve_on_tcp {
-            socket
-                .set_curve_server(endpoint.starts_with("tcp://"))
-                .map_err(ProxyError::zmq(format!("setting CURVE_SERVER for {endpoint}")))?;
-        }
-        let path = ipc::ipc_path(endpoint);
-        if let Some(path) = &path {
-            ipc::prepare(path)?;
-        }
-        socket
-            .bind(endpoint)
-            .map_err(ProxyError::zmq(format!("binding {endpoint}")))?;
-        if let Some(path) = &path {
-            files.push(BoundSocketFile::after_bind(path, mode)?);
-        }
-        let last = socket
-            .get_last_endpoint()
-            .map_err(ProxyError::zmq(format!(
-                "reading the endpoint bound for {endpoint}"
-            )))?
-            .unwrap_or_else(|_| endpoint.clone());
-        bound.push(last);
-    }
-    Ok(bound)
-}
-
-fn monitor_socket(
-    context: &zmq::Context,
-    socket: &zmq::Socket,
-    address: &str,
-) -> Result<zmq::Socket, ProxyError> {
-    socket
-        .monitor(address, monitor::WATCHED_EVENTS)
-        .map_err(ProxyError::zmq(format!("starting monitor {address}")))?;
-    let monitor = context
-        .socket(zmq::PAIR)
-        .map_err(ProxyError::zmq("creating a monitor socket"))?;
-    monitor
-        .set_linger(0)
-        .map_err(ProxyError::zmq("setting LINGER on a monitor socket"))?;
-    monitor
-        .connect(address)
-        .map_err(ProxyError::zmq(format!("connecting monitor {address}")))?;
-    Ok(monitor)
-}
-
 impl Forwarder {
-    fn bind(config: &ProxyConfig, metrics: ProxyMetrics) -> Result<Self, ProxyError> {
+    fn bind(
+        config: &ProxyConfig,
+        metrics: ProxyMetrics,
+        relay: Option<RelayInput>,
+    ) -> Result<Self, ProxyError> {
         let context = zmq::Context::new();
         let xsub = context
             .socket(zmq::XSUB)
             .map_err(ProxyError::zmq("creating the XSUB socket"))?;
-        let xpub = context
+        let mut xpub = context
             .socket(zmq::XPUB)
             .map_err(ProxyError::zmq("creating the XPUB socket"))?;
         apply_socket_options(&xsub, config, "publisher (XSUB)")?;
         apply_socket_options(&xpub, config, "subscriber (XPUB)")?;
+        configure_subscriber_side(&mut xpub, config)?;
+        let xpub_raw = raw_socket(&mut xpub);
         // The ZAP handler is bound before any CURVE listener, so no handshake finds it
         // missing (libzmq would then admit the peer: ZAP enforcement is off by default).
         let curve = match &config.curve {
@@ -350,18 +308,30 @@ impl Forwarder {
             }
         };
         tracing::info!(publishers = ?publisher_endpoints, subscribers = ?subscriber_endpoints, "proxy bound");
+        // After every bind: the relay's CURVE client options apply to its connects only.
+        let leaves = relay
+            .map(|input| RelayLinks::new(input, &xpub, config.curve.as_ref().map(|curve| &curve.secret)))
+            .transpose()?;
+        // Every publisher endpoint is CURVE with a secret key; of the subscriber endpoints the
+        // tcp ones, the only ones measured.
+        let publisher_wire = WireCost::of(curve_on);
+        let subscriber_wire = WireCost::of(curve_on);
+        let in_flight_limits =
+            |wire| InFlightLimits::new(config.hwm, config.max_message_bytes, config.max_frames, wire);
         Ok(Self {
             xsub,
             xpub,
+            xpub_raw,
             xsub_monitor,
             xpub_monitor,
             curve,
+            leaves,
             _context: context,
             publisher_endpoints,
             subscriber_endpoints,
             socket_files,
             metrics,
-            live_subscriptions: LiveSubscriptions::new(config.subscription_limits),
+            relay: SubscriptionRelay::new(config.subscription_limits),
             limits: MessageLimits {
                 max_frames: config.max_frames,
                 max_bytes: u64::try_from(config.max_message_bytes).unwrap_or(u64::MAX),
@@ -369,6 +339,15 @@ impl Forwarder {
             parts: Vec::new(),
             publisher_peers: PeerTracker::default(),
             subscriber_peers: PeerTracker::default(),
+            publisher_connections: Connections::new(in_flight_limits(publisher_wire)),
+            subscriber_connections: Connections::new(in_flight_limits(subscriber_wire)),
+            publisher_wire,
+            subscriber_wire,
+            publishers_caught_up: true,
+            subscribers_caught_up: true,
+            next_check: Instant::now() + CHECK_EVERY,
+            log: LogLimiter::new(LOG_EVERY),
+            sources: SourceCache::default(),
         })
     }
 
@@ -381,8 +360,18 @@ impl Forwarder {
     fn forward_until_stopped(&mut self, stop: &UnixStream) -> Result<(), ProxyError> {
         let mut frame = zmq::Message::new();
         loop {
-            let (downstream, upstream, publisher_events, subscriber_events, stopped, zap, allow_lists) = {
-                let mut items = Vec::with_capacity(7);
+            let timeout = self.next_check.saturating_duration_since(Instant::now());
+            let (
+                downstream,
+                upstream,
+                publisher_events,
+                subscriber_events,
+                stopped,
+                zap,
+                allow_lists,
+                assignment,
+            ) = {
+                let mut items = Vec::with_capacity(8);
                 items.extend([
                     self.xsub.as_poll_item(zmq::POLLIN),
                     self.xpub.as_poll_item(zmq::POLLIN),
@@ -394,7 +383,12 @@ impl Forwarder {
                     items.push(curve.zap_socket().as_poll_item(zmq::POLLIN));
                     items.push(zmq::PollItem::from_fd(curve.wake_fd(), zmq::POLLIN));
                 }
-                match zmq::poll(&mut items, -1) {
+                let leaves_item = self.leaves.as_ref().map(|leaves| {
+                    items.push(zmq::PollItem::from_fd(leaves.wake_fd(), zmq::POLLIN));
+                    items.len() - 1
+                });
+                let timeout = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+                match zmq::poll(&mut items, timeout) {
                     Ok(_) => {}
                     Err(zmq::Error::EINTR) => continue,
                     Err(err) => {
@@ -410,8 +404,9 @@ impl Forwarder {
                     items[2].is_readable(),
                     items[3].is_readable(),
                     items[4].is_readable() || items[4].is_error(),
-                    items.get(5).is_some_and(|i| i.is_readable()),
-                    items.get(6).is_some_and(|i| i.is_readable()),
+                    self.curve.is_some() && items[5].is_readable(),
+                    self.curve.is_some() && items[6].is_readable(),
+                    leaves_item.is_some_and(|index| items[index].is_readable()),
                 )
             };
             if stopped {
@@ -427,43 +422,61 @@ impl Forwarder {
                     curve.serve_zap()?;
                 }
             }
-            if downstream {
-                self.forward_downstream(&mut frame)?;
+            if assignment && let Some(leaves) = &mut self.leaves {
+                leaves.apply(&self.xpub);
             }
-            if upstream {
-                self.forward_upstream(&mut frame)?;
-            }
+            // Monitor events before messages: a connection accepted since the last pass is
+            // known before its messages are counted.
             if publisher_events {
                 self.drain_monitor(Side::Publishers);
             }
             if subscriber_events {
                 self.drain_monitor(Side::Subscribers);
             }
+            self.publishers_caught_up = !downstream || self.forward_downstream(&mut frame)?;
+            self.subscribers_caught_up = !upstream || self.forward_upstream(&mut frame)?;
+            if Instant::now() >= self.next_check {
+                self.check_connections();
+                self.next_check = Instant::now() + CHECK_EVERY;
+            }
         }
     }
 
-    /// Publishers to subscribers: a burst of whole messages, every frame unchanged.
-    fn forward_downstream(&mut self, frame: &mut zmq::Message) -> Result<(), ProxyError> {
+    /// Publishers to subscribers: a burst of whole messages, every frame unchanged. Returns
+    /// whether the publisher side had nothing more to receive.
+    fn forward_downstream(&mut self, frame: &mut zmq::Message) -> Result<bool, ProxyError> {
         let mut route = Route {
             from: &self.xsub,
             to: &self.xpub,
             limits: self.limits,
             parts: &mut self.parts,
+            wire: self.publisher_wire,
+            count_full_queues: Some(self.xpub_raw),
         };
-        let tally = match &mut self.curve {
-            // Reading each message's User-Id costs a property lookup: only with CURVE.
-            Some(curve) => route.burst(frame, |message| {
-                if curve.admit(Side::Publishers, message) {
-                    Upstream::Forward
-                } else {
-                    Upstream::Drop
+        let sources = &mut self.sources;
+        let connections = &mut self.publisher_connections;
+        let mut curve = self.curve.as_mut();
+        // Per message: the metadata address compared with a few remembered ones (a field
+        // read), then one addition to the current run of the connection's bytes. With CURVE,
+        // the key it was admitted with checked against the allow-list.
+        let (tally, drained) = route.burst(
+            frame,
+            |message| {
+                let source = sources.source(message);
+                let forward = curve
+                    .as_mut()
+                    .is_none_or(|curve| curve.admit(Side::Publishers, source));
+                (forward, source.fd)
+            },
+            |fd, wire| {
+                if let Some(fd) = fd {
+                    connections.delivered(fd, wire);
                 }
-            })?,
-            None => route.burst(frame, |_| Upstream::Forward)?,
-        };
+            },
+        )?;
         tally.record(&self.metrics, Side::Publishers, Side::Subscribers);
         self.record_revoked(Side::Publishers);
-        Ok(())
+        Ok(drained)
     }
 
     /// Adds the messages of revoked keys the last burst dropped to the metrics.
@@ -478,66 +491,147 @@ impl Forwarder {
         }
     }
 
-    /// Subscribers to publishers: subscriptions (as reference-counted by XPUB, and bounded by
-    /// the subscription limits) and anything else subscribers send; subscriptions update the
-    /// live set.
-    fn forward_upstream(&mut self, frame: &mut zmq::Message) -> Result<(), ProxyError> {
-        let live = &mut self.live_subscriptions;
-        let mut subscription_messages = 0;
-        let mut over_limit = 0;
+    /// Subscribers to publishers: subscribes and unsubscribes go to the relay, which sends on
+    /// what changes the set of held topics; anything else subscribers send is forwarded
+    /// unchanged within the caps. Returns whether the subscriber side had nothing more to
+    /// receive. Not the hot path: subscribers send little.
+    fn forward_upstream(&mut self, frame: &mut zmq::Message) -> Result<bool, ProxyError> {
+        let mut tally = Tally::default();
+        let mut drained = false;
+        for _ in 0..BURST {
+            let received = Route {
+                from: &self.xpub,
+                to: &self.xsub,
+                limits: self.limits,
+                parts: &mut self.parts,
+                wire: self.subscriber_wire,
+                count_full_queues: None,
+            }
+            .receive(frame)?;
+            if !received {
+                drained = true;
+                break;
+            }
+            // Monitor events emitted before this message was queued are applied first, so a
+            // connection that ended is known ended before a message on its reused descriptor.
+            self.drain_monitor(Side::Subscribers);
+            let source = Source::of(frame);
+            let outcome = self.upstream_message(frame, &source)?;
+            if let Some(fd) = source.fd {
+                self.subscriber_connections.delivered(fd, outcome.wire());
+            }
+            tally.add(outcome);
+        }
+        tally.record(&self.metrics, Side::Subscribers, Side::Publishers);
+        self.record_revoked(Side::Subscribers);
+        Ok(drained)
+    }
+
+    /// One message from a subscriber, whose first frame is in `frame`.
+    fn upstream_message(&mut self, frame: &mut zmq::Message, source: &Source) -> Result<Outcome, ProxyError> {
         let mut route = Route {
             from: &self.xpub,
             to: &self.xsub,
             limits: self.limits,
             parts: &mut self.parts,
+            wire: self.subscriber_wire,
+            count_full_queues: None,
         };
-        let mut curve = self.curve.as_mut();
-        let tally = route.burst(frame, |message| {
-            if let Some(curve) = curve.as_mut()
-                && !curve.admit(Side::Subscribers, message)
-            {
-                return Upstream::Drop;
+        if let Some(curve) = &mut self.curve
+            && !curve.admit(Side::Subscribers, source)
+        {
+            return route.discard(frame);
+        }
+        let (subscribe, topic) = match classify(&frame[..]) {
+            _ if frame.get_more() => return route.message(frame),
+            UpstreamMessage::Subscribe(topic) => (true, topic),
+            UpstreamMessage::Unsubscribe(topic) => (false, topic),
+            UpstreamMessage::Other => return route.message(frame),
+        };
+        let outcome = Outcome::Withheld {
+            wire: self.subscriber_wire.frame(frame.len()),
+        };
+        // No descriptor: an unsubscribe libzmq made up for a subscriber that left (the
+        // connection's end is handled from the monitor and the checks instead).
+        let Some(fd) = source.fd else {
+            return Ok(outcome);
+        };
+        let (relayed, id) = self.relay.apply(&self.xsub, &self.metrics, fd, subscribe, topic);
+        match relayed {
+            Relayed::Applied(Applied::Refused(refusal)) => {
+                let reason = match refusal {
+                    Refusal::Topics => CutOff::Topics,
+                    Refusal::TopicBytes => CutOff::TopicBytes,
+                };
+                self.metrics.refused_subscriptions(refusal.as_str()).inc();
+                if let Some(id) = id {
+                    self.cut_off(Side::Subscribers, fd, id, reason, topic.len() as u64);
+                }
             }
-            let first = &message[..];
-            let was_collapsed = live.is_collapsed();
-            let action = live.apply(first);
-            match action {
-                Upstream::Forward if first.first().is_some_and(|b| *b <= 1) => {
-                    subscription_messages += 1
-                }
-                Upstream::Forward => {}
-                Upstream::SubscribeToEverything => {
-                    subscription_messages += 1;
-                    over_limit += 1;
-                    tracing::warn!(
-                        "subscribers asked for more (or longer) topics than the subscription limits allow; subscribing upstream to everything and filtering locally from now on"
-                    );
-                }
-                Upstream::Drop => {
-                    if was_collapsed {
-                        over_limit += 1;
-                    }
-                }
+            Relayed::Applied(Applied::NotHeld) => {
+                self.metrics.refused_subscriptions("not_subscribed").inc();
             }
-            action
-        })?;
-        tally.record(&self.metrics, Side::Subscribers, Side::Publishers);
-        self.record_revoked(Side::Subscribers);
-        self.metrics.subscription_messages.inc_by(subscription_messages);
-        self.metrics.subscriptions_over_limit.inc_by(over_limit);
-        self.metrics
-            .subscriptions_collapsed
-            .set(i64::from(self.live_subscriptions.is_collapsed()));
-        self.metrics
-            .live_subscriptions
-            .set(i64::try_from(self.live_subscriptions.len()).unwrap_or(i64::MAX));
-        Ok(())
+            Relayed::Applied(_) | Relayed::Stale => {}
+        }
+        Ok(outcome)
+    }
+
+    /// Closes the connection on `fd` (if it still is socket `id`), counts and logs it.
+    fn cut_off(&mut self, side: Side, fd: i32, id: SocketId, reason: CutOff, amount: u64) {
+        if !peer::shut_down(fd, id) {
+            return;
+        }
+        self.metrics.cut_off(side, reason).inc();
+        if let Some(suppressed) = self.log.allow((side, reason), Instant::now()) {
+            tracing::warn!(
+                side = side.as_str(),
+                reason = reason.as_str(),
+                amount,
+                suppressed,
+                "peer cut off"
+            );
+        }
+    }
+
+    /// The timer's work: every TCP connection's in-flight account, and subscriber connections
+    /// whose socket is gone.
+    fn check_connections(&mut self) {
+        let now = Instant::now();
+        for side in [Side::Publishers, Side::Subscribers] {
+            let (connections, caught_up) = match side {
+                Side::Publishers => (&mut self.publisher_connections, self.publishers_caught_up),
+                Side::Subscribers => (&mut self.subscriber_connections, self.subscribers_caught_up),
+            };
+            let offenders = connections.check(now, caught_up);
+            let largest = connections.largest_in_flight();
+            self.metrics
+                .side(side)
+                .in_flight_max
+                .set(i64::try_from(largest).unwrap_or(i64::MAX));
+            for offender in offenders {
+                let (reason, amount) = match offender.verdict {
+                    Verdict::InFlight(bytes) => (CutOff::InFlight, bytes),
+                    Verdict::Unfinished(bytes) => (CutOff::UnfinishedMessage, bytes),
+                    Verdict::Fine => continue,
+                };
+                self.cut_off(side, offender.fd, offender.id, reason, amount);
+            }
+        }
+        self.relay.retain_open(&self.xsub, &self.metrics);
     }
 
     fn drain_monitor(&mut self, side: Side) {
-        let (socket, peers) = match side {
-            Side::Publishers => (&self.xsub_monitor, &mut self.publisher_peers),
-            Side::Subscribers => (&self.xpub_monitor, &mut self.subscriber_peers),
+        let (socket, peers, connections) = match side {
+            Side::Publishers => (
+                &self.xsub_monitor,
+                &mut self.publisher_peers,
+                &mut self.publisher_connections,
+            ),
+            Side::Subscribers => (
+                &self.xpub_monitor,
+                &mut self.subscriber_peers,
+                &mut self.subscriber_connections,
+            ),
         };
         let metrics = self.metrics.side(side);
         while let Ok(parts) = socket.recv_multipart(zmq::DONTWAIT) {
@@ -550,6 +644,22 @@ impl Forwarder {
                 .unwrap_or_default();
             if let Some(curve) = &mut self.curve {
                 curve.on_event(side, event.code, event.value);
+            }
+            // The event value is the connection's descriptor for these two.
+            let fd = i32::try_from(event.value).unwrap_or(-1);
+            if matches!(event.code, EVENT_ACCEPTED | EVENT_DISCONNECTED) && side == Side::Publishers {
+                // A metadata address may be reused from now on.
+                self.sources.forget();
+            }
+            match event.code {
+                EVENT_ACCEPTED => connections.accepted(fd),
+                EVENT_DISCONNECTED => {
+                    connections.disconnected(fd);
+                    if side == Side::Subscribers {
+                        self.relay.connection_ended(&self.xsub, &self.metrics, fd);
+                    }
+                }
+                _ => {}
             }
             match peers.apply(event) {
                 PeerChange::Accepted => tracing::debug!(?side, %endpoint, "peer connected"),
@@ -597,164 +707,5 @@ impl Forwarder {
         drop(_context);
         socket_files.into_iter().for_each(BoundSocketFile::remove);
         tracing::info!("proxy stopped");
-    }
-}
-
-/// What one burst moved.
-#[derive(Debug, Default)]
-struct Tally {
-    messages: u64,
-    bytes: u64,
-    failures: u64,
-    /// Messages over a per-message cap, by cap.
-    refused_frames: u64,
-    refused_bytes: u64,
-    /// Messages deliberately not forwarded (subscription changes after a collapse).
-    withheld: u64,
-}
-
-impl Tally {
-    fn record(&self, metrics: &ProxyMetrics, from: Side, to: Side) {
-        let refused = self.refused_frames + self.refused_bytes;
-        if self.messages == 0 && self.failures == 0 && refused == 0 && self.withheld == 0 {
-            return;
-        }
-        let received = metrics.side(from);
-        received
-            .messages_received
-            .inc_by(self.messages + self.failures + refused + self.withheld);
-        received.bytes_received.inc_by(self.bytes);
-        received.refused_frames.inc_by(self.refused_frames);
-        received.refused_bytes.inc_by(self.refused_bytes);
-        let sent = metrics.side(to);
-        sent.messages_sent.inc_by(self.messages);
-        sent.bytes_sent.inc_by(self.bytes);
-        if self.failures > 0 {
-            sent.send_failures.inc_by(self.failures);
-        }
-    }
-}
-
-/// What became of one message.
-enum Outcome {
-    Sent(u64),
-    SendFailed,
-    Refused(Exceeded),
-    Withheld,
-}
-
-/// One direction of the proxy: its two sockets, the per-message caps and the reused frame
-/// buffer.
-struct Route<'a> {
-    from: &'a zmq::Socket,
-    to: &'a zmq::Socket,
-    limits: MessageLimits,
-    parts: &'a mut Vec<zmq::Message>,
-}
-
-impl Route<'_> {
-    /// Moves up to `BURST` whole messages without blocking, reusing `frame`. `inspect` sees the
-    /// first frame of each message (the only thing the proxy ever reads, and only upstream)
-    /// and says what to forward. A failed send or a message over a cap drops that message and
-    /// is counted; only errors of the sockets themselves end the proxy.
-    fn burst(
-        &mut self,
-        frame: &mut zmq::Message,
-        mut inspect: impl FnMut(&mut zmq::Message) -> Upstream,
-    ) -> Result<Tally, ProxyError> {
-        let mut tally = Tally::default();
-        for _ in 0..BURST {
-            match self.from.recv(frame, zmq::DONTWAIT) {
-                Ok(()) => {}
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
-                Err(err) => {
-                    return Err(ProxyError::Zmq {
-                        context: "receiving".into(),
-                        source: err,
-                    });
-                }
-            }
-            let outcome = match inspect(frame) {
-                Upstream::Forward => self.message(frame)?,
-                Upstream::SubscribeToEverything if !frame.get_more() => {
-                    *frame = zmq::Message::from(SUBSCRIBE_TO_EVERYTHING);
-                    self.message(frame)?
-                }
-                Upstream::SubscribeToEverything | Upstream::Drop => {
-                    self.discard_rest(frame)?;
-                    Outcome::Withheld
-                }
-            };
-            match outcome {
-                Outcome::Sent(bytes) => {
-                    tally.messages += 1;
-                    tally.bytes += bytes;
-                }
-                Outcome::SendFailed => tally.failures += 1,
-                Outcome::Refused(Exceeded::Frames) => tally.refused_frames += 1,
-                Outcome::Refused(Exceeded::Bytes) => tally.refused_bytes += 1,
-                Outcome::Withheld => tally.withheld += 1,
-            }
-        }
-        Ok(tally)
-    }
-
-    /// Forwards the message whose first frame is in `frame`, unchanged, if it is within the
-    /// caps. The frames are gathered first, so a message over a cap is dropped whole and a
-    /// subscriber never sees part of it.
-    fn message(&mut self, frame: &mut zmq::Message) -> Result<Outcome, ProxyError> {
-        let mut budget = MessageBudget::new(self.limits);
-        self.parts.clear();
-        loop {
-            let more = frame.get_more();
-            match budget.frame(frame.len(), more) {
-                Verdict::Continue => {
-                    self.parts.push(std::mem::replace(frame, zmq::Message::new()));
-                    self.next_frame(frame)?;
-                }
-                Verdict::Complete => break,
-                Verdict::Exceeded(why) => {
-                    self.parts.clear();
-                    if more {
-                        self.discard_rest(frame)?;
-                    }
-                    tracing::debug!(reason = why.as_str(), "message over a cap; dropped");
-                    return Ok(Outcome::Refused(why));
-                }
-            }
-        }
-        // `frame` holds the last frame; earlier ones, if any, are in `parts`. libzmq takes the
-        // rest of a multipart message once it took the first frame, so only the first send can
-        // fail in practice; any failure drops the message and is counted, never ends the proxy.
-        let mut bytes = frame.len() as u64;
-        let last = std::mem::replace(frame, zmq::Message::new());
-        for part in self.parts.drain(..) {
-            bytes += part.len() as u64;
-            if let Err(err) = self.to.send(part, zmq::SNDMORE | zmq::DONTWAIT) {
-                tracing::debug!(error = %err, "send failed; message dropped");
-                return Ok(Outcome::SendFailed);
-            }
-        }
-        if let Err(err) = self.to.send(last, zmq::DONTWAIT) {
-            tracing::debug!(error = %err, "send failed; message dropped");
-            return Ok(Outcome::SendFailed);
-        }
-        Ok(Outcome::Sent(bytes))
-    }
-
-    /// Later frames of a message are already queued when the first one arrives (libzmq
-    /// delivers messages whole), so this does not wait.
-    fn next_frame(&self, frame: &mut zmq::Message) -> Result<(), ProxyError> {
-        self.from
-            .recv(frame, 0)
-            .map_err(ProxyError::zmq("receiving the next frame of a message"))
-    }
-
-    /// Reads and drops what is left of the message whose latest frame is in `frame`.
-    fn discard_rest(&self, frame: &mut zmq::Message) -> Result<(), ProxyError> {
-        while frame.get_more() {
-            self.next_frame(frame)?;
-        }
-        Ok(())
     }
 }

@@ -12,9 +12,45 @@ use prometheus_client::registry::{Registry, Unit};
 
 type SideLabels = [(&'static str, &'static str); 1];
 type RefusalLabels = [(&'static str, &'static str); 2];
+type ReasonLabels = [(&'static str, &'static str); 1];
+
+/// Why the proxy closed a peer's connection itself (besides CURVE revocation, counted with the
+/// other CURVE refusals).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CutOff {
+    /// A subscriber asked for more topics than one connection may hold.
+    Topics,
+    /// A subscriber asked for a topic longer than allowed.
+    TopicBytes,
+    /// libzmq held more of the peer's bytes than the per-peer bound allows.
+    InFlight,
+    /// The peer kept sending without completing a message.
+    UnfinishedMessage,
+}
+
+impl CutOff {
+    pub const ALL: [CutOff; 4] = [
+        CutOff::Topics,
+        CutOff::TopicBytes,
+        CutOff::InFlight,
+        CutOff::UnfinishedMessage,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CutOff::Topics => "topics",
+            CutOff::TopicBytes => "topic_bytes",
+            CutOff::InFlight => "in_flight",
+            CutOff::UnfinishedMessage => "unfinished_message",
+        }
+    }
+}
+
+/// Why a subscribe or unsubscribe was not applied.
+pub const SUBSCRIPTION_REFUSALS: [&str; 3] = ["topics", "topic_bytes", "not_subscribed"];
 
 /// The two sides of a proxy, as metric label values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The XSUB socket publishers connect to.
     Publishers,
@@ -52,6 +88,9 @@ pub struct SideMetrics {
     pub bytes_sent: Counter,
     /// Messages the proxy could not hand to this side's socket (a failed send).
     pub send_failures: Counter,
+    /// Times a peer's queue (high-water mark) was found full when a message was sent to it:
+    /// from then until that peer read enough, libzmq dropped its messages without a trace.
+    pub queue_full: Counter,
     /// Peers currently connected (monitor ACCEPTED minus DISCONNECTED).
     pub connected: Gauge,
     /// Connections that ended in a failed ZMTP handshake (garbage greeting, bad mechanism).
@@ -69,6 +108,8 @@ pub struct SideMetrics {
     pub allow_list_keys: Gauge,
     /// Invalid lines in this side's allow-list file, skipped (CURVE).
     pub allow_list_invalid_lines: Gauge,
+    /// The largest estimate, at the last check, of one TCP peer's bytes held inside libzmq.
+    pub in_flight_max: Gauge,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -78,6 +119,7 @@ struct Families {
     messages_sent: Family<SideLabels, Counter>,
     bytes_sent: Family<SideLabels, Counter>,
     send_failures: Family<SideLabels, Counter>,
+    queue_full: Family<SideLabels, Counter>,
     connected: Family<SideLabels, Gauge>,
     handshake_failures: Family<SideLabels, Counter>,
     disconnects: Family<SideLabels, Counter>,
@@ -85,6 +127,9 @@ struct Families {
     auth_refused: Family<RefusalLabels, Counter>,
     allow_list_keys: Family<SideLabels, Gauge>,
     allow_list_invalid_lines: Family<SideLabels, Gauge>,
+    cut_off: Family<RefusalLabels, Counter>,
+    refused_subscriptions: Family<ReasonLabels, Counter>,
+    in_flight_max: Family<SideLabels, Gauge>,
 }
 
 impl Families {
@@ -110,6 +155,7 @@ impl Families {
             messages_sent: self.messages_sent.get_or_create(&labels).clone(),
             bytes_sent: self.bytes_sent.get_or_create(&labels).clone(),
             send_failures: self.send_failures.get_or_create(&labels).clone(),
+            queue_full: self.queue_full.get_or_create(&labels).clone(),
             connected: self.connected.get_or_create(&labels).clone(),
             handshake_failures: self.handshake_failures.get_or_create(&labels).clone(),
             disconnects: self.disconnects.get_or_create(&labels).clone(),
@@ -118,6 +164,7 @@ impl Families {
             refused_revoked,
             allow_list_keys: self.allow_list_keys.get_or_create(&labels).clone(),
             allow_list_invalid_lines: self.allow_list_invalid_lines.get_or_create(&labels).clone(),
+            in_flight_max: self.in_flight_max.get_or_create(&labels).clone(),
         }
     }
 }
@@ -145,6 +192,22 @@ impl Default for ProxyMetrics {
         let families = Families::default();
         // Creating both series up front makes them appear (at zero) before any traffic.
         let [publishers, subscribers] = Side::ALL.map(|side| families.side(side));
+        for side in Side::ALL {
+            for reason in CutOff::ALL {
+                drop(
+                    families
+                        .cut_off
+                        .get_or_create(&[side.labels()[0], ("reason", reason.as_str())]),
+                );
+            }
+        }
+        for reason in SUBSCRIPTION_REFUSALS {
+            drop(
+                families
+                    .refused_subscriptions
+                    .get_or_create(&[("reason", reason)]),
+            );
+        }
         Self {
             families,
             publishers,
@@ -163,6 +226,22 @@ impl ProxyMetrics {
         self.families
             .auth_refused
             .get_or_create(&[side.labels()[0], ("reason", reason.as_str())])
+            .clone()
+    }
+
+    /// Connections on `side` the proxy closed for `reason`.
+    pub fn cut_off(&self, side: Side, reason: CutOff) -> Counter {
+        self.families
+            .cut_off
+            .get_or_create(&[side.labels()[0], ("reason", reason.as_str())])
+            .clone()
+    }
+
+    /// Subscribes and unsubscribes not applied, for `reason` (one of [`SUBSCRIPTION_REFUSALS`]).
+    pub fn refused_subscriptions(&self, reason: &'static str) -> Counter {
+        self.families
+            .refused_subscriptions
+            .get_or_create(&[("reason", reason)])
             .clone()
     }
 
@@ -219,8 +298,13 @@ impl ProxyMetrics {
         );
         registry.register(
             "dropped_messages",
-            "Messages the proxy could not hand to a side's socket; per-subscriber queue overflows inside libzmq XPUB are not visible here",
+            "Messages the proxy could not hand to a side's socket at all",
             f.send_failures.clone(),
+        );
+        registry.register(
+            "queue_full_events",
+            "Times a peer's queue (highWaterMark) was found full: from then until that peer read enough, its messages were dropped (the other peers got them)",
+            f.queue_full.clone(),
         );
         registry.register(
             "connected_peers",
@@ -246,6 +330,22 @@ impl ProxyMetrics {
             "auth_refused",
             "CURVE: peers refused or cut off, by side and reason (unknown_key, no_curve, wrong_server_key, handshake, revoked: connection closed after its key left the allow-list, malformed_zap_request)",
             f.auth_refused.clone(),
+        );
+        registry.register(
+            "cut_off",
+            "Connections the proxy closed itself, by side and reason: topics (a subscriber asked for more topics than one connection may hold), topic_bytes (a topic longer than allowed), in_flight (libzmq held more of a TCP peer's bytes than the per-peer bound), unfinished_message (a TCP peer kept sending without completing a message)",
+            f.cut_off.clone(),
+        );
+        registry.register(
+            "refused_subscriptions",
+            "Subscribes and unsubscribes not applied, by reason: topics and topic_bytes (over the per-subscriber limits; the connection is closed), not_subscribed (an unsubscribe of a topic the connection does not hold)",
+            f.refused_subscriptions.clone(),
+        );
+        registry.register_with_unit(
+            "in_flight_max",
+            "The largest estimate, at the last check, of one TCP peer's bytes read by libzmq and not yet received by the proxy, by side",
+            Unit::Bytes,
+            f.in_flight_max.clone(),
         );
         registry.register(
             "allow_list_keys",
@@ -286,14 +386,27 @@ impl ProxyMetrics {
             messages_sent: m.messages_sent.get(),
             bytes_sent: m.bytes_sent.get(),
             send_failures: m.send_failures.get(),
+            queue_full: m.queue_full.get(),
             connected: u64::try_from(m.connected.get()).unwrap_or(0),
             handshake_failures: m.handshake_failures.get(),
             disconnects: m.disconnects.get(),
             refused: m.refused_frames.get() + m.refused_bytes.get() + m.refused_revoked.get(),
+            cut_off: 0,
         };
+        let cut_off = |side: Side| CutOff::ALL.iter().map(|r| self.cut_off(side, *r).get()).sum();
         ProxyStats {
-            publishers: side(&self.publishers),
-            subscribers: side(&self.subscribers),
+            publishers: SideStats {
+                cut_off: cut_off(Side::Publishers),
+                ..side(&self.publishers)
+            },
+            subscribers: SideStats {
+                cut_off: cut_off(Side::Subscribers),
+                ..side(&self.subscribers)
+            },
+            refused_subscriptions: SUBSCRIPTION_REFUSALS
+                .iter()
+                .map(|r| self.refused_subscriptions(r).get())
+                .sum(),
             live_subscriptions: u64::try_from(self.live_subscriptions.get()).unwrap_or(0),
             subscription_messages: self.subscription_messages.get(),
             subscriptions_over_limit: self.subscriptions_over_limit.get(),
@@ -310,11 +423,15 @@ pub struct SideStats {
     pub messages_sent: u64,
     pub bytes_sent: u64,
     pub send_failures: u64,
+    /// Times a peer's queue was found full (its messages dropped from then until it drained).
+    pub queue_full: u64,
     pub connected: u64,
     pub handshake_failures: u64,
     pub disconnects: u64,
     /// Messages refused for breaking the per-message limits (any reason).
     pub refused: u64,
+    /// Connections the proxy closed itself (any [`CutOff`] reason).
+    pub cut_off: u64,
 }
 
 /// A snapshot of a proxy's counters.
@@ -330,6 +447,8 @@ pub struct ProxyStats {
     pub subscription_messages: u64,
     pub subscriptions_over_limit: u64,
     pub subscriptions_collapsed: bool,
+    /// Subscribes and unsubscribes not applied (any reason).
+    pub refused_subscriptions: u64,
 }
 
 #[cfg(test)]
@@ -374,6 +493,10 @@ mod tests {
             "fanout_proxy_refused_messages_total{side=\"publishers\",reason=\"frames\"} 0",
             "fanout_proxy_subscriptions_over_limit_total 0",
             "fanout_proxy_subscriptions_collapsed 1",
+            "fanout_proxy_cut_off_total{side=\"publishers\",reason=\"unfinished_message\"} 0",
+            "fanout_proxy_cut_off_total{side=\"subscribers\",reason=\"topics\"} 0",
+            "fanout_proxy_refused_subscriptions_total{reason=\"not_subscribed\"} 0",
+            "fanout_proxy_in_flight_max_bytes{side=\"publishers\"} 0",
         ] {
             assert!(text.contains(line), "no `{line}` in {text}");
         }

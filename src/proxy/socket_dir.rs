@@ -1,20 +1,27 @@
 //! What `fanout prepare-socket-dir` does: gives the proxy's socket directory the owner, group and mode
 //! the non-root proxy needs. It runs as the init container of the proxy pod, as root with only
-//! CAP_CHOWN and CAP_FOWNER, because the kubelet creates a `DirectoryOrCreate` hostPath
-//! root-owned with mode 0755 and the image has no shell or `chown`.
+//! CAP_CHOWN and CAP_FOWNER, because the image has no shell or `chown`.
 //!
-//! It touches exactly one inode, the directory itself (never what is inside it), through a
-//! descriptor opened with `O_NOFOLLOW | O_DIRECTORY` (and `/proc/self/fd`), so a symlink is
-//! refused rather than followed. Before it takes a directory over (gives it a new owner) it
-//! checks that the directory holds nothing but unix sockets, so a `socketDir` pointing at a
-//! system directory such as `/etc` is refused instead of handed to the proxy user. A directory already as wanted is left alone (idempotent).
+//! It is given the admin's socket root (the pod's one hostPath volume) and the group's own
+//! directory below it, and walks down from the root one component at a time with
+//! `openat(O_PATH | O_NOFOLLOW | O_DIRECTORY)`, creating what is missing with `mkdirat`, so
+//! that no symlink is ever followed and every step acts on the inode it checked. The root and
+//! every directory between it and the group's must be owned by root (or the caller) and
+//! writable by nobody else (the classic secure-path check): a directory some other user owns
+//! or may write to, such as another group's directory that its proxy (uid 65532) owns, is
+//! refused, since its owner could swap what lies below for a symlink to a system directory.
+//!
+//! On the group's directory itself it touches exactly one inode, never what is inside it.
+//! Before it takes a directory over (gives it a new owner) it checks that the directory holds
+//! nothing but unix sockets, so a directory with other contents is refused instead of handed to
+//! the proxy user. A directory already as wanted is left alone (idempotent).
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
-use std::fs::{DirBuilder, File, OpenOptions, Permissions};
-use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{File, OpenOptions, Permissions};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// The subcommand's name, shared by the CLI and the DaemonSet the controller writes.
@@ -159,12 +166,56 @@ pub fn first_foreign_entry(entries: impl IntoIterator<Item = (OsString, bool)>) 
         .map(|(name, _)| name)
 }
 
-/// Makes `path` a directory owned by `wanted.uid:wanted.gid` with mode `wanted.mode`.
-pub fn prepare(path: &Path, wanted: DirAttrs) -> Result<Prepared, SocketDirError> {
+/// Mode of the directories created between the root and the group's directory.
+const ANCESTOR_MODE: libc::mode_t = 0o755;
+
+/// Whether a directory on the way down may be trusted: owned by root (or by us, who could do
+/// anything it allows anyway) and writable by neither its group nor others.
+pub fn is_trusted_ancestor(attrs: DirAttrs, our_uid: u32) -> bool {
+    (attrs.uid == 0 || attrs.uid == our_uid) && attrs.mode & 0o022 == 0
+}
+
+/// The components of `path` below `root` (both normalized), or why there are none.
+fn components_below<'a>(root: &Path, path: &'a Path) -> Result<Vec<&'a OsStr>, SocketDirError> {
+    let below = path
+        .strip_prefix(root)
+        .map_err(|_| refused(path, format!("is not below the socket root {}", root.display())))?;
+    let components: Vec<&OsStr> = below.iter().collect();
+    if components.is_empty() {
+        return Err(refused(
+            path,
+            "is the socket root itself, not a directory below it",
+        ));
+    }
+    Ok(components)
+}
+
+/// Makes `path`, a directory below the admin's socket root `root`, owned by
+/// `wanted.uid:wanted.gid` with mode `wanted.mode`, walking down from `root` (see the module).
+pub fn prepare(root: &Path, path: &Path, wanted: DirAttrs) -> Result<Prepared, SocketDirError> {
+    let root = normalize_path(root)?;
     let path = normalize_path(path)?;
     let path = path.as_path();
-    let created = create_if_missing(path)?;
-    let dir = open_directory(path)?;
+    let components = components_below(&root, path)?;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let our_uid = unsafe { libc::geteuid() };
+    let (leaf, ancestors) = components
+        .split_last()
+        .expect("components_below returns at least one");
+
+    let mut dir = open_directory(&root)?;
+    let mut at = root.clone();
+    check_ancestor(&at, &dir, our_uid)?;
+    for name in ancestors {
+        at.push(name);
+        make_dir_at(&dir, name, ANCESTOR_MODE, &at)?;
+        dir = open_directory_at(&dir, name, &at)?;
+        check_ancestor(&at, &dir, our_uid)?;
+    }
+    // Mode 0700 until chown/chmod below.
+    let created = make_dir_at(&dir, leaf, 0o700, path)?;
+    let dir = open_directory_at(&dir, leaf, path)?;
+
     let before = DirAttrs::of(&dir.metadata().map_err(io_error(path, "inspect"))?);
     let changes = Changes::between(before, wanted);
     if !changes.any() {
@@ -206,46 +257,76 @@ pub fn prepare(path: &Path, wanted: DirAttrs) -> Result<Prepared, SocketDirError
     })
 }
 
+fn check_ancestor(path: &Path, dir: &File, our_uid: u32) -> Result<(), SocketDirError> {
+    let attrs = DirAttrs::of(&dir.metadata().map_err(io_error(path, "inspect"))?);
+    if is_trusted_ancestor(attrs, our_uid) {
+        return Ok(());
+    }
+    Err(refused(
+        path,
+        format!(
+            "is {attrs}: every directory from the socket root down to the group's own must be \
+             owned by root and writable by nobody else, or its owner could swap what lies below \
+             it (is socketDir inside another group's directory?)"
+        ),
+    ))
+}
+
+fn c_name(name: &OsStr, path: &Path) -> Result<CString, SocketDirError> {
+    CString::new(name.as_bytes()).map_err(|_| refused(path, "has a NUL byte in a name"))
+}
+
+/// `mkdirat(parent, name, mode)`; false when something of that name exists already (what it
+/// is, `open_directory_at` checks without following it).
+fn make_dir_at(parent: &File, name: &OsStr, mode: libc::mode_t, path: &Path) -> Result<bool, SocketDirError> {
+    let name = c_name(name, path)?;
+    // SAFETY: a valid descriptor and a NUL-terminated name that outlives the call.
+    if unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode) } == 0 {
+        return Ok(true);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        e => Err(io_error(path, "create it")(e)),
+    }
+}
+
+/// Opens `name` in `parent` as an `O_PATH` descriptor, refusing a symlink or a non-directory.
+fn open_directory_at(parent: &File, name: &OsStr, path: &Path) -> Result<File, SocketDirError> {
+    let c_name = c_name(name, path)?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a valid descriptor and a NUL-terminated name that outlives the call.
+    let fd = unsafe { libc::openat(parent.as_raw_fd(), c_name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(open_error(path, std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a descriptor openat just returned, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn open_error(path: &Path, e: std::io::Error) -> SocketDirError {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => refused(path, "is a symlink; refusing to follow it"),
+        // O_PATH with O_NOFOLLOW opens a symlink itself, which O_DIRECTORY then refuses.
+        Some(libc::ENOTDIR) => refused(path, "is not a directory (or is a symlink)"),
+        _ => io_error(path, "open")(e),
+    }
+}
+
 /// The `/proc/self/fd` path of an open descriptor: chown, chmod and opendir on it reach
 /// exactly the inode behind the descriptor, whatever happens to `path` meanwhile.
 fn inode_path(dir: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }
 
-/// Creates the last component only (mode 0700 until chown/chmod), refusing a symlink or a
-/// non-directory sitting there. Returns whether it created it.
-fn create_if_missing(path: &Path) -> Result<bool, SocketDirError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_symlink() => {
-            Err(refused(path, "is a symlink; refusing to follow it"))
-        }
-        Ok(metadata) if !metadata.is_dir() => Err(refused(path, "exists and is not a directory")),
-        Ok(_) => Ok(false),
-        Err(e) if e.kind() == ErrorKind::NotFound => match DirBuilder::new().mode(0o700).create(path) {
-            Ok(()) => Ok(true),
-            // Someone made it meanwhile: open_directory checks what it is.
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(io_error(path, "create it (does its parent exist?)")(e)),
-        },
-        Err(e) => Err(io_error(path, "inspect")(e)),
-    }
-}
-
-/// Opens the directory itself as an `O_PATH` descriptor: with `O_NOFOLLOW | O_DIRECTORY` a
-/// symlink or file swapped in since `create_if_missing` looked is refused, and `O_PATH` needs
-/// no read permission on the directory (root without CAP_DAC_OVERRIDE has none on a 0750
-/// directory it does not own). Every later step goes through this descriptor.
+/// Opens the socket root as an `O_PATH` descriptor (`O_NOFOLLOW | O_DIRECTORY`: the root
+/// itself is not a symlink; the path leading to it is the admin's). `O_PATH` needs no read
+/// permission on the directory, and every later step goes through descriptors.
 fn open_directory(path: &Path) -> Result<File, SocketDirError> {
     OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => refused(path, "is a symlink; refusing to follow it"),
-            // O_PATH with O_NOFOLLOW opens a symlink itself, which O_DIRECTORY then refuses.
-            Some(libc::ENOTDIR) => refused(path, "is not a directory (or is a symlink)"),
-            _ => io_error(path, "open")(e),
-        })
+        .map_err(|e| open_error(path, e))
 }
 
 fn refuse_foreign_contents(path: &Path, dir: &File) -> Result<(), SocketDirError> {
@@ -268,9 +349,10 @@ fn refuse_foreign_contents(path: &Path, dir: &File) -> Result<(), SocketDirError
 }
 
 /// `fanout prepare-socket-dir`: [`prepare`], then one log line saying what it did.
-pub fn run(path: &Path, wanted: DirAttrs) -> Result<(), SocketDirError> {
-    let prepared = prepare(path, wanted)?;
+pub fn run(root: &Path, path: &Path, wanted: DirAttrs) -> Result<(), SocketDirError> {
+    let prepared = prepare(root, path, wanted)?;
     tracing::info!(
+        root = %root.display(),
         path = %path.display(),
         created = prepared.created,
         before = %prepared.before,
@@ -361,10 +443,10 @@ mod tests {
     fn creates_a_missing_directory_with_exact_mode_and_is_idempotent() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("fanout");
-        let first = prepare(&dir, wanted(0o750)).unwrap();
+        let first = prepare(tmp.path(), &dir, wanted(0o750)).unwrap();
         assert!(first.created);
         assert_eq!(attrs(&dir), wanted(0o750));
-        let second = prepare(&dir, wanted(0o750)).unwrap();
+        let second = prepare(tmp.path(), &dir, wanted(0o750)).unwrap();
         assert!(!second.created);
         assert!(!second.changes.any());
         assert_eq!(attrs(&dir), wanted(0o750));
@@ -377,7 +459,7 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
         let _listener = UnixListener::bind(dir.join("ns.g.sock")).unwrap();
-        let prepared = prepare(&dir, wanted(0o2750)).unwrap();
+        let prepared = prepare(tmp.path(), &dir, wanted(0o2750)).unwrap();
         assert!(!prepared.created);
         assert!(prepared.changes.chmod);
         assert_eq!(attrs(&dir), wanted(0o2750));
@@ -398,26 +480,96 @@ mod tests {
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         for given in [link.clone(), PathBuf::from(format!("{}/", link.display()))] {
-            let err = prepare(&given, wanted(0o750)).unwrap_err();
+            let err = prepare(tmp.path(), &given, wanted(0o750)).unwrap_err();
             assert!(err.to_string().contains("symlink"), "{err}");
         }
         assert_eq!(attrs(&target).mode, 0o755, "the symlink's target is untouched");
     }
 
     #[test]
-    fn refuses_a_file_and_a_missing_parent() {
+    fn refuses_a_file_and_creates_missing_parents_owned_by_us_and_closed_to_others() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        let err = prepare(&file, wanted(0o750)).unwrap_err();
+        let err = prepare(tmp.path(), &file, wanted(0o750)).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
 
-        let orphan = tmp.path().join("missing/fanout");
-        assert!(matches!(
-            prepare(&orphan, wanted(0o750)),
-            Err(SocketDirError::Io { .. })
-        ));
-        assert!(!tmp.path().join("missing").exists(), "never creates parents");
+        let deep = tmp.path().join("team/sub/ns.g");
+        assert!(prepare(tmp.path(), &deep, wanted(0o750)).unwrap().created);
+        for parent in ["team", "team/sub"] {
+            assert_eq!(attrs(&tmp.path().join(parent)), wanted(0o755), "{parent}");
+        }
+        assert_eq!(attrs(&deep), wanted(0o750));
+    }
+
+    #[test]
+    fn the_path_must_lie_below_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        for outside in [
+            tmp.path().join("elsewhere"),
+            root.clone(),
+            tmp.path().join("rootx/g"),
+        ] {
+            let err = prepare(&root, &outside, wanted(0o750)).unwrap_err();
+            assert!(matches!(err, SocketDirError::Refused { .. }), "{err}");
+        }
+        assert!(!tmp.path().join("elsewhere").exists());
+    }
+
+    #[test]
+    fn a_symlink_on_the_way_down_is_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::create_dir_all(victim.join("g")).unwrap();
+        std::fs::set_permissions(victim.join("g"), Permissions::from_mode(0o755)).unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("team")).unwrap();
+        let err = prepare(&root, &root.join("team/g"), wanted(0o750)).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(attrs(&victim.join("g")).mode, 0o755, "the target is untouched");
+        // The root itself may not be a symlink either.
+        let link_root = tmp.path().join("link-root");
+        std::os::unix::fs::symlink(&victim, &link_root).unwrap();
+        let err = prepare(&link_root, &link_root.join("g"), wanted(0o750)).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(attrs(&victim.join("g")).mode, 0o755);
+    }
+
+    #[test]
+    fn an_ancestor_others_may_write_to_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let team = tmp.path().join("team");
+        std::fs::create_dir(&team).unwrap();
+        for mode in [0o775, 0o757, 0o1777] {
+            std::fs::set_permissions(&team, Permissions::from_mode(mode)).unwrap();
+            let err = prepare(tmp.path(), &team.join("ns.g"), wanted(0o750)).unwrap_err();
+            assert!(
+                err.to_string().contains("writable by nobody else"),
+                "{mode:o}: {err}"
+            );
+        }
+        assert!(!team.join("ns.g").exists(), "nothing created below it");
+        std::fs::set_permissions(tmp.path(), Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(&team, Permissions::from_mode(0o755)).unwrap();
+        let err = prepare(tmp.path(), &team.join("ns.g"), wanted(0o750)).unwrap_err();
+        assert!(
+            err.to_string().contains(&tmp.path().display().to_string()),
+            "the root is checked too: {err}"
+        );
+    }
+
+    #[test]
+    fn trusted_ancestors_are_root_or_ours_and_closed() {
+        let dir = |uid, mode| DirAttrs { uid, gid: 0, mode };
+        assert!(is_trusted_ancestor(dir(0, 0o755), 1000));
+        assert!(is_trusted_ancestor(dir(1000, 0o750), 1000));
+        assert!(is_trusted_ancestor(dir(0, 0o2755), 0));
+        assert!(!is_trusted_ancestor(dir(65532, 0o750), 0));
+        assert!(!is_trusted_ancestor(dir(0, 0o775), 0));
+        assert!(!is_trusted_ancestor(dir(0, 0o1777), 0));
     }
 
     #[test]
@@ -428,8 +580,8 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, Permissions::from_mode(0o700)).unwrap();
         std::fs::write(dir.join("note"), b"x").unwrap();
-        assert!(prepare(&dir, wanted(0o750)).unwrap().changes.chmod);
-        assert!(!prepare(&dir, wanted(0o750)).unwrap().changes.any());
+        assert!(prepare(tmp.path(), &dir, wanted(0o750)).unwrap().changes.chmod);
+        assert!(!prepare(tmp.path(), &dir, wanted(0o750)).unwrap().changes.any());
     }
 
     fn skip_unless_root() -> bool {
@@ -455,7 +607,7 @@ mod tests {
             gid: 65532,
             mode: 0o750,
         };
-        let err = prepare(&system, proxy).unwrap_err();
+        let err = prepare(tmp.path(), &system, proxy).unwrap_err();
         assert!(err.to_string().contains("\"passwd\""), "{err}");
         assert_eq!(attrs(&system), wanted(0o755), "left as it was");
     }
@@ -478,15 +630,140 @@ mod tests {
             gid: 4242,
             mode: 0o2750,
         };
-        let prepared = prepare(&dir, target).unwrap();
+        let prepared = prepare(tmp.path(), &dir, target).unwrap();
         assert_eq!((prepared.changes.chown, prepared.changes.chmod), (true, true));
         assert_eq!(attrs(&dir), target);
         let inside = std::fs::symlink_metadata(&socket).unwrap();
         assert_eq!((inside.uid(), inside.gid()), me(), "contents keep their owner");
         // A new group for the same directory: only chown, setgid kept.
         let regrouped = DirAttrs { gid: 4343, ..target };
-        let again = prepare(&dir, regrouped).unwrap();
+        let again = prepare(tmp.path(), &dir, regrouped).unwrap();
         assert_eq!((again.changes.chown, again.changes.chmod), (true, false));
         assert_eq!(attrs(&dir), regrouped);
+    }
+
+    const PROXY: DirAttrs = DirAttrs {
+        uid: 65532,
+        gid: 65532,
+        mode: 0o750,
+    };
+
+    /// A root-owned directory holding only a socket: what the contents guard alone would hand
+    /// over (think `/var/lib/kubelet/pod-resources`).
+    fn victim(parent: &Path) -> (PathBuf, UnixListener) {
+        let victim = parent.join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, Permissions::from_mode(0o755)).unwrap();
+        let listener = UnixListener::bind(victim.join("kubelet.sock")).unwrap();
+        (victim, listener)
+    }
+
+    /// Issue 10: a group's socketDir inside another group's directory, which that group's proxy
+    /// (uid 65532) owns and where a hostile proxy image could plant a symlink for the root init
+    /// container of the other group.
+    #[test]
+    fn as_root_a_directory_inside_another_groups_directory_is_refused() {
+        if skip_unless_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (victim, _listener) = victim(tmp.path());
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let group_a = root.join("net.a");
+        assert!(prepare(&root, &group_a, PROXY).unwrap().created);
+        // The hostile proxy of group a plants a symlink where group b's directory will be.
+        std::os::unix::fs::symlink(&victim, group_a.join("net.b")).unwrap();
+        std::os::unix::fs::lchown(group_a.join("net.b"), Some(65532), Some(65532)).unwrap();
+        let err = prepare(&root, &group_a.join("net.b"), PROXY).unwrap_err();
+        assert!(
+            err.to_string().contains("net.a") && err.to_string().contains("65532:65532"),
+            "{err}"
+        );
+        assert_eq!(attrs(&victim), wanted(0o755), "the symlink's target is untouched");
+        // No symlink, a plain directory the proxy made: refused all the same.
+        std::fs::remove_file(group_a.join("net.b")).unwrap();
+        std::fs::create_dir(group_a.join("net.b")).unwrap();
+        assert!(prepare(&root, &group_a.join("net.b/deeper"), PROXY).is_err());
+        assert!(prepare(&root, &group_a.join("net.b"), PROXY).is_err());
+        // Group a's own directory is still prepared (it is the leaf, not an ancestor).
+        assert!(!prepare(&root, &group_a, PROXY).unwrap().changes.any());
+    }
+
+    /// The walk holds a descriptor for each step: a directory on the way swapped for a symlink
+    /// (and back) while it runs is refused or is the real directory, never followed.
+    #[test]
+    fn as_root_a_symlink_swapped_in_and_out_meanwhile_is_never_followed() {
+        if skip_unless_root() {
+            return;
+        }
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let (victim, _listener) = victim(tmp.path());
+        std::fs::create_dir(victim.join("g")).unwrap();
+        std::fs::set_permissions(victim.join("g"), Permissions::from_mode(0o755)).unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("team/g")).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("swap")).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (stop, root) = (stop.clone(), root.clone());
+            std::thread::spawn(move || {
+                let team = CString::new(root.join("team").as_os_str().as_bytes()).unwrap();
+                let swap = CString::new(root.join("swap").as_os_str().as_bytes()).unwrap();
+                let mut swaps = 0u64;
+                let started = std::time::Instant::now();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < std::time::Duration::from_secs(10)
+                {
+                    // SAFETY: two NUL-terminated paths that outlive the call.
+                    let done = unsafe {
+                        libc::renameat2(
+                            libc::AT_FDCWD,
+                            team.as_ptr(),
+                            libc::AT_FDCWD,
+                            swap.as_ptr(),
+                            libc::RENAME_EXCHANGE,
+                        )
+                    };
+                    assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
+                    swaps += 1;
+                    std::thread::yield_now();
+                }
+                swaps
+            })
+        };
+        // Until both outcomes were seen often (how the two threads interleave is up to the
+        // scheduler), at most 5 s.
+        let (mut prepared, mut refused) = (0, 0);
+        let started = std::time::Instant::now();
+        for i in 0u32.. {
+            if (prepared >= 100 && refused >= 100) || started.elapsed() > std::time::Duration::from_secs(5) {
+                break;
+            }
+            // A new group each time, so that every successful run chowns.
+            let target = DirAttrs {
+                gid: 1000 + i % 2,
+                ..PROXY
+            };
+            match prepare(&root, &root.join("team/g"), target) {
+                Ok(_) => prepared += 1,
+                Err(SocketDirError::Refused { .. }) => refused += 1,
+                Err(other) => panic!("{other}"),
+            }
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let swaps = swapper.join().unwrap();
+        eprintln!(
+            "{swaps} swaps: {prepared} runs prepared the real directory, {refused} refused the symlink"
+        );
+        assert!(swaps > 0 && refused > 0, "the race was not exercised");
+        assert_eq!(attrs(&victim), wanted(0o755), "the symlink's target is untouched");
+        assert_eq!(
+            attrs(&victim.join("g")),
+            wanted(0o755),
+            "and so is what lies below it"
+        );
     }
 }

@@ -1,20 +1,19 @@
-//! The set of topics subscribed through this proxy, learnt from the subscription messages
-//! forwarded upstream, and what to forward upstream when subscribers ask for too much (pure).
+//! The set of topics subscribed upstream through this proxy, and what to send upstream when
+//! subscribers ask for too much (pure).
 //!
-//! Every subscription the proxy forwards upstream is stored by its XSUB socket and by the PUB
-//! socket of every publisher of the group, so a subscriber that floods distinct prefixes would
-//! grow memory on every publisher. The proxy therefore forwards at most `max_topics` distinct
-//! topics of at most `max_topic_bytes` each; past either limit it *collapses*: it subscribes
-//! upstream to everything (the empty prefix) once, forwards no further subscription changes, and
-//! lets its own XPUB filter per subscriber, as XPUB always does. Nothing is lost for any
-//! subscriber; the node receives every message of the group from then on. Collapse is sticky for
-//! the life of the proxy: the cheap, bounded answer to a state a healthy node never reaches.
+//! Every subscription the proxy sends upstream is stored by its XSUB socket and by the PUB
+//! socket of every publisher of the group, so subscribers asking for many distinct prefixes
+//! would grow memory on every publisher. The proxy therefore sends at most `max_topics` distinct
+//! topics upstream; past that it *collapses*: it subscribes upstream to everything (the empty
+//! prefix) once, sends no further subscription changes, and lets its own XPUB filter per
+//! subscriber, as XPUB always does. Nothing is lost for any subscriber; the node receives every
+//! message of the group from then on. Collapse is sticky for the life of the proxy: the cheap,
+//! bounded answer to a state a healthy node never reaches.
 //!
-//! A non-verbose libzmq XPUB reference-counts subscriptions across its subscribers: it passes
-//! up the first subscription to a topic and the unsubscription that removes the last one
-//! (also when a subscriber disconnects). So the set of topics subscribed upstream is exactly
-//! what those messages say. A set rather than a counter, because XPUB also passes up an
-//! unsubscription for a topic nobody subscribed to, which must not count below zero.
+//! What is held is decided per subscriber connection by the
+//! [`SubscriberBook`](super::subscriber_book::SubscriberBook): this set only sees a topic
+//! *acquired* (its first holder) and *released* (its last holder gone), so upstream receives
+//! exactly one subscribe per distinct topic and the unsubscribe when its last holder goes.
 
 use std::collections::HashSet;
 
@@ -27,7 +26,8 @@ pub enum UpstreamMessage<'a> {
     Other,
 }
 
-/// Classifies the first frame of an upstream message (ZMTP 3.0 subscription encoding).
+/// Classifies the first frame of an upstream message (ZMTP 3.0 subscription encoding, which is
+/// also how libzmq's XPUB hands ZMTP 3.1 SUBSCRIBE and CANCEL commands to the application).
 pub fn classify(first_frame: &[u8]) -> UpstreamMessage<'_> {
     match first_frame.split_first() {
         Some((1, topic)) => UpstreamMessage::Subscribe(topic),
@@ -36,43 +36,58 @@ pub fn classify(first_frame: &[u8]) -> UpstreamMessage<'_> {
     }
 }
 
-/// Bounds on what the proxy forwards upstream.
+/// Bounds on what subscribers may make the proxy keep and send upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubscriptionLimits {
-    /// Most distinct topics forwarded upstream before collapsing.
+    /// Most distinct topics sent upstream before collapsing.
     pub max_topics: usize,
-    /// Longest topic (bytes) forwarded upstream; a longer one collapses.
+    /// Longest topic (bytes) one subscriber may subscribe to; a longer one ends its connection.
     pub max_topic_bytes: usize,
+    /// Most topics one subscriber connection may hold at once; one more ends its connection.
+    pub max_topics_per_subscriber: usize,
 }
 
 impl Default for SubscriptionLimits {
-    /// 10 000 topics of up to 256 bytes: far above what node agents subscribe to, at most a few
-    /// MiB on every publisher.
+    /// 10 000 topics upstream, and per subscriber connection 1 000 topics of up to 256 bytes:
+    /// far above what node agents subscribe to. (libzmq's trie takes up to about 32 bytes per
+    /// byte of a prefix that shares nothing with the others: at most about 80 MiB for 10 000
+    /// such topics on the XSUB and on every publisher, 8 MiB for one subscriber's 1 000.)
     fn default() -> Self {
         Self {
             max_topics: 10_000,
             max_topic_bytes: 256,
+            max_topics_per_subscriber: 1_000,
         }
     }
 }
 
-/// What to do with one upstream message.
+/// What to send upstream for one change of the set of held topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
-    /// Forward it unchanged.
-    Forward,
-    /// Forward this message instead: the subscription to everything, sent once on collapse.
+pub enum UpstreamChange {
+    /// Send the subscription to this topic.
+    Subscribe,
+    /// Send the unsubscription of this topic.
+    Unsubscribe,
+    /// Send the subscription to everything instead: the limit was just reached.
     SubscribeToEverything,
-    /// Forward nothing (a subscription change after the collapse).
-    Drop,
+    /// Send nothing (collapsed: upstream already has everything).
+    Nothing,
 }
 
 /// The subscription message for the empty prefix (everything).
 pub const SUBSCRIBE_TO_EVERYTHING: &[u8] = &[1];
 
+/// The subscription (`subscribe`) or unsubscription message for `topic`.
+pub fn subscription_message(subscribe: bool, topic: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(topic.len() + 1);
+    message.push(u8::from(subscribe));
+    message.extend_from_slice(topic);
+    message
+}
+
 #[derive(Debug, Default)]
 pub struct LiveSubscriptions {
-    limits: SubscriptionLimits,
+    max_topics: usize,
     topics: HashSet<Vec<u8>>,
     collapsed: bool,
 }
@@ -80,42 +95,35 @@ pub struct LiveSubscriptions {
 impl LiveSubscriptions {
     pub fn new(limits: SubscriptionLimits) -> Self {
         Self {
-            limits,
+            max_topics: limits.max_topics,
             ..Self::default()
         }
     }
 
-    /// Applies one upstream message (its first frame) and says what to forward.
-    pub fn apply(&mut self, first_frame: &[u8]) -> Upstream {
-        let message = classify(first_frame);
-        if self.collapsed {
-            return match message {
-                UpstreamMessage::Other => Upstream::Forward,
-                _ => Upstream::Drop,
-            };
+    /// A topic gained its first holder.
+    pub fn acquire(&mut self, topic: &[u8]) -> UpstreamChange {
+        if self.collapsed || self.topics.contains(topic) {
+            return UpstreamChange::Nothing;
         }
-        match message {
-            UpstreamMessage::Subscribe(topic) => {
-                if self.topics.contains(topic) {
-                    return Upstream::Forward;
-                }
-                if topic.len() > self.limits.max_topic_bytes || self.topics.len() >= self.limits.max_topics {
-                    self.collapsed = true;
-                    self.topics = HashSet::new();
-                    return Upstream::SubscribeToEverything;
-                }
-                self.topics.insert(topic.to_vec());
-                Upstream::Forward
-            }
-            UpstreamMessage::Unsubscribe(topic) => {
-                self.topics.remove(topic);
-                Upstream::Forward
-            }
-            UpstreamMessage::Other => Upstream::Forward,
+        if self.topics.len() >= self.max_topics {
+            self.collapsed = true;
+            self.topics = HashSet::new();
+            return UpstreamChange::SubscribeToEverything;
+        }
+        self.topics.insert(topic.to_vec());
+        UpstreamChange::Subscribe
+    }
+
+    /// A topic lost its last holder.
+    pub fn release(&mut self, topic: &[u8]) -> UpstreamChange {
+        if !self.collapsed && self.topics.remove(topic) {
+            UpstreamChange::Unsubscribe
+        } else {
+            UpstreamChange::Nothing
         }
     }
 
-    /// Whether the proxy subscribes upstream to everything because of the limits.
+    /// Whether the proxy subscribes upstream to everything because of the limit.
     pub fn is_collapsed(&self) -> bool {
         self.collapsed
     }
@@ -147,80 +155,63 @@ mod tests {
         assert_eq!(classify(b"\x01"), UpstreamMessage::Subscribe(b""));
         assert_eq!(classify(b""), UpstreamMessage::Other);
         assert_eq!(classify(b"\x02foo"), UpstreamMessage::Other);
+        assert_eq!(subscription_message(true, b"ab"), b"\x01ab");
+        assert_eq!(subscription_message(false, b""), b"\x00");
     }
 
     #[test]
-    fn tracks_topics_and_ignores_unknown_unsubscriptions() {
+    fn acquired_and_released_topics_go_upstream_once() {
         let mut live = LiveSubscriptions::new(SubscriptionLimits::default());
-        assert_eq!(live.apply(b"\x01a"), Upstream::Forward);
-        assert_eq!(live.apply(b"\x01b"), Upstream::Forward);
-        assert_eq!(live.apply(b"\x00zzz"), Upstream::Forward);
+        assert_eq!(live.acquire(b"a"), UpstreamChange::Subscribe);
+        assert_eq!(live.acquire(b"a"), UpstreamChange::Nothing);
+        assert_eq!(live.acquire(b""), UpstreamChange::Subscribe);
+        assert_eq!(live.release(b"zzz"), UpstreamChange::Nothing);
         assert_eq!(live.len(), 2);
-        assert_eq!(live.apply(b"\x00a"), Upstream::Forward);
+        assert!(live.contains(b"a") && live.contains(b""));
+        assert_eq!(live.release(b"a"), UpstreamChange::Unsubscribe);
+        assert_eq!(live.release(b"a"), UpstreamChange::Nothing);
         assert_eq!(live.len(), 1);
-        assert!(live.contains(b"b") && !live.contains(b"a"));
-        assert_eq!(live.apply(b"hello"), Upstream::Forward);
-        assert_eq!(live.len(), 1);
-    }
-
-    #[test]
-    fn empty_topic_is_a_subscription_to_everything() {
-        let mut live = LiveSubscriptions::new(SubscriptionLimits::default());
-        live.apply(b"\x01");
-        assert!(live.contains(b""));
-        live.apply(b"\x00");
-        assert!(live.is_empty());
-    }
-
-    fn subscribe(topic: &[u8]) -> Vec<u8> {
-        [&[1u8][..], topic].concat()
     }
 
     #[test]
     fn a_flood_of_distinct_topics_collapses_to_one_subscription_to_everything() {
         let limits = SubscriptionLimits {
             max_topics: 100,
-            max_topic_bytes: 16,
+            ..SubscriptionLimits::default()
         };
         let mut live = LiveSubscriptions::new(limits);
-        let mut forwarded = 0;
+        let mut sent = 0;
         let mut everything = 0;
         for n in 0..100_000u32 {
-            match live.apply(&subscribe(format!("t{n}").as_bytes())) {
-                Upstream::Forward => forwarded += 1,
-                Upstream::SubscribeToEverything => everything += 1,
-                Upstream::Drop => {}
+            match live.acquire(format!("t{n}").as_bytes()) {
+                UpstreamChange::Subscribe => sent += 1,
+                UpstreamChange::SubscribeToEverything => everything += 1,
+                UpstreamChange::Unsubscribe | UpstreamChange::Nothing => {}
             }
         }
-        assert_eq!((forwarded, everything), (100, 1));
+        assert_eq!((sent, everything), (100, 1));
         assert!(live.is_collapsed());
         assert_eq!(live.len(), 1);
         assert!(live.contains(b"anything"));
-        // After the collapse no subscription change goes upstream (an unsubscription of the
-        // empty prefix would undo the collapse), but other messages still do.
-        assert_eq!(live.apply(b"\x00"), Upstream::Drop);
-        assert_eq!(live.apply(b"\x00t1"), Upstream::Drop);
-        assert_eq!(live.apply(b"\x01new"), Upstream::Drop);
-        assert_eq!(live.apply(b"\x02other"), Upstream::Forward);
+        // After the collapse nothing goes upstream any more (an unsubscription of the empty
+        // prefix would undo the collapse).
+        assert_eq!(live.release(b"t1"), UpstreamChange::Nothing);
+        assert_eq!(live.release(b""), UpstreamChange::Nothing);
+        assert_eq!(live.acquire(b"new"), UpstreamChange::Nothing);
     }
 
     #[test]
-    fn a_known_topic_at_the_limit_does_not_collapse_and_a_long_one_does() {
+    fn freed_room_is_reusable_below_the_limit() {
         let limits = SubscriptionLimits {
             max_topics: 2,
-            max_topic_bytes: 4,
+            ..SubscriptionLimits::default()
         };
         let mut live = LiveSubscriptions::new(limits);
-        assert_eq!(live.apply(&subscribe(b"a")), Upstream::Forward);
-        assert_eq!(live.apply(&subscribe(b"b")), Upstream::Forward);
-        assert_eq!(live.apply(&subscribe(b"a")), Upstream::Forward);
+        assert_eq!(live.acquire(b"a"), UpstreamChange::Subscribe);
+        assert_eq!(live.acquire(b"b"), UpstreamChange::Subscribe);
+        assert_eq!(live.release(b"a"), UpstreamChange::Unsubscribe);
+        assert_eq!(live.acquire(b"c"), UpstreamChange::Subscribe);
         assert!(!live.is_collapsed());
-        assert_eq!(live.apply(&subscribe(b"b")), Upstream::Forward);
-        // Freed room is reusable.
-        assert_eq!(live.apply(b"\x00a"), Upstream::Forward);
-        assert_eq!(live.apply(&subscribe(b"abcd")), Upstream::Forward);
-        let mut long = LiveSubscriptions::new(limits);
-        assert_eq!(long.apply(&subscribe(b"abcde")), Upstream::SubscribeToEverything);
-        assert!(long.is_collapsed());
+        assert_eq!(live.acquire(b"d"), UpstreamChange::SubscribeToEverything);
     }
 }

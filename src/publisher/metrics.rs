@@ -24,6 +24,8 @@ pub struct PublisherMetrics {
     pub membership_updates: Counter,
     /// Proxies the socket is connected to.
     pub connected_proxies: Gauge,
+    /// CURVE handshakes a proxy refused (our key not on its allow-list); each is retried.
+    pub auth_refused_handshakes: Counter,
     /// Seconds from the publisher noticing a new snapshot to its connects and disconnects
     /// being issued.
     pub membership_lag: Histogram,
@@ -38,6 +40,7 @@ impl Default for PublisherMetrics {
             dropped_no_proxy: Counter::default(),
             membership_updates: Counter::default(),
             connected_proxies: Gauge::default(),
+            auth_refused_handshakes: Counter::default(),
             // 0.1 ms .. ~3 s
             membership_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
         }
@@ -78,6 +81,11 @@ impl PublisherMetrics {
             "Proxies the publisher is connected to",
             self.connected_proxies.clone(),
         );
+        registry.register(
+            "auth_refused_handshakes",
+            "CURVE handshakes a proxy refused (our key not on its allow-list); each is retried",
+            self.auth_refused_handshakes.clone(),
+        );
         registry.register_with_unit(
             "membership_lag",
             "Time from the publisher noticing a new membership to its connects and disconnects being issued",
@@ -117,6 +125,7 @@ mod tests {
             "fanout_publisher_no_proxy_dropped_messages_total 0",
             "fanout_publisher_membership_updates_total 0",
             "fanout_publisher_connected_proxies 2",
+            "fanout_publisher_auth_refused_handshakes_total 0",
             "fanout_publisher_membership_lag_seconds_count 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

@@ -17,6 +17,7 @@
 //! `watch` ([`Publisher::connected`]). Memory per peer is bounded by SNDHWM (a PUB drops
 //! rather than blocks when a peer's queue is full).
 
+mod auth_retry;
 pub mod command;
 mod handover;
 pub mod metrics;
@@ -149,6 +150,17 @@ impl Publisher {
                 curve: config.curve.clone(),
             },
         )?;
+        // With CURVE, the handshakes a proxy refuses are retried (`auth_retry`).
+        let handshakes = match &config.curve {
+            Some(_) => {
+                const MONITOR: &str = "inproc://fanout-publisher-handshakes";
+                socket.monitor(MONITOR, socket_thread::HANDSHAKE_EVENTS)?;
+                let events = context.socket(zmq::PAIR)?;
+                events.connect(MONITOR)?;
+                Some(events)
+            }
+            None => None,
+        };
         let handover = Arc::new(Handover::new(
             Limits {
                 messages: config.queue.max(1),
@@ -168,6 +180,8 @@ impl Publisher {
             metrics: metrics.clone(),
             sequences: Default::default(),
             last_applied: Instant::now(),
+            handshakes,
+            refused: Default::default(),
         };
         let for_thread = handover.clone();
         let handle = std::thread::Builder::new()

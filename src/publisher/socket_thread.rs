@@ -1,8 +1,10 @@
 //! The publisher's socket thread: the only code that touches the PUB socket.
 
+use super::auth_retry::RefusedProxies;
 use super::handover::{Batch, Body, Entry, Handover, Part};
 use super::metrics::PublisherMetrics;
 use crate::membership::{self, Membership};
+use crate::proxy::monitor::{EVENT_HANDSHAKE_FAILED_AUTH, EVENT_HANDSHAKE_SUCCEEDED, MonitorEvent};
 use crate::wire::{ENVELOPE_LEN, Envelope, PublisherId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +36,14 @@ pub(super) struct SocketThread {
     pub(super) sequences: TopicSequences,
     /// When a snapshot was last applied (for the membership lag).
     pub(super) last_applied: Instant,
+    /// With CURVE: the PAIR end of the socket's monitor ([`HANDSHAKE_EVENTS`]), to retry the
+    /// proxies that refuse our key (`auth_retry`).
+    pub(super) handshakes: Option<zmq::Socket>,
+    pub(super) refused: RefusedProxies,
 }
+
+/// The monitor events a CURVE publisher watches.
+pub(super) const HANDSHAKE_EVENTS: i32 = (EVENT_HANDSHAKE_FAILED_AUTH | EVENT_HANDSHAKE_SUCCEEDED) as i32;
 
 /// Tells the hand-over that the socket thread is gone, however it ends (a panic included), so
 /// that callers get `Closed` instead of waiting for room forever.
@@ -62,6 +71,7 @@ impl SocketThread {
             if let Err(err) = self.socket.get_events() {
                 tracing::warn!(error = %err, "cannot process socket commands");
             }
+            self.retry_refused_proxies();
             let settling = changed_at.is_some_and(|t: Instant| t.elapsed() < SETTLE);
             let idle_wait = if settling {
                 Duration::from_millis(10)
@@ -85,7 +95,9 @@ impl SocketThread {
         self.connected.send_replace(Membership::new());
         self.proxies = 0;
         self.metrics.connected_proxies.set(0);
-        // Dropping the socket then the context waits at most LINGER for unsent messages.
+        // Dropping the sockets then the context waits at most LINGER for unsent messages (the
+        // context waits for every socket: the monitor's end too).
+        drop(self.handshakes.take());
         drop(self.socket);
         drop(context);
         drop(handover);
@@ -119,9 +131,11 @@ impl SocketThread {
         }
         let next = self.wanted.borrow_and_update().clone();
         let socket = &self.socket;
+        let refused = &mut self.refused;
         self.connected.send_modify(|current| {
             let change = membership::diff(current, &next);
             for endpoint in &change.left {
+                refused.forget(endpoint);
                 match socket.disconnect(endpoint.as_str()) {
                     Ok(()) => tracing::info!(%endpoint, "disconnected from departed proxy"),
                     Err(err) => tracing::warn!(%endpoint, error = %err, "disconnect failed"),
@@ -147,6 +161,51 @@ impl SocketThread {
         self.metrics.membership_updates.inc();
         self.last_applied = Instant::now();
         true
+    }
+
+    /// Reads the handshake events libzmq queued, then connects again the proxies whose refusal
+    /// is due for another attempt (`auth_retry`: libzmq itself never would).
+    fn retry_refused_proxies(&mut self) {
+        let Some(handshakes) = &self.handshakes else {
+            return;
+        };
+        let now = Instant::now();
+        while let Ok(frames) = handshakes.recv_multipart(zmq::DONTWAIT) {
+            let Some(event) = frames.first().and_then(|frame| MonitorEvent::parse(frame)) else {
+                continue;
+            };
+            let address = frames.get(1).and_then(|a| std::str::from_utf8(a).ok());
+            let Some(endpoint) =
+                address.and_then(|a| self.connected.borrow().iter().find(|e| e.as_str() == a).cloned())
+            else {
+                continue;
+            };
+            match event.code {
+                EVENT_HANDSHAKE_FAILED_AUTH => {
+                    self.metrics.auth_refused_handshakes.inc();
+                    if self.refused.refused(endpoint.clone(), now) {
+                        tracing::warn!(
+                            %endpoint,
+                            status = event.value,
+                            retry_ms = super::auth_retry::AUTH_RETRY.as_millis(),
+                            "the proxy refused our CURVE key (not on its allow-list?); retrying until it is admitted"
+                        );
+                    }
+                }
+                EVENT_HANDSHAKE_SUCCEEDED if self.refused.admitted(&endpoint) => {
+                    tracing::info!(%endpoint, "the proxy admitted our CURVE key");
+                }
+                _ => {}
+            }
+        }
+        for endpoint in self.refused.due(now) {
+            // The refused connection has ended, but libzmq still lists its endpoint; without
+            // the disconnect a second connect would add a duplicate once it is admitted.
+            let _ = self.socket.disconnect(endpoint.as_str());
+            if let Err(err) = self.socket.connect(endpoint.as_str()) {
+                tracing::warn!(%endpoint, error = %err, "reconnecting after a refusal failed");
+            }
+        }
     }
 
     /// Sends one queued message: writes its envelope into the room kept for it in the arena

@@ -67,6 +67,16 @@ pub fn render_summary(stats: &SubscriberStats, elapsed: Duration) -> String {
         stats.malformed,
         stats.per_publisher.len()
     );
+    if stats.evicted_publishers > 0 {
+        out.push_str(&format!(
+            " (and {} evicted to bound memory: received {}, gaps {}, lost {}, out of order {})",
+            stats.evicted_publishers,
+            stats.evicted.received,
+            stats.evicted.gaps,
+            stats.evicted.lost,
+            stats.evicted.out_of_order
+        ));
+    }
     for (id, c) in &stats.per_publisher {
         out.push_str(&format!(
             "\n  publisher {id}: received {}, gaps {}, lost {}, out of order {}",
@@ -89,6 +99,7 @@ pub fn render_report(kind: &str, stats: &SubscriberStats, lost_now: u64) -> Stri
         "lost": stats.total_lost(),
         "lost_now": lost_now,
         "publishers": stats.per_publisher.len(),
+        "publishers_evicted": stats.evicted_publishers,
     });
     format!("{kind} {body}")
 }

@@ -15,6 +15,7 @@ use crate::curve::CurveClient;
 use crate::socket_options::{ClientOptions, client_socket};
 use crate::wire::{self, Envelope, Parsed, PublisherId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,7 +76,8 @@ pub struct Delivery {
     pub origin: Option<Envelope>,
 }
 
-/// Per-publisher counters.
+/// Per-publisher counters. Every count saturates at `u64::MAX`: the envelope comes from the
+/// peer, and a forged sequence jump of `u64::MAX` must not wrap (or panic) the sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PublisherCounts {
     pub received: u64,
@@ -85,6 +87,29 @@ pub struct PublisherCounts {
     pub lost: u64,
     /// Messages whose sequence was not above the last one seen for their topic.
     pub out_of_order: u64,
+}
+
+impl PublisherCounts {
+    /// Counts one message with what its sequence said.
+    pub fn record(&mut self, check: SequenceCheck) {
+        self.received = self.received.saturating_add(1);
+        match check {
+            SequenceCheck::First | SequenceCheck::InOrder => {}
+            SequenceCheck::Gap { lost } => {
+                self.gaps = self.gaps.saturating_add(1);
+                self.lost = self.lost.saturating_add(lost);
+            }
+            SequenceCheck::OutOfOrder => self.out_of_order = self.out_of_order.saturating_add(1),
+        }
+    }
+
+    /// Adds `other` into these counts (saturating).
+    fn absorb(&mut self, other: &PublisherCounts) {
+        self.received = self.received.saturating_add(other.received);
+        self.gaps = self.gaps.saturating_add(other.gaps);
+        self.lost = self.lost.saturating_add(other.lost);
+        self.out_of_order = self.out_of_order.saturating_add(other.out_of_order);
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,15 +123,52 @@ pub struct SubscriberStats {
     pub plain: u64,
     /// Delivered messages whose envelope frame was invalid (delivered as plain).
     pub malformed: u64,
+    /// Counts per publisher id, at most [`SubscriberStats::MAX_PUBLISHERS`] of them (the ids
+    /// come from the peer: a forger could send a new one with every message).
     pub per_publisher: BTreeMap<PublisherId, PublisherCounts>,
+    /// The counts of publishers evicted from `per_publisher` to make room, summed, so that the
+    /// totals stay true.
+    pub evicted: PublisherCounts,
+    /// How many publishers were evicted from `per_publisher`.
+    pub evicted_publishers: u64,
 }
 
 impl SubscriberStats {
+    /// The most publishers counted one by one; a new one beyond it evicts the one with the
+    /// fewest messages (a forged id has one; a real publisher keeps its line).
+    pub const MAX_PUBLISHERS: usize = GapTracker::MAX_PUBLISHERS;
+
+    /// Counts one enveloped message from `publisher`.
+    pub fn record(&mut self, publisher: PublisherId, check: SequenceCheck) {
+        if !self.per_publisher.contains_key(&publisher) && self.per_publisher.len() >= Self::MAX_PUBLISHERS {
+            self.evict_quietest();
+        }
+        self.per_publisher.entry(publisher).or_default().record(check);
+    }
+
+    fn evict_quietest(&mut self) {
+        let quietest = self
+            .per_publisher
+            .iter()
+            .min_by_key(|(_, counts)| counts.received)
+            .map(|(id, _)| *id);
+        if let Some(counts) = quietest.and_then(|id| self.per_publisher.remove(&id)) {
+            self.evicted.absorb(&counts);
+            self.evicted_publishers = self.evicted_publishers.saturating_add(1);
+        }
+    }
+
+    fn total(&self, field: impl Fn(&PublisherCounts) -> u64) -> u64 {
+        self.per_publisher
+            .values()
+            .chain(std::iter::once(&self.evicted))
+            .fold(0u64, |sum, counts| sum.saturating_add(field(counts)))
+    }
     pub fn total_lost(&self) -> u64 {
-        self.per_publisher.values().map(|c| c.lost).sum()
+        self.total(|counts| counts.lost)
     }
     pub fn total_gaps(&self) -> u64 {
-        self.per_publisher.values().map(|c| c.gaps).sum()
+        self.total(|counts| counts.gaps)
     }
 }
 
@@ -125,53 +187,104 @@ pub enum SequenceCheck {
     OutOfOrder,
 }
 
-/// Last sequence seen per (publisher, topic), and the loss accounting that follows from it.
+/// Last sequence seen per (publisher, topic) "stream", and the loss accounting that follows.
+///
+/// Publisher ids and topics come from the peer, so what the tracker keeps is bounded in
+/// entries and in bytes (issue 10, 0b): at most [`MAX_PUBLISHERS`](Self::MAX_PUBLISHERS)
+/// publishers, [`MAX_TOPICS_PER_PUBLISHER`](Self::MAX_TOPICS_PER_PUBLISHER) topics each and
+/// [`MAX_STREAMS`](Self::MAX_STREAMS) streams in all, each of a fixed size: a topic is kept as
+/// its 64-bit SipHash under a key random to this process, never as its bytes, so a 64 KiB topic
+/// costs what a 1-byte one does. (Two topics colliding would share a sequence; with a secret key
+/// a peer cannot aim for that, and by chance it is 2^-64 per pair.) A new stream beyond a bound
+/// evicts one; an evicted stream starts again as [`SequenceCheck::First`].
 #[derive(Debug, Default)]
 pub struct GapTracker {
-    // Nested so the per-message lookup borrows the topic instead of allocating a key.
-    last: HashMap<PublisherId, HashMap<Vec<u8>, u64>>,
+    // Nested so that a whole publisher can be evicted at once.
+    last: HashMap<PublisherId, HashMap<u64, u64>>,
+    /// Streams in `last`, all publishers together.
+    streams: usize,
+    topic_hasher: RandomState,
 }
 
 impl GapTracker {
-    /// The most publishers tracked; a new one beyond it evicts one (issue 10, 0b: publisher ids
-    /// and topics come from the peer, so the tracker must not grow without bound).
+    /// The most publishers tracked; a new one beyond it evicts one.
     pub const MAX_PUBLISHERS: usize = 1024;
-    /// The most topics tracked per publisher; a new one beyond it evicts one.
+    /// The most topics tracked per publisher; a new one beyond it evicts one of its topics.
     pub const MAX_TOPICS_PER_PUBLISHER: usize = 16 * 1024;
+    /// The most (publisher, topic) streams tracked in all; a new one beyond it evicts one of the
+    /// same publisher's, or a whole other publisher when it has none yet.
+    pub const MAX_STREAMS: usize = 64 * 1024;
 
     pub fn observe(&mut self, publisher: PublisherId, topic: &[u8], sequence: u64) -> SequenceCheck {
-        if !self.last.contains_key(&publisher) && self.last.len() >= Self::MAX_PUBLISHERS {
-            evict_one(&mut self.last);
+        let topic = self.topic_hasher.hash_one(topic);
+        if let Some(last) = self
+            .last
+            .get_mut(&publisher)
+            .and_then(|topics| topics.get_mut(&topic))
+        {
+            return advance(last, sequence);
         }
-        let topics = self.last.entry(publisher).or_default();
-        match topics.get_mut(topic) {
-            None => {
-                if topics.len() >= Self::MAX_TOPICS_PER_PUBLISHER {
-                    evict_one(topics);
-                }
-                topics.insert(topic.to_vec(), sequence);
-                SequenceCheck::First
+        self.make_room_for_a_stream_of(publisher);
+        self.last.entry(publisher).or_default().insert(topic, sequence);
+        self.streams += 1;
+        SequenceCheck::First
+    }
+
+    /// Streams tracked now (at most [`MAX_STREAMS`](Self::MAX_STREAMS)).
+    pub fn streams(&self) -> usize {
+        self.streams
+    }
+
+    /// Publishers tracked now (at most [`MAX_PUBLISHERS`](Self::MAX_PUBLISHERS)).
+    pub fn publishers(&self) -> usize {
+        self.last.len()
+    }
+
+    fn make_room_for_a_stream_of(&mut self, publisher: PublisherId) {
+        let publishers = self.last.len();
+        match self.last.get_mut(&publisher) {
+            Some(topics) if topics.len() >= Self::MAX_TOPICS_PER_PUBLISHER => {
+                self.streams -= evict_one(topics);
             }
-            Some(last) if sequence <= *last => SequenceCheck::OutOfOrder,
-            Some(last) => {
-                let expected = *last + 1;
-                *last = sequence;
-                if sequence == expected {
-                    SequenceCheck::InOrder
-                } else {
-                    SequenceCheck::Gap {
-                        lost: sequence - expected,
-                    }
-                }
+            Some(_) => {}
+            None if publishers >= Self::MAX_PUBLISHERS => self.evict_a_publisher_other_than(publisher),
+            None => {}
+        }
+        if self.streams >= Self::MAX_STREAMS {
+            match self.last.get_mut(&publisher) {
+                Some(topics) if !topics.is_empty() => self.streams -= evict_one(topics),
+                _ => self.evict_a_publisher_other_than(publisher),
             }
+        }
+    }
+
+    fn evict_a_publisher_other_than(&mut self, publisher: PublisherId) {
+        let victim = self.last.keys().find(|id| **id != publisher).copied();
+        if let Some(topics) = victim.and_then(|id| self.last.remove(&id)) {
+            self.streams -= topics.len();
         }
     }
 }
 
-/// Removes one entry (whichever the map yields first): an evicted stream restarts as `First`.
-fn evict_one<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
-    if let Some(key) = map.keys().next().cloned() {
-        map.remove(&key);
+/// The check for `sequence` on a stream whose last sequence is `last`, and `last` moved on.
+fn advance(last: &mut u64, sequence: u64) -> SequenceCheck {
+    if sequence <= *last {
+        return SequenceCheck::OutOfOrder;
+    }
+    // `*last < sequence <= u64::MAX`, so neither line can overflow.
+    let expected = *last + 1;
+    *last = sequence;
+    match sequence - expected {
+        0 => SequenceCheck::InOrder,
+        lost => SequenceCheck::Gap { lost },
+    }
+}
+
+/// Removes one entry (whichever the map yields first) and says how many it removed (0 or 1).
+fn evict_one<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) -> usize {
+    match map.keys().next().cloned() {
+        Some(key) => usize::from(map.remove(&key).is_some()),
+        None => 0,
     }
 }
 
@@ -308,31 +421,23 @@ impl Subscriber {
             parsed,
         } = split;
         if !self.matcher.matches(&topic) {
-            self.stats.filtered += 1;
+            self.stats.filtered = self.stats.filtered.saturating_add(1);
             return None;
         }
-        self.stats.received += 1;
+        self.stats.received = self.stats.received.saturating_add(1);
         let origin = match parsed {
             Parsed::Enveloped { envelope } => {
-                let counts = self.stats.per_publisher.entry(envelope.publisher).or_default();
-                counts.received += 1;
-                match self.gaps.observe(envelope.publisher, &topic, envelope.sequence) {
-                    SequenceCheck::First | SequenceCheck::InOrder => {}
-                    SequenceCheck::Gap { lost } => {
-                        counts.gaps += 1;
-                        counts.lost += lost;
-                    }
-                    SequenceCheck::OutOfOrder => counts.out_of_order += 1,
-                }
+                let check = self.gaps.observe(envelope.publisher, &topic, envelope.sequence);
+                self.stats.record(envelope.publisher, check);
                 Some(envelope)
             }
             Parsed::Plain => {
-                self.stats.plain += 1;
+                self.stats.plain = self.stats.plain.saturating_add(1);
                 None
             }
             Parsed::Malformed(err) => {
                 tracing::debug!(error = %err, "malformed envelope; delivering as a plain message");
-                self.stats.malformed += 1;
+                self.stats.malformed = self.stats.malformed.saturating_add(1);
                 None
             }
         };
@@ -388,9 +493,7 @@ mod tests {
     fn the_tracker_is_bounded_by_publishers_and_topics() {
         let mut g = GapTracker::default();
         for i in 0..(GapTracker::MAX_PUBLISHERS + 10) {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            g.observe(PublisherId(id), b"t", 1);
+            g.observe(id(i), b"t", 1);
         }
         assert_eq!(g.last.len(), GapTracker::MAX_PUBLISHERS);
         for i in 0..(GapTracker::MAX_TOPICS_PER_PUBLISHER + 10) {
@@ -401,6 +504,84 @@ mod tests {
         // A tracked stream keeps its accounting.
         assert_eq!(g.observe(A, b"t2", 1), SequenceCheck::First);
         assert_eq!(g.observe(A, b"t2", 3), SequenceCheck::Gap { lost: 1 });
+    }
+
+    fn id(i: usize) -> PublisherId {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        id[15] = 0xEE;
+        PublisherId(id)
+    }
+
+    #[test]
+    fn streams_are_bounded_in_all_not_only_per_publisher() {
+        let mut g = GapTracker::default();
+        // 8 publishers x 10 000 topics would be 80 000 streams.
+        for p in 0..8 {
+            for t in 0..10_000u32 {
+                g.observe(id(p), &t.to_le_bytes(), 1);
+            }
+        }
+        assert_eq!(g.streams(), GapTracker::MAX_STREAMS);
+        let counted: usize = g.last.values().map(HashMap::len).sum();
+        assert_eq!(counted, g.streams(), "the running count is the real one");
+        // A new publisher still gets tracked (another one makes room).
+        assert_eq!(g.observe(B, b"t", 1), SequenceCheck::First);
+        assert_eq!(g.observe(B, b"t", 2), SequenceCheck::InOrder);
+        assert!(g.streams() <= GapTracker::MAX_STREAMS);
+    }
+
+    #[test]
+    fn a_topic_is_kept_as_a_hash_not_its_bytes() {
+        let mut g = GapTracker::default();
+        let long = vec![b'x'; 64 * 1024];
+        let mut other = long.clone();
+        other[64 * 1024 - 1] = b'y';
+        assert_eq!(g.observe(A, &long, 1), SequenceCheck::First);
+        assert_eq!(g.observe(A, &other, 1), SequenceCheck::First, "a distinct topic");
+        assert_eq!(g.observe(A, &long, 3), SequenceCheck::Gap { lost: 1 });
+        assert_eq!(g.streams(), 2);
+    }
+
+    #[test]
+    fn forged_jumps_saturate_the_counts_instead_of_overflowing() {
+        let mut g = GapTracker::default();
+        let mut stats = SubscriberStats::default();
+        for topic in [b"a", b"b", b"c"] {
+            for sequence in [0, u64::MAX] {
+                let check = g.observe(A, topic, sequence);
+                stats.record(A, check);
+            }
+        }
+        let counts = stats.per_publisher[&A];
+        assert_eq!((counts.received, counts.gaps, counts.lost), (6, 3, u64::MAX));
+        stats.record(B, SequenceCheck::Gap { lost: u64::MAX });
+        assert_eq!(stats.total_lost(), u64::MAX);
+        assert_eq!(stats.total_gaps(), 4);
+    }
+
+    #[test]
+    fn per_publisher_counts_are_capped_and_keep_the_busy_publishers_and_the_totals() {
+        let mut stats = SubscriberStats::default();
+        for _ in 0..100 {
+            stats.record(A, SequenceCheck::InOrder);
+        }
+        stats.record(A, SequenceCheck::Gap { lost: 5 });
+        let forged = SubscriberStats::MAX_PUBLISHERS + 10;
+        for i in 0..forged {
+            stats.record(id(i), SequenceCheck::Gap { lost: 1 });
+        }
+        assert_eq!(stats.per_publisher.len(), SubscriberStats::MAX_PUBLISHERS);
+        assert_eq!(
+            stats.per_publisher[&A].received, 101,
+            "the real publisher keeps its line"
+        );
+        assert_eq!(stats.evicted_publishers, 11);
+        let received: u64 =
+            stats.per_publisher.values().map(|c| c.received).sum::<u64>() + stats.evicted.received;
+        assert_eq!(received, 101 + forged as u64, "nothing is lost from the totals");
+        assert_eq!(stats.total_lost(), 5 + forged as u64);
+        assert_eq!(stats.total_gaps(), 1 + forged as u64);
     }
 
     #[test]

@@ -7,7 +7,14 @@
 //! - every fake pod shares the test's one network namespace, so a wildcard bind address
 //!   (`*`, `0.0.0.0`) becomes the pod's own IP;
 //! - every fake node shares one filesystem, so a hostPath mount becomes a directory per node
-//!   under `root` (`<root>/<node>/<hostPath>`).
+//!   under `root` (`<root>/<node>/<hostPath>[/<subPath>]`);
+//! - `$(VAR)` in the arguments is expanded from the container's env, downward-API fields
+//!   (`metadata.name`, ...) included;
+//! - a pod that mounts a ServiceAccount token (the relay's `relay-api-access` projected
+//!   volume) gets, instead, a kubeconfig with a TokenRequest token of the pod's own
+//!   ServiceAccount (`hack/cluster.sh sa-kubeconfig`) in `KUBECONFIG`: the proxy talks to the
+//!   API with exactly the Role the controller gave that ServiceAccount. Every other proxy runs
+//!   with no `KUBECONFIG` at all.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -24,6 +31,8 @@ struct Running {
     child: Child,
     words: Vec<String>,
     log: PathBuf,
+    /// The pod's ServiceAccount kubeconfig, when it mounts a token.
+    kubeconfig: Option<PathBuf>,
 }
 
 pub struct FakeKubelet {
@@ -114,9 +123,7 @@ impl FakeKubelet {
             .append(true)
             .open(&proc.log)
             .expect("the proxy's log");
-        proc.child = Command::new(&self.binary)
-            .args(&proc.words)
-            .stdout(Stdio::null())
+        proc.child = proxy_command(&self.binary, &proc.words, proc.kubeconfig.as_deref())
             .stderr(log)
             .spawn()
             .expect("restart the proxy");
@@ -223,9 +230,10 @@ pub fn proxy_command_line(
         .iter()
         .flatten()
         .filter_map(|m| {
-            volumes
-                .get(&m.name)
-                .map(|host| (m.mount_path.clone(), host_path(root, node, host)))
+            volumes.get(&m.name).map(|host| {
+                let path = host_path(root, node, host).join(m.sub_path.as_deref().unwrap_or_default());
+                (m.mount_path.clone(), path)
+            })
         })
         .collect();
     words
@@ -265,21 +273,63 @@ fn start_proxy(pod: &Pod, ip: &str, node: &str, binary: &Path, root: &Path) -> s
             .and_then(|s| s.volumes.as_ref())
             .and_then(|vs| vs.iter().find(|v| v.name == mount.name));
         if let Some(host) = volume.and_then(|v| v.host_path.as_ref()) {
-            std::fs::create_dir_all(host_path(root, node, &host.path))?;
+            // The kubelet creates a missing subPath too (the init container, which this stand-in
+            // does not run, would have made it already).
+            let sub_path = mount.sub_path.as_deref().unwrap_or_default();
+            std::fs::create_dir_all(host_path(root, node, &host.path).join(sub_path))?;
         }
     }
+    let kubeconfig = service_account_kubeconfig(pod, container)?;
     let log_path = root.join(format!("{}.log", pod.name_any()));
     let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(binary)
-        .args(&words)
-        .stdout(Stdio::null())
+    let child = proxy_command(binary, &words, kubeconfig.as_deref())
         .stderr(log)
         .spawn()?;
     Ok(Running {
         child,
         words,
         log: log_path,
+        kubeconfig,
     })
+}
+
+/// The proxy's command, with the pod's API credentials or none.
+fn proxy_command(binary: &Path, words: &[String], kubeconfig: Option<&Path>) -> Command {
+    let mut command = Command::new(binary);
+    command.args(words).stdout(Stdio::null());
+    match kubeconfig {
+        Some(path) => command.env("KUBECONFIG", path),
+        None => command.env_remove("KUBECONFIG"),
+    };
+    command
+}
+
+/// Where clients look for the in-cluster token (what `relay_access` mounts).
+const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// A kubeconfig for the pod's ServiceAccount when the container mounts a token there.
+fn service_account_kubeconfig(pod: &Pod, container: &Container) -> std::io::Result<Option<PathBuf>> {
+    let mounts_token = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.mount_path == TOKEN_MOUNT);
+    let account = pod.spec.as_ref().and_then(|s| s.service_account_name.clone());
+    let (true, Some(account)) = (mounts_token, account) else {
+        return Ok(None);
+    };
+    let namespace = pod.namespace().unwrap_or_default();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster.sh");
+    let out = Command::new(script)
+        .args(["sa-kubeconfig", &namespace, &account])
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "no token for {namespace}/{account}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())))
 }
 
 /// SIGTERM, then SIGKILL after a grace period, like a kubelet.

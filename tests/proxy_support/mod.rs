@@ -5,6 +5,7 @@
 use fanout::proxy::{self, Proxy, ProxyConfig};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -48,11 +49,20 @@ pub fn tcp_port(endpoint: &str) -> u16 {
 }
 
 pub fn publisher(ctx: &zmq::Context, proxy: &Proxy) -> zmq::Socket {
+    publisher_to(ctx, &proxy.publisher_endpoints()[0])
+}
+
+/// A port nothing listens on right now (for a proxy started as a process of its own).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// A plain PUB connected to `endpoint` (a proxy running as a process of its own).
+pub fn publisher_to(ctx: &zmq::Context, endpoint: &str) -> zmq::Socket {
     let socket = ctx.socket(zmq::PUB).expect("PUB");
     socket.set_linger(0).expect("linger");
-    socket
-        .connect(&proxy.publisher_endpoints()[0])
-        .expect("connect PUB");
+    socket.connect(endpoint).expect("connect PUB");
     socket
 }
 
@@ -138,12 +148,9 @@ pub fn ready(socket_type: &str) -> Vec<u8> {
     frame
 }
 
-/// Connects a raw TCP client and completes the ZMTP handshake as `socket_type`.
-pub fn raw_zmtp_peer(port: u16, socket_type: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("raw connect");
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("read timeout");
+/// Sends the greeting and READY as `socket_type` (NULL mechanism) and reads the proxy's
+/// greeting.
+fn handshake(stream: &mut (impl Read + Write), socket_type: &str) {
     stream.write_all(&greeting()).expect("send greeting");
     stream.write_all(&ready(socket_type)).expect("send READY");
     // The proxy's greeting (64 bytes) and READY; read at least the greeting.
@@ -151,12 +158,46 @@ pub fn raw_zmtp_peer(port: u16, socket_type: &str) -> TcpStream {
     stream
         .read_exact(&mut greeting_back)
         .expect("greeting from the proxy");
+}
+
+/// Connects a raw TCP client and completes the ZMTP handshake as `socket_type`.
+pub fn raw_zmtp_peer(port: u16, socket_type: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("raw connect");
     stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    handshake(&mut stream, socket_type);
+    stream
+}
+
+/// Connects a raw client to a unix socket and completes the ZMTP handshake as `socket_type`.
+pub fn raw_unix_zmtp_peer(path: &Path, socket_type: &str) -> UnixStream {
+    let mut stream = UnixStream::connect(path).expect("raw connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    handshake(&mut stream, socket_type);
+    stream
+}
+
+/// A ZMTP 3 message frame with `body`, with the MORE flag when `more`.
+pub fn zmtp_frame(more: bool, body: &[u8]) -> Vec<u8> {
+    let more = u8::from(more);
+    let mut frame = match u8::try_from(body.len()) {
+        Ok(short) => vec![more, short],
+        Err(_) => {
+            let mut long = vec![more | 0x02];
+            long.extend_from_slice(&(body.len() as u64).to_be_bytes());
+            long
+        }
+    };
+    frame.extend_from_slice(body);
+    frame
 }
 
 /// Whether the proxy closes `stream` within `WAIT`, reading and discarding whatever it sends.
 /// Returns everything read before the close.
-pub fn closed_by_proxy(stream: &mut TcpStream) -> Option<Vec<u8>> {
+pub fn closed_by_proxy(stream: &mut impl Read) -> Option<Vec<u8>> {
     let deadline = Instant::now() + WAIT;
     let mut seen = Vec::new();
     let mut buffer = [0u8; 4096];
@@ -173,6 +214,43 @@ pub fn closed_by_proxy(stream: &mut TcpStream) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// Publishes `count` numbered messages on `topic` (the sequence in the second frame), one every
+/// `pace`, and returns the socket: an honest publisher beside a hostile peer.
+pub fn publish_numbered(
+    publisher: zmq::Socket,
+    topic: &'static [u8],
+    count: u32,
+    pace: Duration,
+) -> std::thread::JoinHandle<zmq::Socket> {
+    std::thread::spawn(move || {
+        for n in 0..count {
+            publisher
+                .send_multipart([topic, &n.to_be_bytes()], 0)
+                .expect("publish");
+            std::thread::sleep(pace);
+        }
+        publisher
+    })
+}
+
+/// Receives `count` numbered messages on `subscriber` and checks none is missing or out of
+/// order.
+pub fn receive_numbered(subscriber: &zmq::Socket, count: u32) {
+    for n in 0..count {
+        let parts = subscriber
+            .recv_multipart(0)
+            .unwrap_or_else(|e| panic!("message {n} of {count} never arrived: {e}"));
+        assert_eq!(parts[1], n.to_be_bytes(), "lost or reordered at {n}");
+    }
+}
+
+/// Tests that measure this process's memory take this first, so that no other test of the
+/// same binary allocates meanwhile.
+pub fn measuring_memory() -> std::sync::MutexGuard<'static, ()> {
+    static MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    MEMORY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Resident memory of this test process, in KiB.
@@ -213,6 +291,23 @@ impl Rig {
             ctx,
             dir,
         }
+    }
+}
+
+impl Rig {
+    /// An observer of what goes upstream (as any publisher would see it), once the rig's own
+    /// subscription has gone by.
+    pub fn watcher(&self) -> zmq::Socket {
+        let watcher = observer(&self.ctx, &self.proxy);
+        let deadline = Instant::now() + WAIT;
+        while upstream(&watcher, Duration::from_millis(100)).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the rig's subscription never went upstream"
+            );
+        }
+        while upstream(&watcher, Duration::from_millis(100)).is_some() {}
+        watcher
     }
 }
 
