@@ -314,7 +314,10 @@ fn a_subscriber_flooding_100_000_long_prefixes_is_cut_off_at_its_cap_with_bounde
     let mut withdrawn = 0usize;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match upstream(&watcher, Duration::from_secs(1)).as_deref().map(|m| m.split_first()) {
+        match upstream(&watcher, Duration::from_secs(1))
+            .as_deref()
+            .map(|m| m.split_first())
+        {
             Some(Some((1, topic))) => {
                 subscribed.insert(topic.to_vec());
             }
