@@ -169,7 +169,7 @@ pub struct RelaySpec {
     /// `<name>-proxy`, allowed to list and watch the EndpointSlices of the namespace (a relay
     /// follows its assignment through the API), and with CURVE the group's own key may publish
     /// (relays authenticate to their leaves with it). `false`: always flat, and the proxies get
-    /// no API access at all.
+    /// no API access for relaying (with CURVE they still read the allow-list ConfigMap).
     #[serde(default = "default_true")]
     pub enabled: bool,
 
@@ -201,6 +201,8 @@ pub struct GroupSecurity {
     /// and publishes the public key with the endpoint list (annotation
     /// `fanout.dev/curve-public-key` on the EndpointSlices, key `curve-public-key` in the
     /// ConfigMap, `status.curvePublicKey`). Only keys in `allowedPublishers` may publish.
+    /// The proxies follow the allow-lists through the API (ServiceAccount `<name>-proxy`,
+    /// allowed to list and watch the one ConfigMap `<name>-curve-allow`).
     /// Off by default in this alpha API; production groups should turn it on.
     #[serde(default)]
     pub curve: bool,
@@ -208,7 +210,7 @@ pub struct GroupSecurity {
     /// The publishers' public keys: Secrets in the group's namespace labelled
     /// `fanout.dev/public-key: "true"`, each with a `public.key` (Z85), named here or selected
     /// by label. Followed live: a key removed here (or its Secret deleted or unlabelled) has its
-    /// connections closed once the kubelet refreshes the proxies' mounted allow-list.
+    /// connections closed within a second of the controller rewriting the allow-list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_publishers: Option<KeySecrets>,
 

@@ -6,10 +6,17 @@
 //! so the fabric would learn of joins and leaves long after the API could tell it. Ours doubles
 //! from 100 ms and stops at 1 s, so a watch retries at most about a second after the server is
 //! back and membership reconverges within the 2 s. The price is at most one request a
-//! second per watch while the server is down; the watches are few (six in the controller, one
-//! per publisher; proxies do not watch the API) and each retry is one cheap failed request. The
-//! delay is jittered down to half its step so many watchers that failed together do not retry
-//! in lockstep.
+//! second per watch while the server is down: six in the controller, one per publisher, one per
+//! relay for its assignment (about √N of a group's N proxies). Each retry is one cheap failed
+//! request. The delay is jittered down to half its step so that watchers that failed together
+//! do not retry in lockstep.
+//!
+//! A watch that runs on every node ([`WatchBackoff::per_node`]: each proxy of a CURVE group
+//! follows its allow-list ConfigMap) stops at 10 s instead: 5 000 proxies retrying every second
+//! would be 5 000 requests a second at a returning API server, every 10 s (jittered over 5-10 s)
+//! is at most 1 000. What that costs: after an outage a proxy may learn of an allow-list change
+//! up to 10 s after the API is back (none can happen while it is away: the controller writes
+//! the list through the same API).
 
 use kube::runtime::utils::Backoff;
 use std::hash::{BuildHasher, RandomState};
@@ -19,11 +26,14 @@ use std::time::Duration;
 pub const FIRST_STEP: Duration = Duration::from_millis(100);
 /// The longest step: a watch retries at least this often while the API server is away.
 pub const MAX_STEP: Duration = Duration::from_secs(1);
+/// The longest step of a watch that runs on every node (`WatchBackoff::per_node`).
+pub const PER_NODE_MAX_STEP: Duration = Duration::from_secs(10);
 
 /// Capped exponential backoff with "equal jitter": each delay lies in `[step / 2, step]`.
 #[derive(Debug, Clone)]
 pub struct WatchBackoff {
     step: Duration,
+    max_step: Duration,
     jitter: u64,
 }
 
@@ -40,8 +50,17 @@ impl WatchBackoff {
     pub fn with_seed(seed: u64) -> Self {
         Self {
             step: FIRST_STEP,
+            max_step: MAX_STEP,
             // xorshift needs a non-zero state.
             jitter: seed | 1,
+        }
+    }
+
+    /// For a watch that runs on every node: steps stop at [`PER_NODE_MAX_STEP`].
+    pub fn per_node() -> Self {
+        Self {
+            max_step: PER_NODE_MAX_STEP,
+            ..Self::default()
         }
     }
 
@@ -61,9 +80,9 @@ impl Iterator for WatchBackoff {
 
     fn next(&mut self) -> Option<Duration> {
         let step = self.step;
-        self.step = (step * 2).min(MAX_STEP);
+        self.step = (step * 2).min(self.max_step);
         let half = step / 2;
-        // At most 500 ms in nanoseconds: fits u64 with room.
+        // At most 5 s in nanoseconds: fits u64 with room.
         let spread = half.as_nanos() as u64 + 1;
         Some(half + Duration::from_nanos(self.next_jitter() % spread))
     }
@@ -95,6 +114,21 @@ mod tests {
         for _ in 0..1000 {
             assert!(backoff.next().unwrap() <= MAX_STEP);
         }
+    }
+
+    #[test]
+    fn a_watch_on_every_node_backs_off_to_ten_seconds() {
+        let delays: Vec<Duration> = WatchBackoff {
+            jitter: 9,
+            ..WatchBackoff::per_node()
+        }
+        .take(12)
+        .collect();
+        assert!(delays.iter().all(|d| *d <= PER_NODE_MAX_STEP));
+        assert!(
+            delays[8..].iter().all(|d| *d >= PER_NODE_MAX_STEP / 2),
+            "{delays:?}"
+        );
     }
 
     #[test]

@@ -145,12 +145,14 @@ fn condition_true(status: &serde_json::Value, kind: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c["type"] == kind && c["status"] == "True"))
 }
 
-/// A subscriber for one node, on its own thread; records when the first message arrived.
+/// A subscriber for one node, on its own thread; records when the first and the last message
+/// arrived.
 struct NodeSubscriber {
     received: Arc<std::sync::atomic::AtomicU64>,
     /// Messages missing by the envelope's sequence numbers, as the subscriber counts them.
     lost: Arc<std::sync::atomic::AtomicU64>,
     first_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    last_at: Arc<std::sync::Mutex<Option<Instant>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -160,17 +162,21 @@ impl NodeSubscriber {
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let first_at = Arc::new(std::sync::Mutex::new(None));
+        let last_at = Arc::new(std::sync::Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let (r, l, f, s) = (received.clone(), lost.clone(), first_at.clone(), stop.clone());
+        let last = last_at.clone();
         let thread = std::thread::spawn(move || {
             let mut sub =
                 Subscriber::connect(&endpoint, SubscriberConfig::default()).expect("subscriber connect");
             sub.subscribe(TopicFilter::exact(TOPIC)).expect("subscribe");
             while !s.load(Ordering::Relaxed) {
-                if let Ok(Some(_)) = sub.recv(Duration::from_millis(100))
-                    && r.fetch_add(1, Ordering::Relaxed) == 0
-                {
-                    *f.lock().unwrap() = Some(Instant::now());
+                if let Ok(Some(_)) = sub.recv(Duration::from_millis(100)) {
+                    let now = Instant::now();
+                    *last.lock().unwrap() = Some(now);
+                    if r.fetch_add(1, Ordering::Relaxed) == 0 {
+                        *f.lock().unwrap() = Some(now);
+                    }
                 }
                 l.store(sub.stats().total_lost(), Ordering::Relaxed);
             }
@@ -179,6 +185,7 @@ impl NodeSubscriber {
             received,
             lost,
             first_at,
+            last_at,
             stop,
             thread: Some(thread),
         }
@@ -194,6 +201,10 @@ impl NodeSubscriber {
 
     fn first_at(&self) -> Option<Instant> {
         *self.first_at.lock().unwrap()
+    }
+
+    fn last_at(&self) -> Option<Instant> {
+        *self.last_at.lock().unwrap()
     }
 }
 
@@ -248,16 +259,17 @@ fn socket_of(kubelet: &FakeKubelet, node: &str) -> String {
     group_socket(kubelet, node, EXAMPLE_NAMESPACE, EXAMPLE_GROUP)
 }
 
-/// A publisher following `namespace/group` through the API, publishing every 5 ms, once it is
-/// connected to exactly `want` and every subscriber has received.
+/// A publisher (`config`) following `namespace/group` through the API, publishing every 5 ms,
+/// once it is connected to exactly `want` and every subscriber has received.
 async fn publish_following(
     client: &Client,
     namespace: &str,
     group: &str,
+    config: PublisherConfig,
     want: &Membership,
     subscribers: &BTreeMap<String, NodeSubscriber>,
 ) -> PublishLoop {
-    let publisher = Publisher::new(PublisherConfig::default()).unwrap();
+    let publisher = Publisher::new(config).unwrap();
     publisher
         .follow(Box::new(
             GroupSource::new(Some(namespace.into()), group.into(), GroupObject::Slices)
@@ -296,17 +308,19 @@ fn group_socket(kubelet: &FakeKubelet, node: &str, namespace: &str, group: &str)
     format!("ipc://{}", path.display())
 }
 
-/// The sum of a proxy's metric `name` (all label sets) on its HTTP port.
+/// The sum of a proxy's metric `name` on its HTTP port: every sample, or with `name{labels}`
+/// those whose labels contain `labels`; `None` when there is no such sample.
 fn proxy_metric(ip: &str, name: &str) -> Option<f64> {
-    let body = http_get(&format!("{ip}:9102"), "/metrics").ok()?;
-    let mut found = None;
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let (key, value) = line.rsplit_once(' ')?;
-        if key == name || key.split('{').next() == Some(name) && key.starts_with(&format!("{name}{{")) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
-        }
-    }
-    found
+    let (metric, labels) = name.split_once('{').map_or((name, ""), |(metric, labels)| {
+        (metric, labels.trim_end_matches('}'))
+    });
+    let samples = metric_samples(&format!("{ip}:9102"), metric).ok()?;
+    let matching: Vec<f64> = samples
+        .iter()
+        .filter(|(sample, _)| sample.contains(labels))
+        .map(|(_, value)| *value)
+        .collect();
+    (!matching.is_empty()).then(|| matching.iter().sum())
 }
 
 /// The relay tree as the API holds it: relay pod → its leaves' pods (ready endpoints), from
@@ -398,8 +412,11 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     let leaves: BTreeSet<String> = tree.values().flatten().cloned().collect();
     assert_eq!(leaves.len(), 6, "each leaf under one relay: {tree:?}");
     assert!(leaves.is_disjoint(&top), "a leaf on top too: {top:?} {tree:?}");
-    let status = group_status(&client, namespace, group).await;
-    assert_eq!(status["relays"], 4, "{status}");
+    // The status is written after the children (and at most about once a second): wait for it.
+    eventually(Duration::from_secs(10), "status.relays = 4", || async {
+        (group_status(&client, namespace, group).await["relays"] == 4).then_some(())
+    })
+    .await;
     let table = kubectl_ok(&["get", "fg", "-n", namespace]);
     assert!(
         table.lines().next().unwrap_or_default().contains("RELAYS"),
@@ -435,7 +452,15 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
         .iter()
         .map(|pod| format!("tcp://{}:7100", pods[pod].1).parse().unwrap())
         .collect();
-    let publishing = publish_following(&client, namespace, group, &relay_endpoints, &subscribers).await;
+    let publishing = publish_following(
+        &client,
+        namespace,
+        group,
+        PublisherConfig::default(),
+        &relay_endpoints,
+        &subscribers,
+    )
+    .await;
     for leaf in &leaves {
         let ip = &pods[leaf].1;
         let publishers = proxy_metric(ip, "fanout_proxy_connected_peers{side=\"publishers\"}");
@@ -646,7 +671,15 @@ async fn user_path_install_apply_publish_join_leave_delete() {
         .iter()
         .map(|n| (n.clone(), NodeSubscriber::start(socket_of(&kubelet, n))))
         .collect();
-    let publishing = publish_following(&client, EXAMPLE_NAMESPACE, EXAMPLE_GROUP, &want, &subscribers).await;
+    let publishing = publish_following(
+        &client,
+        EXAMPLE_NAMESPACE,
+        EXAMPLE_GROUP,
+        PublisherConfig::default(),
+        &want,
+        &subscribers,
+    )
+    .await;
     eprintln!("[{:>6.1}s] every node receives", started.elapsed().as_secs_f64());
 
     // A node joins: its subscriber (already waiting on the node's socket) receives within 2 s
@@ -1222,6 +1255,234 @@ async fn a_planted_server_key_secret_is_refused_with_the_reason_in_the_status() 
 
     let namespaces: Api<Namespace> = Api::all(client);
     let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
+}
+
+/// Whether `account` may `verb` `resource` in `namespace` (`kubectl auth can-i`).
+fn can_i(account: &str, namespace: &str, verb: &str, resource: &str) -> bool {
+    let out = kubectl(&["auth", "can-i", verb, resource, "-n", namespace, "--as", account]);
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// Issue 10 §3/§4: revoking a key stops it within a second. A CURVE group on 3 kwok nodes,
+/// relays off (so the proxies' API access is CURVE's alone); a publisher whose key a labelled
+/// public-key Secret allows reaches every node. The Secret's selecting label removed, the
+/// controller rewrites `<group>-curve-allow`, and every proxy cuts the publisher off within a
+/// second of that rewrite through its watch on the ConfigMap: this fake kubelet never refreshes
+/// the mounted allow-list, which still lists the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the test cluster: run hack/test.sh"]
+async fn a_revoked_publisher_is_cut_off_at_every_proxy_within_a_second_of_the_allow_list_rewrite() {
+    use k8s_openapi::api::core::v1::Secret;
+    let (namespace, group) = ("e2e-curve", "secure");
+    let (client, work, kubeconfig) = installed_cluster().await;
+    ensure_namespace(&client, namespace).await;
+    let nodes: Vec<String> = (1..=3).map(|i| format!("curve-node-{i}")).collect();
+    for node in &nodes {
+        add_node(node);
+    }
+    let _cleanup = Cleanup {
+        nodes: nodes.clone(),
+        namespace: namespace.to_string(),
+    };
+
+    // The publisher's key pair; its public half in a Secret the group selects by label.
+    let keys = fanout::curve::KeyPair::generate().unwrap();
+    let key_z85 = keys.public.to_z85();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "publisher-public", "labels": {
+            "fanout.dev/public-key": "true", "team": "e2e-curve"}},
+        "stringData": {"public.key": format!("{key_z85}\n")}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+
+    let kubelet = FakeKubelet::start(
+        client.clone(),
+        namespace,
+        fanout_binary(),
+        work.path().to_path_buf(),
+    );
+    let mut controller = ControllerProcess::start(&kubeconfig, namespace, "127.0.0.1:18087", work.path());
+    apply_group(
+        namespace,
+        group,
+        "  heartbeatSeconds: 1\n  relays:\n    enabled: false\n  security:\n    curve: true\n    allowedPublishers:\n      selector:\n        matchLabels:\n          team: e2e-curve\n",
+    );
+    let pods = eventually(
+        Duration::from_secs(60),
+        "a ready CURVE proxy on each of the 3 nodes",
+        || async {
+            let pods = ready_pods(&client, namespace, group).await;
+            (pods.len() == nodes.len()).then_some(pods)
+        },
+    )
+    .await;
+
+    // The proxies' API access is CURVE's: list and watch on their allow-list ConfigMap, no
+    // other ConfigMap, no EndpointSlices (relays are off).
+    let account = format!("system:serviceaccount:{namespace}:{group}-proxy");
+    let allow_cm = format!("{group}-curve-allow");
+    for verb in ["list", "watch"] {
+        assert!(
+            can_i(&account, namespace, verb, &format!("configmaps/{allow_cm}")),
+            "{account} cannot {verb} {allow_cm}"
+        );
+    }
+    for (verb, resource) in [
+        ("list", "configmaps".to_string()),
+        ("get", format!("configmaps/{group}-endpoints")),
+        ("get", format!("configmaps/{allow_cm}")),
+        ("list", "endpointslices.discovery.k8s.io".to_string()),
+        ("list", "secrets".to_string()),
+    ] {
+        assert!(
+            !can_i(&account, namespace, verb, &resource),
+            "{account} may {verb} {resource}"
+        );
+    }
+
+    // Every proxy follows the allow-lists through the API (its own ServiceAccount's token).
+    let ips: BTreeMap<String, String> = pods
+        .values()
+        .map(|(node, ip)| (node.clone(), ip.clone()))
+        .collect();
+    eventually(
+        Duration::from_secs(30),
+        "every proxy's allow-lists coming from the API",
+        || async {
+            ips.values()
+                .all(|ip| proxy_metric(ip, "fanout_proxy_allow_list_source{source=\"api\"}") == Some(1.0))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The publisher, with the server key the controller publishes.
+    let server_key = eventually(Duration::from_secs(30), "status.curvePublicKey", || async {
+        group_status(&client, namespace, group).await["curvePublicKey"]
+            .as_str()
+            .map(|key| fanout::curve::PublicKey::from_z85(key).expect("a Z85 key"))
+    })
+    .await;
+    let subscribers: BTreeMap<String, NodeSubscriber> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                NodeSubscriber::start(group_socket(&kubelet, n, namespace, group)),
+            )
+        })
+        .collect();
+    let config = PublisherConfig {
+        curve: Some(fanout::curve::CurveClient {
+            server: server_key,
+            keys: keys.clone(),
+        }),
+        ..PublisherConfig::default()
+    };
+    let want = expected_endpoints(&pods, 7100);
+    let publishing = publish_following(&client, namespace, group, config, &want, &subscribers).await;
+
+    // Watch the allow-list ConfigMap from here too: when the controller rewrote it.
+    let rewrites = ConfigMapVersions::watch(client.clone(), namespace, &allow_cm, "publishers").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before: BTreeMap<String, u64> = subscribers.iter().map(|(n, s)| (n.clone(), s.count())).collect();
+
+    // Revoke: the Secret no longer carries the label the group selects.
+    let revoked_at = Instant::now();
+    kubectl_ok(&["label", "secret", "publisher-public", "team-", "-n", namespace]);
+    let rewritten_at = eventually(
+        Duration::from_secs(10),
+        "the allow-list ConfigMap rewritten without the key",
+        || async {
+            rewrites
+                .first_since(revoked_at, |text| !text.contains(&key_z85))
+                .map(|version| version.at)
+        },
+    )
+    .await;
+    drop(rewrites);
+    // Quiet for 2 s everywhere: the publisher is cut off (it keeps publishing every 5 ms).
+    eventually(Duration::from_secs(15), "every node quiet for 2 s", || async {
+        subscribers
+            .values()
+            .all(|s| {
+                s.last_at()
+                    .is_some_and(|at| at.elapsed() >= Duration::from_secs(2))
+            })
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "MEASURED CURVE revocation (kwok): allow-list ConfigMap rewritten {} ms after the label was removed",
+        rewritten_at.duration_since(revoked_at).as_millis()
+    );
+    // Signed: a proxy may hear of the rewrite before this test's own watch does.
+    let millis_from = |from: Instant, to: Instant| match to.checked_duration_since(from) {
+        Some(after) => after.as_millis() as i128,
+        None => -(from.duration_since(to).as_millis() as i128),
+    };
+    let mut slowest = Duration::ZERO;
+    for (node, subscriber) in &subscribers {
+        let last = subscriber.last_at().expect("received before");
+        slowest = slowest.max(last.saturating_duration_since(rewritten_at));
+        eprintln!(
+            "MEASURED CURVE revocation (kwok) on {node}: last message {:+} ms from the ConfigMap rewrite (as this test's watch saw it), \
+             {} ms after the label was removed ({} received since just before)",
+            millis_from(rewritten_at, last),
+            millis_from(revoked_at, last),
+            subscriber.count() - before[node]
+        );
+    }
+    assert!(
+        slowest <= Duration::from_secs(1),
+        "a node still received {slowest:?} after the allow-list was rewritten"
+    );
+    for (node, ip) in &ips {
+        // Each proxy closed the connection itself, and refuses the publisher's reconnections.
+        let metrics = format!("{ip}:9102");
+        let revoked = metric_sum(&metrics, "fanout_proxy_auth_refused_total", "reason=\"revoked\"");
+        assert!(
+            revoked.as_ref().is_ok_and(|n| *n >= 1.0),
+            "the proxy on {node} closed no connection as revoked: {revoked:?}"
+        );
+        eventually(
+            Duration::from_secs(10),
+            &format!("the proxy on {node} refusing the publisher's reconnection"),
+            || async {
+                metric_sum(
+                    &metrics,
+                    "fanout_proxy_auth_refused_total",
+                    "reason=\"unknown_key\"",
+                )
+                .is_ok_and(|n| n >= 1.0)
+                .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            proxy_metric(ip, "fanout_proxy_allow_list_updates_total{source=\"file\"}"),
+            Some(1.0),
+            "the proxy on {node} applied a file list after its start"
+        );
+    }
+    // Through the API alone: every mounted allow-list still lists the key.
+    for pod in pods.keys() {
+        let mounted = work.path().join(pod).join("volumes/curve-allow/publishers");
+        let text = std::fs::read_to_string(&mounted).unwrap();
+        assert!(
+            text.contains(&key_z85),
+            "{} no longer lists the key",
+            mounted.display()
+        );
+    }
+
+    drop(publishing);
+    drop(subscribers);
+    kubectl_ok(&["delete", "fanoutgroup", group, "-n", namespace, "--wait=true"]);
+    controller.stop(false);
+    kubelet.stop_all();
 }
 
 /// A group on `nodes` kwok nodes with real proxies (the fake kubelet), the controller, a

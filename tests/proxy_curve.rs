@@ -5,8 +5,9 @@
 mod proxy_support;
 
 use fanout::curve::{CurveClient, KeyPair, PublicKey};
-use fanout::proxy::auth::Refusal;
-use fanout::proxy::{self, CurveServerConfig, Proxy, ProxyConfig, Side};
+use fanout::proxy::allow_lists::{AllowLists, ListSource};
+use fanout::proxy::auth::{AllowList, Refusal};
+use fanout::proxy::{self, CurveServerConfig, Proxy, ProxyConfig, ProxyInputs, Side};
 use proxy_support::{WAIT, eventually, socket_path, subscriber, sync};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -219,13 +220,28 @@ fn a_revoked_key_is_cut_off_within_a_second_and_the_other_publisher_loses_nothin
     );
     let setup = Setup::new(&[&stays, &revoked]);
     let proxy = setup.start();
+    cut_off_during_traffic(&proxy, &setup, &stays, &revoked, || setup.allow_only(&[&stays]));
+}
+
+/// Publishers `stays` and `revoked` (both listed) send 2 messages a millisecond each for 3 s;
+/// after 1 s `revoke` takes `revoked` off the list in force. `revoked`'s last message arrives
+/// and its connection is closed within a second of that, `stays` loses nothing, and
+/// `revoked`'s reconnection is refused at the handshake.
+fn cut_off_during_traffic(
+    proxy: &Proxy,
+    setup: &Setup,
+    stays: &KeyPair,
+    revoked: &KeyPair,
+    revoke: impl FnOnce(),
+) {
     let endpoint = proxy.publisher_endpoints()[0].clone();
     let ctx = zmq::Context::new();
-    let sub = subscriber(&ctx, &proxy, &[b""]);
-    let a = plain_curve_pub(&ctx, &endpoint, &setup.server.public, &stays);
-    let b = plain_curve_pub(&ctx, &endpoint, &setup.server.public, &revoked);
+    let sub = subscriber(&ctx, proxy, &[b""]);
+    let a = plain_curve_pub(&ctx, &endpoint, &setup.server.public, stays);
+    let b = plain_curve_pub(&ctx, &endpoint, &setup.server.public, revoked);
     sync(&a, &sub, b"a");
     sync(&b, &sub, b"b");
+    let unknown_before = refused(proxy, Refusal::UnknownKey);
 
     // The receiver notes, per topic, every sequence number and when the last `b` arrived.
     let done = Arc::new(AtomicBool::new(false));
@@ -255,16 +271,23 @@ fn a_revoked_key_is_cut_off_within_a_second_and_the_other_publisher_loses_nothin
         })
     };
     let start = Instant::now();
+    let mut revoke = Some(revoke);
     let mut revoked_at = None;
     let mut closed_at = None;
     let mut sent_a = 0u32;
+    let revocations_before = refused(proxy, Refusal::Revoked);
     // 2 messages a millisecond from each for 3 s, the key revoked after 1 s.
     while start.elapsed() < Duration::from_secs(3) {
-        if revoked_at.is_none() && start.elapsed() >= Duration::from_secs(1) {
-            setup.allow_only(&[&stays]);
+        if start.elapsed() >= Duration::from_secs(1)
+            && let Some(revoke) = revoke.take()
+        {
+            revoke();
             revoked_at = Some(Instant::now());
         }
-        if revoked_at.is_some() && closed_at.is_none() && refused(&proxy, Refusal::Revoked) >= 1 {
+        if revoked_at.is_some()
+            && closed_at.is_none()
+            && refused(proxy, Refusal::Revoked) > revocations_before
+        {
             closed_at = Some(Instant::now());
         }
         for _ in 0..2 {
@@ -287,12 +310,91 @@ fn a_revoked_key_is_cut_off_within_a_second_and_the_other_publisher_loses_nothin
     assert_within_a_second_of(revoked_at, last_b, "b's last message arrived");
     let closed_at = closed_at.expect("the revoked connection was closed");
     assert_within_a_second_of(revoked_at, closed_at, "the revoked connection was closed");
+    eprintln!(
+        "MEASURED revocation: connection closed {:?}, b's last message {:?} after the list changed",
+        closed_at.saturating_duration_since(revoked_at),
+        last_b.saturating_duration_since(revoked_at)
+    );
     assert_all_in_order(&a_seen, sent_a);
     // b's PUB reconnects by itself: now the ZAP handler refuses it.
     assert!(
-        eventually(|| refused(&proxy, Refusal::UnknownKey) >= 1),
+        eventually(|| refused(proxy, Refusal::UnknownKey) > unknown_before),
         "b's reconnection was not refused"
     );
+}
+
+/// The allow-lists as the API watch hands them in (`fanout proxy --allow-lists-configmap`).
+fn api_lists(publishers: &[&KeyPair]) -> AllowLists {
+    let keys = AllowList::from_keys(publishers.iter().map(|pair| pair.public));
+    AllowLists {
+        publishers: (keys, 0),
+        ..AllowLists::default()
+    }
+}
+
+fn allow_list_updates(proxy: &Proxy, source: ListSource) -> u64 {
+    proxy.metrics().allow_list_updates(Side::Publishers, source).get()
+}
+
+/// Issue 10 §3: in a cluster the mounted allow-list lags the ConfigMap by the kubelet's sync,
+/// so the proxy also takes the lists the API gives it (here handed in directly, as the watch
+/// does). The file counts until the API's first list; from then on only the API: a key
+/// revoked through it is cut off within a second while the file still lists it, and a file
+/// rewritten later is never applied.
+#[test]
+fn a_key_revoked_through_the_api_is_cut_off_within_a_second_while_the_file_still_lists_it() {
+    let (stays, revoked) = (
+        KeyPair::generate().expect("keys"),
+        KeyPair::generate().expect("keys"),
+    );
+    let setup = Setup::new(&[&revoked]);
+    let (feed, input) = proxy::allow_lists::allow_list_feed().expect("a feed");
+    let proxy = proxy::start_with(
+        setup.config(),
+        ProxyInputs {
+            allow_lists: Some(input),
+            ..ProxyInputs::default()
+        },
+    )
+    .expect("CURVE proxy starts");
+    // Until the API speaks, the file is followed as without an input.
+    setup.allow_only(&[&stays, &revoked]);
+    assert!(
+        eventually(|| allow_list_updates(&proxy, ListSource::File) >= 2),
+        "the rewritten file was not applied before the API's first list"
+    );
+    assert!(feed.deliver(api_lists(&[&stays, &revoked])));
+    assert!(
+        eventually(|| allow_list_updates(&proxy, ListSource::Api) == 1),
+        "the API's first list was not applied"
+    );
+    let mut registry = fanout::metrics::registry();
+    proxy.metrics().register(&mut registry);
+    let text = fanout::metrics::encode(&registry);
+    for line in [
+        "fanout_proxy_allow_list_source{source=\"api\"} 1",
+        "fanout_proxy_allow_list_source{source=\"file\"} 0",
+        "fanout_proxy_allow_list_updates_total{side=\"publishers\",source=\"file\"} 2",
+        "fanout_proxy_allow_list_updates_total{side=\"publishers\",source=\"api\"} 1",
+    ] {
+        assert!(text.contains(line), "no `{line}` in {text}");
+    }
+
+    // Revoked through the API; the file still lists the key.
+    cut_off_during_traffic(&proxy, &setup, &stays, &revoked, || {
+        assert!(feed.deliver(api_lists(&[&stays])));
+    });
+    let file = std::fs::read_to_string(&setup.allow).expect("the allow-list file");
+    assert!(file.contains(&revoked.public.to_z85()), "{file}");
+
+    // A file rewritten after the API took over (here: one more key) is never applied, even
+    // after several of the followers' re-reads.
+    let late = KeyPair::generate().expect("keys");
+    setup.allow_only(&[&stays, &revoked, &late]);
+    std::thread::sleep(3 * proxy::ALLOW_LIST_RECHECK);
+    assert_eq!(allow_list_updates(&proxy, ListSource::File), 2);
+    assert_eq!(allow_list_updates(&proxy, ListSource::Api), 2);
+    assert_eq!(proxy.metrics().publishers.allow_list_keys.get(), 1);
 }
 
 #[test]
@@ -605,27 +707,62 @@ fn keygen_prints_or_writes_a_key_pair_and_never_overwrites_a_secret_key() {
     );
 }
 
+/// `fanout proxy` as a CURVE server with a new key pair and an empty allow-list in `dir`.
+fn curve_proxy_command(dir: &std::path::Path) -> std::process::Command {
+    let keys = KeyPair::generate().expect("keys");
+    keys.write_to_dir(dir).expect("write");
+    let allow = dir.join("allow");
+    std::fs::write(&allow, "").expect("allow-list");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"));
+    command
+        .args(["proxy", "--publishers", "tcp://127.0.0.1:0", "--subscribers"])
+        .arg(format!("ipc://{}", dir.join("s.sock").display()))
+        .arg("--curve-secret-key-file")
+        .arg(dir.join("secret.key"))
+        .arg("--allow-publishers-file")
+        .arg(&allow)
+        .stdin(std::process::Stdio::null());
+    command
+}
+
 #[test]
 fn the_proxy_refuses_a_secret_key_file_others_can_read() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let keys = KeyPair::generate().expect("keys");
-    keys.write_to_dir(dir.path()).expect("write");
+    let mut command = curve_proxy_command(dir.path());
     let secret = dir.path().join("secret.key");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let allow = dir.path().join("allow");
-    std::fs::write(&allow, "").expect("allow-list");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(["proxy", "--publishers", "tcp://127.0.0.1:0", "--subscribers"])
-        .arg(format!("ipc://{}", dir.path().join("s.sock").display()))
-        .arg("--curve-secret-key-file")
-        .arg(&secret)
-        .arg("--allow-publishers-file")
-        .arg(&allow)
+    let out = command.output().expect("run proxy");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("every user"), "{stderr}");
+}
+
+/// A proxy told to follow its allow-lists through the API but given no way to reach it stops
+/// with the reason: running on the files alone would leave revocations to the kubelet's
+/// refresh, unnoticed.
+#[test]
+fn a_proxy_that_cannot_follow_its_allow_lists_through_the_api_stops_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = curve_proxy_command(dir.path())
+        .args([
+            "--allow-lists-configmap",
+            "g-curve-allow",
+            "--allow-lists-namespace",
+            "net",
+        ])
+        // No in-cluster environment, no kubeconfig.
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env("HOME", dir.path())
         .output()
         .expect("run proxy");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("every user"), "{stderr}");
+    assert!(
+        stderr.contains("allow-lists through the API: building a client"),
+        "{stderr}"
+    );
 }
 
 /// pyzmq, a CURVE client that shares nothing with us but libzmq's wire protocol (skipped

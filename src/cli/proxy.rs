@@ -67,6 +67,17 @@ pub struct ProxyArgs {
     /// still authenticates the proxy).
     #[arg(long, value_name = "FILE", requires = "curve_secret_key_file")]
     pub allow_subscribers_file: Option<PathBuf>,
+    /// CURVE: follow the allow-lists through the API as well, in this ConfigMap (keys
+    /// `publishers` and `subscribers`, the files' format; the controller sets it to the
+    /// group's `<group>-curve-allow`). The files count until the ConfigMap's first list
+    /// arrives, from then on only the ConfigMap: a revocation reaches the proxy within a
+    /// second of the ConfigMap's rewrite, not at the kubelet's next refresh of the mounted
+    /// files. Needs list and watch on that ConfigMap (a field selector on its name).
+    #[arg(long, value_name = "NAME", requires_all = ["allow_lists_namespace", "curve_secret_key_file"])]
+    pub allow_lists_configmap: Option<String>,
+    /// CURVE: the namespace of `--allow-lists-configmap`.
+    #[arg(long, value_name = "NAMESPACE", requires = "allow_lists_configmap")]
+    pub allow_lists_namespace: Option<String>,
     /// Relay tree: the group whose relay this proxy may be. The proxy follows the leaves
     /// assigned to it (EndpointSlices labelled `fanout.dev/relay-for=GROUP` and
     /// `fanout.dev/relay=POD`) through the API and connects its subscriber side to each leaf's
@@ -79,6 +90,41 @@ pub struct ProxyArgs {
     /// Relay tree: this proxy's pod name (the downward API's `metadata.name`).
     #[arg(long, value_name = "POD", requires = "relay_group")]
     pub relay_pod: Option<String>,
+}
+
+/// The allow-list ConfigMap followed through the API, its names checked (they go into a
+/// field selector: nothing but a name may).
+fn allow_lists_configmap(
+    namespace: &str,
+    name: &str,
+) -> crate::Result<Box<dyn crate::proxy::allow_lists::AllowListSource>> {
+    if !is_dns1123_subdomain(name) {
+        return Err(crate::proxy::ProxyError::Config(format!(
+            "--allow-lists-configmap {name:?} is not an object name (at most 253 of [a-z0-9.-], alphanumeric at both ends)"
+        ))
+        .into());
+    }
+    if !(is_dns1123_subdomain(namespace) && namespace.len() <= 63 && !namespace.contains('.')) {
+        return Err(crate::proxy::ProxyError::Config(format!(
+            "--allow-lists-namespace {namespace:?} is not a namespace name (at most 63 of [a-z0-9-], alphanumeric at both ends)"
+        ))
+        .into());
+    }
+    Ok(Box::new(crate::proxy::allow_list_api::ConfigMapAllowLists::new(
+        namespace.to_string(),
+        name.to_string(),
+    )))
+}
+
+/// A Kubernetes object name: at most 253 of `[a-z0-9.-]`, starting and ending alphanumeric.
+fn is_dns1123_subdomain(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let alphanumeric = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && bytes.first().is_some_and(alphanumeric)
+        && bytes.last().is_some_and(alphanumeric)
+        && bytes.iter().all(|b| alphanumeric(b) || matches!(b, b'-' | b'.'))
 }
 
 /// The source of a relay's assignment, its names checked.
@@ -155,15 +201,20 @@ impl ProxyArgs {
             }),
             _ => None,
         };
-        let relay = match (&self.relay_group, &self.relay_namespace, &self.relay_pod) {
+        let relay_assignment = match (&self.relay_group, &self.relay_namespace, &self.relay_pod) {
             (Some(group), Some(namespace), Some(pod)) => Some(relay_assignment(namespace, group, pod)?),
             _ => None,
         };
+        let allow_lists = match (&self.allow_lists_configmap, &self.allow_lists_namespace) {
+            (Some(name), Some(namespace)) => Some(allow_lists_configmap(namespace, name)?),
+            _ => None,
+        };
         let config = ProxyConfig { curve, ..self.into() };
-        match relay {
-            Some(assignment) => Ok(crate::proxy::run_relay(config, http, assignment)?),
-            None => Ok(crate::proxy::run(config, http)?),
-        }
+        let followers = crate::proxy::Followers {
+            relay_assignment,
+            allow_lists,
+        };
+        Ok(crate::proxy::run(config, http, followers)?)
     }
 }
 
@@ -253,18 +304,58 @@ mod tests {
         assert!(bad("--curve-secret-key-file", "/k"));
         assert!(bad("--allow-publishers-file", "/g"));
         assert!(bad("--allow-subscribers-file", "/g"));
-        let cli = Cli::try_parse_from([
-            "proxy",
-            "--publishers",
-            "tcp://*:1",
-            "--subscribers",
-            "ipc:///x",
-            "--curve-secret-key-file",
-            "/k",
-            "--allow-publishers-file",
-            "/g",
-        ])
-        .expect("valid CURVE flags");
+        assert!(bad("--allow-lists-configmap", "g-curve-allow"));
+        assert!(bad("--allow-lists-namespace", "net"));
+        let with_curve = |extra: &[&str]| {
+            let mut words = vec![
+                "proxy",
+                "--publishers",
+                "tcp://*:1",
+                "--subscribers",
+                "ipc:///x",
+                "--curve-secret-key-file",
+                "/k",
+                "--allow-publishers-file",
+                "/g",
+            ];
+            words.extend(extra);
+            Cli::try_parse_from(words)
+        };
+        let cli = with_curve(&[]).expect("valid CURVE flags");
         assert_eq!(cli.args.allow_publishers_file, Some(PathBuf::from("/g")));
+        let cli = with_curve(&[
+            "--allow-lists-configmap",
+            "g-curve-allow",
+            "--allow-lists-namespace",
+            "net",
+        ])
+        .expect("valid API allow-list flags");
+        assert_eq!(cli.args.allow_lists_configmap.as_deref(), Some("g-curve-allow"));
+        assert_eq!(cli.args.allow_lists_namespace.as_deref(), Some("net"));
+        // The ConfigMap and its namespace come together.
+        assert!(with_curve(&["--allow-lists-configmap", "g-curve-allow"]).is_err());
+        assert!(with_curve(&["--allow-lists-namespace", "net"]).is_err());
+    }
+
+    #[test]
+    fn the_allow_list_configmap_and_namespace_must_be_names() {
+        assert!(allow_lists_configmap("net", "updates-curve-allow").is_ok());
+        assert!(allow_lists_configmap("net", &format!("{}-curve-allow", "g".repeat(63))).is_ok());
+        for (namespace, name) in [
+            ("net", "a,metadata.namespace!=x"),
+            ("net", "Upper"),
+            ("net", ""),
+            ("net", "-leading"),
+            ("a.b", "g-curve-allow"),
+            (&"n".repeat(64), "g-curve-allow"),
+            ("", "g-curve-allow"),
+        ] {
+            let err = allow_lists_configmap(namespace, name).err();
+            assert!(
+                err.as_ref()
+                    .is_some_and(|err| err.to_string().contains("--allow-lists-")),
+                "{namespace:?} {name:?}: {err:?}"
+            );
+        }
     }
 }

@@ -18,9 +18,9 @@ use std::sync::Arc;
 /// publisher or subscriber public key.
 pub const PUBLIC_KEY_LABEL: &str = "fanout.dev/public-key";
 pub const PUBLIC_KEY_LABEL_VALUE: &str = "true";
-/// Keys of the allow-list ConfigMap, one file each in the proxy's mount.
-pub const ALLOW_PUBLISHERS_KEY: &str = "publishers";
-pub const ALLOW_SUBSCRIBERS_KEY: &str = "subscribers";
+/// Keys of the allow-list ConfigMap, one file each in the proxy's mount; the proxy reads the
+/// same keys through the API.
+pub use crate::proxy::allow_lists::{ALLOW_PUBLISHERS_KEY, ALLOW_SUBSCRIBERS_KEY};
 /// Where the proxy container finds its secret key and its allow-lists.
 pub const SERVER_KEY_MOUNT: &str = "/etc/fanout/curve";
 pub const ALLOW_LIST_MOUNT: &str = "/etc/fanout/curve-allow";

@@ -5,8 +5,8 @@
 //!   reconcile wants (children, prune set, status, Events), built on the pure `objects`
 //!   `policy` (what the admin allows a group), `objects` (spec → DaemonSet/Service/
 //!   ConfigMaps/key Secret), `keys` (CURVE key pair and allow-lists), `slices` (pods →
-//!   EndpointSlices), `relays` (the relay tree's tiers and assignment slices), `relay_access`
-//!   (the proxies' ServiceAccount, Role and token for relaying), `status`, `notices` and
+//!   EndpointSlices), `relays` (the relay tree's tiers and assignment slices), `proxy_access`
+//!   (the proxies' ServiceAccount, Role and token for relaying and CURVE allow-lists), `status`, `notices` and
 //!   `apply` (the applied-hash);
 //! - `writer`: the one place that writes to the API, and checks leadership;
 //! - `reconcile`: `Context`, `reconcile` (sync, throttle, plan, write, status, events) and
@@ -31,8 +31,8 @@ pub mod notices;
 pub mod objects;
 pub mod plan;
 pub mod policy;
+pub mod proxy_access;
 pub mod reconcile;
-pub mod relay_access;
 pub mod relays;
 pub mod slices;
 pub mod status;

@@ -241,8 +241,11 @@ pub fn proxy_args(group: &FanoutGroup, id: &GroupId, socket_dir: &str) -> Vec<St
             ]);
         }
     }
+    if spec.security.curve {
+        args.extend(super::proxy_access::allow_list_args(id));
+    }
     if spec.relays.enabled {
-        args.extend(super::relay_access::relay_args(id));
+        args.extend(super::proxy_access::relay_args(id));
     }
     args
 }
@@ -434,14 +437,11 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
     } else {
         (Vec::new(), Vec::new())
     };
-    // With relays enabled: the pod's identity, its name and its API token (relay_access).
-    let relay = spec
-        .relays
-        .enabled
-        .then(|| super::relay_access::relay_pod_parts(&id));
-    if let Some(relay) = &relay {
-        extra_volumes.push(relay.volume.clone());
-        extra_mounts.push(relay.mount.clone());
+    // With relays or CURVE: the pod's identity and its API token (proxy_access).
+    let api_access = super::proxy_access::needs_api(group).then(|| super::proxy_access::proxy_pod_parts(&id));
+    if let Some(access) = &api_access {
+        extra_volumes.push(access.volume.clone());
+        extra_mounts.push(access.mount.clone());
     }
 
     let container = Container {
@@ -453,7 +453,8 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         readiness_probe: Some(http_probe("/readyz", spec.http_port, 2, 2)),
         liveness_probe: Some(http_probe("/healthz", spec.http_port, 10, 3)),
         resources: spec.resources.clone(),
-        env: relay.as_ref().map(|relay| relay.env.clone()),
+        // A relay's own pod name, for its flags.
+        env: spec.relays.enabled.then(super::proxy_access::relay_env),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(PROXY_UID),
@@ -495,9 +496,9 @@ pub fn daemon_set(group: &FanoutGroup, admitted: &Admitted) -> Result<DaemonSet,
         tolerations: Some(admitted.tolerations.clone()),
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-        // A relay's token is mounted into the proxy container only (relay_access).
+        // The API token is mounted into the proxy container only (proxy_access).
         automount_service_account_token: Some(false),
-        service_account_name: relay.as_ref().map(|relay| relay.service_account.clone()),
+        service_account_name: api_access.as_ref().map(|access| access.service_account.clone()),
         enable_service_links: Some(false),
         volumes: Some(
             std::iter::once(Volume {

@@ -15,7 +15,7 @@ use super::keys::{self, ServerKey};
 use super::notices::{Notice, notices};
 use super::objects::{self, GroupId, Unrealisable};
 use super::policy::ProxyPolicy;
-use super::relay_access::{self, RelayAccess};
+use super::proxy_access::{self, ProxyAccess};
 use super::relays;
 use super::slices::{self, ExistingSlice, ProxyEndpoint};
 use super::status::{Observed, Problem, compute_status};
@@ -101,7 +101,7 @@ pub struct Plan {
     /// With `spec.relays.enabled`: the proxies' ServiceAccount, Role and RoleBinding, written
     /// before the DaemonSet whenever the DaemonSet is (they are not watched, so they ride with
     /// it; the periodic full apply restores them too).
-    pub relay_access: Option<RelayAccess>,
+    pub proxy_access: Option<ProxyAccess>,
     /// Children of the group that this plan does not want: apply, then prune (stackable's
     /// `ClusterResources`), every prunable kind in one place.
     pub prune: Vec<ChildRef>,
@@ -322,10 +322,10 @@ pub fn plan(
         ),
         None => (None, None),
     };
-    let relay_access = relay_access::relay_access(group, id)?;
+    let proxy_access = proxy_access::proxy_access(group, id)?;
     Ok(Plan {
         daemon_set,
-        relay_access,
+        proxy_access,
         service,
         slices: planned,
         config_map,
@@ -664,7 +664,7 @@ mod tests {
         assert_eq!(cm.lines().count(), 4, "{cm}");
         let status = first.report.status.as_ref().unwrap();
         assert_eq!((status.relays, status.published_endpoints), (4, 12));
-        assert!(first.relay_access.is_some());
+        assert!(first.proxy_access.is_some());
 
         // Written, the same state plans nothing new; a relay turning unready hands its leaves
         // to the others, its assignment is pruned, and no event says anyone left but it.
@@ -951,7 +951,7 @@ mod tests {
             .collect();
         assert_eq!(
             volumes,
-            ["socket-root", "curve-key", "curve-allow", "relay-api-access"]
+            ["socket-root", "curve-key", "curve-allow", "proxy-api-access"]
         );
         let secret_volume = pod_spec.volumes.as_ref().unwrap()[1].secret.as_ref().unwrap();
         let items = secret_volume.items.as_ref().unwrap();

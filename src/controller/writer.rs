@@ -10,7 +10,7 @@ use super::metrics::Metrics;
 use super::notices::Notice;
 use super::objects::FIELD_MANAGER;
 use super::plan::{ChildKind, ChildRef, Desired, Plan, Report};
-use super::relay_access::RelayAccess;
+use super::proxy_access::ProxyAccess;
 use crate::crd::{FanoutGroup, FanoutGroupStatus};
 use crate::curve::{KeyPair, PUBLIC_KEY_FILE, SECRET_KEY_FILE};
 use k8s_openapi::NamespaceResourceScope;
@@ -75,10 +75,10 @@ impl Writer {
             self.apply(namespace, allow_list, mode).await?;
         }
         if let Some(daemon_set) = &plan.daemon_set {
-            if let Some(access) = &plan.relay_access
+            if let Some(access) = &plan.proxy_access
                 && (mode == ApplyMode::ReapplyAll || !self.is_unchanged(daemon_set)?)
             {
-                self.apply_relay_access(namespace, access).await?;
+                self.apply_proxy_access(namespace, access).await?;
             }
             self.apply(namespace, daemon_set, mode).await?;
         }
@@ -160,7 +160,7 @@ impl Writer {
     }
 
     /// The proxies' ServiceAccount, Role and RoleBinding (not cached: applied as they are).
-    async fn apply_relay_access(&self, namespace: &str, access: &RelayAccess) -> Result<(), Error> {
+    async fn apply_proxy_access(&self, namespace: &str, access: &ProxyAccess) -> Result<(), Error> {
         fn uncached<K>(object: &K) -> Desired<K>
         where
             K: Clone,

@@ -211,7 +211,7 @@ where
 }
 
 /// `watcher::Event` has no `map`; this is one.
-fn map_event<K, T>(event: watcher::Event<K>, f: impl Fn(&K) -> T) -> watcher::Event<T> {
+pub(crate) fn map_event<K, T>(event: watcher::Event<K>, f: impl Fn(&K) -> T) -> watcher::Event<T> {
     match event {
         watcher::Event::Apply(obj) => watcher::Event::Apply(f(&obj)),
         watcher::Event::Delete(obj) => watcher::Event::Delete(f(&obj)),

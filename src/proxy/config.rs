@@ -3,6 +3,7 @@
 use super::ProxyError;
 pub use super::curve_server::CurveServerConfig;
 use super::subscriptions::SubscriptionLimits;
+use crate::message_budget::MessageLimits;
 use std::time::Duration;
 
 /// How one proxy binds and bounds its sockets.
@@ -47,9 +48,11 @@ pub const MAX_QUEUED_BYTES_PER_PEER: i64 = 256 << 20;
 /// The smallest frame limit of the subscriber side: room for the handshake commands (a CURVE
 /// INITIATE with a SUB's metadata is about 280 bytes).
 pub const SUBSCRIBER_FRAME_FLOOR: i64 = 512;
+/// What CURVE's MESSAGE command adds to a frame's body (name, nonce, flags and MAC).
+const CURVE_FRAME_EXTRA: i64 = 33;
 /// What a subscription to a topic adds to it on the wire at most: the ZMTP 3.1 SUBSCRIBE
-/// command name (10 bytes) and CURVE's MESSAGE wrapping (33).
-const SUBSCRIPTION_FRAME_EXTRA: i64 = 10 + 33;
+/// command name (10 bytes) and CURVE's MESSAGE wrapping.
+const SUBSCRIPTION_FRAME_EXTRA: i64 = 10 + CURVE_FRAME_EXTRA;
 
 /// Default heartbeat interval.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -91,6 +94,44 @@ impl ProxyConfig {
         topic
             .saturating_add(SUBSCRIPTION_FRAME_EXTRA)
             .max(SUBSCRIBER_FRAME_FLOOR)
+    }
+
+    /// ZMQ_SNDHWM of the publisher side (XSUB), in messages: what may wait to go upstream to
+    /// each publisher (and, in a relay tree, to a leaf's relay). libzmq's XSUB sends every
+    /// subscription it holds to a peer as soon as it connects, all at once, and drops without a
+    /// word the ones past this mark; so the mark holds the whole upstream set at least,
+    /// `max_topics` topics and the subscription to everything. 0 stays libzmq's "no limit".
+    pub fn publisher_send_hwm(&self) -> i32 {
+        if self.hwm == 0 {
+            return 0;
+        }
+        let whole_set = self.subscription_limits.max_topics.saturating_add(1);
+        self.hwm.max(i32::try_from(whole_set).unwrap_or(i32::MAX))
+    }
+
+    /// The caps on a message going upstream (subscribers to publishers): one frame, no longer
+    /// than the subscriber side takes. Subscriptions are one frame; anything else a subscriber
+    /// sends goes upstream within the same caps, so that what waits for one publisher
+    /// ([`Self::publisher_send_hwm`] messages) stays small: with the defaults 10 001 frames of
+    /// at most 512 bytes.
+    pub fn upstream_message_limits(&self) -> MessageLimits {
+        MessageLimits {
+            max_frames: 1,
+            max_bytes: u64::try_from(self.subscriber_frame_limit()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// ZMQ_MAXMSGSIZE of a relay's links to its leaves (the connections its subscriber side
+    /// makes): a leaf passes upstream what its own subscriber side took, frames of up to
+    /// [`Self::subscriber_frame_limit`], which over a CURVE link gain CURVE's wrapping; a
+    /// frame from a NULL unix-socket subscriber of the leaf would otherwise end the link.
+    pub fn leaf_link_frame_limit(&self) -> i64 {
+        let wrapping = if self.curve.is_some() {
+            CURVE_FRAME_EXTRA
+        } else {
+            0
+        };
+        self.subscriber_frame_limit().saturating_add(wrapping)
     }
 
     /// Refuses configurations libzmq would reject late or interpret surprisingly.
@@ -262,5 +303,40 @@ mod tests {
         assert_eq!(with_topics(256).subscriber_frame_limit(), SUBSCRIBER_FRAME_FLOOR);
         assert_eq!(with_topics(1000).subscriber_frame_limit(), 1043);
         assert_eq!(with_topics(usize::MAX).subscriber_frame_limit(), i64::MAX);
+        assert_eq!(with_topics(1000).leaf_link_frame_limit(), 1043);
+        let curve = ProxyConfig {
+            curve: Some(CurveServerConfig {
+                secret: crate::curve::KeyPair::generate().expect("keys").secret,
+                allow_publishers: "publishers".into(),
+                allow_subscribers: None,
+            }),
+            ..with_topics(1000)
+        };
+        assert_eq!(curve.leaf_link_frame_limit(), 1043 + 33);
+        assert_eq!(with_topics(usize::MAX).leaf_link_frame_limit(), i64::MAX);
+    }
+
+    #[test]
+    fn the_publisher_side_holds_the_whole_upstream_set_for_a_peer_that_connects() {
+        let with = |hwm, max_topics| ProxyConfig {
+            hwm,
+            subscription_limits: SubscriptionLimits {
+                max_topics,
+                ..SubscriptionLimits::default()
+            },
+            ..ProxyConfig::default()
+        };
+        assert_eq!(ProxyConfig::default().publisher_send_hwm(), 10_001);
+        assert_eq!(with(50_000, 10_000).publisher_send_hwm(), 50_000);
+        assert_eq!(with(1000, 10).publisher_send_hwm(), 1000);
+        assert_eq!(with(0, 10_000).publisher_send_hwm(), 0, "no limit stays no limit");
+        assert_eq!(with(1000, usize::MAX).publisher_send_hwm(), i32::MAX);
+        assert_eq!(
+            ProxyConfig::default().upstream_message_limits(),
+            MessageLimits {
+                max_frames: 1,
+                max_bytes: 512
+            }
+        );
     }
 }

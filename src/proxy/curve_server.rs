@@ -21,8 +21,13 @@
 //!   subscriber is known from its first subscription; a connection of a revoked key that has
 //!   sent nothing since the proxy started is unknown here and is closed at its first message,
 //!   which is dropped (a subscriber that never subscribed receives nothing).
+//!
+//! Where the lists come from (`allow_lists`): the files, followed here, until the API's
+//! first list arrives through the [`AllowListInput`]; from then on the API alone, so a file
+//! lagging behind can never re-admit a key the API revoked.
 
 use super::ProxyError;
+use super::allow_lists::{AllowListInput, ListSource, ParsedAllowList, Precedence};
 use super::auth::{self, AllowList, LogLimiter, MAX_ZAP_FRAME_BYTES, MAX_ZAP_FRAMES, Refusal, ZapPolicy};
 use super::message_source::Source;
 use super::metrics::{ProxyMetrics, Side};
@@ -31,8 +36,6 @@ use crate::curve::{PublicKey, SecretKey};
 use crate::endpoint_list::InvalidLine;
 use crate::followed_file::FollowedFile;
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -63,7 +66,8 @@ pub struct CurveServerConfig {
 struct SideAuth {
     /// `None`: every CURVE key is admitted on this side (subscribers without a list).
     list: Option<AllowList>,
-    updates: Option<watch::Receiver<(AllowList, usize)>>,
+    /// The file follower's lists; `None` once the API is the source (the follower then ends).
+    updates: Option<watch::Receiver<ParsedAllowList>>,
     /// Descriptor -> (Z85 key, socket) of connections whose messages were seen.
     connections: HashMap<i32, Connection>,
     /// The last message's `User-Id` and verdict: messages come in runs from one peer.
@@ -77,7 +81,7 @@ struct Connection {
 }
 
 impl SideAuth {
-    fn new(list: Option<AllowList>, updates: Option<watch::Receiver<(AllowList, usize)>>) -> Self {
+    fn new(list: Option<AllowList>, updates: Option<watch::Receiver<ParsedAllowList>>) -> Self {
         Self {
             list,
             updates,
@@ -97,8 +101,11 @@ pub struct CurveServer {
     zap: zmq::Socket,
     publishers: SideAuth,
     subscribers: SideAuth,
-    /// Readable when a follower delivered a new allow-list.
-    wake: UnixStream,
+    /// The API's allow-lists, when it follows them; readable too when a file follower
+    /// delivered a new list.
+    input: AllowListInput,
+    /// Which source's lists apply.
+    precedence: Precedence,
     followers: Vec<JoinHandle<()>>,
     metrics: ProxyMetrics,
     log: LogLimiter<(&'static str, &'static str)>,
@@ -119,11 +126,13 @@ fn read_allow_list(path: &Path) -> Result<(AllowList, Vec<InvalidLine>), ProxyEr
 
 impl CurveServer {
     /// Binds the ZAP handler in `context` (before any CURVE socket binds, so no handshake
-    /// finds it missing), reads the allow-lists and starts following them.
+    /// finds it missing), reads the allow-list files and starts following them; `input`
+    /// brings the API's lists, if anything feeds it.
     pub fn start(
         context: &zmq::Context,
         config: &CurveServerConfig,
         metrics: ProxyMetrics,
+        input: AllowListInput,
     ) -> Result<Self, ProxyError> {
         if !crate::curve::supported() {
             return Err(ProxyError::Config(
@@ -141,12 +150,6 @@ impl CurveServer {
             .map_err(ProxyError::zmq("setting LINGER on the ZAP socket"))?;
         zap.bind(ZAP_ENDPOINT)
             .map_err(ProxyError::zmq(format!("binding {ZAP_ENDPOINT}")))?;
-        let (wake, wake_tx) =
-            UnixStream::pair().map_err(ProxyError::io("creating the allow-list wake-up"))?;
-        for end in [&wake, &wake_tx] {
-            end.set_nonblocking(true)
-                .map_err(ProxyError::io("creating the allow-list wake-up"))?;
-        }
         let mut followers = Vec::new();
         let mut side = |side: Side, path: Option<&PathBuf>| -> Result<SideAuth, ProxyError> {
             let Some(path) = path else {
@@ -157,11 +160,9 @@ impl CurveServer {
             for bad in &invalid {
                 tracing::warn!(side = side.as_str(), path = %path.display(), line = bad.line, text = %bad.text, reason = bad.reason, "skipping invalid allow-list line");
             }
+            metrics.allow_list_updates(side, ListSource::File).inc();
             let (tx, rx) = watch::channel((list.clone(), invalid.len()));
-            let wake = wake_tx
-                .try_clone()
-                .map_err(ProxyError::io("creating the allow-list wake-up"))?;
-            followers.push(follow(path.clone(), side, tx, wake)?);
+            followers.push(follow(path.clone(), side, tx, input.waker()?)?);
             Ok(SideAuth::new(Some(list), Some(rx)))
         };
         let publishers = side(Side::Publishers, Some(&config.allow_publishers))?;
@@ -171,7 +172,8 @@ impl CurveServer {
             zap,
             publishers,
             subscribers,
-            wake,
+            input,
+            precedence: Precedence::default(),
             followers,
             metrics,
             log: LogLimiter::new(LOG_EVERY),
@@ -190,7 +192,7 @@ impl CurveServer {
     }
 
     pub fn wake_fd(&self) -> i32 {
-        self.wake.as_raw_fd()
+        self.input.wake_fd()
     }
 
     fn side_mut(&mut self, side: Side) -> &mut SideAuth {
@@ -269,20 +271,37 @@ impl CurveServer {
         Ok(())
     }
 
-    /// Takes the newest allow-lists the followers delivered and cuts off connections of keys
-    /// no longer listed.
+    /// Takes the newest allow-lists the sources delivered, the one in force by
+    /// [`Precedence`], and cuts off connections of keys no longer listed.
     pub fn apply_updates(&mut self) {
-        let mut buf = [0u8; 64];
-        while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
+        let from_api = self.input.take();
+        if from_api.is_some() && self.precedence.source() == ListSource::File {
+            tracing::info!(
+                "the API's first allow-lists arrived: from now on they alone count, the files are no longer followed"
+            );
+            self.metrics.set_allow_list_source(ListSource::Api);
+        }
         for side in [Side::Publishers, Side::Subscribers] {
             let state = self.side_mut(side);
-            let Some(updates) = state.updates.as_mut() else {
-                continue;
-            };
-            if !updates.has_changed().unwrap_or(false) {
+            // A side without a list admits any key; neither source changes that.
+            if state.list.is_none() {
                 continue;
             }
-            let (list, invalid) = updates.borrow_and_update().clone();
+            let from_file = match state.updates.as_mut() {
+                Some(updates) if updates.has_changed().unwrap_or(false) => {
+                    Some(updates.borrow_and_update().clone())
+                }
+                _ => None,
+            };
+            let from_api = from_api.as_ref().map(|lists| lists.side(side).clone());
+            let Some(((list, invalid), source)) = self.precedence.choose(from_file, from_api) else {
+                continue;
+            };
+            if source == ListSource::Api {
+                // Its channel closed, the file follower ends.
+                self.side_mut(side).updates = None;
+            }
+            self.metrics.allow_list_updates(side, source).inc();
             record_list(&self.metrics, side, &list, invalid);
             let state = self.side_mut(side);
             // The cached verdict was for the old list.
@@ -293,7 +312,12 @@ impl CurveServer {
                 .filter(|(_, c)| !list.allows_z85(&c.key))
                 .map(|(fd, _)| *fd)
                 .collect();
-            tracing::info!(side = side.as_str(), keys = list.len(), "allow-list changed");
+            tracing::info!(
+                side = side.as_str(),
+                source = source.as_str(),
+                keys = list.len(),
+                "allow-list changed"
+            );
             state.list = Some(list);
             for fd in revoked {
                 self.cut_off(side, fd);
@@ -327,6 +351,10 @@ impl CurveServer {
             return true;
         }
         let allowed = match source.user.as_deref() {
+            // An empty User-Id: a NULL connection the ZAP handler admitted, which it does only
+            // on the subscriber side's unix sockets (their file mode and group are the bound
+            // there; the subscriber list is for tcp). Never cached: "" is the empty cache.
+            Some("") if side == Side::Subscribers => return true,
             Some(user) if user == state.last_user => state.last_allowed,
             Some(user) => {
                 let allowed = state.allows(user);
@@ -335,9 +363,14 @@ impl CurveServer {
                 state.last_allowed = allowed;
                 allowed
             }
-            // Only NULL connections (unix sockets) have no User-Id, and they never reach a
-            // side with a list; refuse rather than guess.
-            None => false,
+            // No ZAP handshake at all: a connection the proxy made itself (a relay's links,
+            // which the forwarder does not ask about) or a message libzmq made up (no
+            // descriptor). Refuse rather than guess, and record no connection under
+            // another message's key.
+            None => {
+                self.revoked_messages += 1;
+                return false;
+            }
         };
         if let Some(fd) = source.fd {
             let state = self.side_mut(side);
@@ -414,8 +447,8 @@ fn record_list(metrics: &ProxyMetrics, side: Side, list: &AllowList, invalid: us
 fn follow(
     path: PathBuf,
     side: Side,
-    updates: watch::Sender<(AllowList, usize)>,
-    mut wake: UnixStream,
+    updates: watch::Sender<ParsedAllowList>,
+    wake: UnixStream,
 ) -> Result<JoinHandle<()>, ProxyError> {
     let file = FollowedFile {
         path,
@@ -437,7 +470,7 @@ fn follow(
         });
         // A full wake-up pipe already holds a pending wake-up: nothing lost.
         if changed {
-            let _ = wake.write(b"x");
+            super::handoff::wake_up(&wake);
         }
         !sender.is_closed()
     };

@@ -25,6 +25,9 @@ pub enum ProxyError {
     /// A relay that cannot follow its assignment.
     #[error("relay: {0}")]
     Relay(String),
+    /// A CURVE proxy that cannot follow its allow-lists through the API.
+    #[error("allow-lists through the API: {0}")]
+    AllowListApi(String),
 }
 
 impl ProxyError {

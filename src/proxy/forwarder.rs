@@ -5,24 +5,32 @@
 //! connection tables, the socket files and counters) and the loop that owns it; split, that
 //! state would be spread across files that must change together. The parts that are not that
 //! state live beside it: setting the sockets up (`sockets`), moving messages (`route`),
-//! subscriptions (`subscription_relay`), in-flight accounts (`connections`).
+//! subscriptions (`subscription_relay`), in-flight accounts (`connections`), which subscriber
+//! connections are a relay's links to its leaves (`leaf_links`).
 
 use super::ProxyError;
+use super::allow_lists::{AllowListInput, allow_list_feed};
 use super::auth::{self, LogLimiter};
 use super::config::{ProxyConfig, SHUTDOWN_LINGER};
 use super::connections::Connections;
 use super::curve_server::CurveServer;
 use super::in_flight::{InFlightLimits, Verdict, WireCost};
 use super::ipc::BoundSocketFile;
+use super::leaf_links::LeafLinks;
 use super::message_source::{Source, SourceCache};
 use super::metrics::{CutOff, ProxyMetrics, ProxyStats, Side};
-use super::monitor::{EVENT_ACCEPTED, EVENT_DISCONNECTED, MonitorEvent, PeerChange, PeerTracker};
+use super::monitor::{
+    EVENT_ACCEPTED, EVENT_CONNECTED, EVENT_DISCONNECTED, MonitorEvent, PeerChange, PeerTracker,
+};
 use super::peer::{self, SocketId};
 use super::relay::{RelayInput, RelayLinks};
 use super::route::{BURST, Outcome, Route, Tally};
-use super::sockets::{apply_socket_options, bind_all, configure_subscriber_side, monitor_socket, raw_socket};
-use super::subscriber_book::{Applied, Refusal};
-use super::subscription_relay::{Relayed, SubscriptionRelay};
+use super::sockets::{
+    apply_socket_options, bind_all, configure_publisher_side, configure_subscriber_side, monitor_socket,
+    raw_socket,
+};
+use super::subscriber_book::{Applied, ConnectionKind, Refusal};
+use super::subscription_relay::{Holder, SubscriptionRelay};
 use super::subscriptions::{UpstreamMessage, classify};
 use crate::curve::PublicKey;
 use crate::message_budget::MessageLimits;
@@ -52,19 +60,41 @@ pub struct Proxy {
     thread: Option<JoinHandle<Result<(), ProxyError>>>,
 }
 
+/// What a proxy is fed while it runs, besides its configuration.
+#[derive(Debug, Default)]
+pub struct ProxyInputs {
+    /// The leaves it relays to (relay tree).
+    pub relay: Option<RelayInput>,
+    /// The allow-lists from the API (CURVE only): once the first arrives, they alone count
+    /// (`allow_lists`).
+    pub allow_lists: Option<AllowListInput>,
+}
+
 /// Starts a proxy: every socket is bound (and every unix socket file prepared) before this
 /// returns; forwarding runs on a thread of its own.
 pub fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
-    start_with(config, None)
+    start_with(config, ProxyInputs::default())
 }
 
 /// Starts a proxy that also relays to the leaves its feed names (`relay`).
 pub fn start_relay(config: ProxyConfig, relay: RelayInput) -> Result<Proxy, ProxyError> {
-    start_with(config, Some(relay))
+    start_with(
+        config,
+        ProxyInputs {
+            relay: Some(relay),
+            ..ProxyInputs::default()
+        },
+    )
 }
 
-fn start_with(config: ProxyConfig, relay: Option<RelayInput>) -> Result<Proxy, ProxyError> {
+/// Starts a proxy fed by `inputs`.
+pub fn start_with(config: ProxyConfig, inputs: ProxyInputs) -> Result<Proxy, ProxyError> {
     config.validate()?;
+    if inputs.allow_lists.is_some() && config.curve.is_none() {
+        return Err(ProxyError::Config(
+            "allow-lists from the API need a CURVE proxy (a secret key and allow-list files)".into(),
+        ));
+    }
     let metrics = ProxyMetrics::default();
     let (stop, stop_rx) = UnixStream::pair().map_err(ProxyError::io("creating the stop signal"))?;
     stop_rx
@@ -78,7 +108,7 @@ fn start_with(config: ProxyConfig, relay: Option<RelayInput>) -> Result<Proxy, P
         std::thread::Builder::new()
             .name("fanout-proxy".into())
             .spawn(move || {
-                let forwarder = match Forwarder::bind(&config, metrics, relay) {
+                let forwarder = match Forwarder::bind(&config, metrics, inputs) {
                     Ok(forwarder) => forwarder,
                     Err(err) => {
                         running.store(false, Ordering::Release);
@@ -200,6 +230,8 @@ struct Forwarder {
     curve: Option<CurveServer>,
     /// The links to its leaf proxies, when the proxy may relay (relay tree).
     leaves: Option<RelayLinks>,
+    /// Which subscriber-side connections are those links (the ones the XPUB made itself).
+    leaf_links: LeafLinks,
     /// Where recent publisher messages came from.
     sources: SourceCache,
     _context: zmq::Context,
@@ -209,8 +241,11 @@ struct Forwarder {
     metrics: ProxyMetrics,
     /// Subscriptions: per subscriber connection, and what goes upstream.
     relay: SubscriptionRelay,
-    /// The per-message caps, checked on both directions before anything is sent on.
+    /// The per-message caps downstream, checked before anything is sent on.
     limits: MessageLimits,
+    /// The per-message caps upstream (one frame): at most `publisher_send_hwm` of them wait
+    /// for each publisher.
+    upstream_limits: MessageLimits,
     /// The frames of the multipart message being forwarded (reused: no allocation per message).
     parts: Vec<zmq::Message>,
     publisher_peers: PeerTracker,
@@ -232,11 +267,8 @@ struct Forwarder {
 static NEXT_PROXY_ID: AtomicU64 = AtomicU64::new(0);
 
 impl Forwarder {
-    fn bind(
-        config: &ProxyConfig,
-        metrics: ProxyMetrics,
-        relay: Option<RelayInput>,
-    ) -> Result<Self, ProxyError> {
+    fn bind(config: &ProxyConfig, metrics: ProxyMetrics, inputs: ProxyInputs) -> Result<Self, ProxyError> {
+        let ProxyInputs { relay, allow_lists } = inputs;
         let context = zmq::Context::new();
         let xsub = context
             .socket(zmq::XSUB)
@@ -246,13 +278,19 @@ impl Forwarder {
             .map_err(ProxyError::zmq("creating the XPUB socket"))?;
         apply_socket_options(&xsub, config, "publisher (XSUB)")?;
         apply_socket_options(&xpub, config, "subscriber (XPUB)")?;
+        configure_publisher_side(&xsub, config)?;
         configure_subscriber_side(&mut xpub, config)?;
         let xpub_raw = raw_socket(&mut xpub);
         // The ZAP handler is bound before any CURVE listener, so no handshake finds it
         // missing (libzmq would then admit the peer: ZAP enforcement is off by default).
         let curve = match &config.curve {
             Some(curve) => {
-                let server = CurveServer::start(&context, curve, metrics.clone())?;
+                // Without a feed from the API the files stay the only source.
+                let allow_lists = match allow_lists {
+                    Some(input) => input,
+                    None => allow_list_feed()?.1,
+                };
+                let server = CurveServer::start(&context, curve, metrics.clone(), allow_lists)?;
                 metrics.enable_auth();
                 let ctx = |what: &str| ProxyError::zmq(format!("setting {what}"));
                 for (socket, domain) in [(&xsub, auth::PUBLISHER_DOMAIN), (&xpub, auth::SUBSCRIBER_DOMAIN)] {
@@ -310,7 +348,14 @@ impl Forwarder {
         tracing::info!(publishers = ?publisher_endpoints, subscribers = ?subscriber_endpoints, "proxy bound");
         // After every bind: the relay's CURVE client options apply to its connects only.
         let leaves = relay
-            .map(|input| RelayLinks::new(input, &xpub, config.curve.as_ref().map(|curve| &curve.secret)))
+            .map(|input| {
+                RelayLinks::new(
+                    input,
+                    &xpub,
+                    config.leaf_link_frame_limit(),
+                    config.curve.as_ref().map(|curve| &curve.secret),
+                )
+            })
             .transpose()?;
         // Every publisher endpoint is CURVE with a secret key; of the subscriber endpoints the
         // tcp ones, the only ones measured.
@@ -326,6 +371,7 @@ impl Forwarder {
             xpub_monitor,
             curve,
             leaves,
+            leaf_links: LeafLinks::default(),
             _context: context,
             publisher_endpoints,
             subscriber_endpoints,
@@ -336,6 +382,7 @@ impl Forwarder {
                 max_frames: config.max_frames,
                 max_bytes: u64::try_from(config.max_message_bytes).unwrap_or(u64::MAX),
             },
+            upstream_limits: config.upstream_message_limits(),
             parts: Vec::new(),
             publisher_peers: PeerTracker::default(),
             subscriber_peers: PeerTracker::default(),
@@ -493,8 +540,8 @@ impl Forwarder {
 
     /// Subscribers to publishers: subscribes and unsubscribes go to the relay, which sends on
     /// what changes the set of held topics; anything else subscribers send is forwarded
-    /// unchanged within the caps. Returns whether the subscriber side had nothing more to
-    /// receive. Not the hot path: subscribers send little.
+    /// unchanged within the upstream caps (one frame). Returns whether the subscriber side had
+    /// nothing more to receive. Not the hot path: subscribers send little.
     fn forward_upstream(&mut self, frame: &mut zmq::Message) -> Result<bool, ProxyError> {
         let mut tally = Tally::default();
         let mut drained = false;
@@ -502,7 +549,7 @@ impl Forwarder {
             let received = Route {
                 from: &self.xpub,
                 to: &self.xsub,
-                limits: self.limits,
+                limits: self.upstream_limits,
                 parts: &mut self.parts,
                 wire: self.subscriber_wire,
                 count_full_queues: None,
@@ -516,8 +563,22 @@ impl Forwarder {
             // connection that ended is known ended before a message on its reused descriptor.
             self.drain_monitor(Side::Subscribers);
             let source = Source::of(frame);
-            let outcome = self.upstream_message(frame, &source)?;
-            if let Some(fd) = source.fd {
+            let holder = source.fd.and_then(|fd| {
+                let id = peer::socket_id(fd)?;
+                let kind = if self.leaf_links.is_link(fd, id) {
+                    ConnectionKind::LeafLink
+                } else {
+                    ConnectionKind::Subscriber
+                };
+                Some(Holder { fd, id, kind })
+            });
+            let outcome = self.upstream_message(frame, &source, holder)?;
+            // A link to a leaf keeps no in-flight account: the group's own proxy, whose
+            // upstream is mostly idle (an account would reconnect it, and cut the leaf's node
+            // off for a moment, after a long enough run of heartbeats alone).
+            if let Some(fd) = source.fd
+                && holder.is_none_or(|holder| holder.kind == ConnectionKind::Subscriber)
+            {
                 self.subscriber_connections.delivered(fd, outcome.wire());
             }
             tally.add(outcome);
@@ -527,17 +588,27 @@ impl Forwarder {
         Ok(drained)
     }
 
-    /// One message from a subscriber, whose first frame is in `frame`.
-    fn upstream_message(&mut self, frame: &mut zmq::Message, source: &Source) -> Result<Outcome, ProxyError> {
+    /// One message from a subscriber or a link to a leaf, whose first frame is in `frame`;
+    /// `holder` is its connection while still open.
+    fn upstream_message(
+        &mut self,
+        frame: &mut zmq::Message,
+        source: &Source,
+        holder: Option<Holder>,
+    ) -> Result<Outcome, ProxyError> {
         let mut route = Route {
             from: &self.xpub,
             to: &self.xsub,
-            limits: self.limits,
+            limits: self.upstream_limits,
             parts: &mut self.parts,
             wire: self.subscriber_wire,
             count_full_queues: None,
         };
-        if let Some(curve) = &mut self.curve
+        // A link to a leaf has no User-Id: the relay is the CURVE client there, and it was the
+        // leaf's ZAP handler that admitted the group's key.
+        let leaf_link = holder.is_some_and(|holder| holder.kind == ConnectionKind::LeafLink);
+        if !leaf_link
+            && let Some(curve) = &mut self.curve
             && !curve.admit(Side::Subscribers, source)
         {
             return route.discard(frame);
@@ -551,27 +622,34 @@ impl Forwarder {
         let outcome = Outcome::Withheld {
             wire: self.subscriber_wire.frame(frame.len()),
         };
-        // No descriptor: an unsubscribe libzmq made up for a subscriber that left (the
-        // connection's end is handled from the monitor and the checks instead).
-        let Some(fd) = source.fd else {
+        // No connection: an unsubscribe libzmq made up for a subscriber that left (no
+        // descriptor), or one queued before its connection ended (the descriptor is closed);
+        // the connection's end is handled from the monitor and the checks instead.
+        let Some(holder) = holder else {
             return Ok(outcome);
         };
-        let (relayed, id) = self.relay.apply(&self.xsub, &self.metrics, fd, subscribe, topic);
-        match relayed {
-            Relayed::Applied(Applied::Refused(refusal)) => {
+        match self
+            .relay
+            .apply(&self.xsub, &self.metrics, holder, subscribe, topic)
+        {
+            Applied::Refused(refusal) => {
                 let reason = match refusal {
                     Refusal::Topics => CutOff::Topics,
                     Refusal::TopicBytes => CutOff::TopicBytes,
                 };
                 self.metrics.refused_subscriptions(refusal.as_str()).inc();
-                if let Some(id) = id {
-                    self.cut_off(Side::Subscribers, fd, id, reason, topic.len() as u64);
-                }
+                self.cut_off(
+                    Side::Subscribers,
+                    holder.fd,
+                    holder.id,
+                    reason,
+                    topic.len() as u64,
+                );
             }
-            Relayed::Applied(Applied::NotHeld) => {
+            Applied::NotHeld => {
                 self.metrics.refused_subscriptions("not_subscribed").inc();
             }
-            Relayed::Applied(_) | Relayed::Stale => {}
+            Applied::Recorded | Applied::Duplicate | Applied::Ignored => {}
         }
         Ok(outcome)
     }
@@ -618,6 +696,7 @@ impl Forwarder {
             }
         }
         self.relay.retain_open(&self.xsub, &self.metrics);
+        self.leaf_links.retain_open();
     }
 
     fn drain_monitor(&mut self, side: Side) {
@@ -645,14 +724,22 @@ impl Forwarder {
             if let Some(curve) = &mut self.curve {
                 curve.on_event(side, event.code, event.value);
             }
-            // The event value is the connection's descriptor for these two.
+            // The event value is the connection's descriptor for ACCEPTED, CONNECTED and
+            // DISCONNECTED.
             let fd = i32::try_from(event.value).unwrap_or(-1);
             if matches!(event.code, EVENT_ACCEPTED | EVENT_DISCONNECTED) && side == Side::Publishers {
                 // A metadata address may be reused from now on.
                 self.sources.forget();
             }
             match event.code {
-                EVENT_ACCEPTED => connections.accepted(fd),
+                EVENT_ACCEPTED => {
+                    connections.accepted(fd);
+                    if side == Side::Subscribers {
+                        self.leaf_links.accepted(fd);
+                    }
+                }
+                // Only a relay's XPUB connects anywhere: to its leaves.
+                EVENT_CONNECTED if side == Side::Subscribers => self.leaf_links.connected(fd),
                 EVENT_DISCONNECTED => {
                     connections.disconnected(fd);
                     if side == Side::Subscribers {

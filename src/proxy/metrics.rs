@@ -3,6 +3,7 @@
 //! The forwarding thread keeps per-burst tallies and adds them to these shared atomics once
 //! per burst, so the hot loop does not pay an atomic operation per message.
 
+use super::allow_lists::ListSource;
 use super::auth::Refusal;
 use crate::message_budget::Exceeded;
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +14,8 @@ use prometheus_client::registry::{Registry, Unit};
 type SideLabels = [(&'static str, &'static str); 1];
 type RefusalLabels = [(&'static str, &'static str); 2];
 type ReasonLabels = [(&'static str, &'static str); 1];
+type SideSourceLabels = [(&'static str, &'static str); 2];
+type SourceLabels = [(&'static str, &'static str); 1];
 
 /// Why the proxy closed a peer's connection itself (besides CURVE revocation, counted with the
 /// other CURVE refusals).
@@ -127,6 +130,8 @@ struct Families {
     auth_refused: Family<RefusalLabels, Counter>,
     allow_list_keys: Family<SideLabels, Gauge>,
     allow_list_invalid_lines: Family<SideLabels, Gauge>,
+    allow_list_updates: Family<SideSourceLabels, Counter>,
+    allow_list_source: Family<SourceLabels, Gauge>,
     cut_off: Family<RefusalLabels, Counter>,
     refused_subscriptions: Family<ReasonLabels, Counter>,
     in_flight_max: Family<SideLabels, Gauge>,
@@ -185,6 +190,9 @@ pub struct ProxyMetrics {
     /// 1 while the proxy subscribes upstream to everything because its subscribers asked for
     /// more (or longer) topics than the limits allow.
     pub subscriptions_collapsed: Gauge,
+    /// Failed requests of the watch on the allow-list ConfigMap (CURVE with
+    /// `--allow-lists-configmap`), each retried.
+    pub allow_list_api_errors: Counter,
 }
 
 impl Default for ProxyMetrics {
@@ -216,6 +224,7 @@ impl Default for ProxyMetrics {
             subscription_messages: Counter::default(),
             subscriptions_over_limit: Counter::default(),
             subscriptions_collapsed: Gauge::default(),
+            allow_list_api_errors: Counter::default(),
         }
     }
 }
@@ -253,14 +262,37 @@ impl ProxyMetrics {
         &self.side(side).allow_list_invalid_lines
     }
 
-    /// Creates every refusal series at zero, so that a CURVE proxy shows them before the
-    /// first refusal.
+    /// Allow-lists applied on `side` from `source` (CURVE).
+    pub fn allow_list_updates(&self, side: Side, source: ListSource) -> Counter {
+        self.families
+            .allow_list_updates
+            .get_or_create(&[side.labels()[0], ("source", source.as_str())])
+            .clone()
+    }
+
+    /// Marks `source` as the one the allow-lists in force come from (CURVE).
+    pub fn set_allow_list_source(&self, source: ListSource) {
+        for each in ListSource::ALL {
+            let in_force = i64::from(each == source);
+            self.families
+                .allow_list_source
+                .get_or_create(&[("source", each.as_str())])
+                .set(in_force);
+        }
+    }
+
+    /// Creates every refusal and allow-list series at zero, so that a CURVE proxy shows them
+    /// before the first refusal or update; the files are the allow-lists' first source.
     pub fn enable_auth(&self) {
         for side in Side::ALL {
             for reason in Refusal::ALL {
                 self.auth_refused(side, reason);
             }
+            for source in ListSource::ALL {
+                self.allow_list_updates(side, source);
+            }
         }
+        self.set_allow_list_source(ListSource::File);
     }
 
     pub fn side(&self, side: Side) -> &SideMetrics {
@@ -354,8 +386,23 @@ impl ProxyMetrics {
         );
         registry.register(
             "allow_list_invalid_lines",
-            "CURVE: lines of the side's allow-list file skipped as invalid",
+            "CURVE: lines of the side's allow-list (file or ConfigMap key) skipped as invalid",
             f.allow_list_invalid_lines.clone(),
+        );
+        registry.register(
+            "allow_list_updates",
+            "CURVE: allow-lists applied (the first included), by side and source (file: the allow-list files; api: the allow-list ConfigMap through the API)",
+            f.allow_list_updates.clone(),
+        );
+        registry.register(
+            "allow_list_source",
+            "CURVE: 1 for the source of the allow-lists in force (file until the API's first list arrives, then api for good), 0 for the other",
+            f.allow_list_source.clone(),
+        );
+        registry.register(
+            "allow_list_api_errors",
+            "CURVE with --allow-lists-configmap: failed requests of the watch on the allow-list ConfigMap, each retried (the lists in force stay)",
+            self.allow_list_api_errors.clone(),
         );
         registry.register(
             "live_subscriptions",

@@ -4,14 +4,19 @@
 //! connection and go upstream once per distinct topic. What one peer can make the proxy hold is
 //! bounded (docs/security.md).
 
+#[cfg(feature = "kubernetes")]
+pub mod allow_list_api;
+pub mod allow_lists;
 pub mod auth;
 mod config;
 mod connections;
 mod curve_server;
 mod error;
 mod forwarder;
+mod handoff;
 mod in_flight;
 mod ipc;
+mod leaf_links;
 mod message_source;
 mod metrics;
 pub(crate) mod monitor;
@@ -33,10 +38,11 @@ pub use config::{
 };
 pub use curve_server::ALLOW_LIST_RECHECK;
 pub use error::ProxyError;
-pub use forwarder::{Proxy, start, start_relay};
+pub use forwarder::{Proxy, ProxyInputs, start, start_relay, start_with};
+pub use handoff::Handoff;
 pub use metrics::{CutOff, ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};
 pub use relay::{LeafFeed, RelayInput, RelayMetrics, leaf_feed};
 #[cfg(feature = "http")]
-pub use serve::{run, run_relay};
+pub use serve::{Followers, run};
 pub use sockets::apply_socket_options;
 pub use subscriptions::{LiveSubscriptions, SubscriptionLimits, UpstreamChange};

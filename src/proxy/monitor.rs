@@ -1,14 +1,17 @@
 //! Makes sense of libzmq socket monitor events (pure): which peers are connected, which
 //! were cut off during the handshake, which went away.
 //!
-//! libzmq reports ACCEPTED and DISCONNECTED with the connection's file descriptor as the
-//! event value, so the connected set is keyed by descriptor; a DISCONNECTED for a descriptor
-//! never seen accepted is still counted as a disconnect but changes nothing else.
+//! libzmq reports ACCEPTED, CONNECTED and DISCONNECTED with the connection's file descriptor as
+//! the event value, so the connected set is keyed by descriptor; a DISCONNECTED for a
+//! descriptor never seen accepted is still counted as a disconnect but changes nothing else.
+//! CONNECTED (a connection the socket made itself: a relay's link to a leaf) is not a peer
+//! connected to the proxy and is left to the forwarder.
 
 use std::collections::HashSet;
 
 // Event codes from zmq.h (stable API of libzmq 4.3); matched here rather than through
 // `zmq::SocketEvent::from_raw`, which panics on codes it does not know.
+pub const EVENT_CONNECTED: u16 = 0x0001;
 pub const EVENT_ACCEPTED: u16 = 0x0020;
 pub const EVENT_DISCONNECTED: u16 = 0x0200;
 pub const EVENT_MONITOR_STOPPED: u16 = 0x0400;
@@ -18,7 +21,8 @@ pub const EVENT_HANDSHAKE_FAILED_PROTOCOL: u16 = 0x2000;
 pub const EVENT_HANDSHAKE_FAILED_AUTH: u16 = 0x4000;
 
 /// The events the proxy asks libzmq for.
-pub const WATCHED_EVENTS: i32 = (EVENT_ACCEPTED
+pub const WATCHED_EVENTS: i32 = (EVENT_CONNECTED
+    | EVENT_ACCEPTED
     | EVENT_DISCONNECTED
     | EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -126,5 +130,8 @@ mod tests {
         );
         assert_eq!(peers.connected(), 1);
         assert_eq!(apply(&mut peers, 0x1000, 0), PeerChange::Ignored);
+        // A connection the socket made itself is no peer connected to it.
+        assert_eq!(apply(&mut peers, EVENT_CONNECTED, 12), PeerChange::Ignored);
+        assert_eq!(peers.connected(), 1);
     }
 }

@@ -5,25 +5,27 @@
 //!
 //! The assignment comes from outside (the CLI follows the relay's assignment slices through
 //! the API, `endpoint_list::relay_slice_selector`; a test or the benchmark hands sets in
-//! directly) through a [`LeafFeed`]: the newest set is left in a slot and a byte written to a
-//! socket pair wakes the forwarding thread, which owns the XPUB socket (libzmq sockets are
-//! not thread-safe) and connects and disconnects there ([`RelayLinks::apply`]). Only the
-//! newest set counts; sets delivered while the thread was busy are never queued.
+//! directly) through a [`LeafFeed`] (a `handoff`: only the newest set counts, sets delivered
+//! while the thread was busy are never queued) to the forwarding thread, which owns the XPUB
+//! socket (libzmq sockets are not thread-safe) and connects and disconnects there
+//! ([`RelayLinks::apply`]).
 //!
 //! With CURVE a relay connects as a CURVE client with the group's own key pair (every proxy
 //! holds its secret half already); the controller admits that key on every leaf's publisher
 //! allow-list while relays are enabled.
+//!
+//! The links are connections of the relay's subscriber side that the relay made itself; the
+//! forwarder tells them from its subscribers' ([`LeafLinks`](super::leaf_links::LeafLinks))
+//! and bounds them as what they are, a leaf proxy's whole upstream.
 
 use super::ProxyError;
+use super::handoff::{Handoff, Inbox, handoff};
 use crate::curve::{CurveClient, KeyPair, SecretKey};
 use crate::membership::{Membership, diff};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::io::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
+use std::os::unix::io::RawFd;
 
 /// The relay's metrics (`fanout_proxy_relay_...`), registered by the process that runs it.
 #[derive(Clone, Debug, Default)]
@@ -50,60 +52,21 @@ impl RelayMetrics {
     }
 }
 
-type Slot = Arc<Mutex<Option<Membership>>>;
-
-/// Where the relay's assignment is handed in, from any thread.
-#[derive(Debug)]
-pub struct LeafFeed {
-    latest: Slot,
-    wake: UnixStream,
-}
-
-impl LeafFeed {
-    /// Makes `leaves` the relay's assignment (the newest set wins). False once the proxy is
-    /// gone.
-    pub fn deliver(&self, leaves: Membership) -> bool {
-        match self.latest.lock() {
-            Ok(mut slot) => *slot = Some(leaves),
-            Err(_) => return false,
-        }
-        // One byte is written whole or not at all; a full socket buffer means a wake-up is
-        // pending already.
-        match (&self.wake).write_all(&[1]) {
-            Ok(()) => true,
-            Err(err) => err.kind() == ErrorKind::WouldBlock,
-        }
-    }
-}
+/// Where the relay's assignment is handed in, from any thread: [`Handoff::deliver`] makes a
+/// set the relay's assignment (the newest set wins) and is false once the proxy is gone.
+pub type LeafFeed = Handoff<Membership>;
 
 /// The forwarding thread's end of a [`LeafFeed`], given to [`super::start_relay`].
 #[derive(Debug)]
 pub struct RelayInput {
-    latest: Slot,
-    wake: UnixStream,
+    inbox: Inbox<Membership>,
     metrics: RelayMetrics,
 }
 
 /// A feed and the input it fills.
 pub fn leaf_feed(metrics: RelayMetrics) -> Result<(LeafFeed, RelayInput), ProxyError> {
-    let (wake_tx, wake_rx) =
-        UnixStream::pair().map_err(ProxyError::io("creating the relay's wake-up pair"))?;
-    for end in [&wake_tx, &wake_rx] {
-        end.set_nonblocking(true)
-            .map_err(ProxyError::io("creating the relay's wake-up pair"))?;
-    }
-    let latest = Slot::default();
-    Ok((
-        LeafFeed {
-            latest: latest.clone(),
-            wake: wake_tx,
-        },
-        RelayInput {
-            latest,
-            wake: wake_rx,
-            metrics,
-        },
-    ))
+    let (feed, inbox) = handoff("the relay's assignment")?;
+    Ok((feed, RelayInput { inbox, metrics }))
 }
 
 /// The relay's links, owned by the forwarding thread.
@@ -113,13 +76,19 @@ pub(super) struct RelayLinks {
 }
 
 impl RelayLinks {
-    /// Prepares `xpub` (already bound) for connecting to leaves: with CURVE (`secret` is the
-    /// group's secret key) as a client that expects the leaves to hold the same key pair.
+    /// Prepares `xpub` (already bound) for connecting to leaves: frames of up to `frame_limit`
+    /// bytes from a leaf (what its subscriber side takes, in the link's framing), and with
+    /// CURVE (`secret` is the group's secret key) as a client that expects the leaves to hold
+    /// the same key pair.
     pub(super) fn new(
         input: RelayInput,
         xpub: &zmq::Socket,
+        frame_limit: i64,
         secret: Option<&SecretKey>,
     ) -> Result<Self, ProxyError> {
+        // Listeners took their options when bound; this and the keys apply to connects.
+        xpub.set_maxmsgsize(frame_limit)
+            .map_err(ProxyError::zmq("setting MAXMSGSIZE of the relay's leaf links"))?;
         if let Some(secret) = secret {
             let public = secret
                 .public_key()
@@ -132,7 +101,6 @@ impl RelayLinks {
                     secret: secret.clone(),
                 },
             };
-            // Listeners took their options when bound; these apply to connects from now on.
             xpub.set_curve_server(false)
                 .and_then(|()| client.apply(xpub))
                 .map_err(ProxyError::zmq(
@@ -147,19 +115,13 @@ impl RelayLinks {
 
     /// Readable when a new assignment is waiting.
     pub(super) fn wake_fd(&self) -> RawFd {
-        self.input.wake.as_raw_fd()
+        self.input.inbox.wake_fd()
     }
 
     /// Takes the newest assignment and connects to the leaves that joined it and disconnects
     /// from the ones that left. Never fails the proxy: a link libzmq refuses is logged.
     pub(super) fn apply(&mut self, xpub: &zmq::Socket) {
-        let mut drain = [0u8; 64];
-        while matches!((&self.input.wake).read(&mut drain), Ok(n) if n > 0) {}
-        let newest = match self.input.latest.lock() {
-            Ok(mut slot) => slot.take(),
-            Err(_) => None,
-        };
-        let Some(newest) = newest else {
+        let Some(newest) = self.input.inbox.take() else {
             return;
         };
         let change = diff(&self.connected, &newest);

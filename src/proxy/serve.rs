@@ -1,67 +1,102 @@
 //! `fanout proxy` as a process: a [`Proxy`](super::Proxy) with the HTTP endpoint
 //! (`/healthz`, `/readyz`, `/metrics`) beside it, until SIGTERM or SIGINT stops both cleanly;
-//! as a relay, with the follower of its assignment beside it too.
+//! with the followers that feed it beside it too (a relay's assignment, the allow-lists).
 
+use super::allow_lists::{AllowListSource, allow_list_feed};
 use super::relay::{RelayMetrics, leaf_feed};
-use super::{ProxyConfig, ProxyError};
+use super::{ProxyConfig, ProxyError, ProxyInputs};
 use crate::http::Health;
 use crate::membership::{Membership, MembershipSource};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Runs the proxy until SIGTERM or SIGINT, then stops it cleanly and returns (exit 0).
-pub fn run(config: ProxyConfig, http: Option<SocketAddr>) -> Result<(), ProxyError> {
-    crate::runtime::block_on(serve(config, http, None)).map_err(ProxyError::io("starting a runtime"))?
+/// What a proxy process follows besides its files (through the API, in the CLI).
+#[derive(Default)]
+pub struct Followers {
+    /// A relay's assignment: the leaves it forwards to.
+    pub relay_assignment: Option<Box<dyn MembershipSource>>,
+    /// CURVE: the allow-lists, which replace the files' once the first arrives
+    /// (`allow_lists`).
+    pub allow_lists: Option<Box<dyn AllowListSource>>,
 }
 
-/// [`run`] for a proxy that may relay: `assignment` follows the leaves assigned to it. A
-/// follower that fails for good (it cannot even build a client) stops the proxy with an
+/// Runs the proxy until SIGTERM or SIGINT, then stops it cleanly and returns (exit 0).
+///
+/// A follower that fails for good (it cannot even build a client) stops the proxy with an
 /// error: a relay that cannot learn its leaves would leave them without messages unnoticed,
-/// a failing container is seen and restarted.
-pub fn run_relay(
-    config: ProxyConfig,
-    http: Option<SocketAddr>,
-    assignment: Box<dyn MembershipSource>,
-) -> Result<(), ProxyError> {
-    crate::runtime::block_on(serve(config, http, Some(assignment)))
-        .map_err(ProxyError::io("starting a runtime"))?
+/// a proxy that cannot hear of revocations would admit revoked keys until the kubelet's next
+/// refresh unnoticed; a failing container is seen and restarted. Failures a follower can
+/// retry (the API unreachable) it retries while the proxy keeps what it has.
+pub fn run(config: ProxyConfig, http: Option<SocketAddr>, followers: Followers) -> Result<(), ProxyError> {
+    crate::runtime::block_on(serve(config, http, followers)).map_err(ProxyError::io("starting a runtime"))?
 }
 
 async fn serve(
     config: ProxyConfig,
     http_addr: Option<SocketAddr>,
-    assignment: Option<Box<dyn MembershipSource>>,
+    followers: Followers,
 ) -> Result<(), ProxyError> {
     let health = Arc::new(Health::default());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let relay_metrics = RelayMetrics::default();
-    let (proxy, follower) = match assignment {
-        None => {
-            let proxy = tokio::task::spawn_blocking(move || super::start(config))
-                .await
-                .map_err(|e| ProxyError::Thread(format!("starting the proxy: {e}")))??;
-            (proxy, None)
-        }
+    let Followers {
+        relay_assignment,
+        allow_lists,
+    } = followers;
+    let mut inputs = ProxyInputs::default();
+    let relay = match relay_assignment {
         Some(source) => {
             let (feed, input) = leaf_feed(relay_metrics.clone())?;
-            let proxy = tokio::task::spawn_blocking(move || super::start_relay(config, input))
-                .await
-                .map_err(|e| ProxyError::Thread(format!("starting the proxy: {e}")))??;
-            let (updates, mut leaves) = tokio::sync::watch::channel(Membership::new());
-            tokio::spawn(async move {
-                while leaves.changed().await.is_ok() {
-                    if !feed.deliver(leaves.borrow_and_update().clone()) {
-                        break;
-                    }
-                }
-            });
-            (proxy, Some(tokio::spawn(source.run(updates))))
+            inputs.relay = Some(input);
+            Some((source, feed))
         }
+        None => None,
     };
+    let allow_lists = match allow_lists {
+        Some(source) => {
+            let (feed, input) = allow_list_feed()?;
+            inputs.allow_lists = Some(input);
+            Some((source, feed))
+        }
+        None => None,
+    };
+    let proxy = tokio::task::spawn_blocking(move || super::start_with(config, inputs))
+        .await
+        .map_err(|e| ProxyError::Thread(format!("starting the proxy: {e}")))??;
+    // Each follower task ends only with the reason it stopped.
+    let mut followers = FuturesUnordered::new();
+    let relaying = relay.is_some();
+    if let Some((source, feed)) = relay {
+        let (updates, mut leaves) = tokio::sync::watch::channel(Membership::new());
+        tokio::spawn(async move {
+            while leaves.changed().await.is_ok() {
+                if !feed.deliver(leaves.borrow_and_update().clone()) {
+                    break;
+                }
+            }
+        });
+        followers.push(tokio::spawn(async move {
+            ProxyError::Relay(match source.run(updates).await {
+                Ok(()) => "the assignment follower stopped".to_string(),
+                Err(err) => format!("cannot follow the relay assignment: {err}"),
+            })
+        }));
+    }
+    if let Some((source, feed)) = allow_lists {
+        let errors = proxy.metrics().allow_list_api_errors.clone();
+        followers.push(tokio::spawn(async move {
+            match source.run(feed, errors).await {
+                Ok(()) => ProxyError::AllowListApi("the follower stopped".to_string()),
+                Err(err) => err,
+            }
+        }));
+    }
     let mut registry = crate::metrics::registry();
     proxy.metrics().register(&mut registry);
-    if follower.is_some() {
+    if relaying {
         relay_metrics.register(&mut registry);
     }
     let registry = Arc::new(registry);
@@ -86,25 +121,14 @@ async fn serve(
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let signal = crate::runtime::shutdown_signal();
     tokio::pin!(signal);
-    let mut follower = follower;
     let mut failure = None;
     let signal = loop {
         tokio::select! {
             signal = &mut signal => break Some(signal),
-            ended = async {
-                match follower.as_mut() {
-                    Some(task) => task.await,
-                    None => std::future::pending().await,
-                }
-            }, if follower.is_some() => {
-                follower = None;
-                let why = match ended {
-                    Ok(Ok(())) => "the assignment follower stopped".to_string(),
-                    Ok(Err(err)) => format!("cannot follow the relay assignment: {err}"),
-                    Err(err) => format!("the assignment follower failed: {err}"),
-                };
+            Some(ended) = followers.next(), if !followers.is_empty() => {
+                let why = ended.unwrap_or_else(|err| ProxyError::Thread(format!("a follower failed: {err}")));
                 tracing::error!(error = %why, "stopping the proxy");
-                failure = Some(ProxyError::Relay(why));
+                failure = Some(why);
                 break None;
             }
             _ = ticker.tick() => {
@@ -123,7 +147,7 @@ async fn serve(
     if let Some(signal) = signal {
         tracing::info!(%signal, "stopping the proxy");
     }
-    if let Some(follower) = follower {
+    for follower in followers.iter() {
         follower.abort();
     }
     health.set_ready(false);

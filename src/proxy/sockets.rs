@@ -136,6 +136,13 @@ pub fn bind_all(
     Ok(bound)
 }
 
+/// The publisher side's own option: a send high-water mark that holds every subscription the
+/// XSUB sends a peer when it connects (`ProxyConfig::publisher_send_hwm`).
+pub fn configure_publisher_side(xsub: &zmq::Socket, config: &ProxyConfig) -> Result<(), ProxyError> {
+    xsub.set_sndhwm(config.publisher_send_hwm())
+        .map_err(ProxyError::zmq("setting SNDHWM on the publisher (XSUB) socket"))
+}
+
 /// The subscriber side's own options: every subscribe and unsubscribe handed up with its
 /// connection (the proxy keeps the per-connection books, see `subscription_relay`), a send
 /// that fails rather than drops silently for a full subscriber queue (`set_lossy`), and

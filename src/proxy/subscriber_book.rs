@@ -10,7 +10,9 @@
 //! because its connection ended) is what goes upstream, so publishers see one subscribe per
 //! distinct topic and one unsubscribe when nobody is left, whatever the subscribers send.
 //!
-//! Bounds: a connection holds at most `max_topics` topics of at most `max_topic_bytes` each.
+//! Bounds: a connection holds at most `max_topics` topics of at most `max_topic_bytes` each,
+//! with one set of bounds for the subscribers' connections and another for a relay's links to
+//! its leaves, which carry a whole proxy's subscriptions ([`ConnectionKind`]).
 //! The subscription that would break either is *refused*: not recorded, and the connection is
 //! marked refused so that the caller closes it (libzmq's XPUB has already stored it in its own
 //! trie and offers no way to remove one connection's subscription, so closing the connection
@@ -29,6 +31,16 @@ use std::collections::{HashMap, HashSet};
 pub struct PerSubscriber {
     pub max_topics: usize,
     pub max_topic_bytes: usize,
+}
+
+/// Whose connection it is, which decides its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionKind {
+    /// Accepted from a subscriber.
+    Subscriber,
+    /// Made by the proxy itself, to one of its leaves (relay tree): it carries what the leaf
+    /// subscribes to upstream.
+    LeafLink,
 }
 
 /// A topic gaining its first holder or losing its last one.
@@ -80,15 +92,19 @@ struct Connection<Id> {
 
 #[derive(Debug)]
 pub struct SubscriberBook<Id> {
-    limits: PerSubscriber,
+    subscriber: PerSubscriber,
+    leaf_link: PerSubscriber,
     connections: HashMap<i32, Connection<Id>>,
     holders: HashMap<Vec<u8>, u32>,
 }
 
 impl<Id: PartialEq> SubscriberBook<Id> {
-    pub fn new(limits: PerSubscriber) -> Self {
+    /// A book bounding each subscriber's connection by `subscriber` and each link to a leaf by
+    /// `leaf_link`.
+    pub fn new(subscriber: PerSubscriber, leaf_link: PerSubscriber) -> Self {
         Self {
-            limits,
+            subscriber,
+            leaf_link,
             connections: HashMap::new(),
             holders: HashMap::new(),
         }
@@ -106,9 +122,19 @@ impl<Id: PartialEq> SubscriberBook<Id> {
         })
     }
 
-    /// A subscribe to `topic` from the connection on `fd` (identity `id`).
-    pub fn subscribe(&mut self, fd: i32, id: Id, topic: &[u8], changes: &mut Vec<Change>) -> Applied {
-        let limits = self.limits;
+    /// A subscribe to `topic` from the connection on `fd` (identity `id`, of `kind`).
+    pub fn subscribe(
+        &mut self,
+        fd: i32,
+        id: Id,
+        kind: ConnectionKind,
+        topic: &[u8],
+        changes: &mut Vec<Change>,
+    ) -> Applied {
+        let limits = match kind {
+            ConnectionKind::Subscriber => self.subscriber,
+            ConnectionKind::LeafLink => self.leaf_link,
+        };
         let connection = self.connection(fd, id, changes);
         if connection.refused {
             return Applied::Ignored;
@@ -204,6 +230,7 @@ impl<Id: PartialEq> SubscriberBook<Id> {
 
 #[cfg(test)]
 mod tests {
+    use super::ConnectionKind::{LeafLink, Subscriber};
     use super::*;
 
     const LIMITS: PerSubscriber = PerSubscriber {
@@ -211,17 +238,31 @@ mod tests {
         max_topic_bytes: 8,
     };
 
+    const LEAF_LINK: PerSubscriber = PerSubscriber {
+        max_topics: 5,
+        max_topic_bytes: 8,
+    };
+
     fn book() -> SubscriberBook<u64> {
-        SubscriberBook::new(LIMITS)
+        SubscriberBook::new(LIMITS, LEAF_LINK)
     }
 
     #[test]
     fn one_acquire_per_topic_and_one_release_when_the_last_holder_goes() {
         let mut book = book();
         let mut changes = Vec::new();
-        assert_eq!(book.subscribe(5, 1, b"a", &mut changes), Applied::Recorded);
-        assert_eq!(book.subscribe(6, 2, b"a", &mut changes), Applied::Recorded);
-        assert_eq!(book.subscribe(6, 2, b"a", &mut changes), Applied::Duplicate);
+        assert_eq!(
+            book.subscribe(5, 1, Subscriber, b"a", &mut changes),
+            Applied::Recorded
+        );
+        assert_eq!(
+            book.subscribe(6, 2, Subscriber, b"a", &mut changes),
+            Applied::Recorded
+        );
+        assert_eq!(
+            book.subscribe(6, 2, Subscriber, b"a", &mut changes),
+            Applied::Duplicate
+        );
         assert_eq!(changes, [Change::Acquired(b"a".to_vec())]);
         changes.clear();
         // One holder unsubscribes: the other still holds it, nothing goes upstream.
@@ -237,7 +278,7 @@ mod tests {
     fn an_unsubscribe_of_a_topic_not_held_changes_nothing_for_the_others() {
         let mut book = book();
         let mut changes = Vec::new();
-        book.subscribe(5, 1, b"a", &mut changes);
+        book.subscribe(5, 1, Subscriber, b"a", &mut changes);
         changes.clear();
         // A hostile peer unsubscribes a topic only someone else holds: not released.
         assert_eq!(book.unsubscribe(6, 2, b"a", &mut changes), Applied::NotHeld);
@@ -250,14 +291,11 @@ mod tests {
     fn past_the_caps_a_connection_is_refused_and_keeps_what_it_had() {
         let mut book = book();
         let mut changes = Vec::new();
-        for topic in [b"a", b"b", b"c"] {
-            assert_eq!(book.subscribe(5, 1, topic, &mut changes), Applied::Recorded);
-        }
+        fill_to_the_cap(&mut book, (5, 1, Subscriber), &[b"a", b"b", b"c"], &mut changes);
         assert_eq!(
-            book.subscribe(5, 1, b"d", &mut changes),
-            Applied::Refused(Refusal::Topics)
+            book.subscribe(5, 1, Subscriber, b"e", &mut changes),
+            Applied::Ignored
         );
-        assert_eq!(book.subscribe(5, 1, b"e", &mut changes), Applied::Ignored);
         assert_eq!(book.topics_of(5), 3);
         // Its unsubscriptions still count.
         changes.clear();
@@ -265,21 +303,58 @@ mod tests {
         assert_eq!(changes, [Change::Released(b"a".to_vec())]);
         // Another connection is not affected.
         assert_eq!(
-            book.subscribe(6, 2, b"123456789", &mut changes),
+            book.subscribe(6, 2, Subscriber, b"123456789", &mut changes),
             Applied::Refused(Refusal::TopicBytes)
         );
-        assert_eq!(book.subscribe(7, 3, b"12345678", &mut changes), Applied::Recorded);
+        assert_eq!(
+            book.subscribe(7, 3, Subscriber, b"12345678", &mut changes),
+            Applied::Recorded
+        );
+    }
+
+    /// Subscribes the connection (`fd`, `id`, `kind`) to each of `topics`, each recorded, then
+    /// to one more, refused for the topic cap.
+    fn fill_to_the_cap(
+        book: &mut SubscriberBook<u64>,
+        (fd, id, kind): (i32, u64, ConnectionKind),
+        topics: &[&[u8]],
+        changes: &mut Vec<Change>,
+    ) {
+        for topic in topics {
+            assert_eq!(book.subscribe(fd, id, kind, topic, changes), Applied::Recorded);
+        }
+        assert_eq!(
+            book.subscribe(fd, id, kind, b"one more", changes),
+            Applied::Refused(Refusal::Topics)
+        );
+    }
+
+    #[test]
+    fn a_link_to_a_leaf_has_bounds_of_its_own() {
+        let mut book = book();
+        let mut changes = Vec::new();
+        let five: [&[u8]; 5] = [b"a", b"b", b"c", b"d", b"e"];
+        fill_to_the_cap(&mut book, (5, 1, LeafLink), &five, &mut changes);
+        assert_eq!(
+            book.subscribe(6, 2, LeafLink, b"123456789", &mut changes),
+            Applied::Refused(Refusal::TopicBytes)
+        );
+        // A subscriber beside it keeps the subscribers' bounds.
+        fill_to_the_cap(&mut book, (7, 3, Subscriber), &five[..3], &mut changes);
     }
 
     #[test]
     fn a_reused_descriptor_releases_the_old_connection_first() {
         let mut book = book();
         let mut changes = Vec::new();
-        book.subscribe(5, 1, b"a", &mut changes);
-        book.subscribe(5, 1, b"b", &mut changes);
+        book.subscribe(5, 1, Subscriber, b"a", &mut changes);
+        book.subscribe(5, 1, Subscriber, b"b", &mut changes);
         changes.clear();
         // Descriptor 5 now belongs to another socket, which subscribes to b.
-        assert_eq!(book.subscribe(5, 2, b"b", &mut changes), Applied::Recorded);
+        assert_eq!(
+            book.subscribe(5, 2, Subscriber, b"b", &mut changes),
+            Applied::Recorded
+        );
         let mut expected = vec![
             Change::Released(b"a".to_vec()),
             Change::Released(b"b".to_vec()),
@@ -297,9 +372,9 @@ mod tests {
     fn retain_open_closes_connections_whose_socket_is_gone() {
         let mut book = book();
         let mut changes = Vec::new();
-        book.subscribe(5, 1, b"a", &mut changes);
-        book.subscribe(6, 2, b"a", &mut changes);
-        book.subscribe(6, 2, b"b", &mut changes);
+        book.subscribe(5, 1, Subscriber, b"a", &mut changes);
+        book.subscribe(6, 2, Subscriber, b"a", &mut changes);
+        book.subscribe(6, 2, Subscriber, b"b", &mut changes);
         changes.clear();
         book.retain_open(|fd, _| fd == 5, &mut changes);
         assert_eq!(changes, [Change::Released(b"b".to_vec())]);

@@ -16,18 +16,18 @@
 
 use super::metrics::ProxyMetrics;
 use super::peer::{self, SocketId};
-use super::subscriber_book::{Applied, Change, PerSubscriber, SubscriberBook};
+use super::subscriber_book::{Applied, Change, ConnectionKind, PerSubscriber, SubscriberBook};
 use super::subscriptions::{
     LiveSubscriptions, SUBSCRIBE_TO_EVERYTHING, SubscriptionLimits, UpstreamChange, subscription_message,
 };
 
-/// What became of one subscribe or unsubscribe.
+/// The connection a subscribe or unsubscribe came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Relayed {
-    Applied(Applied),
-    /// From a connection that has ended (its descriptor is closed or another socket's now):
-    /// libzmq queued it before the connection ended; nothing to apply.
-    Stale,
+pub struct Holder {
+    pub fd: i32,
+    /// The socket on `fd` now.
+    pub id: SocketId,
+    pub kind: ConnectionKind,
 }
 
 pub struct SubscriptionRelay {
@@ -40,38 +40,46 @@ pub struct SubscriptionRelay {
 impl SubscriptionRelay {
     pub fn new(limits: SubscriptionLimits) -> Self {
         Self {
-            book: SubscriberBook::new(PerSubscriber {
-                max_topics: limits.max_topics_per_subscriber,
-                max_topic_bytes: limits.max_topic_bytes,
-            }),
+            book: SubscriberBook::new(
+                PerSubscriber {
+                    max_topics: limits.max_topics_per_subscriber,
+                    max_topic_bytes: limits.max_topic_bytes,
+                },
+                // A link to a leaf carries what the leaf sends upstream: at most `max_topics`
+                // distinct topics, then the subscription to everything once it collapsed (its
+                // XSUB sends them all again on every reconnect). Its topics are bounded by the
+                // leaf's own subscribers' bound, the same flag of the same group.
+                PerSubscriber {
+                    max_topics: limits.max_topics.saturating_add(1),
+                    max_topic_bytes: limits.max_topic_bytes,
+                },
+            ),
             live: LiveSubscriptions::new(limits),
             changes: Vec::new(),
         }
     }
 
-    /// Applies a subscribe (`subscribe`) or unsubscribe of `topic` from the connection on
-    /// `fd`, and sends upstream on `xsub` what it changes. A refused subscription is returned
-    /// for the caller to close the connection (`id` is the socket to close).
+    /// Applies a subscribe (`subscribe`) or unsubscribe of `topic` from `holder`'s
+    /// connection, and sends upstream on `xsub` what it changes. A refused subscription is
+    /// returned for the caller to close the connection.
     pub fn apply(
         &mut self,
         xsub: &zmq::Socket,
         metrics: &ProxyMetrics,
-        fd: i32,
+        holder: Holder,
         subscribe: bool,
         topic: &[u8],
-    ) -> (Relayed, Option<SocketId>) {
-        let Some(id) = peer::socket_id(fd) else {
-            return (Relayed::Stale, None);
-        };
+    ) -> Applied {
+        let Holder { fd, id, kind } = holder;
         let mut changes = std::mem::take(&mut self.changes);
         let applied = if subscribe {
-            self.book.subscribe(fd, id, topic, &mut changes)
+            self.book.subscribe(fd, id, kind, topic, &mut changes)
         } else {
             self.book.unsubscribe(fd, id, topic, &mut changes)
         };
         self.send(xsub, metrics, &mut changes);
         self.changes = changes;
-        (Relayed::Applied(applied), Some(id))
+        applied
     }
 
     /// The monitor reported the connection on `fd` ended: if the socket recorded for it is

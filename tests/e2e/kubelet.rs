@@ -10,17 +10,21 @@
 //!   under `root` (`<root>/<node>/<hostPath>[/<subPath>]`);
 //! - `$(VAR)` in the arguments is expanded from the container's env, downward-API fields
 //!   (`metadata.name`, ...) included;
-//! - a pod that mounts a ServiceAccount token (the relay's `relay-api-access` projected
-//!   volume) gets, instead, a kubeconfig with a TokenRequest token of the pod's own
-//!   ServiceAccount (`hack/cluster.sh sa-kubeconfig`) in `KUBECONFIG`: the proxy talks to the
-//!   API with exactly the Role the controller gave that ServiceAccount. Every other proxy runs
-//!   with no `KUBECONFIG` at all.
+//! - a pod that mounts a ServiceAccount token (the `proxy-api-access` projected volume) gets,
+//!   instead, a kubeconfig with a TokenRequest token of the pod's own ServiceAccount
+//!   (`hack/cluster.sh sa-kubeconfig`) in `KUBECONFIG`: the proxy talks to the API with
+//!   exactly the Role the controller gave that ServiceAccount. Every other proxy runs with no
+//!   `KUBECONFIG` at all;
+//! - Secret and ConfigMap volumes (a CURVE group's key and allow-lists) are written once, when
+//!   the proxy starts, under `<root>/<pod>/volumes/<volume>/`, and never refreshed: this
+//!   kubelet's pod sync never comes, so whatever a proxy learns later it learns through the
+//!   API.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -46,7 +50,7 @@ impl FakeKubelet {
     /// Runs proxies for pods labelled `fanout.dev/group` in `namespace`.
     pub fn start(client: Client, namespace: &str, binary: PathBuf, root: PathBuf) -> Self {
         let running: Arc<Mutex<HashMap<String, Running>>> = Arc::default();
-        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let state = running.clone();
         let dir = root.clone();
         let own_binary = binary.clone();
@@ -65,7 +69,22 @@ impl FakeKubelet {
                     }
                 };
                 known.insert(pod.name_any(), pod.clone());
-                reconcile_pod(&pod, &binary, &dir, &state);
+                let starting = is_running(&pod) && !state.lock().unwrap().contains_key(&pod.name_any());
+                let files = if starting {
+                    match volume_files(&client, &pod, &dir).await {
+                        Ok(files) => files,
+                        Err(err) => {
+                            eprintln!(
+                                "fake kubelet: cannot start proxy for pod {}: {err}",
+                                pod.name_any()
+                            );
+                            continue;
+                        }
+                    }
+                } else {
+                    HashMap::new()
+                };
+                reconcile_pod(&pod, &binary, &dir, &state, &files);
             }
         });
         // Pods that vanish without a final update (deleted while the watch restarted) are
@@ -152,7 +171,86 @@ fn host_path(root: &Path, node: &str, path: &str) -> PathBuf {
     root.join(node).join(path.trim_start_matches('/'))
 }
 
-fn reconcile_pod(pod: &Pod, binary: &Path, root: &Path, running: &Mutex<HashMap<String, Running>>) {
+fn is_running(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// A Secret's or ConfigMap's data: key -> bytes.
+type VolumeData = BTreeMap<String, Vec<u8>>;
+
+/// Writes the pod's Secret and ConfigMap volumes (waiting a little for objects not there yet,
+/// as a kubelet would) and returns where each volume's files are.
+async fn volume_files(client: &Client, pod: &Pod, root: &Path) -> std::io::Result<HashMap<String, PathBuf>> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let mut files = HashMap::new();
+    for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let (data, items): (Option<VolumeData>, Option<Vec<KeyToPath>>) = if let Some(source) = &volume.secret
+        {
+            let name = source.secret_name.clone().unwrap_or_default();
+            let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+            let secret = fetch(&api, &name).await?;
+            let data = secret
+                .and_then(|s| s.data)
+                .map(|data| data.into_iter().map(|(k, v)| (k, v.0)).collect());
+            (data, source.items.clone())
+        } else if let Some(source) = &volume.config_map {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+            let cm = fetch(&api, &source.name).await?;
+            let data = cm
+                .and_then(|c| c.data)
+                .map(|data| data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect());
+            (data, source.items.clone())
+        } else {
+            continue;
+        };
+        let data = data.ok_or_else(|| {
+            std::io::Error::other(format!("volume {}: its object is not there", volume.name))
+        })?;
+        let dir = root.join(pod.name_any()).join("volumes").join(&volume.name);
+        std::fs::create_dir_all(&dir)?;
+        let wanted: Vec<(String, String)> = match items {
+            Some(items) => items.into_iter().map(|i| (i.key, i.path)).collect(),
+            None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+        };
+        for (key, path) in wanted {
+            let bytes = data
+                .get(&key)
+                .ok_or_else(|| std::io::Error::other(format!("volume {}: no key {key}", volume.name)))?;
+            let file = dir.join(path);
+            std::fs::write(&file, bytes)?;
+            // Owner-only: the proxy refuses a secret key others may read (a real kubelet
+            // makes it 0440 to the pod's fsGroup).
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        }
+        files.insert(volume.name.clone(), dir);
+    }
+    Ok(files)
+}
+
+/// The object `name`, waiting up to 10 s for it to appear.
+async fn fetch<K>(api: &Api<K>, name: &str) -> std::io::Result<Option<K>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for _ in 0..40 {
+        match api.get_opt(name).await {
+            Ok(Some(object)) => return Ok(Some(object)),
+            Ok(None) => {}
+            Err(err) => eprintln!("fake kubelet: reading {name}: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(None)
+}
+
+fn reconcile_pod(
+    pod: &Pod,
+    binary: &Path,
+    root: &Path,
+    running: &Mutex<HashMap<String, Running>>,
+    files: &HashMap<String, PathBuf>,
+) {
     let name = pod.name_any();
     let status = pod.status.as_ref();
     let ip = status.and_then(|s| s.pod_ip.clone());
@@ -172,7 +270,7 @@ fn reconcile_pod(pod: &Pod, binary: &Path, root: &Path, running: &Mutex<HashMap<
     if phase != "Running" || running.contains_key(&name) {
         return;
     }
-    match start_proxy(pod, &ip, &node, binary, root) {
+    match start_proxy(pod, &ip, &node, binary, root, files) {
         Ok(started) => {
             eprintln!(
                 "fake kubelet: started proxy for pod {name} on {node} at {ip} (pid {})",
@@ -184,13 +282,15 @@ fn reconcile_pod(pod: &Pod, binary: &Path, root: &Path, running: &Mutex<HashMap<
     }
 }
 
-/// The container's command line with the kubelet's substitutions done.
+/// The container's command line with the kubelet's substitutions done; `files` holds where
+/// each Secret or ConfigMap volume was written.
 pub fn proxy_command_line(
     container: &Container,
     pod: &Pod,
     ip: &str,
     node: &str,
     root: &Path,
+    files: &HashMap<String, PathBuf>,
 ) -> Vec<String> {
     let mut words: Vec<String> = container.command.clone().unwrap_or_default();
     words.extend(container.args.clone().unwrap_or_default());
@@ -225,17 +325,23 @@ pub fn proxy_command_line(
         .flatten()
         .filter_map(|v| v.host_path.as_ref().map(|h| (v.name.clone(), h.path.clone())))
         .collect();
-    let mounts: Vec<(String, PathBuf)> = container
+    let mut mounts: Vec<(String, PathBuf)> = container
         .volume_mounts
         .iter()
         .flatten()
         .filter_map(|m| {
-            volumes.get(&m.name).map(|host| {
-                let path = host_path(root, node, host).join(m.sub_path.as_deref().unwrap_or_default());
-                (m.mount_path.clone(), path)
-            })
+            let sub_path = m.sub_path.as_deref().unwrap_or_default();
+            let path = match (volumes.get(&m.name), files.get(&m.name)) {
+                (Some(host), _) => host_path(root, node, host).join(sub_path),
+                (None, Some(dir)) => dir.join(sub_path),
+                (None, None) => return None,
+            };
+            Some((m.mount_path.clone(), path))
         })
         .collect();
+    // The longest mount first, and only whole path components: `/etc/fanout/curve` must not
+    // rewrite `/etc/fanout/curve-allow/...`.
+    mounts.sort_by_key(|(mount, _)| std::cmp::Reverse(mount.len()));
     words
         .into_iter()
         .map(|mut word| {
@@ -249,9 +355,14 @@ pub fn proxy_command_line(
                 word = format!("{ip}:{port}");
             }
             for (mount, host) in &mounts {
-                if let Some(pos) = word.find(mount.as_str()) {
+                let found = word.match_indices(mount.as_str()).find(|(pos, _)| {
+                    let rest = &word[pos + mount.len()..];
+                    rest.is_empty() || rest.starts_with('/')
+                });
+                if let Some((pos, _)) = found {
                     let rest = &word[pos + mount.len()..];
                     word = format!("{}{}{}", &word[..pos], host.display(), rest);
+                    break;
                 }
             }
             word
@@ -259,13 +370,20 @@ pub fn proxy_command_line(
         .collect()
 }
 
-fn start_proxy(pod: &Pod, ip: &str, node: &str, binary: &Path, root: &Path) -> std::io::Result<Running> {
+fn start_proxy(
+    pod: &Pod,
+    ip: &str,
+    node: &str,
+    binary: &Path,
+    root: &Path,
+    files: &HashMap<String, PathBuf>,
+) -> std::io::Result<Running> {
     let container = pod
         .spec
         .as_ref()
         .and_then(|s| s.containers.iter().find(|c| c.name == "proxy"))
         .ok_or_else(|| std::io::Error::other("pod has no container named proxy"))?;
-    let words = proxy_command_line(container, pod, ip, node, root);
+    let words = proxy_command_line(container, pod, ip, node, root, files);
     for mount in container.volume_mounts.iter().flatten() {
         let volume = pod
             .spec
@@ -304,7 +422,7 @@ fn proxy_command(binary: &Path, words: &[String], kubeconfig: Option<&Path>) -> 
     command
 }
 
-/// Where clients look for the in-cluster token (what `relay_access` mounts).
+/// Where clients look for the in-cluster token (what `proxy_access` mounts).
 const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// A kubeconfig for the pod's ServiceAccount when the container mounts a token there.

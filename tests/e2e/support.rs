@@ -266,6 +266,109 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
         .unwrap_or_default())
 }
 
+/// The samples of metric `name` served at `addr` (`IP:port`): (labels, value).
+pub fn metric_samples(addr: &str, name: &str) -> Result<Vec<(String, f64)>, String> {
+    let body = http_get(addr, "/metrics").map_err(|e| format!("GET http://{addr}/metrics: {e}"))?;
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = key.split_once('{').unwrap_or((key, ""));
+            (metric == name).then(|| {
+                (
+                    labels.trim_end_matches('}').to_string(),
+                    value.parse().unwrap_or(f64::NAN),
+                )
+            })
+        })
+        .collect())
+}
+
+/// The sum of the samples of `name` at `addr` whose labels contain `label` (`reason="x"`;
+/// empty for all).
+pub fn metric_sum(addr: &str, name: &str, label: &str) -> Result<f64, String> {
+    Ok(metric_samples(addr, name)?
+        .iter()
+        .filter(|(labels, _)| labels.contains(label))
+        .map(|(_, v)| v)
+        .sum())
+}
+
+/// One version of a ConfigMap as a test saw it: when (both clocks: `Instant` for this process,
+/// ms since the epoch for comparing with pods' logs on the same machine) and one key's text.
+#[derive(Debug, Clone)]
+pub struct SeenVersion {
+    pub at: Instant,
+    /// For comparing with pods' logs (`e2e_real_nodes`); `e2e` compares `at` only.
+    #[allow(dead_code)]
+    pub at_ms: u64,
+    pub text: String,
+}
+
+/// Every version of one ConfigMap seen by a watch of the test's own (to know when a
+/// controller rewrote it); the watch ends when this is dropped.
+pub struct ConfigMapVersions {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SeenVersion>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConfigMapVersions {
+    /// Watches ConfigMap `namespace/name`, keeping key `key` of each version; returns once
+    /// the first version is seen.
+    pub async fn watch(client: kube::Client, namespace: &str, name: &str, key: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<SeenVersion>>> = Default::default();
+        let (record, key) = (seen.clone(), key.to_string());
+        let task = tokio::spawn(async move {
+            let mut events = watcher(api, config).applied_objects().boxed();
+            while let Some(event) = events.next().await {
+                let Ok(cm) = event else { continue };
+                let text = cm
+                    .data
+                    .as_ref()
+                    .and_then(|data| data.get(&key).cloned())
+                    .unwrap_or_default();
+                let at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                record.lock().unwrap().push(SeenVersion {
+                    at: Instant::now(),
+                    at_ms,
+                    text,
+                });
+            }
+        });
+        let versions = Self { seen, task };
+        eventually(
+            Duration::from_secs(30),
+            &format!("the test's own watch on ConfigMap {namespace}/{name}"),
+            || async { (!versions.seen.lock().unwrap().is_empty()).then_some(()) },
+        )
+        .await;
+        versions
+    }
+
+    /// The first version seen at or after `since` whose text passes `test`.
+    pub fn first_since(&self, since: Instant, test: impl Fn(&str) -> bool) -> Option<SeenVersion> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|version| version.at >= since && test(&version.text))
+            .cloned()
+    }
+}
+
+impl Drop for ConfigMapVersions {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
