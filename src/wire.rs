@@ -42,8 +42,11 @@
 //! alone, and carries the topic's length so the subscriber can cut the topic from the payload.
 //! Putting the payload in one frame with the topic means copying it; measured up to 256 KiB
 //! that copy never cost more than the second frame (BENCHMARKS.md, "Where the copy stops
-//! paying"), so the bound, `flat_max_payload`, defaults to 64 KiB, a group's default message
-//! cap, and above it a payload the caller owns is handed to libzmq uncopied as version 2.
+//! paying"), so the bound, `flat_max_payload`, defaults to 65 253 bytes: the most that keeps
+//! the one frame, with a topic of 255 bytes and the envelope, within a group's default message
+//! cap of 64 KiB (the proxy ends a connection that sends a single frame above the cap, where it
+//! only drops and counts a bigger message of several frames). Above it a payload the caller
+//! owns is handed to libzmq uncopied as version 2.
 //! Version 3 says "exactly one payload part": a message with none is written as version 2, so
 //! a subscriber always gets back the parts that were sent.
 //!

@@ -778,3 +778,43 @@ fn invalid_endpoints_never_reach_a_snapshot_and_the_rest_is_applied() {
     }
     assert_eq!(publisher.connected(), members(&[&proxy.publisher_endpoint]));
 }
+
+/// A message over the proxy's default cap (`maxMessageBytes`, 64 KiB for all frames together)
+/// is dropped whole and counted, and the publisher's connection is kept, whatever layout our
+/// publisher picks for it: with the default `flat_max_payload` a one-frame (version 3) message
+/// never exceeds the cap in a single frame, which would end the connection (ZMQ_MAXMSGSIZE).
+#[test]
+fn a_message_over_the_default_cap_is_dropped_and_the_connection_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_support::start(dir.path());
+    let mut sub = Subscriber::connect(&proxy.subscriber_endpoints()[0], SubscriberConfig::default()).unwrap();
+    sub.subscribe(TopicFilter::exact("t")).unwrap();
+    let publisher = publisher();
+    publisher
+        .set_membership(members(&[&proxy.publisher_endpoints()[0]]))
+        .unwrap();
+    warm_up(&publisher, &mut sub, "t");
+    let cap = fanout::proxy::DEFAULT_MAX_MESSAGE_BYTES as usize;
+    // Topic, payload and envelope exactly at the cap; then a payload of the cap alone.
+    let fits = vec![1u8; cap - 1 - wire::ENVELOPE_LEN];
+    let over = vec![2u8; cap];
+    for payload in [&fits, &over, &b"after".to_vec()] {
+        publisher.publish_bytes(b"t", payload).unwrap();
+    }
+    // (parts, bytes, first byte) of each delivery: the payloads themselves are too big to print.
+    let got: Vec<(usize, usize, Option<u8>)> =
+        std::iter::from_fn(|| sub.recv(Duration::from_secs(2)).unwrap())
+            .map(|d| {
+                (
+                    d.payload.len(),
+                    d.payload.concat().len(),
+                    d.payload.concat().first().copied(),
+                )
+            })
+            .collect();
+    assert_eq!(got, vec![(1, fits.len(), Some(1)), (1, 5, Some(b'a'))]);
+    assert_eq!(sub.stats().total_lost(), 1, "the dropped message is a gap");
+    let stats = proxy.stats().publishers;
+    assert_eq!((stats.refused, stats.disconnects), (1, 0));
+    publisher.close();
+}

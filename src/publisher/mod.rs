@@ -4,9 +4,10 @@
 //! libzmq sockets are not thread-safe, so the socket lives on one owning thread
 //! (`fanout-pub`, [`socket_thread`]). Callers on any thread talk to it through
 //! - a bounded batch of messages swapped with the socket thread ([`handover`]): `publish_bytes`
-//!   copies the topic and payload into the batch as they will go on the wire, so the publish
-//!   path allocates nothing per message and makes no syscall unless the socket thread is
-//!   asleep, and the socket thread sends a whole batch per wake-up; and
+//!   copies the topic and payload into the batch as they will go on the wire, so our publish
+//!   path allocates nothing per message (libzmq allocates one buffer for each message above
+//!   its 33-byte inline size, which every version-3 frame is) and makes no syscall unless the
+//!   socket thread is asleep, and the socket thread sends a whole batch per wake-up; and
 //! - a `tokio::sync::watch` channel holding the membership it should be connected to (the
 //!   newest snapshot wins), looked at before every batch and every 1024 messages within one,
 //!   so a join or leave never waits behind a long queue; every change also wakes an idle
@@ -36,9 +37,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
-/// Default of [`PublisherConfig::flat_max_payload`] (BENCHMARKS.md, "Where the copy stops
-/// paying").
-pub const DEFAULT_FLAT_MAX_PAYLOAD: usize = 64 << 10;
+/// Default of [`PublisherConfig::flat_max_payload`]: the largest payload whose version-3
+/// frame (with the longest topic version 3 carries and the envelope) is still within a group's
+/// default `maxMessageBytes`, 64 KiB. The proxy's ZMQ_MAXMSGSIZE is that cap per frame, so a
+/// one-frame message above it would end the publisher's connection, where the same message
+/// in two frames is only dropped and counted. Below it the copy pays (BENCHMARKS.md, "Where
+/// the copy stops paying").
+pub const DEFAULT_FLAT_MAX_PAYLOAD: usize = crate::proxy::DEFAULT_MAX_MESSAGE_BYTES as usize
+    - crate::wire::FLAT_MAX_TOPIC
+    - crate::wire::ENVELOPE_LEN;
 
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -60,7 +67,9 @@ pub struct PublisherConfig {
     /// A message with one payload part of at most this many bytes (and a topic of at most
     /// 255) is sent as one frame, the payload copied in with the topic and envelope (wire
     /// version 3); a bigger part goes as a frame of its own without a copy (version 2). See
-    /// `crate::wire` and BENCHMARKS.md for where the copy stops paying.
+    /// `crate::wire` and BENCHMARKS.md for where the copy stops paying. Keep it at most the
+    /// group's `maxMessageBytes` minus 283 (the longest topic and the envelope): a frame above
+    /// that cap ends the connection, while a message above it in several frames is dropped.
     pub flat_max_payload: usize,
     /// CURVE: our key pair and the proxies' public key (every proxy of a group shares the
     /// group's server key). `None`: no authentication.
@@ -246,8 +255,9 @@ impl Publisher {
     }
 
     /// Queues one message: `topic` and one payload part, both copied (into the batch the
-    /// socket thread sends next, laid out as they go on the wire, so nothing is allocated per
-    /// message once the batch has grown to its working size). Blocks only while the in-process
+    /// socket thread sends next, laid out as they go on the wire, so nothing here is allocated
+    /// per message once the batch has grown to its working size; libzmq allocates the frame
+    /// when it is above 33 bytes). Blocks only while the in-process
     /// queue is full (back-pressure); never blocks on the network. The cheapest way to publish.
     pub fn publish_bytes(&self, topic: &[u8], payload: &[u8]) -> Result<(), PublisherError> {
         self.queue(topic, Payload::Borrowed(payload), true)
