@@ -4,8 +4,8 @@
 //! A caller appends its message to the batch being filled: the topic and (for a payload that
 //! goes into one frame with it) the payload are copied into the batch's byte arena, laid out as
 //! they will be on the wire, with room left for the envelope. Once the arena, the entry list and
-//! the part list have grown to their working size nothing is allocated per message. The socket
-//! thread swaps the filled batch for the one it has just sent (emptied, capacity kept) and
+//! the part list have grown to their working size the hand-over allocates nothing per message.
+//! The socket thread swaps the filled batch for the one it has just sent (emptied, capacity kept) and
 //! sends the swapped-out batch without holding the lock, so a caller takes the lock once per
 //! message (uncontended except at the instant of a swap), the socket thread once per batch, and
 //! a wake-up (a futex call) happens only when the socket thread was asleep.

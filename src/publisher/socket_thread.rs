@@ -289,8 +289,8 @@ fn send_frames(
     parts: &mut [Part],
 ) -> zmq::Result<()> {
     let n = parts.len();
-    // Copied into the message: a short topic and the envelope fit libzmq's inline
-    // small-message buffer, so this allocates nothing.
+    // Copied into the message: a topic of up to 5 bytes and the envelope fit libzmq's
+    // 33-byte inline small-message buffer, so this allocates nothing; a longer one allocates.
     socket.send(topic_frame, if n == 0 { 0 } else { zmq::SNDMORE })?;
     for (i, part) in parts.iter_mut().enumerate() {
         let flags = if i + 1 == n { 0 } else { zmq::SNDMORE };
