@@ -23,12 +23,15 @@
 //! `FANOUT_BENCH_SIZES=16,1024`, `FANOUT_BENCH_PROXIES=1,4,8`, `FANOUT_BENCH_REPS=3`,
 //! `FANOUT_BENCH_PEERS=fanout,curve,bare,nats`).
 
+#[path = "support/knobs.rs"]
+mod knobs;
 #[path = "support/stock_proxy.rs"]
 mod stock_proxy;
 
 use fanout::curve::KeyPair;
 use fanout::proxy::{CurveServerConfig, ProxyConfig};
 use fanout::subscriber::{Subscriber, SubscriberConfig, TopicFilter};
+use knobs::{env_list, env_or, median};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -40,22 +43,6 @@ use std::time::{Duration, Instant};
 const TOPIC: &str = "bench";
 /// Environment variable that makes this binary a publisher child (`bare` or `nats`).
 const ROLE: &str = "FANOUT_BENCH_ROLE";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn env_list(name: &str, default: &str) -> Vec<String> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.into())
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Peer {
@@ -503,11 +490,12 @@ fn run_nats(server: &NatsServer, proxies: usize, messages: u64, size: usize) -> 
                     let mut line = Vec::new();
                     let mut payload = Vec::new();
                     while got.count < messages && !stop.load(Ordering::Relaxed) {
-                        line.clear();
+                        // A read timeout (a loaded machine) keeps what was read: the line or
+                        // payload is completed by the next read, never dropped half-way.
                         match reader.read_until(b'\n', &mut line) {
                             Ok(0) => break,
-                            Ok(_) => {}
-                            Err(_) => continue,
+                            Ok(_) if line.ends_with(b"\n") => {}
+                            Ok(_) | Err(_) => continue,
                         }
                         if line.starts_with(b"MSG ") {
                             let len: usize = std::str::from_utf8(&line)
@@ -516,11 +504,14 @@ fn run_nats(server: &NatsServer, proxies: usize, messages: u64, size: usize) -> 
                                 .and_then(|n| n.parse().ok())
                                 .expect("MSG line with a size");
                             payload.resize(len + 2, 0);
-                            reader.read_exact(&mut payload).expect("payload");
+                            if !read_exact_waiting(&mut reader, &mut payload, stop) {
+                                break;
+                            }
                             got.one();
                         } else if line.starts_with(b"PING") {
                             let _ = writer.write_all(b"PONG\r\n");
                         }
+                        line.clear();
                     }
                     got
                 }) as Receive
@@ -533,6 +524,27 @@ fn run_nats(server: &NatsServer, proxies: usize, messages: u64, size: usize) -> 
     );
     let results = receivers.finish();
     summarize(&results, messages, &summary)
+}
+
+/// `read_exact` that waits out read timeouts until `stop`; false if the stream ended or failed
+/// (or `stop` was set) first.
+fn read_exact_waiting(reader: &mut impl Read, buf: &mut [u8], stop: &AtomicBool) -> bool {
+    let mut at = 0;
+    while at < buf.len() {
+        match reader.read(&mut buf[at..]) {
+            Ok(0) => return false,
+            Ok(n) => at += n,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) && !stop.load(Ordering::Relaxed) => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Child: one NATS connection publishing `messages` messages, then a PING answered only
@@ -574,11 +586,6 @@ fn report(messages: u64, started: Instant, cpu_before: Duration) {
         "published {messages} messages in {secs:.3} s; cpu {:.3} s",
         cpu().saturating_sub(cpu_before).as_secs_f64()
     );
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() {
@@ -648,13 +655,14 @@ fn main() {
                         Peer::Nats => run_nats(nats.as_ref().expect("server"), k, messages, size),
                     };
                     println!(
-                        "  {size:>5} B K={k} run {rep} {:<12}: {:>10.0} deliveries/s, publisher {:.3} us CPU per delivery, delivered {} of {} (lost by sequence {})",
+                        "  {size:>5} B K={k} run {rep} {:<12}: {:>10.0} deliveries/s, publisher {:.3} us CPU per delivery, delivered {} of {} (lost by sequence {}); load {}",
                         peer.name(),
                         run.deliveries_per_sec,
                         run.publisher_us_per_delivery,
                         run.delivered,
                         run.expected,
-                        run.lost_by_sequence
+                        run.lost_by_sequence,
+                        knobs::load_average()
                     );
                     rates.push(run.deliveries_per_sec);
                     cpus.push(run.publisher_us_per_delivery);

@@ -1,47 +1,97 @@
-//! The message envelope our `Publisher` adds so that subscribers can count loss per publisher.
+//! The message envelope our `Publisher` adds so that subscribers can count loss per publisher,
+//! and the three ways a message carries it.
 //!
-//! On the wire every message is multipart ZeroMQ with frame 0 the topic (the proxy forwards it
-//! unchanged; ZeroMQ subscriptions match it by prefix). Our publisher writes **version 2**:
+//! Every message is a ZeroMQ message whose frame 0 **starts with the topic** (ZeroMQ
+//! subscriptions match a prefix of frame 0; the proxy forwards messages unchanged and never
+//! parses them). The envelope is 28 bytes:
 //!
 //! ```text
-//! frame 0   topic bytes, then the 28-byte envelope appended as its tail:
-//!             offset (in the tail)  size  field
-//!             0                     2     magic        0xFA 0x0F
-//!             2                     1     version      2
-//!             3                     1     flags        0 (reserved; ignored when decoding)
-//!             4                     16    publisher id random per Publisher instance
-//!             20                    8     sequence     u64 big-endian, per (publisher, topic), first is 0
-//! frame 1.. payload frames (zero or more, opaque, untouched)
+//! offset  size  field
+//! 0       2     magic         0xFA 0x0F
+//! 2       1     version       3, 2 or 1 (below)
+//! 3       1     topic length  version 3: the topic's length in bytes (0..=255);
+//!                             versions 1 and 2: 0 (reserved, ignored when decoding)
+//! 4       16    publisher id  random per Publisher instance
+//! 20      8     sequence      u64 big-endian, per (publisher, topic), first is 0
 //! ```
 //!
-//! Why the tail of the topic frame: every frame is a separate message part through every pipe
-//! of every hop (publisher, each proxy, each subscriber), so the envelope as a frame of its own
-//! cost a third of the per-message work for small messages (BENCHMARKS.md). In the topic
-//! frame's tail it keeps prefix subscriptions working unchanged (the topic is still the prefix
-//! of frame 0) and leaves the payload frames exactly as the caller gave them; and a 5-byte
-//! topic plus the envelope (33 bytes) still fits libzmq's inline small-message buffer.
+//! **Version 3, one frame** (what our publisher writes for a message of exactly one payload
+//! part of at most `PublisherConfig::flat_max_payload` bytes under a topic of at most 255
+//! bytes, i.e. nearly always):
 //!
-//! **Version 1** (what earlier releases wrote, read for a mixed rollout): frame 0 the topic
-//! alone, frame 1 exactly the 28-byte envelope with version 1, frames 2.. payload.
+//! ```text
+//! frame 0   topic ‖ payload ‖ envelope (28 bytes, the topic's length in byte 3)
+//! ```
 //!
-//! Plain libzmq peers: a plain PUB's `[topic, payload...]` is delivered as a plain message. A
-//! plain SUB subscribed to `foo` receives our messages with frame 0 = `foo` + 28 bytes and the
-//! payload in frames 1..; it strips the last 28 bytes of frame 0 to get the topic. A version-2
-//! tail is recognised by its magic and version byte; 0xFA never occurs in UTF-8 text, so a
-//! plain publisher's UTF-8 topic can never be mistaken for one. A message that carries the
-//! magic where an envelope would be but is not a valid one (wrong length, unknown version) is
-//! "malformed": counted by the subscriber and delivered as a plain message, all bytes intact.
+//! **Version 2, the envelope as the topic frame's tail** (what it writes otherwise: no payload
+//! part, several parts, a part above `flat_max_payload`, or a topic longer than 255 bytes):
+//!
+//! ```text
+//! frame 0   topic ‖ envelope (28 bytes)
+//! frame 1.. payload parts (zero or more, untouched; a big part is handed to libzmq uncopied)
+//! ```
+//!
+//! **Version 1** (earlier releases, still read for a mixed rollout): frame 0 the topic alone,
+//! frame 1 exactly the 28-byte envelope, frames 2.. payload.
+//!
+//! Why one frame: libzmq moves every frame as a message part of its own through every pipe of
+//! every hop (the publisher's pipe per proxy, the proxy's two sockets, the subscriber), so the
+//! second frame of version 2 was close to half the per-message work for small messages
+//! (BENCHMARKS.md). Version 3 keeps the topic at the front so prefix subscriptions work
+//! unchanged; the envelope goes at the end, where a subscriber finds it from the frame's length
+//! alone, and carries the topic's length so the subscriber can cut the topic from the payload.
+//! Putting the payload in one frame with the topic means copying it; measured up to 256 KiB
+//! that copy never cost more than the second frame (BENCHMARKS.md, "Where the copy stops
+//! paying"), so the bound, `flat_max_payload`, defaults to 65 253 bytes: the most that keeps
+//! the one frame, with a topic of 255 bytes and the envelope, within a group's default message
+//! cap of 64 KiB (the proxy ends a connection that sends a single frame above the cap, where it
+//! only drops and counts a bigger message of several frames). Above it a payload the caller
+//! owns is handed to libzmq uncopied as version 2.
+//! Version 3 says "exactly one payload part": a message with none is written as version 2, so
+//! a subscriber always gets back the parts that were sent.
+//!
+//! How a subscriber tells them apart (`split_one`, `split`): a message of one frame whose last
+//! 28 bytes are a version-3 envelope with a topic length that fits is version 3; otherwise
+//! frame 0 ending in a version-2 envelope is version 2; otherwise a version-1 envelope as
+//! frame 1; otherwise a plain message. A version-3 or version-2 tail is recognised by its
+//! magic and version byte (and, for version 3, a topic length within the frame). 0xFA never
+//! occurs in UTF-8 text, so a plain publisher's UTF-8 topic or text payload is never mistaken
+//! for an envelope. Binary data can be: the last 28 bytes of a plain single-frame message (or
+//! of a plain message's binary frame 0) start with the three bytes of a valid tail with
+//! probability 2^-24 for random bytes, and such a message would be delivered with its topic
+//! cut short and a made-up origin. Frames after frame 0 of a plain multi-frame message are
+//! never read as an envelope except a 28-byte frame 1 (version 1). A message that carries the
+//! magic where a version-1 envelope would be but is not a valid one (wrong length, unknown
+//! version) is "malformed": counted by the subscriber and delivered as a plain message, all
+//! bytes intact.
+//!
+//! Plain libzmq peers: a plain PUB's `[topic, payload...]` is delivered as a plain message
+//! (`Parsed::Plain`). A plain SUB subscribed to `foo` receives our messages as they are on the
+//! wire: for one frame `f` whose last 28 bytes `e` start `FA 0F 03`, the topic is
+//! `f[..e[3]]` and the payload `f[e[3]..len-28]` (for example in Python:
+//! `t = f[-25]; topic, payload = f[:t], f[t:-28]`); for frame 0 ending `FA 0F 02 ..`, the topic
+//! is frame 0 without its last 28 bytes and the payload is frames 1... A plain SUB that only
+//! wants the payload of version-3 messages and knows its topic can also drop
+//! `len(topic)` bytes from the front and 28 from the back.
 
 use std::fmt;
 
 /// First two bytes of every envelope.
 pub const MAGIC: [u8; 2] = [0xFA, 0x0F];
-/// The envelope version this code writes: the envelope as the tail of the topic frame.
-pub const VERSION: u8 = 2;
-/// The earlier version, still read: the envelope as frame 1 of its own.
+/// The envelope as the tail of a single frame holding the topic and one payload part.
+pub const VERSION_FLAT: u8 = 3;
+/// The envelope as the tail of the topic frame, payload parts in frames of their own.
+pub const VERSION_TOPIC_TAIL: u8 = 2;
+/// The earliest version, still read: the envelope as frame 1 of its own.
 pub const VERSION_SEPARATE_FRAME: u8 = 1;
-/// Exact length of an envelope (both versions).
+/// Exact length of an envelope (every version).
 pub const ENVELOPE_LEN: usize = 28;
+/// The longest topic a version-3 frame carries (its length is one byte of the envelope).
+pub const FLAT_MAX_TOPIC: usize = u8::MAX as usize;
+/// Byte of the envelope holding the version.
+const VERSION_BYTE: usize = 2;
+/// Byte of the envelope holding the topic length (version 3) or 0 (versions 1 and 2).
+const TOPIC_LEN_BYTE: usize = 3;
 
 /// Random identity of one `Publisher` instance.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,17 +134,58 @@ pub enum WireError {
     #[error("frame does not start with the envelope magic")]
     NoMagic,
     #[error(
-        "envelope version {0} is not supported here (this build reads versions {VERSION_SEPARATE_FRAME} and {VERSION})"
+        "envelope version {0} is not supported as a frame of its own (only version {VERSION_SEPARATE_FRAME} is)"
     )]
     UnsupportedVersion(u8),
     #[error("envelope is {0} bytes, expected {ENVELOPE_LEN}")]
     BadLength(usize),
 }
 
+/// How a message is laid out on the wire (the choice is [`Layout::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Version 3: `topic ‖ payload ‖ envelope` in one frame; the topic's length fits a byte.
+    Flat { topic_len: u8 },
+    /// Version 2: `topic ‖ envelope`, then every payload part as a frame of its own.
+    TopicTail,
+}
+
+impl Layout {
+    /// The layout of a message with `topic_len` bytes of topic and payload parts of
+    /// `part_lens` bytes: one frame when there is exactly one part of at most
+    /// `flat_max_payload` bytes and the topic fits version 3, the topic-tail layout otherwise.
+    pub fn of(topic_len: usize, part_lens: &[usize], flat_max_payload: usize) -> Self {
+        match (u8::try_from(topic_len), part_lens) {
+            (Ok(topic_len), [payload]) if *payload <= flat_max_payload => Self::Flat { topic_len },
+            _ => Self::TopicTail,
+        }
+    }
+}
+
 impl Envelope {
-    /// The 28 bytes of this envelope, version 2 (appended to the topic frame).
-    pub fn encode(&self) -> [u8; ENVELOPE_LEN] {
-        self.encode_version(VERSION)
+    /// The envelope with the given version byte, byte 3 zero (versions 1 and 2, and tests).
+    pub fn encode_version(&self, version: u8) -> [u8; ENVELOPE_LEN] {
+        self.encode_with(version, 0)
+    }
+
+    /// The tail of a version-3 frame whose topic is `topic_len` bytes.
+    pub fn flat_tail(&self, topic_len: u8) -> [u8; ENVELOPE_LEN] {
+        self.encode_with(VERSION_FLAT, topic_len)
+    }
+
+    /// The tail of a version-2 topic frame.
+    pub fn topic_tail(&self) -> [u8; ENVELOPE_LEN] {
+        self.encode_with(VERSION_TOPIC_TAIL, 0)
+    }
+
+    fn encode_with(&self, version: u8, topic_len: u8) -> [u8; ENVELOPE_LEN] {
+        let mut out = [0u8; ENVELOPE_LEN];
+        out[0..2].copy_from_slice(&MAGIC);
+        out[VERSION_BYTE] = version;
+        out[TOPIC_LEN_BYTE] = topic_len;
+        out[4..20].copy_from_slice(&self.publisher.0);
+        out[20..28].copy_from_slice(&self.sequence.to_be_bytes());
+        out
     }
 
     /// Frame 0 of a version-2 message: `topic` then the envelope, written into `out` (cleared
@@ -103,18 +194,19 @@ impl Envelope {
         out.clear();
         out.reserve(topic.len() + ENVELOPE_LEN);
         out.extend_from_slice(topic);
-        out.extend_from_slice(&self.encode());
+        out.extend_from_slice(&self.topic_tail());
     }
 
-    /// The envelope with the given version byte (tests and the version-1 frame).
-    pub fn encode_version(&self, version: u8) -> [u8; ENVELOPE_LEN] {
-        let mut out = [0u8; ENVELOPE_LEN];
-        out[0..2].copy_from_slice(&MAGIC);
-        out[2] = version;
-        out[3] = 0;
-        out[4..20].copy_from_slice(&self.publisher.0);
-        out[20..28].copy_from_slice(&self.sequence.to_be_bytes());
-        out
+    /// The one frame of a version-3 message, written into `out` (cleared first); `None` when
+    /// the topic is longer than [`FLAT_MAX_TOPIC`] (version 3 cannot carry it).
+    pub fn write_flat_frame(&self, topic: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Option<()> {
+        let topic_len = u8::try_from(topic.len()).ok()?;
+        out.clear();
+        out.reserve(topic.len() + payload.len() + ENVELOPE_LEN);
+        out.extend_from_slice(topic);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&self.flat_tail(topic_len));
+        Some(())
     }
 
     /// Parses a version-1 envelope frame (frame 1 of its own). `Err(NoMagic)` means "a plain
@@ -124,11 +216,11 @@ impl Envelope {
         if frame.len() < MAGIC.len() || frame[0..2] != MAGIC {
             return Err(WireError::NoMagic);
         }
-        if frame.len() < 3 {
+        if frame.len() <= VERSION_BYTE {
             return Err(WireError::BadLength(frame.len()));
         }
-        if frame[2] != VERSION_SEPARATE_FRAME {
-            return Err(WireError::UnsupportedVersion(frame[2]));
+        if frame[VERSION_BYTE] != VERSION_SEPARATE_FRAME {
+            return Err(WireError::UnsupportedVersion(frame[VERSION_BYTE]));
         }
         let Ok(bytes) = <&[u8; ENVELOPE_LEN]>::try_from(frame) else {
             return Err(WireError::BadLength(frame.len()));
@@ -139,9 +231,17 @@ impl Envelope {
     /// The version-2 envelope at the tail of a topic frame, if there is one: the envelope and
     /// the topic's length.
     pub fn from_topic_tail(frame: &[u8]) -> Option<(Self, usize)> {
-        let topic_len = frame.len().checked_sub(ENVELOPE_LEN)?;
-        let tail: &[u8; ENVELOPE_LEN] = frame[topic_len..].try_into().ok()?;
-        (tail[0..2] == MAGIC && tail[2] == VERSION).then(|| (Self::fields(tail), topic_len))
+        let (topic_len, tail) = tail_of(frame, VERSION_TOPIC_TAIL)?;
+        Some((Self::fields(tail), topic_len))
+    }
+
+    /// The version-3 envelope at the tail of a single-frame message, if there is one: the
+    /// envelope and the topic's length (`frame[..topic_len]` is the topic,
+    /// `frame[topic_len..frame.len() - ENVELOPE_LEN]` the payload).
+    pub fn from_flat_frame(frame: &[u8]) -> Option<(Self, usize)> {
+        let (body_len, tail) = tail_of(frame, VERSION_FLAT)?;
+        let topic_len = usize::from(tail[TOPIC_LEN_BYTE]);
+        (topic_len <= body_len).then(|| (Self::fields(tail), topic_len))
     }
 
     fn fields(bytes: &[u8; ENVELOPE_LEN]) -> Self {
@@ -156,10 +256,18 @@ impl Envelope {
     }
 }
 
+/// The last [`ENVELOPE_LEN`] bytes of `frame` if they are an envelope of `version`, and the
+/// length of what precedes them.
+fn tail_of(frame: &[u8], version: u8) -> Option<(usize, &[u8; ENVELOPE_LEN])> {
+    let body_len = frame.len().checked_sub(ENVELOPE_LEN)?;
+    let tail: &[u8; ENVELOPE_LEN] = frame[body_len..].try_into().ok()?;
+    (tail[0..2] == MAGIC && tail[VERSION_BYTE] == version).then_some((body_len, tail))
+}
+
 /// What a received message carried besides its topic and payload.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// A valid envelope (version 2 in the topic frame, or version 1 as frame 1).
+    /// A valid envelope (version 3 or 2 at the tail of frame 0, or version 1 as frame 1).
     Enveloped { envelope: Envelope },
     /// No envelope: every frame after the topic is payload.
     Plain,
@@ -168,7 +276,8 @@ pub enum Parsed {
 }
 
 /// A received message taken apart: the topic (envelope tail removed), the payload frames
-/// (a version-1 envelope frame removed), and what the envelope said.
+/// (a version-1 envelope frame removed; for version 3, the one payload part cut from the
+/// frame), and what the envelope said.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Split {
     pub topic: Vec<u8>,
@@ -176,9 +285,38 @@ pub struct Split {
     pub parsed: Parsed,
 }
 
-/// Takes a received message apart (`None` for a message without frames). Version 2 is
-/// recognised first (its tail is in frame 0); then a version-1 envelope in frame 1.
+/// Takes apart a message received as a single frame, borrowed (the topic and payload are
+/// copied out): version 3 (topic and one payload part), version 2 with no payload part, or a
+/// plain message whose frame is all topic.
+pub fn split_one(frame: &[u8]) -> Split {
+    if let Some((envelope, topic_len)) = Envelope::from_flat_frame(frame) {
+        return Split {
+            topic: frame[..topic_len].to_vec(),
+            payload: vec![frame[topic_len..frame.len() - ENVELOPE_LEN].to_vec()],
+            parsed: Parsed::Enveloped { envelope },
+        };
+    }
+    if let Some((envelope, topic_len)) = Envelope::from_topic_tail(frame) {
+        return Split {
+            topic: frame[..topic_len].to_vec(),
+            payload: Vec::new(),
+            parsed: Parsed::Enveloped { envelope },
+        };
+    }
+    Split {
+        topic: frame.to_vec(),
+        payload: Vec::new(),
+        parsed: Parsed::Plain,
+    }
+}
+
+/// Takes a received message apart (`None` for a message without frames). A single frame is
+/// [`split_one`]'s; otherwise frame 0 ending in a version-2 envelope is version 2, then a
+/// version-1 envelope in frame 1 is version 1, else the message is plain (or malformed).
 pub fn split(mut frames: Vec<Vec<u8>>) -> Option<Split> {
+    if let [frame] = &frames[..] {
+        return Some(split_one(frame));
+    }
     if frames.is_empty() {
         return None;
     }
@@ -217,6 +355,14 @@ mod tests {
         }
     }
 
+    fn frames(f: &[&[u8]]) -> Vec<Vec<u8>> {
+        f.iter().map(|x| x.to_vec()).collect()
+    }
+
+    fn split_of(f: &[&[u8]]) -> Split {
+        split(frames(f)).expect("frames")
+    }
+
     #[test]
     fn round_trip() {
         let env = sample();
@@ -236,15 +382,67 @@ mod tests {
     }
 
     #[test]
-    fn a_topic_without_a_version_2_tail_is_a_plain_topic() {
+    fn a_flat_frame_is_topic_payload_then_the_envelope_with_the_topic_length() {
+        let env = sample();
+        let mut frame = Vec::new();
+        env.write_flat_frame(b"ports", b"hello", &mut frame)
+            .expect("short topic");
+        assert_eq!(frame.len(), 5 + 5 + ENVELOPE_LEN);
+        assert_eq!(&frame[..14], b"portshello\xFA\x0F\x03\x05");
+        assert_eq!(frame[frame.len() - 25], 5, "the Python recipe's byte");
+        assert_eq!(Envelope::from_flat_frame(&frame), Some((env, 5)));
+        // Not a version-2 tail: version 2 readers never take it for one.
+        assert_eq!(Envelope::from_topic_tail(&frame), None);
+        // Empty topic, empty payload, the longest topic.
+        env.write_flat_frame(b"", b"", &mut frame).expect("empty topic");
+        assert_eq!(Envelope::from_flat_frame(&frame), Some((env, 0)));
+        let long = vec![b't'; FLAT_MAX_TOPIC];
+        env.write_flat_frame(&long, b"", &mut frame)
+            .expect("255 bytes fit");
+        assert_eq!(Envelope::from_flat_frame(&frame), Some((env, FLAT_MAX_TOPIC)));
+        assert_eq!(env.write_flat_frame(&[b't'; 256], b"x", &mut frame), None);
+    }
+
+    #[test]
+    fn a_flat_tail_whose_topic_length_overruns_the_frame_is_not_an_envelope() {
+        let mut frame = b"ab".to_vec();
+        frame.extend_from_slice(&sample().flat_tail(3));
+        assert_eq!(Envelope::from_flat_frame(&frame), None);
+        let topic_len_at = frame.len() - 25;
+        frame[topic_len_at] = 2;
+        assert_eq!(Envelope::from_flat_frame(&frame), Some((sample(), 2)));
+        assert_eq!(split_of(&[&frame]).payload, vec![Vec::<u8>::new()]);
+        frame[topic_len_at] = 3;
+        let plain = split_of(&[&frame]);
+        assert_eq!((plain.topic, plain.parsed), (frame.clone(), Parsed::Plain));
+    }
+
+    #[test]
+    fn the_layout_is_one_frame_for_one_part_within_the_bounds() {
+        assert_eq!(Layout::of(5, &[16], 1024), Layout::Flat { topic_len: 5 });
+        assert_eq!(Layout::of(5, &[0], 1024), Layout::Flat { topic_len: 5 });
+        assert_eq!(Layout::of(5, &[1024], 1024), Layout::Flat { topic_len: 5 });
+        assert_eq!(Layout::of(255, &[1], 1024), Layout::Flat { topic_len: 255 });
+        // No part, several parts, a part too big, a topic too long: version 2.
+        assert_eq!(Layout::of(5, &[], 1024), Layout::TopicTail);
+        assert_eq!(Layout::of(5, &[1, 1], 1024), Layout::TopicTail);
+        assert_eq!(Layout::of(5, &[1025], 1024), Layout::TopicTail);
+        assert_eq!(Layout::of(256, &[1], 1024), Layout::TopicTail);
+    }
+
+    #[test]
+    fn a_topic_without_a_tail_is_a_plain_topic() {
         assert_eq!(Envelope::from_topic_tail(b"ports"), None);
         assert_eq!(Envelope::from_topic_tail(&[0xFA; 27]), None);
-        // Version 1 in a tail is not version 2.
+        assert_eq!(Envelope::from_flat_frame(&[0xFA; 27]), None);
+        // Version 1 in a tail is neither version 2 nor version 3.
         let v1 = sample().encode_version(VERSION_SEPARATE_FRAME);
         assert_eq!(Envelope::from_topic_tail(&v1), None);
+        assert_eq!(Envelope::from_flat_frame(&v1), None);
         // 0xFA is never in UTF-8, so no text topic has a tail.
         let text = "ü".repeat(40);
         assert_eq!(Envelope::from_topic_tail(text.as_bytes()), None);
+        assert_eq!(Envelope::from_flat_frame(text.as_bytes()), None);
     }
 
     #[test]
@@ -259,9 +457,17 @@ mod tests {
 
     #[test]
     fn wrong_version_is_refused() {
-        // A version-2 envelope as a frame of its own is not a valid frame-1 envelope.
-        let bytes = sample().encode();
-        assert_eq!(Envelope::decode(&bytes), Err(WireError::UnsupportedVersion(2)));
+        // A version-2 or version-3 envelope as a frame of its own is not a valid frame-1
+        // envelope.
+        let env = sample();
+        assert_eq!(
+            Envelope::decode(&env.topic_tail()),
+            Err(WireError::UnsupportedVersion(2))
+        );
+        assert_eq!(
+            Envelope::decode(&env.flat_tail(0)),
+            Err(WireError::UnsupportedVersion(3))
+        );
     }
 
     #[test]
@@ -281,9 +487,7 @@ mod tests {
     }
 
     #[test]
-    fn split_takes_apart_both_versions_plain_and_malformed() {
-        let frames = |f: &[&[u8]]| f.iter().map(|x| x.to_vec()).collect::<Vec<_>>();
-        let split_of = |f: &[&[u8]]| split(frames(f)).expect("frames");
+    fn split_takes_apart_every_version_plain_and_malformed() {
         assert_eq!(split(Vec::new()), None);
         let plain = split_of(&[b"t", b"payload"]);
         assert_eq!(
@@ -292,17 +496,40 @@ mod tests {
         );
         assert_eq!(split_of(&[b"t"]).parsed, Parsed::Plain);
         let env = sample();
+        let enveloped = Parsed::Enveloped { envelope: env };
+
+        let mut flat = Vec::new();
+        env.write_flat_frame(b"ports", b"x", &mut flat)
+            .expect("short topic");
+        let v3 = split_of(&[&flat]);
+        assert_eq!(
+            (&v3.topic[..], &v3.payload, &v3.parsed),
+            (&b"ports"[..], &frames(&[b"x"]), &enveloped)
+        );
+        // A version-3 frame followed by more frames is not version 3: delivered as it came.
+        let not_v3 = split_of(&[&flat, b"y"]);
+        assert_eq!((not_v3.topic, not_v3.parsed), (flat.clone(), Parsed::Plain));
+
         let mut topic = Vec::new();
         env.write_topic_frame(b"ports", &mut topic);
         let v2 = split_of(&[&topic, b"x", b"y"]);
-        assert_eq!(v2.topic, b"ports");
-        assert_eq!(v2.payload, frames(&[b"x", b"y"]));
-        assert_eq!(v2.parsed, Parsed::Enveloped { envelope: env });
+        assert_eq!(
+            (&v2.topic[..], &v2.payload, &v2.parsed),
+            (&b"ports"[..], &frames(&[b"x", b"y"]), &enveloped)
+        );
+        let v2_no_payload = split_of(&[&topic]);
+        assert_eq!(
+            (&v2_no_payload.topic[..], v2_no_payload.payload.len()),
+            (&b"ports"[..], 0)
+        );
+
         let v1_envelope = env.encode_version(VERSION_SEPARATE_FRAME);
         let v1 = split_of(&[b"ports", &v1_envelope, b"x"]);
-        assert_eq!(v1.topic, b"ports");
-        assert_eq!(v1.payload, frames(&[b"x"]));
-        assert_eq!(v1.parsed, Parsed::Enveloped { envelope: env });
+        assert_eq!(
+            (&v1.topic[..], &v1.payload, &v1.parsed),
+            (&b"ports"[..], &frames(&[b"x"]), &enveloped)
+        );
+
         let malformed = split_of(&[b"t", &[0xFA, 0x0F, 1]]);
         assert_eq!(malformed.parsed, Parsed::Malformed(WireError::BadLength(3)));
         assert_eq!(malformed.payload, frames(&[&[0xFA, 0x0F, 1]]), "delivered intact");

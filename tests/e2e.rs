@@ -259,7 +259,7 @@ impl PublishLoop {
             let started = Instant::now();
             let mut n = 0u32;
             while !s.load(Ordering::Relaxed) {
-                let _ = p.publish(TOPIC.to_vec(), vec![format!("update {n}").into_bytes()]);
+                let _ = p.publish_bytes(TOPIC, format!("update {n}").as_bytes());
                 n += 1;
                 let next = started + period * n;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));

@@ -10,7 +10,7 @@ use fanout::curve::{KeyPair, PublicKey};
 use fanout::endpoint_list::{Endpoint, parse_list, render_list, slice_members};
 use fanout::proxy::auth::{ZapPolicy, decide, parse_allow_list};
 use fanout::subscriber::{GapTracker, SequenceCheck, SubscriberStats};
-use fanout::wire::{ENVELOPE_LEN, Envelope, Parsed, PublisherId, WireError, split};
+use fanout::wire::{ENVELOPE_LEN, Envelope, FLAT_MAX_TOPIC, Parsed, PublisherId, WireError, split};
 use k8s_openapi::api::discovery::v1::{
     Endpoint as SliceEndpoint, EndpointConditions, EndpointPort, EndpointSlice,
 };
@@ -41,14 +41,31 @@ proptest! {
     // --- the envelope and the wire -------------------------------------------------------
 
     #[test]
-    fn split_takes_any_frames_apart_without_panicking(frames in proptest::collection::vec(bytes(80), 0..6)) {
+    fn split_takes_any_frames_apart_without_panicking(frames in proptest::collection::vec(bytes(80), 0..6),
+                                                       tail in proptest::option::of((1u8..=4, any::<u8>(), any::<[u8; 24]>()))) {
+        // Near-valid input too: frame 0 may end in something shaped like an envelope of any
+        // version, with any topic length byte.
+        let mut frames = frames;
+        if let (Some((version, topic_len, rest)), Some(first)) = (tail, frames.first_mut()) {
+            first.extend_from_slice(&[0xFA, 0x0F, version, topic_len]);
+            first.extend_from_slice(&rest);
+        }
         let count = frames.len();
         match split(frames.clone()) {
             None => prop_assert_eq!(count, 0),
             Some(split) => {
-                // Nothing is invented: the payload frames are the input's, in order.
-                let tail = &frames[frames.len() - split.payload.len()..];
-                prop_assert_eq!(&split.payload[..], tail);
+                if let ([frame], Parsed::Enveloped { .. }) = (&frames[..], &split.parsed)
+                    && let Some((_, topic_len)) = Envelope::from_flat_frame(frame)
+                {
+                    // Version 3: the topic and the one payload part are cut from the frame.
+                    prop_assert_eq!(&split.topic[..], &frame[..topic_len]);
+                    prop_assert_eq!(&split.payload[..], &[frame[topic_len..frame.len() - ENVELOPE_LEN].to_vec()][..]);
+                } else {
+                    // Nothing is invented: the payload frames are the input's, in order.
+                    let tail = &frames[frames.len() - split.payload.len()..];
+                    prop_assert_eq!(&split.payload[..], tail);
+                    prop_assert!(frames[0].starts_with(&split.topic));
+                }
                 if let Parsed::Malformed(err) = &split.parsed {
                     prop_assert!(!err.to_string().is_empty());
                 }
@@ -71,11 +88,37 @@ proptest! {
     }
 
     #[test]
+    fn a_flat_frame_written_is_the_message_read(topic in bytes(300), id in any::<[u8; 16]>(), sequence in any::<u64>(),
+                                                payload in bytes(200)) {
+        let envelope = Envelope { publisher: PublisherId(id), sequence };
+        let mut frame = Vec::new();
+        match envelope.write_flat_frame(&topic, &payload, &mut frame) {
+            None => prop_assert!(topic.len() > FLAT_MAX_TOPIC),
+            Some(()) => {
+                prop_assert_eq!(frame.len(), topic.len() + payload.len() + ENVELOPE_LEN);
+                // Prefix subscriptions still see the topic first.
+                prop_assert!(frame.starts_with(&topic));
+                let split = split(vec![frame]).expect("frames");
+                prop_assert_eq!(split.topic, topic);
+                prop_assert_eq!(split.payload, vec![payload]);
+                prop_assert_eq!(split.parsed, Parsed::Enveloped { envelope });
+            }
+        }
+    }
+
+    #[test]
     fn a_utf8_topic_is_never_taken_for_an_envelope(topic in "\\PC{0,80}", payload in bytes(40)) {
         let split = split(vec![topic.clone().into_bytes(), payload]).expect("frames");
         prop_assert_eq!(split.topic, topic.into_bytes());
         let enveloped = matches!(split.parsed, Parsed::Enveloped { .. });
         prop_assert!(!enveloped);
+    }
+
+    #[test]
+    fn a_utf8_single_frame_is_never_taken_for_an_envelope(text in "\\PC{0,120}") {
+        let split = split(vec![text.clone().into_bytes()]).expect("frames");
+        prop_assert_eq!(split.topic, text.into_bytes());
+        prop_assert_eq!(split.parsed, Parsed::Plain);
     }
 
     #[test]

@@ -765,44 +765,13 @@ fn a_proxy_that_cannot_follow_its_allow_lists_through_the_api_stops_with_the_rea
     );
 }
 
-/// The interpreter for the pyzmq test: `FANOUT_TEST_PYTHON`, else Debian's `/usr/bin/python3`
-/// (where `apt-get install python3-zmq` puts pyzmq), else `python3` on the PATH.
-fn python() -> String {
-    std::env::var("FANOUT_TEST_PYTHON").unwrap_or_else(|_| {
-        let debian = "/usr/bin/python3";
-        if std::path::Path::new(debian).exists() {
-            debian.into()
-        } else {
-            "python3".into()
-        }
-    })
-}
-
-/// pyzmq, a CURVE client that shares nothing with us but libzmq's wire protocol. Without pyzmq
-/// it is skipped with the reason printed, unless `FANOUT_REQUIRE_PYZMQ` is set: hack/test.sh
-/// installs python3-zmq and sets it, so in CI this test cannot pass by skipping.
+/// pyzmq, a CURVE client that shares nothing with us but libzmq's wire protocol (skipped
+/// without pyzmq unless `FANOUT_REQUIRE_PYZMQ` is set: `proxy_support::pyzmq`).
 #[test]
 fn a_pyzmq_curve_publisher_interoperates() {
-    let python = python();
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import zmq, sys; sys.exit(0 if zmq.has('curve') else 3)"])
-        .output();
-    let missing = match probe {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!(
-            "{python} has no pyzmq with CURVE ({})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(err) => Some(format!("no {python} ({err})")),
-    };
-    if let Some(why) = missing {
-        assert!(
-            std::env::var_os("FANOUT_REQUIRE_PYZMQ").is_none(),
-            "FANOUT_REQUIRE_PYZMQ is set but {why}"
-        );
-        eprintln!("skipping: {why}");
+    let Some(python) = proxy_support::pyzmq("import sys; sys.exit(0 if zmq.has('curve') else 3)") else {
         return;
-    }
+    };
     let keys = KeyPair::generate().expect("keys");
     let setup = Setup::new(&[&keys]);
     let proxy = setup.start();

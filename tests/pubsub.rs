@@ -37,6 +37,8 @@ mod proxy_under_test {
 }
 use proxy_under_test::Proxy;
 
+mod proxy_support;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 fn members(endpoints: &[&str]) -> Membership {
@@ -308,8 +310,8 @@ fn plain_pub_with_subscriber(topic: &str) -> (zmq::Context, zmq::Socket, Subscri
 #[test]
 fn gaps_are_counted_from_sequence_numbers() {
     // Hand-made envelopes from a plain PUB: sequences 0,1,2,5,6,10 lose 2 then 3 messages.
-    // Both wire versions alternate (a rollout mixes them): version 2 in the topic frame's
-    // tail, version 1 as a frame of its own.
+    // The three wire versions take turns (a rollout mixes them): version 3 as the tail of the
+    // one frame, version 2 in the topic frame's tail, version 1 as a frame of its own.
     let (_ctx, pub_sock, mut sub) = plain_pub_with_subscriber("t");
     let id = PublisherId([9; 16]);
     for (i, seq) in [0u64, 1, 2, 5, 6, 10, 4].into_iter().enumerate() {
@@ -317,13 +319,21 @@ fn gaps_are_counted_from_sequence_numbers() {
             publisher: id,
             sequence: seq,
         };
-        if i % 2 == 0 {
-            let mut topic = Vec::new();
-            env.write_topic_frame(b"t", &mut topic);
-            pub_sock.send_multipart([&topic[..], b"x"], 0).unwrap();
-        } else {
-            let v1 = env.encode_version(wire::VERSION_SEPARATE_FRAME);
-            pub_sock.send_multipart([&b"t"[..], &v1[..], b"x"], 0).unwrap();
+        match i % 3 {
+            0 => {
+                let mut frame = Vec::new();
+                env.write_flat_frame(b"t", b"x", &mut frame).unwrap();
+                pub_sock.send(&frame[..], 0).unwrap();
+            }
+            1 => {
+                let mut topic = Vec::new();
+                env.write_topic_frame(b"t", &mut topic);
+                pub_sock.send_multipart([&topic[..], b"x"], 0).unwrap();
+            }
+            _ => {
+                let v1 = env.encode_version(wire::VERSION_SEPARATE_FRAME);
+                pub_sock.send_multipart([&b"t"[..], &v1[..], b"x"], 0).unwrap();
+            }
         }
     }
     for _ in 0..7 {
@@ -394,7 +404,7 @@ fn malformed_envelopes_are_counted_and_delivered_as_plain() {
             publisher: PublisherId([1; 16]),
             sequence: 0,
         }
-        .encode();
+        .topic_tail();
         e[2] = 99;
         e
     };
@@ -451,12 +461,256 @@ fn a_plain_libzmq_sub_receives_from_our_publisher_through_the_proxy() {
         }
         assert!(start.elapsed() < WAIT, "the plain SUB never received");
     };
-    // Wire version 2: the topic frame ends with the envelope, the payload frames are untouched.
-    assert_eq!(frames.len(), 2);
-    let (env, topic_len) = Envelope::from_topic_tail(&frames[0]).expect("a version-2 envelope");
+    // Wire version 3: one frame, topic then payload then the envelope with the topic length.
+    assert_eq!(frames.len(), 1);
+    let (env, topic_len) = Envelope::from_flat_frame(&frames[0]).expect("a version-3 envelope");
     assert_eq!(&frames[0][..topic_len], b"news");
+    assert_eq!(
+        &frames[0][topic_len..frames[0].len() - wire::ENVELOPE_LEN],
+        b"hello"
+    );
     assert_eq!(env.publisher, publisher.id());
-    assert_eq!(frames[1], b"hello");
+}
+
+/// A plain SUB on `proxy` subscribed to `prefix`.
+fn plain_sub(ctx: &zmq::Context, proxy: &Proxy, prefix: &[u8]) -> zmq::Socket {
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.connect(&proxy.subscriber_endpoint).unwrap();
+    sub.set_subscribe(prefix).unwrap();
+    sub.set_rcvtimeo(i32::try_from(WAIT.as_millis()).unwrap())
+        .unwrap();
+    sub
+}
+
+/// Publishes warm-up messages on `topic` until every subscriber has one, then drains them all.
+fn warm_up_all(publisher: &Publisher, subs: &mut [&mut Subscriber], plain: &[&zmq::Socket], topic: &str) {
+    let start = Instant::now();
+    let mut pending_subs: Vec<usize> = (0..subs.len()).collect();
+    let mut pending_plain: Vec<usize> = (0..plain.len()).collect();
+    while !pending_subs.is_empty() || !pending_plain.is_empty() {
+        assert!(start.elapsed() < WAIT, "a subscriber never received");
+        publisher.publish_bytes(topic.as_bytes(), b"warm-up").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        pending_subs.retain(|&i| subs[i].recv(Duration::ZERO).unwrap().is_none());
+        pending_plain.retain(|&i| plain[i].recv_multipart(zmq::DONTWAIT).is_err());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    for sub in subs.iter_mut() {
+        while sub.recv(Duration::from_millis(100)).unwrap().is_some() {}
+    }
+    for sock in plain {
+        while sock.recv_multipart(zmq::DONTWAIT).is_ok() {}
+    }
+}
+
+/// The version a raw message carries, with its topic and payload parts as a plain SUB takes
+/// them apart by the recipe in `fanout::wire`.
+fn by_the_recipe(frames: &[Vec<u8>]) -> (u8, Vec<u8>, Vec<Vec<u8>>) {
+    if let [frame] = frames
+        && let Some((_, topic_len)) = Envelope::from_flat_frame(frame)
+    {
+        let payload = frame[topic_len..frame.len() - wire::ENVELOPE_LEN].to_vec();
+        return (3, frame[..topic_len].to_vec(), vec![payload]);
+    }
+    let (_, topic_len) = Envelope::from_topic_tail(&frames[0]).expect("a version-2 tail");
+    (2, frames[0][..topic_len].to_vec(), frames[1..].to_vec())
+}
+
+#[test]
+fn every_layout_arrives_exactly_as_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
+    let long_topic = format!("long.{}", "x".repeat(295));
+    let longest_flat_topic = format!("long.{}", "x".repeat(250));
+    let mut sub = subscriber(&proxy, &[TopicFilter::exact("t"), TopicFilter::prefix("long.")]);
+    let ctx = zmq::Context::new();
+    let raw = plain_sub(&ctx, &proxy, b"");
+    let publisher = Publisher::new(PublisherConfig {
+        linger: Duration::from_millis(500),
+        flat_max_payload: 64,
+        ..PublisherConfig::default()
+    })
+    .unwrap();
+    publisher
+        .set_membership(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
+    warm_up_all(&publisher, &mut [&mut sub], &[&raw], "t");
+
+    // (topic, payload parts, how it was handed over, the version expected on the wire)
+    let big = vec![7u8; 65];
+    let cases: Vec<(&str, Vec<Vec<u8>>, bool, u8)> = vec![
+        ("t", vec![b"flat".to_vec()], true, 3),
+        ("t", vec![b"owned".to_vec()], false, 3),
+        ("t", vec![Vec::new()], true, 3),
+        ("t", vec![vec![6u8; 64]], false, 3),
+        ("t", vec![big.clone()], true, 2),
+        ("t", vec![big.clone()], false, 2),
+        ("t", vec![b"a".to_vec(), big.clone(), Vec::new()], false, 2),
+        ("t", Vec::new(), false, 2),
+        (&longest_flat_topic, vec![b"p".to_vec()], true, 3),
+        (&long_topic, vec![b"p".to_vec()], true, 2),
+        (&long_topic, vec![b"q".to_vec()], false, 2),
+    ];
+    for (topic, parts, borrowed, _) in &cases {
+        if *borrowed {
+            publisher.publish_bytes(topic.as_bytes(), &parts[0]).unwrap();
+        } else {
+            publisher.publish(topic, parts.clone()).unwrap();
+        }
+    }
+    let mut sequences: std::collections::HashMap<Vec<u8>, Vec<u64>> = Default::default();
+    for (topic, parts, _, version) in &cases {
+        let frames = raw.recv_multipart(0).expect("the plain SUB receives");
+        assert_eq!(
+            by_the_recipe(&frames),
+            (*version, topic.as_bytes().to_vec(), parts.clone()),
+            "{topic:.8}: {} frames",
+            frames.len()
+        );
+        let d = sub.recv(WAIT).unwrap().expect("delivered");
+        assert_eq!((&d.topic, &d.payload), (&topic.as_bytes().to_vec(), parts));
+        let origin = d.origin.expect("enveloped");
+        assert_eq!(origin.publisher, publisher.id());
+        sequences.entry(d.topic).or_default().push(origin.sequence);
+    }
+    // Sequences run per topic without a hole, whatever the layout.
+    for (topic, seen) in sequences {
+        let first = seen[0];
+        let expected: Vec<u64> = (first..first + seen.len() as u64).collect();
+        assert_eq!(
+            seen,
+            expected,
+            "{:?}",
+            String::from_utf8_lossy(&topic[..8.min(topic.len())])
+        );
+    }
+    assert_eq!(sub.stats().total_lost(), 0);
+    assert_eq!((sub.stats().plain, sub.stats().malformed), (0, 0));
+}
+
+#[test]
+fn a_publisher_of_an_older_version_and_a_new_one_reach_the_same_subscriber() {
+    // The older publisher is a plain PUB writing what releases before version 3 wrote:
+    // version 2 (topic frame with the envelope as its tail, payload frames).
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
+    let mut sub = subscriber(&proxy, &[TopicFilter::exact("t")]);
+    let ctx = zmq::Context::new();
+    let old = ctx.socket(zmq::PUB).unwrap();
+    old.connect(&proxy.publisher_endpoint).unwrap();
+    let old_id = PublisherId([0x0d; 16]);
+    let mut old_sequence = 0u64;
+    let mut topic_frame = Vec::new();
+    let mut send_old = |payload: &[u8]| {
+        Envelope {
+            publisher: old_id,
+            sequence: old_sequence,
+        }
+        .write_topic_frame(b"t", &mut topic_frame);
+        old_sequence += 1;
+        old.send_multipart([&topic_frame[..], payload], 0).unwrap();
+    };
+    let start = Instant::now();
+    loop {
+        send_old(b"old warm-up");
+        if sub.recv(Duration::from_millis(20)).unwrap().is_some() {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the old publisher never got through");
+    }
+    let new = publisher();
+    new.set_membership(members(&[&proxy.publisher_endpoint])).unwrap();
+    warm_up(&new, &mut sub, "t");
+
+    for i in 0..200 {
+        send_old(format!("old {i}").as_bytes());
+        new.publish_bytes(b"t", format!("new {i}").as_bytes()).unwrap();
+    }
+    let (mut from_old, mut from_new) = (Vec::new(), Vec::new());
+    while from_old.len() < 200 || from_new.len() < 200 {
+        let d = sub.recv(WAIT).unwrap().expect("both keep arriving");
+        assert_eq!(d.topic, b"t");
+        match d.origin.map(|o| o.publisher) {
+            Some(id) if id == old_id => from_old.push(payload_text(&d)),
+            Some(id) if id == new.id() => from_new.push(payload_text(&d)),
+            other => panic!("unexpected origin {other:?}"),
+        }
+    }
+    let expected = |who: &str| (0..200).map(|i| format!("{who} {i}")).collect::<Vec<_>>();
+    assert_eq!(from_old, expected("old"));
+    assert_eq!(from_new, expected("new"));
+    let stats = sub.stats();
+    assert_eq!(stats.total_lost(), 0);
+    assert_eq!(stats.per_publisher[&old_id].out_of_order, 0);
+    assert_eq!(stats.per_publisher[&new.id()].out_of_order, 0);
+}
+
+#[test]
+fn a_pyzmq_sub_takes_our_messages_apart_by_the_documented_recipe() {
+    // pyzmq shares nothing with us but libzmq: it splits what it receives exactly as the README
+    // and `fanout::wire` tell a plain SUB to.
+    let Some(python) = proxy_support::pyzmq("") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
+    let publisher = Publisher::new(PublisherConfig {
+        linger: Duration::from_millis(500),
+        flat_max_payload: 8,
+        ..PublisherConfig::default()
+    })
+    .unwrap();
+    publisher
+        .set_membership(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
+    let script = r#"
+import sys, zmq
+s = zmq.Context().socket(zmq.SUB)
+s.setsockopt(zmq.SUBSCRIBE, b"news")
+s.setsockopt(zmq.RCVTIMEO, 10000)
+s.connect(sys.argv[1])
+seen = set()
+while seen != {2, 3}:
+    frames = s.recv_multipart()
+    f = frames[0]
+    if len(frames) == 1 and f[-28:-26] == b"\xfa\x0f" and f[-26] == 3:
+        t = f[-25]
+        version, topic, payload = 3, f[:t], [f[t:-28]]
+    elif f[-28:-26] == b"\xfa\x0f" and f[-26] == 2:
+        version, topic, payload = 2, f[:-28], frames[1:]
+    else:
+        sys.exit("not an envelope: %r" % frames)
+    if version not in seen:
+        seen.add(version)
+        print(version, topic.decode(), b"+".join(payload).decode(), flush=True)
+"#;
+    let child = std::process::Command::new(&python)
+        .args(["-c", script, &proxy.subscriber_endpoint])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let start = Instant::now();
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > WAIT * 2 {
+            child.kill().ok();
+            break;
+        }
+        publisher.publish_bytes(b"news", b"short").unwrap();
+        publisher.publish_bytes(b"news", b"longer than 8").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort();
+    assert_eq!(lines, vec!["2 news longer than 8", "3 news short"]);
 }
 
 #[test]
@@ -523,4 +777,44 @@ fn invalid_endpoints_never_reach_a_snapshot_and_the_rest_is_applied() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(publisher.connected(), members(&[&proxy.publisher_endpoint]));
+}
+
+/// A message over the proxy's default cap (`maxMessageBytes`, 64 KiB for all frames together)
+/// is dropped whole and counted, and the publisher's connection is kept, whatever layout our
+/// publisher picks for it: with the default `flat_max_payload` a one-frame (version 3) message
+/// never exceeds the cap in a single frame, which would end the connection (ZMQ_MAXMSGSIZE).
+#[test]
+fn a_message_over_the_default_cap_is_dropped_and_the_connection_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_support::start(dir.path());
+    let mut sub = Subscriber::connect(&proxy.subscriber_endpoints()[0], SubscriberConfig::default()).unwrap();
+    sub.subscribe(TopicFilter::exact("t")).unwrap();
+    let publisher = publisher();
+    publisher
+        .set_membership(members(&[&proxy.publisher_endpoints()[0]]))
+        .unwrap();
+    warm_up(&publisher, &mut sub, "t");
+    let cap = fanout::proxy::DEFAULT_MAX_MESSAGE_BYTES as usize;
+    // Topic, payload and envelope exactly at the cap; then a payload of the cap alone.
+    let fits = vec![1u8; cap - 1 - wire::ENVELOPE_LEN];
+    let over = vec![2u8; cap];
+    for payload in [&fits, &over, &b"after".to_vec()] {
+        publisher.publish_bytes(b"t", payload).unwrap();
+    }
+    // (parts, bytes, first byte) of each delivery: the payloads themselves are too big to print.
+    let got: Vec<(usize, usize, Option<u8>)> =
+        std::iter::from_fn(|| sub.recv(Duration::from_secs(2)).unwrap())
+            .map(|d| {
+                (
+                    d.payload.len(),
+                    d.payload.concat().len(),
+                    d.payload.concat().first().copied(),
+                )
+            })
+            .collect();
+    assert_eq!(got, vec![(1, fits.len(), Some(1)), (1, 5, Some(b'a'))]);
+    assert_eq!(sub.stats().total_lost(), 1, "the dropped message is a gap");
+    let stats = proxy.stats().publishers;
+    assert_eq!((stats.refused, stats.disconnects), (1, 0));
+    publisher.close();
 }

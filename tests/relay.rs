@@ -5,7 +5,9 @@
 //!
 //! A relay's links to its leaves are connections its own subscriber side made: they carry a
 //! whole leaf's subscriptions (up to the upstream topic cap, not one subscriber's), are
-//! admitted without a subscriber key, and release their topics upstream when they end.
+//! admitted without a subscriber key, and release their topics upstream when they end. Our
+//! publisher's one-frame (wire version 3) and multi-frame (version 2) messages cross a CURVE
+//! relay and its link unchanged.
 
 mod proxy_support;
 
@@ -14,7 +16,9 @@ use fanout::endpoint_list::Endpoint;
 use fanout::membership::Membership;
 use fanout::proxy::auth::Refusal;
 use fanout::proxy::{self, CurveServerConfig, CutOff, LeafFeed, Proxy, ProxyConfig, RelayMetrics, Side};
-use proxy_support::{eventually, observer, subscriber, upstream};
+use fanout::publisher::{Publisher, PublisherConfig};
+use fanout::subscriber::{Subscriber, SubscriberConfig, TopicFilter};
+use proxy_support::{WAIT, eventually, observer, subscriber, upstream};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -468,4 +472,83 @@ fn a_link_that_ends_releases_its_topics_upstream() {
     leaf.shutdown().expect("the leaf stops");
     assert_eq!(next_upstream(&watcher), b"\x00x");
     assert!(eventually(|| relay.stats().live_subscriptions == 0));
+}
+
+/// Our publisher's layouts through a CURVE relay and its link to a leaf, as the proxy forwards
+/// any message: a version-3 message (one frame) and version-2 ones (several parts; a part
+/// above `flat_max_payload`) reach the leaf's subscribers with the frames they were sent as,
+/// and our subscriber takes each apart into the parts published, with the publisher's id and
+/// consecutive sequences.
+#[test]
+fn with_curve_both_wire_layouts_cross_the_relay_link_intact() {
+    let keys = CurveGroup::new();
+    let (_relay_node, relay, feed) = keys.relay(None);
+    let (_leaf_node, leaf) = keys.leaf(true, None);
+    let leaf = proxy::start(leaf).expect("leaf");
+    assert!(feed.deliver(leaves(&[&leaf])));
+    let ctx = zmq::Context::new();
+    let raw = subscriber(&ctx, &leaf, &[TOPIC]);
+    let mut ours = Subscriber::connect(&leaf.subscriber_endpoints()[0], SubscriberConfig::default())
+        .expect("our subscriber");
+    ours.subscribe(TopicFilter::exact("t")).expect("subscribe");
+    let publisher = Publisher::new(PublisherConfig {
+        linger: Duration::from_millis(200),
+        flat_max_payload: 1024,
+        curve: Some(CurveClient {
+            server: keys.group.public,
+            keys: keys.writer.clone(),
+        }),
+        ..PublisherConfig::default()
+    })
+    .expect("publisher");
+    publisher.set_membership(leaves(&[&relay])).expect("membership");
+
+    // Probes until both subscriptions came up through the leaf, its link and the relay.
+    raw.set_rcvtimeo(20).expect("rcvtimeo");
+    assert!(eventually(|| {
+        publisher.publish_bytes(TOPIC, b"probe").expect("probe");
+        let got_raw = raw.recv_multipart(0).is_ok();
+        got_raw && matches!(ours.recv(Duration::from_millis(20)), Ok(Some(_)))
+    }));
+    std::thread::sleep(Duration::from_millis(200));
+    while raw.recv_multipart(zmq::DONTWAIT).is_ok() {}
+    while let Ok(Some(_)) = ours.recv(Duration::ZERO) {}
+    raw.set_rcvtimeo(2000).expect("rcvtimeo");
+
+    // (payload parts, whether handed over borrowed, frames on the wire)
+    let big = vec![7u8; 2000];
+    let cases: Vec<(Vec<Vec<u8>>, bool, usize)> = vec![
+        (vec![b"one frame".to_vec()], true, 1),
+        (vec![b"owned, one frame".to_vec()], false, 1),
+        (vec![b"a".to_vec(), b"b".to_vec()], false, 3),
+        (vec![big], false, 2),
+    ];
+    for (parts, borrowed, _) in &cases {
+        if *borrowed {
+            publisher.publish_bytes(TOPIC, &parts[0]).expect("publish");
+        } else {
+            publisher.publish("t", parts.clone()).expect("publish");
+        }
+    }
+    let mut last_sequence = None;
+    for (parts, _, frames) in &cases {
+        let wire = raw.recv_multipart(0).expect("the plain SUB on the leaf receives");
+        assert_eq!(
+            wire.len(),
+            *frames,
+            "frames of a message of {} parts",
+            parts.len()
+        );
+        let d = ours.recv(WAIT).expect("receive").expect("delivered");
+        assert_eq!((d.topic.as_slice(), &d.payload), (TOPIC, parts));
+        let origin = d.origin.expect("enveloped");
+        assert_eq!(origin.publisher, publisher.id());
+        if let Some(last) = last_sequence {
+            assert_eq!(origin.sequence, last + 1);
+        }
+        last_sequence = Some(origin.sequence);
+    }
+    assert_eq!(ours.stats().total_lost(), 0);
+    assert_eq!((ours.stats().plain, ours.stats().malformed), (0, 0));
+    publisher.close();
 }

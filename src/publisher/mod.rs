@@ -3,12 +3,15 @@
 //!
 //! libzmq sockets are not thread-safe, so the socket lives on one owning thread
 //! (`fanout-pub`, [`socket_thread`]). Callers on any thread talk to it through
-//! - a bounded message queue, drained in batches (the publish path: one channel send per
-//!   message, no lock, no syscall unless the socket thread is asleep), and
+//! - a bounded batch of messages swapped with the socket thread ([`handover`]): `publish_bytes`
+//!   copies the topic and payload into the batch as they will go on the wire, so our publish
+//!   path allocates nothing per message (libzmq allocates one buffer for each message above
+//!   its 33-byte inline size, which every version-3 frame is) and makes no syscall unless the
+//!   socket thread is asleep, and the socket thread sends a whole batch per wake-up; and
 //! - a `tokio::sync::watch` channel holding the membership it should be connected to (the
-//!   newest snapshot wins), looked at before every batch, so a join or leave never waits
-//!   behind a long message queue; every change also queues a wake-up so an idle socket thread
-//!   applies it at once.
+//!   newest snapshot wins), looked at before every batch and every 1024 messages within one,
+//!   so a join or leave never waits behind a long queue; every change also wakes an idle
+//!   socket thread so it applies it at once.
 //!
 //! The socket thread applies a change as a diff (`connect` to joined proxies, `disconnect` from
 //! departed ones, nothing else touched) and publishes what it is connected to through a second
@@ -17,6 +20,7 @@
 
 mod auth_retry;
 pub mod command;
+mod handover;
 pub mod metrics;
 mod socket_thread;
 
@@ -26,12 +30,22 @@ use crate::curve::CurveClient;
 use crate::membership::{Membership, MembershipSender, MembershipSource};
 use crate::socket_options::{ClientOptions, client_socket};
 use crate::wire::PublisherId;
-use socket_thread::{Command, SocketThread};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Mutex, MutexGuard};
+use handover::{Handover, Limits, Payload, Refused};
+use socket_thread::SocketThread;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
+
+/// Default of [`PublisherConfig::flat_max_payload`]: the largest payload whose version-3
+/// frame (with the longest topic version 3 carries and the envelope) is still within a group's
+/// default `maxMessageBytes`, 64 KiB. The proxy's ZMQ_MAXMSGSIZE is that cap per frame, so a
+/// one-frame message above it would end the publisher's connection, where the same message
+/// in two frames is only dropped and counted. Below it the copy pays (BENCHMARKS.md, "Where
+/// the copy stops paying").
+pub const DEFAULT_FLAT_MAX_PAYLOAD: usize = crate::proxy::DEFAULT_MAX_MESSAGE_BYTES as usize
+    - crate::wire::FLAT_MAX_TOPIC
+    - crate::wire::ENVELOPE_LEN;
 
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -41,8 +55,22 @@ pub struct PublisherConfig {
     pub heartbeat: Option<Duration>,
     /// How long `close` may spend flushing queued messages.
     pub linger: Duration,
-    /// Capacity of the in-process queue between `publish` callers and the socket thread.
+    /// Messages the in-process queue between `publish` callers and the socket thread holds
+    /// (the batch being filled; the socket thread may be sending as many more).
     pub queue: usize,
+    /// Bytes that queue holds (topics, payloads, envelopes); one message bigger than this is
+    /// still queued, alone. Small by default so that what a caller wrote is still in the CPU's
+    /// cache when the socket thread sends it (a deep queue only absorbs bursts: a publisher
+    /// that outruns the socket keeps it full, and every byte then goes through main memory;
+    /// BENCHMARKS.md). Raise it (and `queue`) for `try_publish` callers with big bursts.
+    pub queue_bytes: usize,
+    /// A message with one payload part of at most this many bytes (and a topic of at most
+    /// 255) is sent as one frame, the payload copied in with the topic and envelope (wire
+    /// version 3); a bigger part goes as a frame of its own without a copy (version 2). See
+    /// `crate::wire` and BENCHMARKS.md for where the copy stops paying. Keep it at most the
+    /// group's `maxMessageBytes` minus 283 (the longest topic and the envelope): a frame above
+    /// that cap ends the connection, while a message above it in several frames is dropped.
+    pub flat_max_payload: usize,
     /// CURVE: our key pair and the proxies' public key (every proxy of a group shares the
     /// group's server key). `None`: no authentication.
     pub curve: Option<CurveClient>,
@@ -55,6 +83,8 @@ impl Default for PublisherConfig {
             heartbeat: Some(Duration::from_secs(5)),
             linger: Duration::from_secs(1),
             queue: 8192,
+            queue_bytes: 256 << 10,
+            flat_max_payload: DEFAULT_FLAT_MAX_PAYLOAD,
             curve: None,
         }
     }
@@ -81,7 +111,7 @@ pub struct PublisherStats {
     pub sent: u64,
     /// Messages the PUB socket refused (should stay 0: a PUB drops silently per peer).
     pub send_errors: u64,
-    /// Messages `try_publish` dropped because the queue was full.
+    /// Messages `try_publish` or `try_publish_bytes` dropped because the queue was full.
     pub dropped_queue_full: u64,
     /// Messages dropped because no proxy was connected (none listed yet, or an empty group).
     pub dropped_no_proxy: u64,
@@ -105,7 +135,7 @@ struct Follower {
 /// (`publish` takes `&self`).
 pub struct Publisher {
     id: PublisherId,
-    commands: SyncSender<Command>,
+    handover: Arc<Handover>,
     /// What the socket should be connected to.
     membership: MembershipSender,
     /// What the socket thread has connected to, written by that thread only.
@@ -140,7 +170,13 @@ impl Publisher {
             }
             None => None,
         };
-        let (commands, queue) = mpsc::sync_channel(config.queue.max(1));
+        let handover = Arc::new(Handover::new(
+            Limits {
+                messages: config.queue.max(1),
+                bytes: config.queue_bytes,
+            },
+            config.flat_max_payload,
+        ));
         let (membership, wanted) = watch::channel(Membership::new());
         let (connected_tx, connected) = watch::channel(Membership::new());
         let metrics = PublisherMetrics::default();
@@ -152,19 +188,19 @@ impl Publisher {
             proxies: 0,
             metrics: metrics.clone(),
             sequences: Default::default(),
-            topic_frame: Vec::new(),
             last_applied: Instant::now(),
             handshakes,
             refused: Default::default(),
         };
+        let for_thread = handover.clone();
         let handle = std::thread::Builder::new()
             .name("fanout-pub".into())
-            .spawn(move || thread.run(queue, context))
+            .spawn(move || thread.run(for_thread, context))
             .map_err(PublisherError::Thread)?;
         tracing::debug!(publisher = %id, "publisher started");
         Ok(Self {
             id,
-            commands,
+            handover,
             membership,
             connected,
             metrics,
@@ -184,7 +220,9 @@ impl Publisher {
         self.membership
             .send(members)
             .map_err(|_| PublisherError::Closed)?;
-        wake(&self.commands).map_err(|()| PublisherError::Closed)
+        self.handover
+            .membership_changed()
+            .map_err(|_| PublisherError::Closed)
     }
 
     /// Drives `source` on a small runtime of its own (thread `fanout-membership`) until the
@@ -193,13 +231,13 @@ impl Publisher {
     pub fn follow(&self, source: Box<dyn MembershipSource>) -> Result<(), PublisherError> {
         let updates = self.membership.clone();
         let changes = self.membership.subscribe();
-        let commands = self.commands.clone();
+        let handover = self.handover.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = crate::runtime::spawn_thread("fanout-membership", async move {
             let follow = async {
                 let result = source.run(updates).await;
                 // A source that ends (a static list) has just sent its last snapshot.
-                let _ = wake(&commands);
+                let _ = handover.membership_changed();
                 result
             };
             tokio::select! {
@@ -207,7 +245,7 @@ impl Publisher {
                     Ok(()) => tracing::debug!("membership source finished"),
                     Err(err) => tracing::error!(error = %err, "membership source failed; keeping the last membership"),
                 },
-                () = wake_on_change(changes, &commands) => {}
+                () = wake_on_change(changes, &handover) => {}
                 _ = stopped => {}
             }
         })
@@ -216,35 +254,43 @@ impl Publisher {
         Ok(())
     }
 
-    /// Queues one message: `topic` then the envelope then `payload` frames. Blocks only while
-    /// the in-process queue is full (back-pressure); never blocks on the network.
-    pub fn publish(&self, topic: impl Into<Vec<u8>>, payload: Vec<Vec<u8>>) -> Result<(), PublisherError> {
-        self.commands
-            .send(Command::Publish {
-                topic: topic.into(),
-                frames: payload,
-            })
-            .map_err(|_| PublisherError::Closed)
+    /// Queues one message: `topic` and one payload part, both copied (into the batch the
+    /// socket thread sends next, laid out as they go on the wire, so nothing here is allocated
+    /// per message once the batch has grown to its working size; libzmq allocates the frame
+    /// when it is above 33 bytes). Blocks only while the in-process
+    /// queue is full (back-pressure); never blocks on the network. The cheapest way to publish.
+    pub fn publish_bytes(&self, topic: &[u8], payload: &[u8]) -> Result<(), PublisherError> {
+        self.queue(topic, Payload::Borrowed(payload), true)
+    }
+
+    /// Like [`publish_bytes`](Self::publish_bytes) but never blocks: when the queue is full the
+    /// message is dropped, counted, and `Err(QueueFull)` returned.
+    pub fn try_publish_bytes(&self, topic: &[u8], payload: &[u8]) -> Result<(), PublisherError> {
+        self.queue(topic, Payload::Borrowed(payload), false)
+    }
+
+    /// Queues one message of any number of payload parts (frames), taking ownership of them:
+    /// one part up to `flat_max_payload` bytes is copied into one frame with the topic; other
+    /// parts are handed to libzmq without a copy. Blocks only while the in-process queue is
+    /// full (back-pressure); never blocks on the network.
+    pub fn publish(&self, topic: impl AsRef<[u8]>, payload: Vec<Vec<u8>>) -> Result<(), PublisherError> {
+        self.queue(topic.as_ref(), Payload::Owned(payload), true)
     }
 
     /// Like [`publish`](Self::publish) but never blocks: when the queue is full the message
     /// is dropped, counted, and `Err(QueueFull)` returned.
-    pub fn try_publish(
-        &self,
-        topic: impl Into<Vec<u8>>,
-        payload: Vec<Vec<u8>>,
-    ) -> Result<(), PublisherError> {
-        let command = Command::Publish {
-            topic: topic.into(),
-            frames: payload,
-        };
-        match self.commands.try_send(command) {
+    pub fn try_publish(&self, topic: impl AsRef<[u8]>, payload: Vec<Vec<u8>>) -> Result<(), PublisherError> {
+        self.queue(topic.as_ref(), Payload::Owned(payload), false)
+    }
+
+    fn queue(&self, topic: &[u8], payload: Payload<'_>, wait: bool) -> Result<(), PublisherError> {
+        match self.handover.push(topic, payload, wait) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.metrics.dropped_queue_full.inc();
                 Err(PublisherError::QueueFull)
             }
-            Err(TrySendError::Disconnected(_)) => Err(PublisherError::Closed),
+            Err(Refused::Closed) => Err(PublisherError::Closed),
         }
     }
 
@@ -272,8 +318,9 @@ impl Publisher {
             }
         }
         if let Some(handle) = lock(&self.socket_thread).take() {
-            // Close goes behind queued messages, so everything published before it is sent.
-            let _ = self.commands.send(Command::Close);
+            // Everything published before this is sent (within the linger); later publishes
+            // are refused.
+            self.handover.close();
             if handle.join().is_err() {
                 tracing::error!("publisher socket thread panicked");
             }
@@ -287,19 +334,10 @@ impl Drop for Publisher {
     }
 }
 
-/// Queues a wake-up for the socket thread. A full queue needs none: the busy thread looks at
-/// the membership before its next batch anyway. `Err` once the thread is gone.
-fn wake(commands: &SyncSender<Command>) -> Result<(), ()> {
-    match commands.try_send(Command::MembershipChanged { at: Instant::now() }) {
-        Ok(()) | Err(TrySendError::Full(_)) => Ok(()),
-        Err(TrySendError::Disconnected(_)) => Err(()),
-    }
-}
-
 /// Wakes the socket thread on every change a source sends, until the thread is gone.
-async fn wake_on_change(mut changes: watch::Receiver<Membership>, commands: &SyncSender<Command>) {
+async fn wake_on_change(mut changes: watch::Receiver<Membership>, handover: &Handover) {
     while changes.changed().await.is_ok() {
-        if wake(commands).is_err() {
+        if handover.membership_changed().is_err() {
             return;
         }
     }

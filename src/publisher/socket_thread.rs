@@ -1,36 +1,25 @@
 //! The publisher's socket thread: the only code that touches the PUB socket.
 
 use super::auth_retry::RefusedProxies;
+use super::handover::{Batch, Body, Entry, Handover, Part};
 use super::metrics::PublisherMetrics;
 use crate::membership::{self, Membership};
 use crate::proxy::monitor::{EVENT_HANDSHAKE_FAILED_AUTH, EVENT_HANDSHAKE_SUCCEEDED, MonitorEvent};
-use crate::wire::{Envelope, PublisherId};
+use crate::wire::{ENVELOPE_LEN, Envelope, PublisherId};
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// libzmq keeps message parts up to this size inline (its "very small message"), so sending
 /// them from a slice allocates nothing; larger parts are handed over as the caller's buffer.
 const SMALL_FRAME: usize = 33;
-/// Messages handled per wake-up before the membership is looked at again.
-const BATCH: usize = 1024;
+/// Messages sent between two looks at the membership, so a join or leave never waits behind a
+/// long batch.
+const MEMBERSHIP_EVERY: usize = 1024;
 /// After a membership change, how long the idle socket thread keeps poking libzmq often so
 /// connection set-up and teardown complete promptly.
 const SETTLE: Duration = Duration::from_secs(2);
-
-pub(super) enum Command {
-    Publish {
-        topic: Vec<u8>,
-        frames: Vec<Vec<u8>>,
-    },
-    /// The membership watch changed at `at` (may be dropped when the queue is full, in which
-    /// case the busy socket thread sees the change before its next batch anyway).
-    MembershipChanged {
-        at: Instant,
-    },
-    Close,
-}
 
 /// Everything the owning thread keeps: the socket, the membership channels, per-topic
 /// sequences.
@@ -44,9 +33,7 @@ pub(super) struct SocketThread {
     /// How many proxies `connected` holds, read on every send without the watch's lock.
     pub(super) proxies: usize,
     pub(super) metrics: PublisherMetrics,
-    pub(super) sequences: HashMap<Vec<u8>, u64>,
-    /// Frame 0 (topic and envelope) is built here for every message: one buffer, reused.
-    pub(super) topic_frame: Vec<u8>,
+    pub(super) sequences: TopicSequences,
     /// When a snapshot was last applied (for the membership lag).
     pub(super) last_applied: Instant,
     /// With CURVE: the PAIR end of the socket's monitor ([`HANDSHAKE_EVENTS`]), to retry the
@@ -58,10 +45,22 @@ pub(super) struct SocketThread {
 /// The monitor events a CURVE publisher watches.
 pub(super) const HANDSHAKE_EVENTS: i32 = (EVENT_HANDSHAKE_FAILED_AUTH | EVENT_HANDSHAKE_SUCCEEDED) as i32;
 
+/// Tells the hand-over that the socket thread is gone, however it ends (a panic included), so
+/// that callers get `Closed` instead of waiting for room forever.
+struct EndedOnDrop(Arc<Handover>);
+
+impl Drop for EndedOnDrop {
+    fn drop(&mut self) {
+        self.0.ended();
+    }
+}
+
 impl SocketThread {
-    pub(super) fn run(mut self, queue: Receiver<Command>, context: zmq::Context) {
+    pub(super) fn run(mut self, handover: Arc<Handover>, context: zmq::Context) {
+        let handover = EndedOnDrop(handover);
+        let mut batch = Batch::default();
         let mut changed_at = None;
-        'outer: loop {
+        loop {
             if self.apply_wanted_membership() {
                 changed_at = Some(Instant::now());
             }
@@ -79,29 +78,18 @@ impl SocketThread {
             } else {
                 Duration::from_millis(200)
             };
-            let first = match queue.recv_timeout(idle_wait) {
-                Ok(command) => command,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut next = Some(first);
-            let mut handled = 0;
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Publish { topic, frames } => self.send(topic, frames),
-                    Command::MembershipChanged { at } => {
-                        if self.apply_wanted_membership() {
-                            changed_at = Some(Instant::now());
-                        }
-                        let lag = self.last_applied.saturating_duration_since(at);
-                        self.metrics.membership_lag.observe(lag.as_secs_f64());
-                    }
-                    Command::Close => break 'outer,
+            let signals = handover.0.take(&mut batch, idle_wait);
+            if let Some(at) = signals.membership_changed_at {
+                if self.apply_wanted_membership() {
+                    changed_at = Some(Instant::now());
                 }
-                handled += 1;
-                if handled < BATCH {
-                    next = queue.try_recv().ok();
-                }
+                let lag = self.last_applied.saturating_duration_since(at);
+                self.metrics.membership_lag.observe(lag.as_secs_f64());
+            }
+            self.send_batch(&mut batch, &mut changed_at);
+            // Close was asked after everything in this batch was queued: all of it is sent.
+            if signals.close {
+                break;
             }
         }
         self.connected.send_replace(Membership::new());
@@ -112,7 +100,28 @@ impl SocketThread {
         drop(self.handshakes.take());
         drop(self.socket);
         drop(context);
+        drop(handover);
         tracing::debug!(publisher = %self.id, "publisher closed");
+    }
+
+    fn send_batch(&mut self, batch: &mut Batch, changed_at: &mut Option<Instant>) {
+        let Batch {
+            arena,
+            entries,
+            parts,
+            ..
+        } = batch;
+        let mut tally = Tally::default();
+        for (i, entry) in entries.iter().enumerate() {
+            if i % MEMBERSHIP_EVERY == MEMBERSHIP_EVERY - 1 {
+                tally.record(&self.metrics);
+                if self.apply_wanted_membership() {
+                    *changed_at = Some(Instant::now());
+                }
+            }
+            self.send(arena, parts, entry, &mut tally);
+        }
+        tally.record(&self.metrics);
     }
 
     /// Applies the newest wanted membership, if it changed; true if it did.
@@ -199,54 +208,147 @@ impl SocketThread {
         }
     }
 
-    fn send(&mut self, topic: Vec<u8>, frames: Vec<Vec<u8>>) {
-        let sequence = match self.sequences.get_mut(&topic) {
-            Some(seq) => {
-                *seq += 1;
-                *seq
-            }
-            None => {
-                self.sequences.insert(topic.clone(), 0);
-                0
-            }
-        };
+    /// Sends one queued message: writes its envelope into the room kept for it in the arena
+    /// and hands the frames to the socket.
+    fn send(&mut self, arena: &mut [u8], parts: &mut [Part], entry: &Entry, tally: &mut Tally) {
+        let sequence = self.sequences.next(&arena[entry.topic()]);
         if self.proxies == 0 {
             // A PUB with no peer would drop it without a trace. The sequence still advances:
             // the message existed and is lost, as a subscriber's gap would say.
-            self.metrics.dropped_no_proxy.inc();
+            tally.dropped_no_proxy += 1;
             return;
         }
-        Envelope {
+        let envelope = Envelope {
             publisher: self.id,
             sequence,
-        }
-        .write_topic_frame(&topic, &mut self.topic_frame);
-        let result = (|| {
-            let n = frames.len();
-            // Copied into the message: a short topic and the envelope fit libzmq's inline
-            // small-message buffer, so this allocates nothing.
-            self.socket
-                .send(&self.topic_frame[..], if n == 0 { 0 } else { zmq::SNDMORE })?;
-            for (i, frame) in frames.into_iter().enumerate() {
-                let flags = if i + 1 == n { 0 } else { zmq::SNDMORE };
-                if frame.len() <= SMALL_FRAME {
-                    // Inline in the message, copied per pipe: cheaper than a shared buffer.
-                    self.socket.send(&frame[..], flags)?;
-                } else {
-                    // Handed over without a copy, shared by every pipe.
-                    self.socket.send(frame, flags)?;
-                }
+        };
+        let result = match &entry.body {
+            Body::Flat {
+                topic_len,
+                payload_len,
+            } => {
+                let end = entry.topic().end + payload_len + ENVELOPE_LEN;
+                arena[end - ENVELOPE_LEN..end].copy_from_slice(&envelope.flat_tail(*topic_len));
+                // One copy into the message; libzmq shares it between the pipes of every proxy.
+                self.socket.send(&arena[entry.start..end], 0)
             }
-            Ok::<(), zmq::Error>(())
-        })();
+            Body::Frames { parts: range, .. } => {
+                let end = entry.topic().end + ENVELOPE_LEN;
+                arena[end - ENVELOPE_LEN..end].copy_from_slice(&envelope.topic_tail());
+                send_frames(
+                    &self.socket,
+                    &arena[entry.start..end],
+                    arena,
+                    &mut parts[range.clone()],
+                )
+            }
+        };
         match result {
-            Ok(()) => {
-                self.metrics.messages_sent.inc();
-            }
+            Ok(()) => tally.sent += 1,
             Err(err) => {
-                self.metrics.send_failures.inc();
+                tally.send_failures += 1;
                 tracing::warn!(error = %err, "send failed");
             }
         };
+    }
+}
+
+/// Outcomes counted while sending, added to the metrics every `MEMBERSHIP_EVERY` messages and
+/// at the end of a batch rather than per message (each update is an atomic operation).
+#[derive(Debug, Default)]
+struct Tally {
+    sent: u64,
+    send_failures: u64,
+    dropped_no_proxy: u64,
+}
+
+impl Tally {
+    fn record(&mut self, metrics: &PublisherMetrics) {
+        let Tally {
+            sent,
+            send_failures,
+            dropped_no_proxy,
+        } = std::mem::take(self);
+        for (counter, n) in [
+            (&metrics.messages_sent, sent),
+            (&metrics.send_failures, send_failures),
+            (&metrics.dropped_no_proxy, dropped_no_proxy),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+    }
+}
+
+/// A version-2 message: the topic frame, then every payload part as a frame of its own.
+fn send_frames(
+    socket: &zmq::Socket,
+    topic_frame: &[u8],
+    arena: &[u8],
+    parts: &mut [Part],
+) -> zmq::Result<()> {
+    let n = parts.len();
+    // Copied into the message: a topic of up to 5 bytes and the envelope fit libzmq's
+    // 33-byte inline small-message buffer, so this allocates nothing; a longer one allocates.
+    socket.send(topic_frame, if n == 0 { 0 } else { zmq::SNDMORE })?;
+    for (i, part) in parts.iter_mut().enumerate() {
+        let flags = if i + 1 == n { 0 } else { zmq::SNDMORE };
+        match part {
+            Part::Arena(range) => socket.send(&arena[range.clone()], flags)?,
+            // Inline in the message, copied per pipe: cheaper than a shared buffer.
+            Part::Owned(bytes) if bytes.len() <= SMALL_FRAME => socket.send(&bytes[..], flags)?,
+            // Handed over without a copy, shared by every pipe.
+            Part::Owned(bytes) => socket.send(std::mem::take(bytes), flags)?,
+        }
+    }
+    Ok(())
+}
+
+/// The next sequence number per topic (first is 0). Publishers mostly send one topic after
+/// another of the same, so the current topic's counter is kept out of the map and a message on
+/// it costs a comparison instead of a hash.
+#[derive(Debug, Default)]
+pub(super) struct TopicSequences {
+    /// Next sequence of every topic but the current one.
+    others: HashMap<Vec<u8>, u64>,
+    /// The topic of the latest message and its next sequence.
+    current: Option<(Vec<u8>, u64)>,
+}
+
+impl TopicSequences {
+    /// The sequence for a message on `topic`; advances it.
+    pub(super) fn next(&mut self, topic: &[u8]) -> u64 {
+        let next = match &mut self.current {
+            Some((current, next)) if current[..] == *topic => next,
+            slot => {
+                if let Some((previous, next)) = slot.take() {
+                    self.others.insert(previous, next);
+                }
+                let entry = self
+                    .others
+                    .remove_entry(topic)
+                    .unwrap_or_else(|| (topic.to_vec(), 0));
+                &mut slot.insert(entry).1
+            }
+        };
+        let sequence = *next;
+        *next = next.wrapping_add(1);
+        sequence
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TopicSequences;
+
+    #[test]
+    fn sequences_count_per_topic_from_zero_across_switches() {
+        let mut s = TopicSequences::default();
+        let got: Vec<u64> = [&b"a"[..], b"a", b"b", b"a", b"b", b"b", b"", b"a"]
+            .iter()
+            .map(|t| s.next(t))
+            .collect();
+        assert_eq!(got, vec![0, 1, 0, 2, 1, 2, 0, 3]);
     }
 }

@@ -319,6 +319,8 @@ pub struct Subscriber {
     // The socket must drop before the context (field order).
     socket: zmq::Socket,
     _ctx: zmq::Context,
+    /// Frame 0 of each received message, received into one reused message.
+    frame: zmq::Message,
     endpoint: String,
     matcher: TopicMatcher,
     gaps: GapTracker,
@@ -345,6 +347,7 @@ impl Subscriber {
         Ok(Self {
             socket,
             _ctx: ctx,
+            frame: zmq::Message::new(),
             endpoint: endpoint.to_string(),
             matcher: TopicMatcher::default(),
             gaps: GapTracker::default(),
@@ -379,8 +382,20 @@ impl Subscriber {
         let deadline = Instant::now() + timeout;
         loop {
             // Drain what is already queued without polling first (cheap when busy).
-            let frames = match self.socket.recv_multipart(zmq::DONTWAIT) {
-                Ok(frames) => frames,
+            let split = match self.socket.recv(&mut self.frame, zmq::DONTWAIT) {
+                // One frame (wire version 3, or a plain single-frame message): taken apart
+                // where it was received.
+                Ok(()) if !self.frame.get_more() => wire::split_one(&self.frame),
+                Ok(()) => {
+                    // The rest of the message is already queued (libzmq delivers whole
+                    // messages), so this does not wait.
+                    let mut frames = vec![self.frame.to_vec()];
+                    frames.extend(self.socket.recv_multipart(0)?);
+                    match wire::split(frames) {
+                        Some(split) => split,
+                        None => continue,
+                    }
+                }
                 Err(zmq::Error::EAGAIN) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -393,18 +408,18 @@ impl Subscriber {
                 Err(zmq::Error::EINTR) => continue,
                 Err(err) => return Err(err.into()),
             };
-            if let Some(delivery) = self.accept(frames) {
+            if let Some(delivery) = self.accept(split) {
                 return Ok(Some(delivery));
             }
         }
     }
 
-    fn accept(&mut self, frames: Vec<Vec<u8>>) -> Option<Delivery> {
+    fn accept(&mut self, split: wire::Split) -> Option<Delivery> {
         let wire::Split {
             topic,
             payload,
             parsed,
-        } = wire::split(frames)?;
+        } = split;
         if !self.matcher.matches(&topic) {
             self.stats.filtered = self.stats.filtered.saturating_add(1);
             return None;

@@ -324,3 +324,41 @@ pub fn still_forwarding(publisher: &zmq::Socket, subscriber: &zmq::Socket, topic
         assert_eq!(parts[1], n.to_be_bytes());
     }
 }
+
+/// The interpreter for pyzmq tests: `FANOUT_TEST_PYTHON`, else Debian's `/usr/bin/python3`
+/// (where `apt-get install python3-zmq` puts pyzmq), else `python3` on the PATH.
+pub fn python() -> String {
+    std::env::var("FANOUT_TEST_PYTHON").unwrap_or_else(|_| {
+        let debian = "/usr/bin/python3";
+        if Path::new(debian).exists() {
+            debian.into()
+        } else {
+            "python3".into()
+        }
+    })
+}
+
+/// The Python to run a pyzmq test with, if it has pyzmq and `probe` (Python code) exits 0
+/// there. Otherwise the test is skipped with the reason printed (`None`), unless
+/// `FANOUT_REQUIRE_PYZMQ` is set: hack/test.sh installs python3-zmq and sets it, so in CI a
+/// pyzmq test cannot pass by skipping.
+pub fn pyzmq(probe: &str) -> Option<String> {
+    let python = python();
+    let missing = match std::process::Command::new(&python)
+        .args(["-c", &format!("import zmq\n{probe}")])
+        .output()
+    {
+        Ok(out) if out.status.success() => return Some(python),
+        Ok(out) => format!(
+            "{python} has no pyzmq that passes the probe ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(err) => format!("no {python} ({err})"),
+    };
+    assert!(
+        std::env::var_os("FANOUT_REQUIRE_PYZMQ").is_none(),
+        "FANOUT_REQUIRE_PYZMQ is set but {missing}"
+    );
+    eprintln!("skipping: {missing}");
+    None
+}
