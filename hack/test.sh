@@ -78,6 +78,11 @@ echo "reproducible: a second build gave the same digests"
 phase "end-to-end tests on kwok nodes against a fresh cluster (up, tests, down)"
 tests/cluster/with-cluster.sh cargo test --locked --offline --test e2e --test chart -- --ignored --test-threads=1 --nocapture
 
+phase "scale: one group over 1 000 kwok nodes on a cluster of its own (hack/scale.sh; generous bounds only, the figures are BENCHMARKS.md's)"
+# The controller is the release build hack/image.sh made; the probe is the debug build above.
+FANOUT_SCALE_DEBUG_PROBE=1 FANOUT_NETNS=fanout-test-scale FANOUT_CLUSTER_DIR=/tmp/fanout-test-scale \
+  hack/scale.sh 1000 --changes 20 --check
+
 phase "end-to-end tests on real nodes (kubelet, containerd, runc, CNI) against a fresh cluster"
 tests/cluster/with-cluster.sh cargo test --locked --offline --test e2e_real_nodes -- --ignored --test-threads=1 --nocapture
 

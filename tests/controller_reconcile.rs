@@ -1,6 +1,9 @@
 //! One reconcile against a mocked API server (tower-test): which requests, in which order, with
 //! which server-side-apply parameters; then that a second pass over unchanged state writes
 //! nothing, and that one pod changing rewrites only its slice (plus list, status, event).
+//!
+//! Most passes here run with no report interval, so each writes its own status and Events at
+//! once; `a_report_waits_for_its_interval_then_carries_the_whole_interval` runs with one.
 
 use fanout::controller::children::Caches;
 use fanout::controller::memory::GroupKey;
@@ -13,6 +16,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::client::Body;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -90,13 +94,21 @@ fn store_of<K>(objects: Vec<K>) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
+    fed_store_of(objects).0
+}
+
+/// A synced cache of `objects`, and its writer to feed it later watch events.
+fn fed_store_of<K>(objects: Vec<K>) -> (Store<K>, reflector::store::Writer<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
     let (store, mut writer) = reflector::store();
     writer.apply_watcher_event(&watcher::Event::Init);
     for object in objects {
         writer.apply_watcher_event(&watcher::Event::InitApply(object));
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
-    store
+    (store, writer)
 }
 
 /// Objects as the caches would hold them after earlier applies.
@@ -122,15 +134,13 @@ async fn reconcile_warm(group: FanoutGroup, state: State) -> (Result<(), String>
     reconcile_with(group, state, Some("img:1"), None, true).await
 }
 
-/// `reconcile_once` with the controller's `--default-proxy-image` given.
-/// `reject`: requests whose path ends with `.0` get a 422 with message `.1`.
-async fn reconcile_with(
-    group: FanoutGroup,
-    state: State,
-    default_image: Option<&str>,
+/// A mock API server that answers every request (echoing apply bodies; `group` for status
+/// patches) and records them. `reject`: requests whose path ends with `.0` get a 422 with
+/// message `.1`.
+fn mock_api(
+    group: &FanoutGroup,
     reject: Option<(&'static str, &'static str)>,
-    warm: bool,
-) -> (Result<(), String>, Vec<Seen>) {
+) -> (Client, Arc<Mutex<Vec<Seen>>>, tokio::task::JoinHandle<()>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -188,15 +198,58 @@ async fn reconcile_with(
             );
         }
     });
+    (client, seen, server)
+}
 
+/// Feeds the slice and ConfigMap caches of a [`context`] (what their watches would do).
+struct Feeds {
+    slices: reflector::store::Writer<EndpointSlice>,
+    config_maps: reflector::store::Writer<ConfigMap>,
+}
+
+impl Feeds {
+    /// The slices and ConfigMaps applied in `seen`, as the watches would deliver them.
+    fn deliver(&mut self, seen: &[Seen]) {
+        for entry in seen.iter().filter(|s| s.method == "PATCH") {
+            if entry.path.contains("/endpointslices/") {
+                let slice = serde_json::from_value(entry.body.clone()).unwrap();
+                self.slices.apply_watcher_event(&watcher::Event::Apply(slice));
+            } else if entry.path.contains("/configmaps/") {
+                let config_map = serde_json::from_value(entry.body.clone()).unwrap();
+                self.config_maps
+                    .apply_watcher_event(&watcher::Event::Apply(config_map));
+            }
+        }
+    }
+}
+
+/// A reconciler's context over `state` talking to `client`, writing each report after
+/// `report_interval`.
+fn context(
+    client: Client,
+    state: State,
+    default_image: Option<&str>,
+    report_interval: Duration,
+) -> Arc<Context> {
+    context_fed(client, state, default_image, report_interval).0
+}
+
+fn context_fed(
+    client: Client,
+    state: State,
+    default_image: Option<&str>,
+    report_interval: Duration,
+) -> (Arc<Context>, Feeds) {
     let mut registry = prometheus_client::registry::Registry::default();
     let (_leading_tx, leading) = watch::channel(true);
+    let (slices, slices_feed) = fed_store_of(state.slices);
+    let (config_maps, config_maps_feed) = fed_store_of(state.config_maps);
     let caches = Caches {
         pods: store_of(state.pods),
-        slices: store_of(state.slices),
+        slices,
         daemon_sets: store_of(state.daemon_sets),
         services: store_of(state.services),
-        config_maps: store_of(state.config_maps),
+        config_maps,
         secrets: store_of(state.secrets),
         relay_slices: store_of(Vec::new()),
     };
@@ -207,24 +260,49 @@ async fn reconcile_with(
             instance: None,
         },
     );
-    let ctx = Arc::new(Context::new(
-        client,
-        recorder,
-        Metrics::register(&mut registry),
-        caches,
-        fanout::controller::policy::ProxyPolicy {
-            own_image: default_image.map(str::to_string),
-            ..Default::default()
-        },
-        leading,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            recorder,
+            Metrics::register(&mut registry),
+            caches,
+            fanout::controller::policy::ProxyPolicy {
+                own_image: default_image.map(str::to_string),
+                ..Default::default()
+            },
+            leading,
+        )
+        .with_report_interval(report_interval),
+    );
+    let feeds = Feeds {
+        slices: slices_feed,
+        config_maps: config_maps_feed,
+    };
+    (ctx, feeds)
+}
+
+async fn pass(group: FanoutGroup, ctx: Arc<Context>) -> Result<Action, String> {
+    tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(group), ctx))
+        .await
+        .map_err(|_| "reconcile hung".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
+/// `reconcile_once` with the controller's `--default-proxy-image` given.
+/// `reject`: requests whose path ends with `.0` get a 422 with message `.1`.
+async fn reconcile_with(
+    group: FanoutGroup,
+    state: State,
+    default_image: Option<&str>,
+    reject: Option<(&'static str, &'static str)>,
+    warm: bool,
+) -> (Result<(), String>, Vec<Seen>) {
+    let (client, seen, server) = mock_api(&group, reject);
+    let ctx = context(client, state, default_image, Duration::ZERO);
     if warm {
         ctx.memory.full_apply_done(&GroupKey::of(&group));
     }
-    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(group), ctx))
-        .await
-        .map_err(|_| "reconcile hung".to_string())
-        .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
+    let result = pass(group, ctx).await.map(|_| ());
     server.abort();
     let seen = seen.lock().unwrap().clone();
     (result, seen)
@@ -554,5 +632,60 @@ async fn an_object_the_api_refuses_makes_the_group_degraded_and_the_reconcile_fa
             .as_str()
             .unwrap()
             .contains("spec.ports[0].port")
+    );
+}
+
+#[tokio::test]
+async fn a_report_waits_for_its_interval_then_carries_the_whole_interval() {
+    let (group, mut state) = settled().await;
+    // p2 leaves: the slice and the list are written at once, the status and the event wait.
+    state.pods[1] = pod("p2", "10.0.0.2", false);
+    let (client, seen, server) = mock_api(&group, None);
+    let interval = Duration::from_millis(300);
+    let (ctx, mut feeds) = context_fed(client, state, Some("img:1"), interval);
+    ctx.memory.full_apply_done(&GroupKey::of(&group));
+    let first = pass(group.clone(), ctx.clone()).await;
+    assert_eq!(
+        first,
+        Ok(Action::requeue(interval)),
+        "back when the interval ends"
+    );
+    let written = std::mem::take(&mut *seen.lock().unwrap());
+    let lines: Vec<String> = written.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "PATCH /apis/discovery.k8s.io/v1/namespaces/net/endpointslices/updates-v4-0",
+            "PATCH /api/v1/namespaces/net/configmaps/updates-endpoints",
+        ]
+    );
+    // A pass within the interval, the caches holding those writes, writes nothing at all ...
+    feeds.deliver(&written);
+    let again = pass(group.clone(), ctx.clone()).await;
+    assert!(
+        matches!(again, Ok(ref action) if *action != Action::requeue(interval) && *action != Action::requeue(fanout::controller::memory::RESYNC)),
+        "still waiting for the rest of the interval: {again:?}"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "{:?}", seen.lock().unwrap());
+    // ... and the pass at its end writes the status once, and the event the first pass owed.
+    tokio::time::sleep(interval).await;
+    let last = pass(group, ctx).await;
+    server.abort();
+    assert_eq!(last, Ok(Action::requeue(fanout::controller::memory::RESYNC)));
+    let seen = seen.lock().unwrap().clone();
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [
+            "PATCH /apis/fanout.dev/v1alpha1/namespaces/net/fanoutgroups/updates/status",
+            "POST /apis/events.k8s.io/v1/namespaces/net/events",
+        ]
+    );
+    assert_eq!(seen[0].body["status"]["publishedEndpoints"], 1);
+    assert_eq!(seen[1].body["reason"], "ProxiesLeft");
+    assert!(
+        seen[1].body["note"].as_str().unwrap().contains("p2"),
+        "{}",
+        seen[1].body["note"]
     );
 }

@@ -12,18 +12,22 @@
 
 use super::error::Error;
 use super::objects::{FIELD_MANAGER, GroupId, MANAGED_BY_LABEL};
+use super::writer::{Written, WrittenKind};
 use crate::endpoint_list::{GROUP_LABEL, RELAY_FOR_LABEL};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a reconcile waits for the watch caches to list everything once.
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a reconcile waits for the caches to show its own writes (a watch event is usually a
+/// few milliseconds behind; a broken watch must not stall the group for longer than this).
+const OWN_WRITES_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The watch caches the reconciler reads (filled by reflectors in `watches`).
 #[derive(Clone)]
@@ -57,7 +61,46 @@ impl Caches {
         }
     }
 
-    /// The group's pods and children as the caches hold them now, each list sorted by name.
+    /// Waits (at most [`OWN_WRITES_TIMEOUT`]) until the caches show `written`, so that the
+    /// next pass plans from them: one that started on a cache without the write would write the
+    /// same object again, and announce the same proxies again. Returns whether they caught up.
+    pub async fn wait_for_writes(&self, namespace: &str, written: &[Written]) -> bool {
+        let shown = || written.iter().all(|write| self.shows(namespace, write));
+        let deadline = tokio::time::Instant::now() + OWN_WRITES_TIMEOUT;
+        while !shown() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    fn shows(&self, namespace: &str, write: &Written) -> bool {
+        fn version<K: Resource<DynamicType = ()> + Clone>(
+            store: &Store<K>,
+            namespace: &str,
+            name: &str,
+        ) -> Option<Option<String>> {
+            store
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|object| object.meta().resource_version.clone())
+        }
+        let cached = match write.kind {
+            WrittenKind::NotCached => return true,
+            WrittenKind::DaemonSet => version(&self.daemon_sets, namespace, &write.name),
+            WrittenKind::Service => version(&self.services, namespace, &write.name),
+            // A relay's assignment slices are cached apart (children::relay_watch_selector).
+            WrittenKind::EndpointSlice => version(&self.slices, namespace, &write.name)
+                .or_else(|| version(&self.relay_slices, namespace, &write.name)),
+            WrittenKind::ConfigMap => version(&self.config_maps, namespace, &write.name),
+        };
+        shows_write(cached.as_ref().map(Option::as_deref), write)
+    }
+
+    /// The group's pods and children as the caches hold them now, each list of children sorted
+    /// by name; the pods in no particular order (the plan keys everything it takes from them by
+    /// pod name, and sorting thousands of pods scattered in memory cost a pass milliseconds).
     pub fn children_of(&self, id: &GroupId) -> Children {
         fn sorted<K: Resource>(mut objects: Vec<Arc<K>>) -> Vec<Arc<K>> {
             objects.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
@@ -65,7 +108,7 @@ impl Caches {
         }
         let owned = |meta: &ObjectMeta| is_child(meta, id);
         Children {
-            pods: sorted(self.pods.state_filter(|pod| is_member(&pod.metadata, id))),
+            pods: self.pods.state_filter(|pod| is_member(&pod.metadata, id)),
             daemon_sets: sorted(self.daemon_sets.state_filter(|o| owned(&o.metadata))),
             services: sorted(self.services.state_filter(|o| owned(&o.metadata))),
             slices: sorted(self.slices.state_filter(|o| owned(&o.metadata))),
@@ -96,6 +139,20 @@ pub struct Children {
     pub key_secrets: Vec<Arc<Secret>>,
     /// The relay assignment slices of the group's tree.
     pub relay_slices: Vec<Arc<EndpointSlice>>,
+}
+
+/// Pure: whether a cache entry (`None`: absent; else its resourceVersion) shows `write`: it
+/// holds the version the API server returned, or a version other than the one from before the
+/// write (someone wrote after us; the watch saw ours first). A deletion is shown by absence; a
+/// write the API server gave no version for has nothing to wait for.
+fn shows_write(cached: Option<Option<&str>>, write: &Written) -> bool {
+    if write.deleted {
+        return cached.is_none();
+    }
+    let Some(version) = write.version.as_deref() else {
+        return true;
+    };
+    cached.is_some_and(|cached| cached == Some(version) || cached != write.before.as_deref())
 }
 
 /// The object called `name` in `objects`.
@@ -161,6 +218,42 @@ pub fn is_controlled_by<K: Resource<DynamicType = ()>>(meta: &ObjectMeta, owner:
 mod tests {
     use super::*;
     use crate::controller::objects::tests_support::{build, group};
+
+    #[test]
+    fn a_write_is_shown_once_the_cache_holds_its_version_or_not_the_deleted_object() {
+        let applied = Written {
+            kind: WrittenKind::EndpointSlice,
+            name: "s".into(),
+            version: Some("12".into()),
+            before: Some("11".into()),
+            deleted: false,
+        };
+        assert!(!shows_write(None, &applied), "not in the cache");
+        assert!(
+            !shows_write(Some(Some("11")), &applied),
+            "the version before ours"
+        );
+        assert!(shows_write(Some(Some("12")), &applied));
+        assert!(shows_write(Some(Some("13")), &applied), "a later write");
+        let created = Written {
+            before: None,
+            ..applied.clone()
+        };
+        assert!(!shows_write(None, &created));
+        assert!(shows_write(Some(Some("12")), &created));
+        let unversioned = Written {
+            version: None,
+            ..applied.clone()
+        };
+        assert!(shows_write(None, &unversioned), "nothing to wait for");
+        let deleted = Written {
+            deleted: true,
+            version: None,
+            ..applied
+        };
+        assert!(!shows_write(Some(Some("12")), &deleted));
+        assert!(shows_write(None, &deleted));
+    }
 
     #[test]
     fn the_watch_selector_matches_what_the_controller_writes() {

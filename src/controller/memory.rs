@@ -1,9 +1,20 @@
 //! What the controller remembers about each group between reconciles, in one place keyed by
-//! one [`GroupKey`]: when its last reconcile started (the throttle), when every child was last
-//! applied without the skip-if-unchanged check (drift), and how many reconciles in a row
-//! failed (the backoff). Forgotten when the group is deleted. The decisions are pure
-//! functions of that memory and the clock.
+//! one [`GroupKey`]: when its children were last written (the write throttle), when every child
+//! was last applied without the skip-if-unchanged check (drift), how many reconciles in a row
+//! failed (the backoff), and the report (status, Events) waiting to be written. Forgotten when
+//! the group is deleted. The decisions are pure functions of that memory and the clock.
+//!
+//! Two kinds of write, two paces:
+//! - **Children** (slices, ConfigMap, ...) go out at once when the group's last write is at
+//!   least [`MIN_INTERVAL`] old (leading edge: a lone change is published as soon as it is
+//!   seen); a change within the interval waits for its end, and everything that arrives
+//!   meanwhile goes out with it (trailing coalescing). Passes that write nothing never wait.
+//! - **The report** (status, Events) is written [`REPORT_INTERVAL`] after the first change
+//!   that wants one, with every change of the interval in it: at most one status write and
+//!   one Event of each kind per group per interval, however fast proxies come and go.
 
+use super::notices::{Notice, ProxyChanges, is_proxy_change};
+use super::plan::Report;
 use super::writer::ApplyMode;
 use crate::crd::FanoutGroup;
 use kube::ResourceExt;
@@ -15,11 +26,14 @@ use std::time::{Duration, Instant};
 /// How often a group is reconciled with no event at all (drift, lost events), and how often
 /// every child is applied regardless of the applied-hash annotation.
 pub const RESYNC: Duration = Duration::from_secs(300);
-/// Least time between the starts of two reconciles of one group. While a group waits or
-/// reconciles, every further event for it folds into one pending request, so a burst of N pod
-/// changes costs about `burst length / MIN_INTERVAL` reconciles (each writing only the slices
-/// that changed), and a single change is published at once.
+/// Least time between two writes of a group's children. While a group waits or reconciles,
+/// every further event for it folds into one pending request, so a burst of N pod changes costs
+/// about `burst length / MIN_INTERVAL` rounds of writes (each writing only the slices that
+/// changed, and the ConfigMap), and a single change is published at once.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a changed status, and the Events, wait to be written: everything that changes within
+/// it goes out in one status write and one Event of each kind.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A group's namespace and name: the one key of everything kept per group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,17 +61,73 @@ impl From<&ObjectRef<FanoutGroup>> for GroupKey {
 }
 
 /// What is remembered about one group.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupMemory {
-    pub last_start: Option<Instant>,
+    /// When the group's children were last written.
+    pub last_write: Option<Instant>,
     pub last_full_apply: Option<Instant>,
     pub consecutive_failures: u32,
+    /// The report waiting to be written: since when, and the proxies' changes so far.
+    pub pending_report: Option<PendingReport>,
 }
 
-/// Pure: how long to wait before reconciling a group that last started at `last`.
+/// A report (status, Events) waiting for the end of its interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingReport {
+    pub since: Instant,
+    pub proxies: ProxyChanges,
+}
+
+/// Pure: how long a write of a group's children waits when its last write was at `last`.
 pub fn throttle_delay(last: Option<Instant>, now: Instant, min_interval: Duration) -> Duration {
     last.map(|last| min_interval.saturating_sub(now.saturating_duration_since(last)))
         .unwrap_or(Duration::ZERO)
+}
+
+/// What to do with a pass's report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportStep {
+    /// Nothing to report.
+    Idle,
+    /// Write this now (then [`Memory::report_written`]).
+    Write(Report),
+    /// Reconcile again in this long to write it.
+    Wait(Duration),
+}
+
+/// Pure: folds a pass's `report` into what is pending and decides. The status is the pass's
+/// own (computed against the status last written, which the cache holds again by the time an
+/// interval has passed), and so are the degraded/recovered notices; the proxies' changes add
+/// up over the interval, since each pass only sees its own.
+pub fn report_step(
+    pending: &mut Option<PendingReport>,
+    report: &Report,
+    now: Instant,
+    interval: Duration,
+) -> ReportStep {
+    let (proxy_notices, others): (Vec<&Notice>, Vec<&Notice>) =
+        report.notices.iter().partition(|notice| is_proxy_change(notice));
+    let mut proxies = pending
+        .as_ref()
+        .map(|pending| pending.proxies.clone())
+        .unwrap_or_default();
+    proxies.fold(&proxy_notices.into_iter().cloned().collect::<Vec<_>>());
+    if report.status.is_none() && others.is_empty() && proxies.is_empty() {
+        *pending = None;
+        return ReportStep::Idle;
+    }
+    let since = pending.as_ref().map_or(now, |pending| pending.since);
+    let waited = now.saturating_duration_since(since);
+    let mut notices = proxies.notices();
+    *pending = Some(PendingReport { since, proxies });
+    if waited < interval {
+        return ReportStep::Wait(interval - waited);
+    }
+    notices.extend(others.into_iter().cloned());
+    ReportStep::Write(Report {
+        status: report.status.clone(),
+        notices,
+    })
 }
 
 /// Pure: whether a group is due for an apply of every child regardless of the applied-hash
@@ -92,21 +162,34 @@ impl Memory {
 
     /// What is remembered of `key` (nothing yet: the default).
     pub fn get(&self, key: &GroupKey) -> GroupMemory {
-        self.groups().get(key).copied().unwrap_or_default()
+        self.groups().get(key).cloned().unwrap_or_default()
     }
 
     fn update<T>(&self, key: &GroupKey, change: impl FnOnce(&mut GroupMemory) -> T) -> T {
         change(self.groups().entry(key.clone()).or_default())
     }
 
-    /// Waits out the group's throttle and records this start. The runner holds further
-    /// requests for the group meanwhile, so they coalesce.
-    pub async fn throttle(&self, key: &GroupKey) {
-        let delay = throttle_delay(self.get(key).last_start, Instant::now(), MIN_INTERVAL);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        self.update(key, |group| group.last_start = Some(Instant::now()));
+    /// How long a write of the group's children has to wait (zero: write now). The runner
+    /// holds further requests for the group while its reconcile waits, so they coalesce.
+    pub fn write_delay(&self, key: &GroupKey) -> Duration {
+        throttle_delay(self.get(key).last_write, Instant::now(), MIN_INTERVAL)
+    }
+
+    /// Records that the group's children were just written.
+    pub fn wrote(&self, key: &GroupKey) {
+        self.update(key, |group| group.last_write = Some(Instant::now()));
+    }
+
+    /// Folds this pass's report into the group's pending one (see [`report_step`]).
+    pub fn report_step(&self, key: &GroupKey, report: &Report, interval: Duration) -> ReportStep {
+        self.update(key, |group| {
+            report_step(&mut group.pending_report, report, Instant::now(), interval)
+        })
+    }
+
+    /// Records that the pending report was written.
+    pub fn report_written(&self, key: &GroupKey) {
+        self.update(key, |group| group.pending_report = None);
     }
 
     /// How this pass applies the group's children.
@@ -184,6 +267,104 @@ mod tests {
             throttle_delay(Some(now), now + Duration::from_secs(1), min),
             Duration::ZERO
         );
+    }
+
+    fn notice(reason: &str, pods: &[&str]) -> Notice {
+        Notice {
+            warning: false,
+            reason: reason.into(),
+            note: String::new(),
+            pods: pods.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    fn status(ready: i32) -> crate::crd::FanoutGroupStatus {
+        crate::crd::FanoutGroupStatus {
+            ready_proxies: ready,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_report_waits_for_its_interval_and_carries_every_change_of_it() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut pending = None;
+        // Nothing to say: nothing pending.
+        assert_eq!(
+            report_step(&mut pending, &Report::default(), t0, second),
+            ReportStep::Idle
+        );
+        assert_eq!(pending, None);
+        // A proxy joins: the status and the event wait a whole interval ...
+        let joined = Report {
+            status: Some(status(1)),
+            notices: vec![notice("ProxiesJoined", &["a"])],
+        };
+        assert_eq!(
+            report_step(&mut pending, &joined, t0, second),
+            ReportStep::Wait(second)
+        );
+        // ... a second proxy joins in the next pass ...
+        let caught_up = Report {
+            status: Some(status(2)),
+            notices: vec![notice("ProxiesJoined", &["b"])],
+        };
+        assert_eq!(
+            report_step(&mut pending, &caught_up, at(400), second),
+            ReportStep::Wait(Duration::from_millis(600))
+        );
+        // ... and once the interval is over, one status (the latest) and one event for both.
+        let warning = Notice {
+            warning: true,
+            ..notice("ProxiesUnavailable", &[])
+        };
+        let last = Report {
+            status: Some(status(2)),
+            notices: vec![warning.clone()],
+        };
+        let ReportStep::Write(written) = report_step(&mut pending, &last, at(1000), second) else {
+            panic!("due after one interval");
+        };
+        assert_eq!(written.status, Some(status(2)));
+        let reasons: Vec<(&str, usize)> = written
+            .notices
+            .iter()
+            .map(|n| (n.reason.as_str(), n.pods.len()))
+            .collect();
+        assert_eq!(reasons, [("ProxiesJoined", 2), ("ProxiesUnavailable", 0)]);
+        // A change undone within the interval leaves nothing to say.
+        let mut pending = None;
+        let left = Report {
+            status: None,
+            notices: vec![notice("ProxiesLeft", &["a"])],
+        };
+        let back = Report {
+            status: None,
+            notices: vec![notice("ProxiesJoined", &["a"])],
+        };
+        assert!(matches!(
+            report_step(&mut pending, &left, t0, second),
+            ReportStep::Wait(_)
+        ));
+        assert_eq!(report_step(&mut pending, &back, at(10), second), ReportStep::Idle);
+        assert_eq!(pending, None);
+        // With no interval every report is written at once.
+        assert!(matches!(
+            report_step(&mut None, &joined, t0, Duration::ZERO),
+            ReportStep::Write(_)
+        ));
+    }
+
+    #[test]
+    fn a_lone_write_goes_at_once_and_a_burst_waits_for_the_interval() {
+        let memory = Memory::default();
+        assert_eq!(memory.write_delay(&key("a")), Duration::ZERO, "leading edge");
+        memory.wrote(&key("a"));
+        let delay = memory.write_delay(&key("a"));
+        assert!(delay > Duration::ZERO && delay <= MIN_INTERVAL, "{delay:?}");
+        assert_eq!(memory.write_delay(&key("b")), Duration::ZERO, "per group");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub reconcile_errors: Family<ReasonLabels, Counter>,
     pub api_writes: Family<WriteLabels, Counter>,
+    /// Bytes of the request bodies of those writes (not counted: deletions, Events).
+    pub api_write_bytes: Family<WriteLabels, Counter>,
     /// Applies skipped because the cached object already had the desired body.
     pub skipped_writes: Family<WriteLabels, Counter>,
     pub endpoints_published: Family<GroupLabels, Gauge>,
@@ -61,6 +63,7 @@ impl Metrics {
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
             api_writes: Family::default(),
+            api_write_bytes: Family::default(),
             skipped_writes: Family::default(),
             endpoints_published: Family::default(),
             // 5 ms .. ~80 s
@@ -88,6 +91,12 @@ impl Metrics {
             "api_writes",
             "API writes, by kind and verb",
             metrics.api_writes.clone(),
+        );
+        registry.register_with_unit(
+            "api_write",
+            "Request body bytes of API writes, by kind and verb (applies, status applies, creates; not deletions or Events)",
+            prometheus_client::registry::Unit::Bytes,
+            metrics.api_write_bytes.clone(),
         );
         registry.register(
             "skipped_writes",
@@ -119,13 +128,16 @@ impl Metrics {
         metrics
     }
 
-    pub fn write(&self, kind: &str, verb: &str) {
-        self.api_writes
-            .get_or_create(&WriteLabels {
-                kind: kind.to_string(),
-                verb: verb.to_string(),
-            })
-            .inc();
+    /// Counts a write and, when known, the bytes of its request body.
+    pub fn write(&self, kind: &str, verb: &str, bytes: Option<u64>) {
+        let labels = WriteLabels {
+            kind: kind.to_string(),
+            verb: verb.to_string(),
+        };
+        self.api_writes.get_or_create(&labels).inc();
+        if let Some(bytes) = bytes {
+            self.api_write_bytes.get_or_create(&labels).inc_by(bytes);
+        }
     }
 
     /// Starts timing a reconcile (see [`ReconcileTimer`]).
@@ -189,6 +201,8 @@ mod tests {
         };
         metrics.set_published(&key, 3);
         drop(metrics.time_reconcile());
+        metrics.write("EndpointSlice", "apply", Some(1200));
+        metrics.write("Event", "create", None);
         let before = crate::metrics::encode(&registry);
         assert!(
             before.contains("fanout_controller_endpoints_published{namespace=\"net\",group=\"updates\"} 3"),
@@ -196,6 +210,16 @@ mod tests {
         );
         assert!(
             before.contains("fanout_controller_reconcile_duration_seconds_count 1"),
+            "{before}"
+        );
+        assert!(
+            before.contains(
+                "fanout_controller_api_write_bytes_total{kind=\"EndpointSlice\",verb=\"apply\"} 1200"
+            ),
+            "{before}"
+        );
+        assert!(
+            !before.contains("api_write_bytes_total{kind=\"Event\""),
             "{before}"
         );
         metrics.forget_group(&key);

@@ -606,6 +606,23 @@ pub fn endpoints_configmap(
     })
 }
 
+/// The most data a ConfigMap may hold: the API server refuses one whose data and binaryData
+/// values add up to more than 1 MiB (core validation's `MaxSecretSize`, which ConfigMaps share;
+/// against kube-apiserver 1.37.2 a 1 048 576-byte value was accepted, one byte more refused).
+pub const CONFIGMAP_DATA_LIMIT: usize = 1024 * 1024;
+
+/// Bytes of `config_map`'s data as the API server counts them against [`CONFIGMAP_DATA_LIMIT`]:
+/// the values of data and binaryData (not the keys).
+pub fn configmap_data_size(config_map: &ConfigMap) -> usize {
+    let data = config_map.data.iter().flatten().map(|(_, value)| value.len());
+    let binary = config_map
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(_, value)| value.0.len());
+    data.chain(binary).sum()
+}
+
 /// The group's server key Secret `<name>-curve` as it is created: labelled and owned like
 /// every child, marked as a public-key Secret (the controller's Secret watch sees it), and
 /// immutable. No data: the writer fills in a fresh key pair when it creates it, so no secret

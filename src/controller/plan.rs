@@ -281,15 +281,21 @@ pub fn plan(
         }
     }
 
-    // The ConfigMap with the ready endpoints (or none, and the old one pruned).
+    // The ConfigMap with the ready endpoints (or none, and the old one pruned). One too large
+    // for the API server is not written (the one there is stays as it is) and says so.
     let configmap_name = id.configmap_name();
+    let mut endpoint_list_too_large = None;
     let config_map = if spec.config_map {
         kept.insert((ChildKind::ConfigMap, configmap_name.as_str()));
         let list = slices::endpoint_list(&endpoints, port);
-        Some(Desired::new(
-            objects::endpoints_configmap(group, list, server_key.as_ref())?,
-            &children.config_maps,
-        ))
+        let config_map = objects::endpoints_configmap(group, list, server_key.as_ref())?;
+        let size = objects::configmap_data_size(&config_map);
+        if size > objects::CONFIGMAP_DATA_LIMIT {
+            endpoint_list_too_large = Some(size);
+            None
+        } else {
+            Some(Desired::new(config_map, &children.config_maps))
+        }
     } else {
         None
     };
@@ -309,6 +315,7 @@ pub fn plan(
             .as_ref()
             .map(|curve| curve.unresolved.clone())
             .unwrap_or_default(),
+        endpoint_list_too_large,
     };
     let (before, after) = published_pods(children, &all_endpoints);
     let relay_count = i32::try_from(tiers.relays()).unwrap_or(i32::MAX);
@@ -429,6 +436,7 @@ pub fn plan_problem(
             .as_ref()
             .map(|s| s.unresolved_keys.clone())
             .unwrap_or_default(),
+        endpoint_list_too_large: None,
     };
     let none = BTreeSet::new();
     let relays = group.status.as_ref().map(|s| s.relays).unwrap_or(0);
@@ -735,6 +743,79 @@ mod tests {
                 name: "updates-endpoints".into()
             }]
         );
+    }
+
+    #[test]
+    fn an_endpoint_list_too_large_for_a_configmap_is_not_written_and_degrades_the_group() {
+        use k8s_openapi::api::core::v1::{PodCondition, PodIP, PodSpec, PodStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        // 1 MiB / 23 bytes a line ("tcp://10.1.y.z:7100\n" here): 48 000 proxies are over the limit.
+        let template = pod("p", "10.0.0.1", true);
+        let many: Vec<Arc<Pod>> = (0..48_000u32)
+            .map(|i| {
+                let ip = format!("10.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256);
+                Arc::new(Pod {
+                    metadata: ObjectMeta {
+                        name: Some(format!("p{i:05}")),
+                        ..template.metadata.clone()
+                    },
+                    spec: Some(PodSpec::default()),
+                    status: Some(PodStatus {
+                        pod_ips: Some(vec![PodIP { ip: ip.clone() }]),
+                        pod_ip: Some(ip),
+                        conditions: Some(vec![PodCondition {
+                            type_: "Ready".into(),
+                            status: "True".into(),
+                            ..PodCondition::default()
+                        }]),
+                        ..PodStatus::default()
+                    }),
+                })
+            })
+            .collect();
+        // A flat group lists every proxy in the ConfigMap (in tree mode only the relays, below).
+        let flat = group_with(FanoutGroupSpec {
+            relays: crate::crd::RelaySpec {
+                enabled: false,
+                ..Default::default()
+            },
+            ..FanoutGroupSpec::default()
+        });
+        let first_children = Children {
+            pods: many[..100].to_vec(),
+            daemon_sets: vec![cached(build(&flat))],
+            ..Children::default()
+        };
+        let first = plan(&flat, &id(), &first_children, &open_policy(), now()).unwrap();
+        let mut children = written(&first, many);
+        children.daemon_sets = vec![cached(build(&flat))];
+        let mut settled = flat.clone();
+        settled.status = first.report.status.clone();
+        let big = plan(&settled, &id(), &children, &open_policy(), now()).unwrap();
+        assert!(big.config_map.is_none(), "not written");
+        assert!(big.prune.is_empty(), "and not pruned: {:?}", big.prune);
+        assert_eq!(big.published_endpoints, 48_000, "the slices carry them all");
+        let status = big.report.status.as_ref().unwrap();
+        let degraded = status.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "EndpointListTooLarge")
+        );
+        assert!(
+            big.report
+                .notices
+                .iter()
+                .any(|n| n.warning && n.reason == "EndpointListTooLarge")
+        );
+
+        // The same proxies as a tree: the ConfigMap lists the top tier, ⌈√48 000⌉ = 220 relays.
+        let mut tree = group();
+        tree.status = first.report.status.clone();
+        let tree_plan = plan(&tree, &id(), &children, &open_policy(), now()).unwrap();
+        let listed = &tree_plan.config_map.as_ref().expect("written").object;
+        let lines = listed.data.as_ref().unwrap()["endpoints"].lines().count();
+        assert_eq!(lines, 220);
+        assert_eq!(tree_plan.published_endpoints, 48_000);
     }
 
     #[test]

@@ -1,22 +1,25 @@
 //! The reconciler: `Context`, `reconcile` and `error_policy` side by side (kube-rs controller-rs
-//! style). A pass reads: sync the caches, throttle, plan (pure, `plan`), write the children
-//! (`writer`), then the status and Events.
+//! style). A pass reads: sync the caches, plan (pure, `plan`) and what writing it takes
+//! (`writer::writes`, pure), wait out the write throttle when there is something to write (and
+//! plan again), write the children and wait until the caches show them, then the report
+//! (status, Events) once its interval is over (`memory`).
 
 use super::children::Caches;
 use super::error::Error;
-use super::memory::{GroupKey, Memory, RESYNC, backoff};
+use super::memory::{GroupKey, Memory, REPORT_INTERVAL, RESYNC, ReportStep, backoff};
 use super::metrics::{Metrics, ReasonLabels};
 use super::objects::{GroupId, Unrealisable};
 use super::plan::{self, Report};
 use super::policy::ProxyPolicy;
 use super::status::Problem;
-use super::writer::{ApplyMode, Writer};
+use super::writer::{ApplyMode, Writer, writes};
 use crate::crd::FanoutGroup;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Everything a reconcile needs.
@@ -27,6 +30,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// What groups may ask for (the controller's flags).
     pub policy: ProxyPolicy,
+    /// How long a changed status and the Events wait to be written (`memory::REPORT_INTERVAL`).
+    pub report_interval: Duration,
 }
 
 impl Context {
@@ -46,6 +51,15 @@ impl Context {
             memory: Memory::default(),
             metrics,
             policy,
+            report_interval: REPORT_INTERVAL,
+        }
+    }
+
+    /// With another report interval (zero: write every report at once).
+    pub fn with_report_interval(self, report_interval: Duration) -> Self {
+        Self {
+            report_interval,
+            ..self
         }
     }
 
@@ -82,29 +96,55 @@ pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Act
         return Ok(Action::await_change());
     }
     ctx.caches.wait_until_synced().await?;
-    ctx.memory.throttle(&key).await;
 
-    let children = ctx.caches.children_of(&id);
-    let plan = plan::plan(&group, &id, &children, &ctx.policy, Timestamp::now())?;
+    // Plan, and plan again after waiting out the write throttle: what arrived meanwhile goes
+    // out in the same writes.
+    let (plan, mode, writes) = loop {
+        let children = ctx.caches.children_of(&id);
+        let plan = plan::plan(&group, &id, &children, &ctx.policy, Timestamp::now())?;
+        let mode = ctx.memory.apply_mode(&key);
+        let writes = writes(&plan, mode)?;
+        let delay = ctx.memory.write_delay(&key);
+        if writes.is_empty() || delay.is_zero() {
+            break (plan, mode, writes);
+        }
+        tokio::time::sleep(delay).await;
+    };
     if let Some(problem) = &plan.problem {
         tracing::warn!(reason = %problem.reason, "group cannot be realised");
     }
-    let mode = ctx.memory.apply_mode(&key);
-    if let Err(err) = ctx.writer.write_children(&id.namespace, &plan, mode).await {
-        // The API refusing our objects (invalid, forbidden) will not heal by retrying
-        // alone: make it visible as Degraded, then back off.
-        if let Some(reason) = err.rejection_reason() {
-            report_problem(&group, &ctx, &id, reason, err.to_string()).await;
+    let written = match ctx.writer.write(&id.namespace, &writes).await {
+        Ok(written) => written,
+        Err(err) => {
+            // The API refusing our objects (invalid, forbidden) will not heal by retrying
+            // alone: make it visible as Degraded, then back off.
+            if let Some(reason) = err.rejection_reason() {
+                report_problem(&group, &ctx, &id, reason, err.to_string()).await;
+            }
+            return Err(err);
         }
-        return Err(err);
+    };
+    if !written.is_empty() {
+        ctx.memory.wrote(&key);
+        if !ctx.caches.wait_for_writes(&id.namespace, &written).await {
+            tracing::debug!("the caches did not show this pass's writes in time");
+        }
     }
     if mode == ApplyMode::ReapplyAll {
         ctx.memory.full_apply_done(&key);
     }
     ctx.metrics.set_published(&key, plan.published_endpoints);
-    ctx.writer.write_report(&group, &plan.report).await?;
+    let next = match ctx.memory.report_step(&key, &plan.report, ctx.report_interval) {
+        ReportStep::Idle => RESYNC,
+        ReportStep::Wait(delay) => delay.min(RESYNC),
+        ReportStep::Write(report) => {
+            ctx.writer.write_report(&group, &report).await?;
+            ctx.memory.report_written(&key);
+            RESYNC
+        }
+    };
     ctx.memory.succeeded(&key);
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(next))
 }
 
 /// Best effort: a Degraded status with `reason` and a warning event. Failures are logged only,

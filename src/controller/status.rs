@@ -33,7 +33,13 @@ pub struct Observed<'a> {
     pub curve_public_key: Option<String>,
     /// Key Secrets named or selected that give no key, `<secret>: <why>`.
     pub unresolved_keys: Vec<String>,
+    /// With `spec.configMap`: the endpoint list's size when it is too large for a ConfigMap
+    /// (which is then left as last written; the slices carry every endpoint).
+    pub endpoint_list_too_large: Option<usize>,
 }
+
+/// The Degraded reason for an endpoint list too large for the ConfigMap.
+pub const ENDPOINT_LIST_TOO_LARGE: &str = "EndpointListTooLarge";
 
 fn condition(type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
     Condition {
@@ -152,7 +158,20 @@ pub fn compute_status(
             )
         };
         // Not-ready proxies during a rollout are expected; outside one they are a fault.
-        let degraded = if ready < desired && !rolling {
+        let degraded = if let Some(size) = observed.endpoint_list_too_large {
+            condition(
+                DEGRADED,
+                true,
+                ENDPOINT_LIST_TOO_LARGE,
+                format!(
+                    "the ready endpoints take {size} bytes, more than a ConfigMap holds ({} bytes): \
+                     the ConfigMap is no longer updated; follow the EndpointSlices (fanout publish \
+                     --group does), or set spec.configMap: false to remove it",
+                    super::objects::CONFIGMAP_DATA_LIMIT
+                ),
+                generation,
+            )
+        } else if ready < desired && !rolling {
             condition(
                 DEGRADED,
                 true,
@@ -232,7 +251,7 @@ mod tests {
     }
 
     #[test]
-    fn all_ready_is_ready_and_not_degraded() {
+    fn all_ready_is_ready_and_not_degraded_unless_the_endpoint_list_is_too_large() {
         let d = ds(3, 3, 3, true);
         let observed = Observed {
             generation: Some(7),
@@ -260,6 +279,27 @@ mod tests {
         );
         assert_eq!(status.observed_generation, Some(7));
         assert!(status.conditions.iter().all(|c| c.observed_generation == Some(7)));
+
+        // The same group with an endpoint list too large for its ConfigMap: degraded, but the
+        // proxies (and the slices) are as ready as before.
+        let too_large = Observed {
+            endpoint_list_too_large: Some(1_100_000),
+            ..observed
+        };
+        let status = compute_status(&too_large, None, t(100));
+        assert_eq!(
+            summary(&status),
+            [
+                s("Ready", "True", "AllProxiesReady"),
+                s("Progressing", "False", "RolloutComplete"),
+                s("Degraded", "True", ENDPOINT_LIST_TOO_LARGE)
+            ]
+        );
+        let message = &status.conditions[2].message;
+        assert!(
+            message.contains("1100000 bytes") && message.contains("spec.configMap: false"),
+            "{message}"
+        );
     }
 
     #[test]
