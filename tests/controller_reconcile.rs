@@ -6,8 +6,8 @@
 //! once; `a_report_waits_for_its_interval_then_carries_the_whole_interval` runs with one.
 
 use fanout::controller::children::Caches;
-use fanout::controller::memory::GroupKey;
 use fanout::controller::metrics::Metrics;
+use fanout::controller::objects::GroupId;
 use fanout::controller::reconcile::{Context, reconcile};
 use fanout::crd::{FanoutGroup, FanoutGroupSpec, FanoutGroupStatus};
 use futures::pin_mut;
@@ -300,7 +300,7 @@ async fn reconcile_with(
     let (client, seen, server) = mock_api(&group, reject);
     let ctx = context(client, state, default_image, Duration::ZERO);
     if warm {
-        ctx.memory.full_apply_done(&GroupKey::of(&group));
+        ctx.memory.full_apply_done(&GroupId::key_of(&group));
     }
     let result = pass(group, ctx).await.map(|_| ());
     server.abort();
@@ -643,7 +643,7 @@ async fn a_report_waits_for_its_interval_then_carries_the_whole_interval() {
     let (client, seen, server) = mock_api(&group, None);
     let interval = Duration::from_millis(300);
     let (ctx, mut feeds) = context_fed(client, state, Some("img:1"), interval);
-    ctx.memory.full_apply_done(&GroupKey::of(&group));
+    ctx.memory.full_apply_done(&GroupId::key_of(&group));
     let first = pass(group.clone(), ctx.clone()).await;
     assert_eq!(
         first,

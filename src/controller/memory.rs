@@ -1,5 +1,5 @@
 //! What the controller remembers about each group between reconciles, in one place keyed by
-//! one [`GroupKey`]: when its children were last written (the write throttle), when every child
+//! one [`GroupId`]: when its children were last written (the write throttle), when every child
 //! was last applied without the skip-if-unchanged check (drift), how many reconciles in a row
 //! failed (the backoff), and the report (status, Events) waiting to be written. Forgotten when
 //! the group is deleted. The decisions are pure functions of that memory and the clock.
@@ -14,10 +14,10 @@
 //!   one Event of each kind per group per interval, however fast proxies come and go.
 
 use super::notices::{Notice, ProxyChanges, is_proxy_change};
+use super::objects::GroupId;
 use super::plan::Report;
 use super::writer::ApplyMode;
 use crate::crd::FanoutGroup;
-use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -35,23 +35,8 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(250);
 /// it goes out in one status write and one Event of each kind.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A group's namespace and name: the one key of everything kept per group.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl GroupKey {
-    pub fn of(group: &FanoutGroup) -> Self {
-        Self {
-            namespace: group.namespace().unwrap_or_default(),
-            name: group.name_any(),
-        }
-    }
-}
-
-impl From<&ObjectRef<FanoutGroup>> for GroupKey {
+/// The key of what is kept about a group, from the controller's queue.
+impl From<&ObjectRef<FanoutGroup>> for GroupId {
     fn from(reference: &ObjectRef<FanoutGroup>) -> Self {
         Self {
             namespace: reference.namespace.clone().unwrap_or_default(),
@@ -148,11 +133,11 @@ pub fn backoff(consecutive_failures: u32) -> Duration {
 /// Every group's memory.
 #[derive(Debug, Default)]
 pub struct Memory {
-    groups: Mutex<HashMap<GroupKey, GroupMemory>>,
+    groups: Mutex<HashMap<GroupId, GroupMemory>>,
 }
 
 impl Memory {
-    fn groups(&self) -> MutexGuard<'_, HashMap<GroupKey, GroupMemory>> {
+    fn groups(&self) -> MutexGuard<'_, HashMap<GroupId, GroupMemory>> {
         // A poisoned lock means a panic elsewhere mid-update of plain timestamps and counters:
         // still good enough to throttle and back off with.
         self.groups
@@ -161,39 +146,39 @@ impl Memory {
     }
 
     /// What is remembered of `key` (nothing yet: the default).
-    pub fn get(&self, key: &GroupKey) -> GroupMemory {
+    pub fn get(&self, key: &GroupId) -> GroupMemory {
         self.groups().get(key).cloned().unwrap_or_default()
     }
 
-    fn update<T>(&self, key: &GroupKey, change: impl FnOnce(&mut GroupMemory) -> T) -> T {
+    fn update<T>(&self, key: &GroupId, change: impl FnOnce(&mut GroupMemory) -> T) -> T {
         change(self.groups().entry(key.clone()).or_default())
     }
 
     /// How long a write of the group's children has to wait (zero: write now). The runner
     /// holds further requests for the group while its reconcile waits, so they coalesce.
-    pub fn write_delay(&self, key: &GroupKey) -> Duration {
+    pub fn write_delay(&self, key: &GroupId) -> Duration {
         throttle_delay(self.get(key).last_write, Instant::now(), MIN_INTERVAL)
     }
 
     /// Records that the group's children were just written.
-    pub fn wrote(&self, key: &GroupKey) {
+    pub fn wrote(&self, key: &GroupId) {
         self.update(key, |group| group.last_write = Some(Instant::now()));
     }
 
     /// Folds this pass's report into the group's pending one (see [`report_step`]).
-    pub fn report_step(&self, key: &GroupKey, report: &Report, interval: Duration) -> ReportStep {
+    pub fn report_step(&self, key: &GroupId, report: &Report, interval: Duration) -> ReportStep {
         self.update(key, |group| {
             report_step(&mut group.pending_report, report, Instant::now(), interval)
         })
     }
 
     /// Records that the pending report was written.
-    pub fn report_written(&self, key: &GroupKey) {
+    pub fn report_written(&self, key: &GroupId) {
         self.update(key, |group| group.pending_report = None);
     }
 
     /// How this pass applies the group's children.
-    pub fn apply_mode(&self, key: &GroupKey) -> ApplyMode {
+    pub fn apply_mode(&self, key: &GroupId) -> ApplyMode {
         if full_apply_due(self.get(key).last_full_apply, Instant::now(), RESYNC) {
             ApplyMode::ReapplyAll
         } else {
@@ -202,32 +187,32 @@ impl Memory {
     }
 
     /// Records that every child of the group was just applied.
-    pub fn full_apply_done(&self, key: &GroupKey) {
+    pub fn full_apply_done(&self, key: &GroupId) {
         self.update(key, |group| group.last_full_apply = Some(Instant::now()));
     }
 
     /// Counts a failed reconcile; returns the failures in a row.
-    pub fn failed(&self, key: &GroupKey) -> u32 {
+    pub fn failed(&self, key: &GroupId) -> u32 {
         self.update(key, |group| {
             group.consecutive_failures = group.consecutive_failures.saturating_add(1);
             group.consecutive_failures
         })
     }
 
-    pub fn succeeded(&self, key: &GroupKey) {
+    pub fn succeeded(&self, key: &GroupId) {
         self.update(key, |group| group.consecutive_failures = 0);
     }
 
     /// Drops everything remembered of a deleted group.
-    pub fn forget(&self, key: &GroupKey) {
+    pub fn forget(&self, key: &GroupId) {
         self.groups().remove(key);
     }
 
     /// Keeps only the groups `exists` says are still there (after a relist, which reports
     /// no deletions).
-    pub fn retain(&self, exists: impl Fn(&GroupKey) -> bool) -> Vec<GroupKey> {
+    pub fn retain(&self, exists: impl Fn(&GroupId) -> bool) -> Vec<GroupId> {
         let mut groups = self.groups();
-        let gone: Vec<GroupKey> = groups.keys().filter(|key| !exists(key)).cloned().collect();
+        let gone: Vec<GroupId> = groups.keys().filter(|key| !exists(key)).cloned().collect();
         for key in &gone {
             groups.remove(key);
         }
@@ -247,8 +232,8 @@ impl Memory {
 mod tests {
     use super::*;
 
-    fn key(name: &str) -> GroupKey {
-        GroupKey {
+    fn key(name: &str) -> GroupId {
+        GroupId {
             namespace: "net".into(),
             name: name.into(),
         }

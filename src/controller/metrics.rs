@@ -1,7 +1,7 @@
 //! The controller's Prometheus metrics (`fanout_controller_...`; all listed in
 //! `docs/metrics.md`).
 
-use super::memory::GroupKey;
+use super::objects::GroupId;
 use k8s_openapi::jiff::Timestamp;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -148,21 +148,21 @@ impl Metrics {
         }
     }
 
-    fn group_labels(key: &GroupKey) -> GroupLabels {
+    fn group_labels(key: &GroupId) -> GroupLabels {
         GroupLabels {
             namespace: key.namespace.clone(),
             group: key.name.clone(),
         }
     }
 
-    pub fn set_published(&self, key: &GroupKey, endpoints: i32) {
+    pub fn set_published(&self, key: &GroupId, endpoints: i32) {
         self.endpoints_published
             .get_or_create(&Self::group_labels(key))
             .set(i64::from(endpoints));
     }
 
     /// Removes the series of a deleted group.
-    pub fn forget_group(&self, key: &GroupKey) {
+    pub fn forget_group(&self, key: &GroupId) {
         self.endpoints_published.remove(&Self::group_labels(key));
     }
 
@@ -195,7 +195,7 @@ mod tests {
     fn a_deleted_group_loses_its_series_and_reconciles_are_timed() {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let key = GroupKey {
+        let key = GroupId {
             namespace: "net".into(),
             name: "updates".into(),
         };

@@ -91,14 +91,25 @@ impl Unrealisable {
     }
 }
 
-/// Name and namespace of a group, checked present once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A group's namespace and name: what its children are named after (checked once, [`GroupId::of`])
+/// and the one key of everything the controller keeps per group ([`GroupId::key_of`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupId {
     pub namespace: String,
     pub name: String,
 }
 
 impl GroupId {
+    /// Any group's key, valid name or not (what is remembered about a group, its metrics).
+    pub fn key_of(group: &FanoutGroup) -> Self {
+        Self {
+            namespace: group.namespace().unwrap_or_default(),
+            name: group.name_any(),
+        }
+    }
+
+    /// The group's id when children can be named after it: name and namespace present, the
+    /// name a DNS-1035 label.
     pub fn of(group: &FanoutGroup) -> Result<Self, Unrealisable> {
         let name = group
             .meta()

@@ -6,7 +6,7 @@
 
 use super::children::Caches;
 use super::error::Error;
-use super::memory::{GroupKey, Memory, REPORT_INTERVAL, RESYNC, ReportStep, backoff};
+use super::memory::{Memory, REPORT_INTERVAL, RESYNC, ReportStep, backoff};
 use super::metrics::{Metrics, ReasonLabels};
 use super::objects::{GroupId, Unrealisable};
 use super::plan::{self, Report};
@@ -64,7 +64,7 @@ impl Context {
     }
 
     /// Drops what is kept about a deleted group: its memory and its metric series.
-    pub fn forget(&self, key: &GroupKey) {
+    pub fn forget(&self, key: &GroupId) {
         self.memory.forget(key);
         self.metrics.forget_group(key);
     }
@@ -75,17 +75,13 @@ impl Context {
 pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.time_reconcile();
     ctx.metrics.reconciles.inc();
-    let key = GroupKey::of(&group);
+    let key = GroupId::key_of(&group);
     let id = match GroupId::of(&group) {
         Ok(id) => id,
         Err(Unrealisable::InvalidName(name)) => {
             // Nothing can be created under this name: say so in the status and wait for a change.
             let problem = Unrealisable::InvalidName(name);
-            let id = GroupId {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-            };
-            report_problem(&group, &ctx, &id, problem.reason(), problem.to_string()).await;
+            report_problem(&group, &ctx, &key, problem.reason(), problem.to_string()).await;
             return Ok(Action::await_change());
         }
         Err(other) => return Err(other.into()),
@@ -170,7 +166,7 @@ pub fn error_policy(group: Arc<FanoutGroup>, error: &Error, ctx: Arc<Context>) -
             reason: error.metric_label(),
         })
         .inc();
-    let failures = ctx.memory.failed(&GroupKey::of(&group));
+    let failures = ctx.memory.failed(&GroupId::key_of(&group));
     let delay = backoff(failures);
     tracing::warn!(group = %group.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

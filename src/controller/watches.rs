@@ -12,7 +12,7 @@
 //! several times; our own writes) of which three or four matter.
 
 use super::children::{Caches, relay_watch_selector, watch_selector};
-use super::memory::GroupKey;
+use super::objects::GroupId;
 use super::objects::MANAGED_BY_LABEL;
 use super::reconcile::{self, Context};
 use crate::crd::FanoutGroup;
@@ -369,7 +369,7 @@ pub(super) async fn run_controller(client: Client, namespace: Option<String>, le
     )
     // After the reflector, so the store already reflects the event.
     .inspect_ok(move |event| match event {
-        watcher::Event::Delete(group) => forgetting.forget(&GroupKey::of(group)),
+        watcher::Event::Delete(group) => forgetting.forget(&GroupId::key_of(group)),
         watcher::Event::InitDone => {
             // A relist reports no deletions: forget the groups it did not list.
             for gone in forgetting.memory.retain(|key| {

@@ -172,6 +172,8 @@ pub struct ControllerProcess {
     pub identity: String,
     pub http: String,
     child: Option<Child>,
+    /// Its log (stderr), whose tail is printed when a test panics with it running.
+    log: PathBuf,
 }
 
 impl ControllerProcess {
@@ -181,7 +183,8 @@ impl ControllerProcess {
 
     /// `start` with further `fanout controller` flags (the proxy policy).
     pub fn start_with(kubeconfig: &Path, identity: &str, http: &str, log_dir: &Path, extra: &[&str]) -> Self {
-        let log = std::fs::File::create(log_dir.join(format!("controller-{identity}.log"))).unwrap();
+        let log_path = log_dir.join(format!("controller-{identity}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(fanout_binary())
             .args([
                 "controller",
@@ -210,6 +213,7 @@ impl ControllerProcess {
             identity: identity.to_string(),
             http: http.to_string(),
             child: Some(child),
+            log: log_path,
         }
     }
 
@@ -276,6 +280,15 @@ pub fn scrape(http: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What CI keeps of a failed test is its output: the controller's side of it too.
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- last lines of controller {}'s log ---", self.identity);
+            for line in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{line}");
+            }
+        }
         self.stop(false);
     }
 }
