@@ -22,6 +22,7 @@ pub mod http;
 pub mod membership;
 pub mod message_budget;
 pub mod metrics;
+pub(crate) mod nodrop;
 pub mod probe;
 pub mod proxy;
 pub mod publisher;

@@ -1,6 +1,7 @@
 //! The libzmq socket options every end of the fabric agrees on: ZMTP heartbeats (proxy,
 //! publisher, subscriber) and the set-up of a client socket (publisher and subscriber):
-//! queue bound, linger, reconnect back-off, heartbeats, CURVE.
+//! queue bound, linger, reconnect back-off, heartbeats, CURVE; and setting the int options
+//! the `zmq` crate has no setter for.
 
 use crate::curve::CurveClient;
 use std::time::Duration;
@@ -98,6 +99,45 @@ pub fn client_socket(
         curve.apply(&socket)?;
     }
     Ok(socket)
+}
+
+unsafe extern "C" {
+    fn zmq_setsockopt(
+        socket: *mut std::ffi::c_void,
+        option: std::ffi::c_int,
+        value: *const std::ffi::c_void,
+        len: usize,
+    ) -> std::ffi::c_int;
+}
+
+/// The raw libzmq socket behind `socket`, for the options and calls the `zmq` crate lacks.
+/// Valid for as long as `socket` lives.
+pub fn raw_socket(socket: &mut zmq::Socket) -> *mut std::ffi::c_void {
+    socket.as_mut_ptr()
+}
+
+/// Sets an int-valued option the `zmq` crate has no setter for on the raw `socket`.
+pub(crate) fn set_int_option(
+    socket: *mut std::ffi::c_void,
+    option: std::ffi::c_int,
+    value: std::ffi::c_int,
+) -> Result<(), zmq::Error> {
+    // SAFETY: a live socket (the caller's) and an int option value of the size given.
+    let rc = unsafe {
+        zmq_setsockopt(
+            socket,
+            option,
+            (&raw const value).cast(),
+            std::mem::size_of::<std::ffi::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(zmq::Error::from_raw(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ))
+    }
 }
 
 #[cfg(test)]

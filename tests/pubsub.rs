@@ -818,3 +818,168 @@ fn a_message_over_the_default_cap_is_dropped_and_the_connection_kept() {
     assert_eq!((stats.refused, stats.disconnects), (1, 0));
     publisher.close();
 }
+
+/// What the `n`th message of `a_full_proxy_queue_is_counted_...` carries: every layout in turn
+/// (one frame; a topic frame and one big part; a topic frame, a big part and a tiny one), each
+/// part filled with `n`'s low byte.
+fn nth_payload(n: u64) -> Vec<Vec<u8>> {
+    let fill = n as u8;
+    match n % 3 {
+        0 => vec![vec![fill; 200]],
+        1 => vec![vec![fill; 32 << 10]],
+        _ => vec![vec![fill; 4 << 10], vec![fill; 10]],
+    }
+}
+
+/// The sequence and payload parts of a message our publisher sent on "t", as a plain SUB
+/// receives it; `None` for the warm-up topic.
+fn sequence_and_parts(frames: &[Vec<u8>]) -> Option<(u64, Vec<Vec<u8>>)> {
+    let (version, topic, parts) = by_the_recipe(frames);
+    if topic != b"t" {
+        return None;
+    }
+    let envelope = match version {
+        3 => Envelope::from_flat_frame(&frames[0]),
+        _ => Envelope::from_topic_tail(&frames[0]),
+    };
+    Some((envelope.expect("an envelope").0.sequence, parts))
+}
+
+/// A proxy that stops reading fills the publisher's queue to it (SNDHWM). The publisher counts
+/// that where it happens (`proxy_queue_full_events`), keeps delivering every message to a proxy
+/// that reads, and its callers are never held up: the PUB runs with ZMQ_XPUB_NODROP and sends
+/// without waiting (a blocking send would stall the socket thread on the full proxy, then
+/// `publish` on the full hand-over queue). Two bare SUBs, bound on 127.0.0.1, stand for the
+/// proxies' XSUBs. The publisher sends in rounds of 4 messages and the reading SUB takes each
+/// round before the next is published, so its own queue of 16 never fills: libzmq tells the
+/// writer what was read every 8 messages (half the HWM), and the socket thread may look at
+/// that before the previous round was read, so up to 7 + 4 + 4 messages are seen outstanding.
+#[test]
+fn a_full_proxy_queue_is_counted_and_holds_up_neither_the_caller_nor_the_other_proxies() {
+    const ROUND: u64 = 4;
+    const MAX_ROUNDS: u64 = 4_000;
+    const ROUNDS_AFTER_FULL: u64 = 50;
+    let ctx = zmq::Context::new();
+    let bound_sub = |rcvhwm: i32, rcvbuf: i32| {
+        let sub = ctx.socket(zmq::SUB).unwrap();
+        sub.set_rcvhwm(rcvhwm).unwrap();
+        sub.set_rcvbuf(rcvbuf).unwrap();
+        sub.set_subscribe(b"").unwrap();
+        sub.set_linger(0).unwrap();
+        sub.bind("tcp://127.0.0.1:0").unwrap();
+        let endpoint = sub.get_last_endpoint().unwrap().unwrap();
+        (sub, endpoint)
+    };
+    // The stuck one holds little (a queue of 1, a 4 KiB socket buffer), so the publisher's
+    // queue to it fills within a few rounds; the reader's queue is unbounded (0) and its
+    // buffer the system's default (-1).
+    let (stuck, stuck_endpoint) = bound_sub(1, 4096);
+    let (reader, reader_endpoint) = bound_sub(0, -1);
+    let publisher = std::sync::Arc::new(
+        Publisher::new(PublisherConfig {
+            hwm: 16,
+            linger: Duration::ZERO,
+            flat_max_payload: 1024,
+            ..PublisherConfig::default()
+        })
+        .unwrap(),
+    );
+    publisher
+        .set_membership(members(&[&stuck_endpoint, &reader_endpoint]))
+        .unwrap();
+    // Both subscriptions have arrived once each SUB has a warm-up message; the stuck one is
+    // never read again.
+    let start = Instant::now();
+    let (mut stuck_warm, mut reader_warm) = (false, false);
+    while !(stuck_warm && reader_warm) {
+        assert!(start.elapsed() < WAIT, "a SUB never received a warm-up message");
+        publisher.publish_bytes(b"w", b"warm-up").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        stuck_warm |= stuck.recv_multipart(zmq::DONTWAIT).is_ok();
+        reader_warm |= reader.recv_multipart(zmq::DONTWAIT).is_ok();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    while reader.recv_multipart(zmq::DONTWAIT).is_ok() {}
+    assert_eq!(publisher.stats().proxy_queue_full_events, 0);
+    let warm_ups = publisher.stats().sent;
+
+    // Publishing and reading on a thread of their own: if `publish` blocked, the wait below
+    // ends the test instead of hanging it.
+    let (done, outcome) = std::sync::mpsc::channel();
+    let sender = {
+        let publisher = publisher.clone();
+        std::thread::spawn(move || {
+            reader
+                .set_rcvtimeo(i32::try_from(WAIT.as_millis()).unwrap())
+                .unwrap();
+            let mut next = 0u64;
+            let mut full_at = None;
+            for round in 0..MAX_ROUNDS {
+                for n in next..next + ROUND {
+                    match nth_payload(n) {
+                        parts if n % 3 == 2 => publisher.publish("t", parts).unwrap(),
+                        parts => publisher.publish_bytes(b"t", &parts[0]).unwrap(),
+                    }
+                }
+                for n in next..next + ROUND {
+                    let frames = match reader.recv_multipart(0) {
+                        Ok(frames) => frames,
+                        Err(err) => {
+                            // Had the socket thread stopped (a send waiting on the stuck
+                            // proxy), it has not handed the round to the socket.
+                            let handed = publisher.stats().sent - warm_ups;
+                            let _ = done.send(Err(format!(
+                                "the reader missed message {n} ({err}); the socket thread had \
+                                 sent {handed} of the {} published",
+                                next + ROUND
+                            )));
+                            return;
+                        }
+                    };
+                    let got = sequence_and_parts(&frames).expect("a message on t");
+                    if got != (n, nth_payload(n)) {
+                        let _ = done.send(Err(format!("the reader got {} for message {n}", got.0)));
+                        return;
+                    }
+                }
+                next += ROUND;
+                if full_at.is_none() && publisher.stats().proxy_queue_full_events > 0 {
+                    full_at = Some(round);
+                }
+                if full_at.is_some_and(|at| round >= at + ROUNDS_AFTER_FULL) {
+                    break;
+                }
+            }
+            let _ = done.send(Ok((next, full_at)));
+        })
+    };
+    let (published, full_at) = match outcome.recv_timeout(Duration::from_secs(60)) {
+        Ok(result) => result.unwrap(),
+        Err(_) => panic!("publishing never finished: publish blocked behind the stuck proxy"),
+    };
+    sender.join().unwrap();
+    let stats = publisher.stats();
+    stuck.set_rcvtimeo(500).unwrap();
+    let by_stuck = std::iter::from_fn(|| stuck.recv_multipart(0).ok())
+        .filter_map(|frames| sequence_and_parts(&frames))
+        .count() as u64;
+    eprintln!(
+        "published {published}, the reader got all of them; the stuck proxy {by_stuck}; \
+         queue full first in round {full_at:?}; full-queue events counted: {}",
+        stats.proxy_queue_full_events
+    );
+    assert!(
+        full_at.is_some(),
+        "no full queue was counted in {MAX_ROUNDS} rounds"
+    );
+    assert!(by_stuck < published, "the stuck proxy missed nothing");
+    assert!(
+        stats.proxy_queue_full_events <= published - by_stuck,
+        "{} full-queue events for {} messages missed",
+        stats.proxy_queue_full_events,
+        published - by_stuck
+    );
+    assert_eq!(stats.send_errors, 0);
+    assert_eq!(stats.dropped_no_proxy, 0);
+    publisher.close();
+}

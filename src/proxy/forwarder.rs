@@ -27,13 +27,13 @@ use super::relay::{RelayInput, RelayLinks};
 use super::route::{BURST, Outcome, Route, Tally};
 use super::sockets::{
     apply_socket_options, bind_all, configure_publisher_side, configure_subscriber_side, monitor_socket,
-    raw_socket,
 };
 use super::subscriber_book::{Applied, ConnectionKind, Refusal};
 use super::subscription_relay::{Holder, SubscriptionRelay};
 use super::subscriptions::{UpstreamMessage, classify};
 use crate::curve::PublicKey;
 use crate::message_budget::MessageLimits;
+use crate::socket_options::raw_socket;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;

@@ -4,18 +4,9 @@
 use super::ProxyError;
 use super::in_flight::WireCost;
 use super::metrics::{ProxyMetrics, Side};
-use super::sockets::set_lossy;
 use crate::message_budget::{Exceeded, MessageBudget, MessageLimits, Verdict};
-use std::ffi::{c_int, c_void};
-
-// The `zmq` crate's send consumes the message even when the send fails; this one leaves it
-// to the caller, so a send refused for a full queue can be tried again (zmq.h).
-unsafe extern "C" {
-    fn zmq_msg_send(msg: *mut c_void, socket: *mut c_void, flags: c_int) -> c_int;
-}
-
-// `zmq::Message` is libzmq's 64-byte `zmq_msg_t` and nothing else (see `message_source`).
-const _: () = assert!(std::mem::size_of::<zmq::Message>() == 64);
+use crate::nodrop::send_counting_full_queues;
+use std::ffi::c_void;
 
 /// Messages moved per socket before the loop looks at the other socket and the stop signal,
 /// so neither direction starves the other.
@@ -132,10 +123,9 @@ pub struct Route<'a> {
     /// `to` as libzmq's raw socket when it is the subscriber side's XPUB, which runs with
     /// ZMQ_XPUB_NODROP: a message a subscriber's full queue cannot take fails with EAGAIN, is
     /// sent again with the socket lossy for that one send (the others get it, the full queue
-    /// does not), and the event is counted. libzmq then takes the full subscriber out of the
-    /// send set until it has read enough, dropping its messages meanwhile without telling
-    /// anyone: what is counted is each time a queue filled, not each message it then missed
-    /// (those the subscriber's envelope gaps count). `None`: sent as libzmq does by default.
+    /// does not), and the event is counted (`crate::nodrop`, shared with the publisher): each
+    /// time a queue filled, not each message it then missed (those the subscriber's envelope
+    /// gaps count). `None`: sent as libzmq does by default.
     pub count_full_queues: Option<*mut c_void>,
 }
 
@@ -207,71 +197,31 @@ impl Route<'_> {
                 }
             }
         }
-        // `frame` holds the last frame; earlier ones, if any, are in `parts`. libzmq takes the
-        // rest of a multipart message once it took the first frame, so only the first send can
-        // fail in practice; any failure drops the message and is counted, never ends the proxy.
-        let mut bytes = frame.len() as u64;
-        let last = std::mem::replace(frame, zmq::Message::new());
-        let mut queue_full = false;
-        let mut first = true;
-        let sent = self
+        // `frame` holds the last frame; earlier ones, if any, are in `parts`. Any failure drops
+        // the message and is counted, never ends the proxy.
+        let bytes = self
             .parts
-            .drain(..)
-            .map(|part| (part, zmq::SNDMORE))
-            .chain([(last, 0)]);
-        for (mut part, more) in sent {
-            bytes += if more == 0 { 0 } else { part.len() as u64 };
-            let flags = more | zmq::DONTWAIT;
-            let result = match self.count_full_queues {
-                Some(xpub) if first => send_counting_full_queues(xpub, &mut part, flags).map(|full| {
-                    queue_full = full;
-                }),
-                _ => self.to.send(part, flags),
-            };
-            first = false;
-            if let Err(err) = result {
+            .iter()
+            .chain([&*frame])
+            .map(|part| part.len() as u64)
+            .sum();
+        let last = std::mem::replace(frame, zmq::Message::new());
+        let frames = self.parts.drain(..).chain([last]);
+        let sent = match self.count_full_queues {
+            Some(xpub) => send_counting_full_queues(xpub, frames),
+            None => self.to.send_multipart(frames, zmq::DONTWAIT).map(|()| false),
+        };
+        match sent {
+            Ok(queue_full) => Ok(Outcome::Sent {
+                bytes,
+                wire,
+                queue_full,
+            }),
+            Err(err) => {
                 tracing::debug!(error = %err, "send failed; message dropped");
-                return Ok(Outcome::SendFailed { wire });
+                Ok(Outcome::SendFailed { wire })
             }
         }
-        Ok(Outcome::Sent {
-            bytes,
-            wire,
-            queue_full,
-        })
-    }
-}
-
-/// Sends the first frame of a message on the NODROP `xpub`; when a subscriber's full queue
-/// refuses it, sends it again with the socket lossy for just this send. Returns whether that
-/// happened (the message reached every other subscriber, not the full ones).
-fn send_counting_full_queues(
-    xpub: *mut c_void,
-    part: &mut zmq::Message,
-    flags: i32,
-) -> Result<bool, zmq::Error> {
-    let send = |part: &mut zmq::Message| {
-        // SAFETY: `xpub` is the forwarding thread's live XPUB and `part` an initialised
-        // `zmq_msg_t`; on success libzmq takes its content and leaves it empty, on failure it
-        // leaves it as it was, and `zmq::Message`'s drop closes it either way.
-        let rc = unsafe { zmq_msg_send((part as *mut zmq::Message).cast(), xpub, flags) };
-        if rc >= 0 {
-            Ok(())
-        } else {
-            Err(zmq::Error::from_raw(
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-            ))
-        }
-    };
-    match send(part) {
-        Ok(()) => Ok(false),
-        Err(zmq::Error::EAGAIN) => {
-            set_lossy(xpub, true)?;
-            let retried = send(part);
-            set_lossy(xpub, false)?;
-            retried.map(|()| true)
-        }
-        Err(err) => Err(err),
     }
 }
 

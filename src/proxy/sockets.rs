@@ -5,7 +5,8 @@ use super::ProxyError;
 use super::config::ProxyConfig;
 use super::ipc::{self, BoundSocketFile};
 use super::monitor;
-use crate::socket_options::HeartbeatOptions;
+use crate::nodrop::set_lossy;
+use crate::socket_options::{HeartbeatOptions, raw_socket, set_int_option};
 
 /// The subscriber side's receive high-water mark. The XPUB moves every subscription it reads
 /// into its own trie and an unbounded queue for the application, reading each connection's
@@ -18,55 +19,6 @@ use crate::socket_options::HeartbeatOptions;
 const SUBSCRIBER_RCVHWM: i32 = 2;
 // libzmq's XPUB option that hands every subscribe and unsubscribe to the application (zmq.h).
 const ZMQ_XPUB_VERBOSER: std::ffi::c_int = 78;
-// libzmq's XPUB option that makes a send fail with EAGAIN instead of dropping the message for a
-// subscriber whose queue is full (zmq.h).
-const ZMQ_XPUB_NODROP: std::ffi::c_int = 69;
-unsafe extern "C" {
-    fn zmq_setsockopt(
-        socket: *mut std::ffi::c_void,
-        option: std::ffi::c_int,
-        value: *const std::ffi::c_void,
-        len: usize,
-    ) -> std::ffi::c_int;
-}
-
-/// The raw libzmq socket behind `socket`, for the options and calls the `zmq` crate lacks.
-/// Valid for as long as `socket` lives.
-pub fn raw_socket(socket: &mut zmq::Socket) -> *mut std::ffi::c_void {
-    socket.as_mut_ptr()
-}
-
-/// Sets an int-valued option the `zmq` crate has no setter for.
-fn set_int_option(
-    socket: *mut std::ffi::c_void,
-    option: std::ffi::c_int,
-    value: std::ffi::c_int,
-) -> Result<(), zmq::Error> {
-    // SAFETY: a live socket (the caller's) and an int option value of the size given.
-    let rc = unsafe {
-        zmq_setsockopt(
-            socket,
-            option,
-            (&raw const value).cast(),
-            std::mem::size_of::<std::ffi::c_int>(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(zmq::Error::from_raw(
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-        ))
-    }
-}
-
-/// Whether the XPUB drops a message for a subscriber whose queue is full (`true`, libzmq's
-/// default) or fails the whole send with EAGAIN (`false`, ZMQ_XPUB_NODROP). The proxy runs it
-/// with NODROP and turns it lossy for one send at a time to *count* those drops (`route`):
-/// libzmq drops for a full queue without a trace otherwise.
-pub fn set_lossy(xpub: *mut std::ffi::c_void, lossy: bool) -> Result<(), zmq::Error> {
-    set_int_option(xpub, ZMQ_XPUB_NODROP, std::ffi::c_int::from(!lossy))
-}
 
 /// Applies the options a proxy sets on both of its sockets (HWM, size limit, heartbeats, ZAP
 /// domain, linger). Public so that the benchmark gives libzmq's stock proxy identical sockets.

@@ -20,6 +20,9 @@ pub struct PublisherMetrics {
     /// yet, or the group is empty): a PUB without peers drops silently, so this is counted
     /// before the socket instead.
     pub dropped_no_proxy: Counter,
+    /// Sends that found a proxy's queue (SNDHWM) full: that proxy missed the message, the
+    /// others got it (`crate::nodrop`). Each time a queue filled, not each message it missed.
+    pub proxy_queue_full: Counter,
     /// Membership snapshots applied to the socket.
     pub membership_updates: Counter,
     /// Proxies the socket is connected to.
@@ -38,6 +41,7 @@ impl Default for PublisherMetrics {
             send_failures: Counter::default(),
             dropped_queue_full: Counter::default(),
             dropped_no_proxy: Counter::default(),
+            proxy_queue_full: Counter::default(),
             membership_updates: Counter::default(),
             connected_proxies: Gauge::default(),
             auth_refused_handshakes: Counter::default(),
@@ -72,6 +76,11 @@ impl PublisherMetrics {
             self.dropped_no_proxy.clone(),
         );
         registry.register(
+            "proxy_queue_full_events",
+            "Times a proxy's queue (SNDHWM) was found full when a message was sent: that proxy missed it, the others got it",
+            self.proxy_queue_full.clone(),
+        );
+        registry.register(
             "membership_updates",
             "Membership snapshots applied to the socket",
             self.membership_updates.clone(),
@@ -100,6 +109,7 @@ impl PublisherMetrics {
             send_errors: self.send_failures.get(),
             dropped_queue_full: self.dropped_queue_full.get(),
             dropped_no_proxy: self.dropped_no_proxy.get(),
+            proxy_queue_full_events: self.proxy_queue_full.get(),
             membership_updates: self.membership_updates.get(),
         }
     }
@@ -123,6 +133,7 @@ mod tests {
             "fanout_publisher_send_failures_total 0",
             "fanout_publisher_queue_full_dropped_messages_total 0",
             "fanout_publisher_no_proxy_dropped_messages_total 0",
+            "fanout_publisher_proxy_queue_full_events_total 0",
             "fanout_publisher_membership_updates_total 0",
             "fanout_publisher_connected_proxies 2",
             "fanout_publisher_auth_refused_handshakes_total 0",

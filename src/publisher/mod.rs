@@ -15,8 +15,18 @@
 //!
 //! The socket thread applies a change as a diff (`connect` to joined proxies, `disconnect` from
 //! departed ones, nothing else touched) and publishes what it is connected to through a second
-//! `watch` ([`Publisher::connected`]). Memory per peer is bounded by SNDHWM (a PUB drops
-//! rather than blocks when a peer's queue is full).
+//! `watch` ([`Publisher::connected`]).
+//!
+//! Memory per proxy is bounded by SNDHWM, and a slow proxy never holds the others up: the PUB
+//! runs with `ZMQ_XPUB_NODROP` and every send is non-blocking, so a message a proxy's full
+//! queue refuses is sent again at once to the others only, and counted
+//! ([`PublisherStats::proxy_queue_full_events`]; the same code as the proxy's own count,
+//! `crate::nodrop`, where the libzmq semantics relied on are written down). Loss is counted
+//! where it happens: no proxy connected (`dropped_no_proxy`), a proxy's queue full
+//! (`proxy_queue_full_events`), the in-process queue full for `try_publish`
+//! (`dropped_queue_full`). What libzmq still drops without telling: messages no proxy has
+//! subscribed to yet, and those a full proxy misses after the counted one until it has read
+//! enough.
 
 mod auth_retry;
 pub mod command;
@@ -28,7 +38,8 @@ pub use metrics::PublisherMetrics;
 
 use crate::curve::CurveClient;
 use crate::membership::{Membership, MembershipSender, MembershipSource};
-use crate::socket_options::{ClientOptions, client_socket};
+use crate::nodrop::set_lossy;
+use crate::socket_options::{ClientOptions, client_socket, raw_socket};
 use crate::wire::PublisherId;
 use handover::{Handover, Limits, Payload, Refused};
 use socket_thread::SocketThread;
@@ -49,7 +60,8 @@ pub const DEFAULT_FLAT_MAX_PAYLOAD: usize = crate::proxy::DEFAULT_MAX_MESSAGE_BY
 
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
-    /// SNDHWM per connected proxy (messages). Beyond it the PUB drops for that proxy only.
+    /// SNDHWM per connected proxy (messages). Beyond it that proxy alone misses messages,
+    /// counted in `proxy_queue_full_events`; the others and the caller are never held up.
     pub hwm: i32,
     /// ZMTP heartbeat interval; a proxy silent for 3 intervals is dropped and reconnected.
     pub heartbeat: Option<Duration>,
@@ -109,12 +121,18 @@ pub enum PublisherError {
 pub struct PublisherStats {
     /// Messages handed to the PUB socket.
     pub sent: u64,
-    /// Messages the PUB socket refused (should stay 0: a PUB drops silently per peer).
+    /// Messages the PUB socket refused (should stay 0: a send a proxy's full queue refuses is
+    /// sent again for the others and counted in `proxy_queue_full_events`).
     pub send_errors: u64,
     /// Messages `try_publish` or `try_publish_bytes` dropped because the queue was full.
     pub dropped_queue_full: u64,
     /// Messages dropped because no proxy was connected (none listed yet, or an empty group).
     pub dropped_no_proxy: u64,
+    /// Times a proxy's queue (SNDHWM) was found full when a message was sent: that proxy
+    /// missed the message, the others got it. libzmq then leaves that proxy out until it has
+    /// read enough, so the messages it misses meanwhile are not counted again (its
+    /// subscribers' envelope gaps count them).
+    pub proxy_queue_full_events: u64,
     /// Membership snapshots applied.
     pub membership_updates: u64,
 }
@@ -149,7 +167,7 @@ impl Publisher {
     pub fn new(config: PublisherConfig) -> Result<Self, PublisherError> {
         let id = PublisherId::random()?;
         let context = zmq::Context::new();
-        let socket = client_socket(
+        let mut socket = client_socket(
             &context,
             zmq::PUB,
             &ClientOptions {
@@ -159,6 +177,9 @@ impl Publisher {
                 curve: config.curve.clone(),
             },
         )?;
+        // A full proxy queue fails the send instead of dropping silently, so that it is
+        // counted; the socket thread sends without waiting and resends for the others.
+        set_lossy(raw_socket(&mut socket), false)?;
         // With CURVE, the handshakes a proxy refuses are retried (`auth_retry`).
         let handshakes = match &config.curve {
             Some(_) => {

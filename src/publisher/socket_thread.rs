@@ -4,7 +4,9 @@ use super::auth_retry::RefusedProxies;
 use super::handover::{Batch, Body, Entry, Handover, Part};
 use super::metrics::PublisherMetrics;
 use crate::membership::{self, Membership};
+use crate::nodrop::send_counting_full_queues;
 use crate::proxy::monitor::{EVENT_HANDSHAKE_FAILED_AUTH, EVENT_HANDSHAKE_SUCCEEDED, MonitorEvent};
+use crate::socket_options::raw_socket;
 use crate::wire::{ENVELOPE_LEN, Envelope, PublisherId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -209,7 +211,8 @@ impl SocketThread {
     }
 
     /// Sends one queued message: writes its envelope into the room kept for it in the arena
-    /// and hands the frames to the socket.
+    /// and hands the frames to the socket, never waiting: a proxy whose queue is full misses
+    /// it, and that is counted (`crate::nodrop`).
     fn send(&mut self, arena: &mut [u8], parts: &mut [Part], entry: &Entry, tally: &mut Tally) {
         let sequence = self.sequences.next(&arena[entry.topic()]);
         if self.proxies == 0 {
@@ -222,6 +225,7 @@ impl SocketThread {
             publisher: self.id,
             sequence,
         };
+        let socket = raw_socket(&mut self.socket);
         let result = match &entry.body {
             Body::Flat {
                 topic_len,
@@ -230,21 +234,21 @@ impl SocketThread {
                 let end = entry.topic().end + payload_len + ENVELOPE_LEN;
                 arena[end - ENVELOPE_LEN..end].copy_from_slice(&envelope.flat_tail(*topic_len));
                 // One copy into the message; libzmq shares it between the pipes of every proxy.
-                self.socket.send(&arena[entry.start..end], 0)
+                let frame = zmq::Message::from(&arena[entry.start..end]);
+                send_counting_full_queues(socket, [frame])
             }
             Body::Frames { parts: range, .. } => {
                 let end = entry.topic().end + ENVELOPE_LEN;
                 arena[end - ENVELOPE_LEN..end].copy_from_slice(&envelope.topic_tail());
-                send_frames(
-                    &self.socket,
-                    &arena[entry.start..end],
-                    arena,
-                    &mut parts[range.clone()],
-                )
+                let frames = version_2_frames(&arena[entry.start..end], arena, &mut parts[range.clone()]);
+                send_counting_full_queues(socket, frames)
             }
         };
         match result {
-            Ok(()) => tally.sent += 1,
+            Ok(queue_full) => {
+                tally.sent += 1;
+                tally.proxy_queue_full += u64::from(queue_full);
+            }
             Err(err) => {
                 tally.send_failures += 1;
                 tracing::warn!(error = %err, "send failed");
@@ -260,6 +264,7 @@ struct Tally {
     sent: u64,
     send_failures: u64,
     dropped_no_proxy: u64,
+    proxy_queue_full: u64,
 }
 
 impl Tally {
@@ -268,11 +273,13 @@ impl Tally {
             sent,
             send_failures,
             dropped_no_proxy,
+            proxy_queue_full,
         } = std::mem::take(self);
         for (counter, n) in [
             (&metrics.messages_sent, sent),
             (&metrics.send_failures, send_failures),
             (&metrics.dropped_no_proxy, dropped_no_proxy),
+            (&metrics.proxy_queue_full, proxy_queue_full),
         ] {
             if n > 0 {
                 counter.inc_by(n);
@@ -281,28 +288,24 @@ impl Tally {
     }
 }
 
-/// A version-2 message: the topic frame, then every payload part as a frame of its own.
-fn send_frames(
-    socket: &zmq::Socket,
-    topic_frame: &[u8],
-    arena: &[u8],
-    parts: &mut [Part],
-) -> zmq::Result<()> {
-    let n = parts.len();
+/// A version-2 message's frames: the topic frame, then every payload part as a frame of its
+/// own, made as they are sent.
+fn version_2_frames<'a>(
+    topic_frame: &'a [u8],
+    arena: &'a [u8],
+    parts: &'a mut [Part],
+) -> impl Iterator<Item = zmq::Message> + 'a {
     // Copied into the message: a topic of up to 5 bytes and the envelope fit libzmq's
     // 33-byte inline small-message buffer, so this allocates nothing; a longer one allocates.
-    socket.send(topic_frame, if n == 0 { 0 } else { zmq::SNDMORE })?;
-    for (i, part) in parts.iter_mut().enumerate() {
-        let flags = if i + 1 == n { 0 } else { zmq::SNDMORE };
-        match part {
-            Part::Arena(range) => socket.send(&arena[range.clone()], flags)?,
-            // Inline in the message, copied per pipe: cheaper than a shared buffer.
-            Part::Owned(bytes) if bytes.len() <= SMALL_FRAME => socket.send(&bytes[..], flags)?,
-            // Handed over without a copy, shared by every pipe.
-            Part::Owned(bytes) => socket.send(std::mem::take(bytes), flags)?,
-        }
-    }
-    Ok(())
+    let topic = zmq::Message::from(topic_frame);
+    let payload = parts.iter_mut().map(|part| match part {
+        Part::Arena(range) => zmq::Message::from(&arena[range.clone()]),
+        // Inline in the message, copied per pipe: cheaper than a shared buffer.
+        Part::Owned(bytes) if bytes.len() <= SMALL_FRAME => zmq::Message::from(&bytes[..]),
+        // Handed over without a copy, shared by every pipe.
+        Part::Owned(bytes) => zmq::Message::from(std::mem::take(bytes)),
+    });
+    std::iter::once(topic).chain(payload)
 }
 
 /// The next sequence number per topic (first is 0). Publishers mostly send one topic after
