@@ -147,7 +147,7 @@ impl Node {
                 .name(format!("demo-{name}"))
                 .spawn(move || -> Result<()> {
                     while !stop.load(Ordering::Acquire) {
-                        if subscriber.recv(Duration::from_millis(50))?.is_some() {
+                        if subscriber.recv_with(Duration::from_millis(50), |_| ())?.is_some() {
                             let n = received.fetch_add(1, Ordering::Relaxed);
                             if n == 0 {
                                 lock(&observation).first_delivery = Some(Instant::now());

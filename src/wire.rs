@@ -50,7 +50,7 @@
 //! Version 3 says "exactly one payload part": a message with none is written as version 2, so
 //! a subscriber always gets back the parts that were sent.
 //!
-//! How a subscriber tells them apart (`split_one`, `split`): a message of one frame whose last
+//! How a subscriber tells them apart (`lend`, `split`): a message of one frame whose last
 //! 28 bytes are a version-3 envelope with a topic length that fits is version 3; otherwise
 //! frame 0 ending in a version-2 envelope is version 2; otherwise a version-1 envelope as
 //! frame 1; otherwise a plain message. A version-3 or version-2 tail is recognised by its
@@ -265,7 +265,7 @@ fn tail_of(frame: &[u8], version: u8) -> Option<(usize, &[u8; ENVELOPE_LEN])> {
 }
 
 /// What a received message carried besides its topic and payload.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     /// A valid envelope (version 3 or 2 at the tail of frame 0, or version 1 as frame 1).
     Enveloped { envelope: Envelope },
@@ -277,7 +277,7 @@ pub enum Parsed {
 
 /// A received message taken apart: the topic (envelope tail removed), the payload frames
 /// (a version-1 envelope frame removed; for version 3, the one payload part cut from the
-/// frame), and what the envelope said.
+/// frame), and what the envelope said. The owned form of [`Lent`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct Split {
     pub topic: Vec<u8>,
@@ -285,63 +285,81 @@ pub struct Split {
     pub parsed: Parsed,
 }
 
-/// Takes apart a message received as a single frame, borrowed (the topic and payload are
-/// copied out): version 3 (topic and one payload part), version 2 with no payload part, or a
-/// plain message whose frame is all topic.
-pub fn split_one(frame: &[u8]) -> Split {
-    if let Some((envelope, topic_len)) = Envelope::from_flat_frame(frame) {
-        return Split {
-            topic: frame[..topic_len].to_vec(),
-            payload: vec![frame[topic_len..frame.len() - ENVELOPE_LEN].to_vec()],
-            parsed: Parsed::Enveloped { envelope },
+/// A received message taken apart without copying a byte: topic and payload are borrowed from
+/// the frames it was received as (what a subscriber's per-message path uses).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lent<'a> {
+    pub topic: &'a [u8],
+    pub payload: LentPayload<'a>,
+    pub parsed: Parsed,
+}
+
+/// Where the payload of a [`Lent`] message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LentPayload<'a> {
+    /// Version 3: the one payload part, cut from the middle of the single frame.
+    Cut(&'a [u8]),
+    /// Whole frames (zero or more): versions 2 and 1, and plain messages.
+    Frames(&'a [&'a [u8]]),
+}
+
+impl Lent<'_> {
+    /// The owned copy.
+    pub fn to_split(&self) -> Split {
+        let payload = match self.payload {
+            LentPayload::Cut(part) => vec![part.to_vec()],
+            LentPayload::Frames(frames) => frames.iter().map(|frame| frame.to_vec()).collect(),
         };
-    }
-    if let Some((envelope, topic_len)) = Envelope::from_topic_tail(frame) {
-        return Split {
-            topic: frame[..topic_len].to_vec(),
-            payload: Vec::new(),
-            parsed: Parsed::Enveloped { envelope },
-        };
-    }
-    Split {
-        topic: frame.to_vec(),
-        payload: Vec::new(),
-        parsed: Parsed::Plain,
+        Split {
+            topic: self.topic.to_vec(),
+            payload,
+            parsed: self.parsed.clone(),
+        }
     }
 }
 
-/// Takes a received message apart (`None` for a message without frames). A single frame is
-/// [`split_one`]'s; otherwise frame 0 ending in a version-2 envelope is version 2, then a
-/// version-1 envelope in frame 1 is version 1, else the message is plain (or malformed).
-pub fn split(mut frames: Vec<Vec<u8>>) -> Option<Split> {
-    if let [frame] = &frames[..] {
-        return Some(split_one(frame));
-    }
-    if frames.is_empty() {
-        return None;
-    }
-    let mut topic = frames.remove(0);
-    if let Some((envelope, topic_len)) = Envelope::from_topic_tail(&topic) {
-        topic.truncate(topic_len);
-        return Some(Split {
-            topic,
-            payload: frames,
+/// Takes a received message apart, borrowing from its frames (`None` for a message without
+/// frames). A single frame is version 3 (topic and one payload part), version 2 with no
+/// payload part, or a plain message whose frame is all topic; otherwise frame 0 ending in a
+/// version-2 envelope is version 2, then a version-1 envelope in frame 1 is version 1, else the
+/// message is plain (or malformed).
+pub fn lend<'a>(frames: &'a [&'a [u8]]) -> Option<Lent<'a>> {
+    let (&first, rest) = frames.split_first()?;
+    if rest.is_empty()
+        && let Some((envelope, topic_len)) = Envelope::from_flat_frame(first)
+    {
+        return Some(Lent {
+            topic: &first[..topic_len],
+            payload: LentPayload::Cut(&first[topic_len..first.len() - ENVELOPE_LEN]),
             parsed: Parsed::Enveloped { envelope },
         });
     }
-    let parsed = match frames.first().map(|frame| Envelope::decode(frame)) {
-        None | Some(Err(WireError::NoMagic)) => Parsed::Plain,
-        Some(Ok(envelope)) => {
-            frames.remove(0);
-            Parsed::Enveloped { envelope }
-        }
-        Some(Err(other)) => Parsed::Malformed(other),
+    if let Some((envelope, topic_len)) = Envelope::from_topic_tail(first) {
+        return Some(Lent {
+            topic: &first[..topic_len],
+            payload: LentPayload::Frames(rest),
+            parsed: Parsed::Enveloped { envelope },
+        });
+    }
+    let (payload, parsed) = match rest.split_first() {
+        None => (rest, Parsed::Plain),
+        Some((&maybe_envelope, after)) => match Envelope::decode(maybe_envelope) {
+            Err(WireError::NoMagic) => (rest, Parsed::Plain),
+            Ok(envelope) => (after, Parsed::Enveloped { envelope }),
+            Err(other) => (rest, Parsed::Malformed(other)),
+        },
     };
-    Some(Split {
-        topic,
-        payload: frames,
+    Some(Lent {
+        topic: first,
+        payload: LentPayload::Frames(payload),
         parsed,
     })
+}
+
+/// [`lend`] for owned frames, copied out (tests and tools; a subscriber lends).
+pub fn split(frames: Vec<Vec<u8>>) -> Option<Split> {
+    let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    lend(&frames).map(|lent| lent.to_split())
 }
 
 #[cfg(test)]
@@ -533,6 +551,37 @@ mod tests {
         let malformed = split_of(&[b"t", &[0xFA, 0x0F, 1]]);
         assert_eq!(malformed.parsed, Parsed::Malformed(WireError::BadLength(3)));
         assert_eq!(malformed.payload, frames(&[&[0xFA, 0x0F, 1]]), "delivered intact");
+    }
+
+    #[test]
+    fn lending_borrows_the_topic_and_payload_from_the_frames() {
+        let env = sample();
+        let mut flat = Vec::new();
+        env.write_flat_frame(b"ports", b"hello", &mut flat)
+            .expect("short topic");
+        let frames = [&flat[..]];
+        let lent = lend(&frames).expect("frames");
+        assert_eq!(lent.topic, b"ports");
+        assert!(std::ptr::eq(lent.topic.as_ptr(), flat.as_ptr()), "not a copy");
+        let LentPayload::Cut(part) = lent.payload else {
+            panic!("version 3 lends the part cut from its frame: {:?}", lent.payload)
+        };
+        assert_eq!(part, b"hello");
+        assert!(std::ptr::eq(part.as_ptr(), flat[5..].as_ptr()), "not a copy");
+        assert_eq!(lent.to_split(), split(vec![flat.clone()]).expect("frames"));
+
+        let mut topic = Vec::new();
+        env.write_topic_frame(b"ports", &mut topic);
+        let frames: [&[u8]; 3] = [&topic, b"x", b"y"];
+        let lent = lend(&frames).expect("frames");
+        assert_eq!(lent.payload, LentPayload::Frames(&frames[1..]));
+        let v1_envelope = env.encode_version(VERSION_SEPARATE_FRAME);
+        let frames: [&[u8]; 3] = [b"ports", &v1_envelope, b"x"];
+        assert_eq!(
+            lend(&frames).expect("frames").payload,
+            LentPayload::Frames(&frames[2..])
+        );
+        assert_eq!(lend(&[]), None);
     }
 
     #[test]

@@ -346,6 +346,72 @@ fn gaps_are_counted_from_sequence_numbers() {
 }
 
 #[test]
+fn a_lent_delivery_holds_what_an_owned_one_does_for_every_layout() {
+    // recv_with lends topic and payload from the received frames; the reader sees the same
+    // topic, parts and origin as recv's owned Delivery, for each wire version and a plain
+    // message, and is never called for a filtered message.
+    let (_ctx, pub_sock, mut sub) = plain_pub_with_subscriber("t");
+    let warm_up = sub.stats().clone();
+    let env = Envelope {
+        publisher: PublisherId([4; 16]),
+        sequence: 0,
+    };
+    let mut flat = Vec::new();
+    env.write_flat_frame(b"t", b"one", &mut flat).unwrap();
+    pub_sock.send(&flat[..], 0).unwrap();
+    // Prefix-matched by libzmq, refused by the exact filter: skipped.
+    pub_sock.send(&b"tt-filtered"[..], 0).unwrap();
+    let mut topic = Vec::new();
+    Envelope { sequence: 1, ..env }.write_topic_frame(b"t", &mut topic);
+    pub_sock
+        .send_multipart([&topic[..], b"two", b"parts"], 0)
+        .unwrap();
+    let v1 = Envelope { sequence: 3, ..env }.encode_version(wire::VERSION_SEPARATE_FRAME);
+    pub_sock
+        .send_multipart([&b"t"[..], &v1[..], b"three"], 0)
+        .unwrap();
+    pub_sock.send_multipart([&b"t"[..], b"plain"], 0).unwrap();
+
+    let at = |sequence| Some(Envelope { sequence, ..env });
+    let expected = [
+        (vec![b"one".to_vec()], at(0)),
+        (vec![b"two".to_vec(), b"parts".to_vec()], at(1)),
+        (vec![b"three".to_vec()], at(3)),
+        (vec![b"plain".to_vec()], None),
+    ];
+    let mut reads = 0;
+    for (payload, origin) in expected {
+        let lent = sub
+            .recv_with(WAIT, |d| {
+                reads += 1;
+                d.to_delivery()
+            })
+            .unwrap()
+            .expect("message");
+        assert_eq!(
+            lent,
+            Delivery {
+                topic: b"t".to_vec(),
+                payload,
+                origin
+            }
+        );
+    }
+    assert_eq!(reads, 4, "the reader is called once per delivered message only");
+    assert_eq!(sub.recv_with(Duration::from_millis(100), |_| ()).unwrap(), None);
+    let stats = sub.stats();
+    assert_eq!(
+        (
+            stats.received - warm_up.received,
+            stats.filtered - warm_up.filtered,
+            stats.plain - warm_up.plain
+        ),
+        (4, 1, 1)
+    );
+    assert_eq!(stats.per_publisher[&env.publisher].lost, 1);
+}
+
+#[test]
 fn real_loss_through_a_tiny_queue_is_accounted_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = proxy_under_test::start(dir.path(), "a", 10);

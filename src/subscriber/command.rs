@@ -139,17 +139,26 @@ pub fn run(options: SubscribeRun) -> Result<(), SubscribeError> {
         {
             break;
         }
-        match subscriber.recv(Duration::from_millis(100))? {
-            Some(delivery) => {
-                last_message = Instant::now();
-                if !options.quiet {
-                    let mut line = render_frame(&delivery.topic);
-                    for frame in &delivery.payload {
-                        line.push('\t');
-                        line.push_str(&render_frame(frame));
-                    }
-                    line.push('\n');
-                    out.write_all(line.as_bytes()).map_err(SubscribeError::Output)?;
+        // The message is lent, written out (unless quiet) and dropped: nothing is allocated
+        // for it.
+        let quiet = options.quiet;
+        let written = subscriber.recv_with(Duration::from_millis(100), |delivery| {
+            if quiet {
+                return Ok(());
+            }
+            let mut line = render_frame(delivery.topic);
+            for frame in delivery.payload {
+                line.push('\t');
+                line.push_str(&render_frame(frame));
+            }
+            line.push('\n');
+            out.write_all(line.as_bytes())
+        })?;
+        match written {
+            Some(written) => {
+                written.map_err(SubscribeError::Output)?;
+                if options.timeout.is_some() {
+                    last_message = Instant::now();
                 }
             }
             None => out.flush().map_err(SubscribeError::Output)?,

@@ -13,9 +13,9 @@ pub mod command;
 
 use crate::curve::CurveClient;
 use crate::socket_options::{ClientOptions, client_socket};
-use crate::wire::{self, Envelope, Parsed, PublisherId};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasher, RandomState};
+use crate::wire::{self, Envelope, LentPayload, Parsed, PublisherId};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,7 +66,7 @@ pub enum SubscriberError {
     Zmq(#[from] zmq::Error),
 }
 
-/// One delivered message.
+/// One delivered message, owned (what [`Subscriber::recv`] returns).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub topic: Vec<u8>,
@@ -74,6 +74,28 @@ pub struct Delivery {
     pub payload: Vec<Vec<u8>>,
     /// Sender and sequence when the message carried a valid envelope.
     pub origin: Option<Envelope>,
+}
+
+/// One delivered message, lent by [`Subscriber::recv_with`]: topic and payload borrowed from
+/// the frame(s) it was received as, valid during the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryRef<'a> {
+    pub topic: &'a [u8],
+    /// Payload frames (the envelope, if any, removed).
+    pub payload: &'a [&'a [u8]],
+    /// Sender and sequence when the message carried a valid envelope.
+    pub origin: Option<Envelope>,
+}
+
+impl DeliveryRef<'_> {
+    /// The owned copy.
+    pub fn to_delivery(&self) -> Delivery {
+        Delivery {
+            topic: self.topic.to_vec(),
+            payload: self.payload.iter().map(|part| part.to_vec()).collect(),
+            origin: self.origin,
+        }
+    }
 }
 
 /// Per-publisher counters. Every count saturates at `u64::MAX`: the envelope comes from the
@@ -140,7 +162,12 @@ impl SubscriberStats {
 
     /// Counts one enveloped message from `publisher`.
     pub fn record(&mut self, publisher: PublisherId, check: SequenceCheck) {
-        if !self.per_publisher.contains_key(&publisher) && self.per_publisher.len() >= Self::MAX_PUBLISHERS {
+        // One search for a publisher already counted (every message but its first).
+        if let Some(counts) = self.per_publisher.get_mut(&publisher) {
+            counts.record(check);
+            return;
+        }
+        if self.per_publisher.len() >= Self::MAX_PUBLISHERS {
             self.evict_quietest();
         }
         self.per_publisher.entry(publisher).or_default().record(check);
@@ -192,18 +219,25 @@ pub enum SequenceCheck {
 /// Publisher ids and topics come from the peer, so what the tracker keeps is bounded in
 /// entries and in bytes (issue 10, 0b): at most [`MAX_PUBLISHERS`](Self::MAX_PUBLISHERS)
 /// publishers, [`MAX_TOPICS_PER_PUBLISHER`](Self::MAX_TOPICS_PER_PUBLISHER) topics each and
-/// [`MAX_STREAMS`](Self::MAX_STREAMS) streams in all, each of a fixed size: a topic is kept as
-/// its 64-bit SipHash under a key random to this process, never as its bytes, so a 64 KiB topic
-/// costs what a 1-byte one does. (Two topics colliding would share a sequence; with a secret key
-/// a peer cannot aim for that, and by chance it is 2^-64 per pair.) A new stream beyond a bound
-/// evicts one; an evicted stream starts again as [`SequenceCheck::First`].
+/// [`MAX_STREAMS`](Self::MAX_STREAMS) streams in all, each of a fixed size: a stream is kept as
+/// the 64-bit SipHash of its publisher id and topic under a key random to this process (its
+/// "key"), never as the topic's bytes, so a 64 KiB topic costs what a 1-byte one does. (Two
+/// streams colliding would share a sequence; with a secret key a peer cannot aim for that, and
+/// by chance it is 2^-64 per pair.) A new stream beyond a bound evicts one; an evicted stream
+/// starts again as [`SequenceCheck::First`].
+///
+/// Per message: one SipHash, and none at all when the message is of the same stream as the
+/// one before (the common case: one publisher, one topic), recognised by comparing the
+/// publisher id and topic with the previous message's (a topic of at most
+/// [`FLAT_MAX_TOPIC`](wire::FLAT_MAX_TOPIC) bytes is remembered for that).
 #[derive(Debug, Default)]
 pub struct GapTracker {
-    // Nested so that a whole publisher can be evicted at once.
-    last: HashMap<PublisherId, HashMap<u64, u64>>,
-    /// Streams in `last`, all publishers together.
-    streams: usize,
-    topic_hasher: RandomState,
+    /// Last sequence per stream key.
+    last: HashMap<u64, u64, ByStreamKey>,
+    /// Each publisher's stream keys, so that a whole publisher can be evicted at once.
+    publishers: HashMap<PublisherId, HashSet<u64, ByStreamKey>>,
+    stream_hasher: RandomState,
+    previous: PreviousStream,
 }
 
 impl GapTracker {
@@ -216,52 +250,108 @@ impl GapTracker {
     pub const MAX_STREAMS: usize = 64 * 1024;
 
     pub fn observe(&mut self, publisher: PublisherId, topic: &[u8], sequence: u64) -> SequenceCheck {
-        let topic = self.topic_hasher.hash_one(topic);
-        if let Some(last) = self
-            .last
-            .get_mut(&publisher)
-            .and_then(|topics| topics.get_mut(&topic))
-        {
+        let key = match self.previous.key_of(publisher, topic) {
+            Some(key) => key,
+            None => {
+                let key = self.stream_hasher.hash_one((publisher, topic));
+                self.previous.remember(publisher, topic, key);
+                key
+            }
+        };
+        if let Some(last) = self.last.get_mut(&key) {
             return advance(last, sequence);
         }
         self.make_room_for_a_stream_of(publisher);
-        self.last.entry(publisher).or_default().insert(topic, sequence);
-        self.streams += 1;
+        self.publishers.entry(publisher).or_default().insert(key);
+        self.last.insert(key, sequence);
         SequenceCheck::First
     }
 
     /// Streams tracked now (at most [`MAX_STREAMS`](Self::MAX_STREAMS)).
     pub fn streams(&self) -> usize {
-        self.streams
+        self.last.len()
     }
 
     /// Publishers tracked now (at most [`MAX_PUBLISHERS`](Self::MAX_PUBLISHERS)).
     pub fn publishers(&self) -> usize {
-        self.last.len()
+        self.publishers.len()
     }
 
     fn make_room_for_a_stream_of(&mut self, publisher: PublisherId) {
-        let publishers = self.last.len();
-        match self.last.get_mut(&publisher) {
-            Some(topics) if topics.len() >= Self::MAX_TOPICS_PER_PUBLISHER => {
-                self.streams -= evict_one(topics);
-            }
+        let publishers = self.publishers.len();
+        match self.publishers.get_mut(&publisher) {
+            Some(keys) if keys.len() >= Self::MAX_TOPICS_PER_PUBLISHER => evict_one(keys, &mut self.last),
             Some(_) => {}
             None if publishers >= Self::MAX_PUBLISHERS => self.evict_a_publisher_other_than(publisher),
             None => {}
         }
-        if self.streams >= Self::MAX_STREAMS {
-            match self.last.get_mut(&publisher) {
-                Some(topics) if !topics.is_empty() => self.streams -= evict_one(topics),
+        if self.last.len() >= Self::MAX_STREAMS {
+            match self.publishers.get_mut(&publisher) {
+                Some(keys) if !keys.is_empty() => evict_one(keys, &mut self.last),
                 _ => self.evict_a_publisher_other_than(publisher),
             }
         }
     }
 
     fn evict_a_publisher_other_than(&mut self, publisher: PublisherId) {
-        let victim = self.last.keys().find(|id| **id != publisher).copied();
-        if let Some(topics) = victim.and_then(|id| self.last.remove(&id)) {
-            self.streams -= topics.len();
+        let victim = self.publishers.keys().find(|id| **id != publisher).copied();
+        if let Some(keys) = victim.and_then(|id| self.publishers.remove(&id)) {
+            for key in keys {
+                self.last.remove(&key);
+            }
+        }
+    }
+}
+
+/// The stream of the message observed last, to recognise the next message of the same stream
+/// without hashing. Its key may have been evicted since; `observe` then finds it missing and
+/// starts the stream again, as for any evicted stream.
+#[derive(Debug, Default)]
+struct PreviousStream {
+    /// Its publisher and key; `None` before the first message, or when its topic was too long
+    /// to remember.
+    stream: Option<(PublisherId, u64)>,
+    /// Its topic (reused, at most [`wire::FLAT_MAX_TOPIC`] bytes).
+    topic: Vec<u8>,
+}
+
+impl PreviousStream {
+    fn key_of(&self, publisher: PublisherId, topic: &[u8]) -> Option<u64> {
+        match self.stream {
+            Some((previous, key)) if previous == publisher && self.topic == topic => Some(key),
+            _ => None,
+        }
+    }
+
+    fn remember(&mut self, publisher: PublisherId, topic: &[u8], key: u64) {
+        self.topic.clear();
+        if topic.len() > wire::FLAT_MAX_TOPIC {
+            self.stream = None;
+            return;
+        }
+        self.topic.extend_from_slice(topic);
+        self.stream = Some((publisher, key));
+    }
+}
+
+/// Tables keyed by a stream key use it as its own hash: it is already a SipHash under this
+/// process's secret key, as unpredictable to a peer as hashing it again would make it.
+type ByStreamKey = BuildHasherDefault<StreamKeyHasher>;
+
+#[derive(Debug, Default)]
+struct StreamKeyHasher(u64);
+
+impl Hasher for StreamKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; any other input is still folded in whole.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
         }
     }
 }
@@ -280,11 +370,11 @@ fn advance(last: &mut u64, sequence: u64) -> SequenceCheck {
     }
 }
 
-/// Removes one entry (whichever the map yields first) and says how many it removed (0 or 1).
-fn evict_one<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) -> usize {
-    match map.keys().next().cloned() {
-        Some(key) => usize::from(map.remove(&key).is_some()),
-        None => 0,
+/// Evicts one of a publisher's streams (whichever its set yields first).
+fn evict_one(keys: &mut HashSet<u64, ByStreamKey>, last: &mut HashMap<u64, u64, ByStreamKey>) {
+    if let Some(key) = keys.iter().next().copied() {
+        keys.remove(&key);
+        last.remove(&key);
     }
 }
 
@@ -322,9 +412,74 @@ pub struct Subscriber {
     /// Frame 0 of each received message, received into one reused message.
     frame: zmq::Message,
     endpoint: String,
+    accounting: Accounting,
+}
+
+/// What a subscriber decides and counts about each received message (pure).
+#[derive(Debug, Default)]
+struct Accounting {
     matcher: TopicMatcher,
     gaps: GapTracker,
     stats: SubscriberStats,
+}
+
+/// What [`Accounting::accept`] made of a received message.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// It matches no filter: counted as filtered, not delivered.
+    Filtered,
+    /// Delivered, with its origin when it carried a valid envelope.
+    Deliver(Option<Envelope>),
+}
+
+impl Accounting {
+    fn accept(&mut self, topic: &[u8], parsed: Parsed) -> Verdict {
+        if !self.matcher.matches(topic) {
+            self.stats.filtered = self.stats.filtered.saturating_add(1);
+            return Verdict::Filtered;
+        }
+        self.stats.received = self.stats.received.saturating_add(1);
+        Verdict::Deliver(match parsed {
+            Parsed::Enveloped { envelope } => {
+                let check = self.gaps.observe(envelope.publisher, topic, envelope.sequence);
+                self.stats.record(envelope.publisher, check);
+                Some(envelope)
+            }
+            Parsed::Plain => {
+                self.stats.plain = self.stats.plain.saturating_add(1);
+                None
+            }
+            Parsed::Malformed(err) => {
+                tracing::debug!(error = %err, "malformed envelope; delivering as a plain message");
+                self.stats.malformed = self.stats.malformed.saturating_add(1);
+                None
+            }
+        })
+    }
+
+    /// Counts the message of `frames` and lends it to `read` when it is delivered; hands
+    /// `read` back, uncalled, when it is not (filtered, or no frames).
+    fn deliver<R, F: FnOnce(DeliveryRef<'_>) -> R>(&mut self, frames: &[&[u8]], read: F) -> Result<R, F> {
+        let Some(lent) = wire::lend(frames) else {
+            return Err(read);
+        };
+        let Verdict::Deliver(origin) = self.accept(lent.topic, lent.parsed) else {
+            return Err(read);
+        };
+        let cut;
+        let payload = match lent.payload {
+            LentPayload::Cut(part) => {
+                cut = [part];
+                &cut[..]
+            }
+            LentPayload::Frames(frames) => frames,
+        };
+        Ok(read(DeliveryRef {
+            topic: lent.topic,
+            payload,
+            origin,
+        }))
+    }
 }
 
 impl Subscriber {
@@ -349,9 +504,7 @@ impl Subscriber {
             _ctx: ctx,
             frame: zmq::Message::new(),
             endpoint: endpoint.to_string(),
-            matcher: TopicMatcher::default(),
-            gaps: GapTracker::default(),
-            stats: SubscriberStats::default(),
+            accounting: Accounting::default(),
         })
     }
 
@@ -361,7 +514,7 @@ impl Subscriber {
 
     /// Adds a filter (idempotent).
     pub fn subscribe(&mut self, filter: TopicFilter) -> Result<(), SubscriberError> {
-        if self.matcher.add(&filter) {
+        if self.accounting.matcher.add(&filter) {
             // libzmq reference-counts SUB subscriptions, so Exact("a") and Prefix("a") each
             // hold one and removing one keeps the other.
             self.socket.set_subscribe(filter.zmq_prefix())?;
@@ -371,85 +524,70 @@ impl Subscriber {
 
     /// Removes a filter (no-op if absent).
     pub fn unsubscribe(&mut self, filter: &TopicFilter) -> Result<(), SubscriberError> {
-        if self.matcher.remove(filter) {
+        if self.accounting.matcher.remove(filter) {
             self.socket.set_unsubscribe(filter.zmq_prefix())?;
         }
         Ok(())
     }
 
     /// Waits up to `timeout` for the next message matching a filter. `Ok(None)` on timeout.
+    /// Allocates the delivered topic and payload; [`recv_with`](Self::recv_with) lends them.
     pub fn recv(&mut self, timeout: Duration) -> Result<Option<Delivery>, SubscriberError> {
-        let deadline = Instant::now() + timeout;
+        self.recv_with(timeout, |delivery| delivery.to_delivery())
+    }
+
+    /// Waits up to `timeout` for the next message matching a filter and lends it to `read`,
+    /// returning what `read` returns; `Ok(None)` on timeout. The topic and payload are borrowed
+    /// from the received frame, so a single-frame message (wire version 3, the usual one) costs
+    /// no allocation here.
+    pub fn recv_with<R>(
+        &mut self,
+        timeout: Duration,
+        mut read: impl FnOnce(DeliveryRef<'_>) -> R,
+    ) -> Result<Option<R>, SubscriberError> {
+        // Taken at the first wait (not on entry), so a busy subscriber reads no clock per
+        // message.
+        let mut deadline = None;
         loop {
             // Drain what is already queued without polling first (cheap when busy).
-            let split = match self.socket.recv(&mut self.frame, zmq::DONTWAIT) {
+            match self.socket.recv(&mut self.frame, zmq::DONTWAIT) {
                 // One frame (wire version 3, or a plain single-frame message): taken apart
                 // where it was received.
-                Ok(()) if !self.frame.get_more() => wire::split_one(&self.frame),
+                Ok(()) if !self.frame.get_more() => match self.accounting.deliver(&[&self.frame[..]], read) {
+                    Ok(value) => return Ok(Some(value)),
+                    Err(unread) => read = unread,
+                },
                 Ok(()) => {
                     // The rest of the message is already queued (libzmq delivers whole
                     // messages), so this does not wait.
-                    let mut frames = vec![self.frame.to_vec()];
-                    frames.extend(self.socket.recv_multipart(0)?);
-                    match wire::split(frames) {
-                        Some(split) => split,
-                        None => continue,
+                    let rest = self.socket.recv_multipart(0)?;
+                    let frames: Vec<&[u8]> = std::iter::once(&self.frame[..])
+                        .chain(rest.iter().map(Vec::as_slice))
+                        .collect();
+                    match self.accounting.deliver(&frames, read) {
+                        Ok(value) => return Ok(Some(value)),
+                        Err(unread) => read = unread,
                     }
                 }
                 Err(zmq::Error::EAGAIN) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
+                    let now = Instant::now();
+                    let left = deadline
+                        .get_or_insert(now + timeout)
+                        .saturating_duration_since(now);
                     if left.is_zero() {
                         return Ok(None);
                     }
                     let ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX).max(1);
                     self.socket.poll(zmq::POLLIN, ms)?;
-                    continue;
                 }
-                Err(zmq::Error::EINTR) => continue,
+                Err(zmq::Error::EINTR) => {}
                 Err(err) => return Err(err.into()),
-            };
-            if let Some(delivery) = self.accept(split) {
-                return Ok(Some(delivery));
             }
         }
-    }
-
-    fn accept(&mut self, split: wire::Split) -> Option<Delivery> {
-        let wire::Split {
-            topic,
-            payload,
-            parsed,
-        } = split;
-        if !self.matcher.matches(&topic) {
-            self.stats.filtered = self.stats.filtered.saturating_add(1);
-            return None;
-        }
-        self.stats.received = self.stats.received.saturating_add(1);
-        let origin = match parsed {
-            Parsed::Enveloped { envelope } => {
-                let check = self.gaps.observe(envelope.publisher, &topic, envelope.sequence);
-                self.stats.record(envelope.publisher, check);
-                Some(envelope)
-            }
-            Parsed::Plain => {
-                self.stats.plain = self.stats.plain.saturating_add(1);
-                None
-            }
-            Parsed::Malformed(err) => {
-                tracing::debug!(error = %err, "malformed envelope; delivering as a plain message");
-                self.stats.malformed = self.stats.malformed.saturating_add(1);
-                None
-            }
-        };
-        Some(Delivery {
-            topic,
-            payload,
-            origin,
-        })
     }
 
     pub fn stats(&self) -> &SubscriberStats {
-        &self.stats
+        &self.accounting.stats
     }
 }
 
@@ -478,6 +616,37 @@ mod tests {
     }
 
     #[test]
+    fn the_previous_stream_is_recognised_and_anything_else_is_looked_up() {
+        let mut g = GapTracker::default();
+        assert_eq!(g.observe(A, b"t", 1), SequenceCheck::First);
+        assert_eq!(g.observe(A, b"t", 2), SequenceCheck::InOrder);
+        // Same publisher, a topic that extends the remembered one; same topic, another
+        // publisher: other streams.
+        assert_eq!(g.observe(A, b"tt", 1), SequenceCheck::First);
+        assert_eq!(g.observe(B, b"tt", 7), SequenceCheck::First);
+        assert_eq!(g.observe(A, b"t", 4), SequenceCheck::Gap { lost: 1 });
+        assert_eq!(g.observe(A, b"tt", 2), SequenceCheck::InOrder);
+        // A topic too long to remember is looked up every time.
+        let long = vec![b'l'; wire::FLAT_MAX_TOPIC + 1];
+        assert_eq!(g.observe(A, &long, 1), SequenceCheck::First);
+        assert_eq!(g.observe(A, &long, 2), SequenceCheck::InOrder);
+        assert_eq!(g.observe(A, &long, 2), SequenceCheck::OutOfOrder);
+        assert_eq!(g.streams(), 4);
+    }
+
+    #[test]
+    fn the_previous_stream_evicted_starts_again() {
+        let mut g = GapTracker::default();
+        assert_eq!(g.observe(A, b"t", 1), SequenceCheck::First);
+        g.evict_a_publisher_other_than(B);
+        assert_eq!((g.streams(), g.publishers()), (0, 0));
+        // Remembered as the previous stream, but no longer tracked: not a gap of 3.
+        assert_eq!(g.observe(A, b"t", 5), SequenceCheck::First);
+        assert_eq!(g.observe(A, b"t", 6), SequenceCheck::InOrder);
+        assert_eq!((g.streams(), g.publishers()), (1, 1));
+    }
+
+    #[test]
     fn forged_extreme_sequences_do_not_overflow() {
         let mut g = GapTracker::default();
         assert_eq!(g.observe(A, b"t", 0), SequenceCheck::First);
@@ -495,12 +664,12 @@ mod tests {
         for i in 0..(GapTracker::MAX_PUBLISHERS + 10) {
             g.observe(id(i), b"t", 1);
         }
-        assert_eq!(g.last.len(), GapTracker::MAX_PUBLISHERS);
+        assert_eq!(g.publishers(), GapTracker::MAX_PUBLISHERS);
         for i in 0..(GapTracker::MAX_TOPICS_PER_PUBLISHER + 10) {
             g.observe(A, &(i as u64).to_le_bytes(), 1);
         }
-        assert_eq!(g.last.len(), GapTracker::MAX_PUBLISHERS);
-        assert_eq!(g.last[&A].len(), GapTracker::MAX_TOPICS_PER_PUBLISHER);
+        assert_eq!(g.publishers(), GapTracker::MAX_PUBLISHERS);
+        assert_eq!(g.publishers[&A].len(), GapTracker::MAX_TOPICS_PER_PUBLISHER);
         // A tracked stream keeps its accounting.
         assert_eq!(g.observe(A, b"t2", 1), SequenceCheck::First);
         assert_eq!(g.observe(A, b"t2", 3), SequenceCheck::Gap { lost: 1 });
@@ -523,8 +692,8 @@ mod tests {
             }
         }
         assert_eq!(g.streams(), GapTracker::MAX_STREAMS);
-        let counted: usize = g.last.values().map(HashMap::len).sum();
-        assert_eq!(counted, g.streams(), "the running count is the real one");
+        let counted: usize = g.publishers.values().map(HashSet::len).sum();
+        assert_eq!(counted, g.streams(), "every stream is some publisher's");
         // A new publisher still gets tracked (another one makes room).
         assert_eq!(g.observe(B, b"t", 1), SequenceCheck::First);
         assert_eq!(g.observe(B, b"t", 2), SequenceCheck::InOrder);
