@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod publisher;
 pub mod relay_tree;
 pub mod runtime;
+pub(crate) mod socket_monitor;
 pub mod socket_options;
 pub mod subscriber;
 #[cfg(feature = "cli")]

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub publish_latency: Histogram,
     pub reconcile_duration: Histogram,
     pub leader: Gauge,
+    /// Times this replica won the lease and started its reconciler (a leader that keeps losing
+    /// its lease, to an API outage or a slow API, shows here).
+    pub leadership_acquired: Counter,
 }
 
 /// Observes the time from its creation to its drop into `reconcile_duration`, whichever way
@@ -75,6 +78,7 @@ impl Metrics {
                 0.001, 2.0, 15,
             )),
             leader: Gauge::default(),
+            leadership_acquired: Counter::default(),
         };
         let registry = registry.sub_registry_with_prefix("fanout_controller");
         registry.register(
@@ -124,6 +128,11 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader lease",
             metrics.leader.clone(),
+        );
+        registry.register(
+            "leadership_acquired",
+            "Times this replica won the leader lease and started its reconciler",
+            metrics.leadership_acquired.clone(),
         );
         metrics
     }

@@ -125,6 +125,7 @@ pub async fn run_async(args: ControllerConfig) -> Result<(), ControllerError> {
         }
         tracing::info!(%identity, "leading: starting the reconciler");
         metrics.leader.set(1);
+        metrics.leadership_acquired.inc();
         let leader = Leader {
             recorder: Recorder::new(
                 client.clone(),

@@ -6,6 +6,9 @@
 //! runs it, the host directory, the host network, the priority and the nodes reached are all
 //! decided here, from the controller's flags (set by the chart), and a group asking for more is
 //! refused with the reason in its status.
+//!
+//! Longer than 500 lines for a reason: over half of it is tests, one per refusal; the code is the
+//! one place that decides what the admin allows a group, under 350 lines.
 
 use crate::crd::FanoutGroupSpec;
 use k8s_openapi::api::core::v1::Toleration;

@@ -8,8 +8,8 @@
 //! this) and counted; the proxy keeps the last lists it has meanwhile. A relist is held until it is complete, so a restarted watch
 //! never delivers a transient "no ConfigMap".
 
-use super::ProxyError;
 use super::allow_lists::{AllowListFeed, AllowListSource, AllowLists};
+use super::{AllowListApiError, ProxyError};
 use crate::membership::kubernetes::map_event;
 use crate::watch_backoff::WatchBackoff;
 use futures::StreamExt;
@@ -89,9 +89,7 @@ impl ConfigMapAllowLists {
     async fn follow(self, feed: AllowListFeed, errors: Counter) -> Result<(), ProxyError> {
         let client = match self.client {
             Some(client) => client,
-            None => Client::try_default()
-                .await
-                .map_err(|err| ProxyError::AllowListApi(format!("building a client: {err}")))?,
+            None => Client::try_default().await.map_err(AllowListApiError::Client)?,
         };
         let (namespace, name) = (self.namespace, self.name);
         tracing::info!(%namespace, configmap = %name, "following the allow-lists through the API");
@@ -141,9 +139,7 @@ impl ConfigMapAllowLists {
             }
             delivered = Some(lists);
         }
-        Err(ProxyError::AllowListApi(format!(
-            "the watch on ConfigMap {namespace}/{name} ended"
-        )))
+        Err(AllowListApiError::WatchEnded { namespace, name }.into())
     }
 }
 

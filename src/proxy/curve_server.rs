@@ -139,10 +139,10 @@ impl CurveServer {
                 "this libzmq has no CURVE support (built without libsodium)".into(),
             ));
         }
-        let public = config
-            .secret
-            .public_key()
-            .map_err(|e| ProxyError::Config(format!("the CURVE secret key: {e}")))?;
+        let public = config.secret.public_key().map_err(|source| ProxyError::Key {
+            context: "the CURVE secret key",
+            source,
+        })?;
         let zap = context
             .socket(zmq::REP)
             .map_err(ProxyError::zmq("creating the ZAP socket"))?;
@@ -400,7 +400,7 @@ impl CurveServer {
 
     /// A monitor event of one side: forgets closed descriptors, counts failed handshakes.
     pub fn on_event(&mut self, side: Side, code: u16, value: u32) {
-        if code == super::monitor::EVENT_DISCONNECTED {
+        if code == crate::socket_monitor::EVENT_DISCONNECTED {
             self.side_mut(side).connections.remove(&(value as i32));
             return;
         }

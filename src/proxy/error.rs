@@ -20,14 +20,45 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the forwarding thread stopped unexpectedly: {0}")]
-    Thread(String),
+    /// The forwarding thread ended before it was told to, or panicked.
+    #[error("the forwarding thread {0}")]
+    Thread(&'static str),
+    /// A blocking task (starting or stopping the forwarder) or a follower task that panicked or
+    /// was cancelled.
+    #[error("{context}: {source}")]
+    Task {
+        context: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The CURVE key the proxy was given is unusable.
+    #[error("{context}: {source}")]
+    Key {
+        context: &'static str,
+        #[source]
+        source: crate::curve::CurveError,
+    },
     /// A relay that cannot follow its assignment.
-    #[error("relay: {0}")]
-    Relay(String),
+    #[error("relay: cannot follow the relay assignment: {0}")]
+    Relay(#[source] crate::membership::MembershipError),
+    /// A relay whose assignment follower ended without an error.
+    #[error("relay: the assignment follower stopped")]
+    RelayFollowerStopped,
     /// A CURVE proxy that cannot follow its allow-lists through the API.
     #[error("allow-lists through the API: {0}")]
-    AllowListApi(String),
+    AllowListApi(#[from] AllowListApiError),
+}
+
+/// Why a proxy stopped following its allow-lists through the API.
+#[derive(Debug, thiserror::Error)]
+pub enum AllowListApiError {
+    #[cfg(feature = "kubernetes")]
+    #[error("building a client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("the watch on ConfigMap {namespace}/{name} ended")]
+    WatchEnded { namespace: String, name: String },
+    #[error("the follower stopped")]
+    FollowerStopped,
 }
 
 impl ProxyError {

@@ -19,9 +19,6 @@ use super::ipc::BoundSocketFile;
 use super::leaf_links::LeafLinks;
 use super::message_source::{Source, SourceCache};
 use super::metrics::{CutOff, ProxyMetrics, ProxyStats, Side};
-use super::monitor::{
-    EVENT_ACCEPTED, EVENT_CONNECTED, EVENT_DISCONNECTED, MonitorEvent, PeerChange, PeerTracker,
-};
 use super::peer::{self, SocketId};
 use super::relay::{RelayInput, RelayLinks};
 use super::route::{BURST, Outcome, Route, Tally};
@@ -33,6 +30,9 @@ use super::subscription_relay::{Holder, SubscriptionRelay};
 use super::subscriptions::{UpstreamMessage, classify};
 use crate::curve::PublicKey;
 use crate::message_budget::MessageLimits;
+use crate::socket_monitor::{
+    EVENT_ACCEPTED, EVENT_CONNECTED, EVENT_DISCONNECTED, MonitorEvent, PeerChange, PeerTracker,
+};
 use crate::socket_options::raw_socket;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
@@ -112,10 +112,9 @@ pub fn start_with(config: ProxyConfig, inputs: ProxyInputs) -> Result<Proxy, Pro
                     Ok(forwarder) => forwarder,
                     Err(err) => {
                         running.store(false, Ordering::Release);
-                        let text = err.to_string();
                         // start() waits for this and returns the error itself.
                         let _ = bound_tx.send(Err(err));
-                        return Err(ProxyError::Thread(format!("binding failed: {text}")));
+                        return Err(ProxyError::Thread("failed to bind"));
                     }
                 };
                 let endpoints = (
@@ -150,8 +149,8 @@ pub fn start_with(config: ProxyConfig, inputs: ProxyInputs) -> Result<Proxy, Pro
         }
         Err(_) => Err(match thread.join() {
             Ok(Err(err)) => err,
-            Ok(Ok(())) => ProxyError::Thread("exited before binding".into()),
-            Err(_) => ProxyError::Thread("panicked while binding".into()),
+            Ok(Ok(())) => ProxyError::Thread("exited before binding"),
+            Err(_) => ProxyError::Thread("panicked while binding"),
         }),
     }
 }
@@ -202,7 +201,7 @@ impl Proxy {
         let _ = self.stop.write_all(b"x");
         match thread.join() {
             Ok(result) => result,
-            Err(_) => Err(ProxyError::Thread("the forwarding thread panicked".into())),
+            Err(_) => Err(ProxyError::Thread("panicked")),
         }
     }
 }

@@ -19,7 +19,6 @@ mod ipc;
 mod leaf_links;
 mod message_source;
 mod metrics;
-pub(crate) mod monitor;
 mod peer;
 mod relay;
 mod route;
@@ -37,7 +36,7 @@ pub use config::{
     queue_bound_exceeded,
 };
 pub use curve_server::ALLOW_LIST_RECHECK;
-pub use error::ProxyError;
+pub use error::{AllowListApiError, ProxyError};
 pub use forwarder::{Proxy, ProxyInputs, start, start_relay, start_with};
 pub use handoff::Handoff;
 pub use metrics::{CutOff, ProxyMetrics, ProxyStats, Side, SideMetrics, SideStats};

@@ -90,9 +90,10 @@ impl RelayLinks {
         xpub.set_maxmsgsize(frame_limit)
             .map_err(ProxyError::zmq("setting MAXMSGSIZE of the relay's leaf links"))?;
         if let Some(secret) = secret {
-            let public = secret
-                .public_key()
-                .map_err(|err| ProxyError::Config(format!("deriving the relay's public key: {err}")))?;
+            let public = secret.public_key().map_err(|source| ProxyError::Key {
+                context: "deriving the relay's public key",
+                source,
+            })?;
             // The leaves are servers with the group's key, and admit the relay by the same key.
             let client = CurveClient {
                 server: public,

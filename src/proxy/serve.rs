@@ -4,7 +4,7 @@
 
 use super::allow_lists::{AllowListSource, allow_list_feed};
 use super::relay::{RelayMetrics, leaf_feed};
-use super::{ProxyConfig, ProxyError, ProxyInputs};
+use super::{AllowListApiError, ProxyConfig, ProxyError, ProxyInputs};
 use crate::http::Health;
 use crate::membership::{Membership, MembershipSource};
 use futures::StreamExt;
@@ -65,7 +65,10 @@ async fn serve(
     };
     let proxy = tokio::task::spawn_blocking(move || super::start_with(config, inputs))
         .await
-        .map_err(|e| ProxyError::Thread(format!("starting the proxy: {e}")))??;
+        .map_err(|source| ProxyError::Task {
+            context: "starting the proxy",
+            source,
+        })??;
     // Each follower task ends only with the reason it stopped.
     let mut followers = FuturesUnordered::new();
     let relaying = relay.is_some();
@@ -79,17 +82,17 @@ async fn serve(
             }
         });
         followers.push(tokio::spawn(async move {
-            ProxyError::Relay(match source.run(updates).await {
-                Ok(()) => "the assignment follower stopped".to_string(),
-                Err(err) => format!("cannot follow the relay assignment: {err}"),
-            })
+            match source.run(updates).await {
+                Ok(()) => ProxyError::RelayFollowerStopped,
+                Err(err) => ProxyError::Relay(err),
+            }
         }));
     }
     if let Some((source, feed)) = allow_lists {
         let errors = proxy.metrics().allow_list_api_errors.clone();
         followers.push(tokio::spawn(async move {
             match source.run(feed, errors).await {
-                Ok(()) => ProxyError::AllowListApi("the follower stopped".to_string()),
+                Ok(()) => AllowListApiError::FollowerStopped.into(),
                 Err(err) => err,
             }
         }));
@@ -126,7 +129,7 @@ async fn serve(
         tokio::select! {
             signal = &mut signal => break Some(signal),
             Some(ended) = followers.next(), if !followers.is_empty() => {
-                let why = ended.unwrap_or_else(|err| ProxyError::Thread(format!("a follower failed: {err}")));
+                let why = ended.unwrap_or_else(|source| ProxyError::Task { context: "a follower failed", source });
                 tracing::error!(error = %why, "stopping the proxy");
                 failure = Some(why);
                 break None;
@@ -153,7 +156,10 @@ async fn serve(
     health.set_ready(false);
     let stats = tokio::task::spawn_blocking(move || proxy.shutdown())
         .await
-        .map_err(|e| ProxyError::Thread(format!("stopping the proxy: {e}")))?;
+        .map_err(|source| ProxyError::Task {
+            context: "stopping the proxy",
+            source,
+        })?;
     let _ = shutdown_tx.send(true);
     if let Some(http) = http {
         match http.await {

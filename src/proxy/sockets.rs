@@ -4,8 +4,8 @@
 use super::ProxyError;
 use super::config::ProxyConfig;
 use super::ipc::{self, BoundSocketFile};
-use super::monitor;
 use crate::nodrop::set_lossy;
+use crate::socket_monitor as monitor;
 use crate::socket_options::{HeartbeatOptions, raw_socket, set_int_option};
 
 /// The subscriber side's receive high-water mark. The XPUB moves every subscription it reads

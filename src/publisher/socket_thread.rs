@@ -5,7 +5,7 @@ use super::handover::{Batch, Body, Entry, Handover, Part};
 use super::metrics::PublisherMetrics;
 use crate::membership::{self, Membership};
 use crate::nodrop::send_counting_full_queues;
-use crate::proxy::monitor::{EVENT_HANDSHAKE_FAILED_AUTH, EVENT_HANDSHAKE_SUCCEEDED, MonitorEvent};
+use crate::socket_monitor::{EVENT_HANDSHAKE_FAILED_AUTH, EVENT_HANDSHAKE_SUCCEEDED, MonitorEvent};
 use crate::socket_options::raw_socket;
 use crate::wire::{ENVELOPE_LEN, Envelope, PublisherId};
 use std::collections::HashMap;

@@ -6,6 +6,9 @@
 //! descriptor never seen accepted is still counted as a disconnect but changes nothing else.
 //! CONNECTED (a connection the socket made itself: a relay's link to a leaf) is not a peer
 //! connected to the proxy and is left to the forwarder.
+//!
+//! Shared by the proxy (its peers) and the publisher (its handshakes with the proxies), so it
+//! lives beside `socket_options`, not under `proxy`.
 
 use std::collections::HashSet;
 
