@@ -92,7 +92,19 @@ fn forged_publishers_and_64_kib_topics_cost_a_bounded_number_of_bytes() {
         tracker.streams(),
         tracker.publishers()
     );
-    assert_eq!(tracker.streams(), GapTracker::MAX_STREAMS);
+    // Full to the bound, and no more. Not exactly at it: which publisher a full table sheds is
+    // whichever its hash map yields first (the 400-topic one or a 64-topic one), so the count
+    // after the last stream varies by a few dozen from run to run.
+    assert!(
+        tracker.streams() <= GapTracker::MAX_STREAMS,
+        "{} streams",
+        tracker.streams()
+    );
+    assert!(
+        tracker.streams() >= GapTracker::MAX_STREAMS - 2 * 400,
+        "{} streams: eviction shed far more than one publisher",
+        tracker.streams()
+    );
     assert!(tracker.publishers() <= GapTracker::MAX_PUBLISHERS);
     assert_eq!(stats.per_publisher.len(), SubscriberStats::MAX_PUBLISHERS);
     assert_eq!(stats.total_lost(), u64::MAX, "saturated, not wrapped");
