@@ -1901,8 +1901,8 @@ impl FaultRig {
 
     /// Removes `node` (its Node and pods) and waits until the publisher has dropped its proxy;
     /// returns how long each part took from the removal.
-    /// Reconciles the controller finished without an error (its duration histogram counts every
-    /// end, its error counter the failed ones).
+    /// Reconciles the controller finished without an error (its duration histogram counts the
+    /// passes that ended, not those cancelled, its error counter the failed ones).
     fn reconciled(&self) -> f64 {
         let ended = self
             .controller
@@ -2168,6 +2168,7 @@ async fn control_plane_outages_leave_delivery_alone_and_membership_reconverges()
         let acquired_before = rig
             .controller
             .metric("fanout_controller_leadership_acquired_total");
+        let reconciled_before = rig.reconciled();
         let stopped_at = Instant::now();
         cluster_sh(&["stop", component]);
         // The publisher's connections, sampled through the outage.
@@ -2206,18 +2207,18 @@ async fn control_plane_outages_leave_delivery_alone_and_membership_reconverges()
         let leading_after = started_at.elapsed() - api_back;
         // A controller that stepped down during the outage starts its reconciler afresh: its
         // watches list everything again before its first reconcile can finish. Membership
-        // reconverges from the first reconcile of the new reconciler that succeeds (the old
-        // one's, cancelled when it stepped down, were counted before it led again).
+        // reconverges from the first reconcile of the new reconciler that succeeds (passes
+        // cancelled when it stepped down are not counted, and none can succeed while the API
+        // is away). It may have succeeded already, before the leading gauge was read.
         let stepped_down = rig
             .controller
             .metric("fanout_controller_leadership_acquired_total")
             != acquired_before;
         if stepped_down {
-            let reconciled_at_lead = rig.reconciled();
             eventually(
                 Duration::from_secs(30),
                 "the controller's new reconciler through a reconcile",
-                || async { (rig.reconciled() > reconciled_at_lead).then_some(()) },
+                || async { (rig.reconciled() > reconciled_before).then_some(()) },
             )
             .await;
         }

@@ -47,15 +47,15 @@ pub struct Metrics {
     pub leadership_acquired: Counter,
 }
 
-/// Observes the time from its creation to its drop into `reconcile_duration`, whichever way
-/// the reconcile ends.
+/// Observes the time from its creation to [`finish`](Self::finish) into `reconcile_duration`:
+/// a pass that is dropped before it ends (cancelled) is not observed.
 pub struct ReconcileTimer {
     started: Instant,
     histogram: Histogram,
 }
 
-impl Drop for ReconcileTimer {
-    fn drop(&mut self) {
+impl ReconcileTimer {
+    pub fn finish(self) {
         self.histogram.observe(self.started.elapsed().as_secs_f64());
     }
 }
@@ -120,7 +120,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "reconcile_duration",
-            "Time one reconcile took, throttle wait included",
+            "Time one reconcile took, throttle wait included (passes that ended, with or without an error; not those cancelled)",
             prometheus_client::registry::Unit::Seconds,
             metrics.reconcile_duration.clone(),
         );
@@ -209,6 +209,8 @@ mod tests {
             name: "updates".into(),
         };
         metrics.set_published(&key, 3);
+        metrics.time_reconcile().finish();
+        // A pass dropped before it ended (cancelled) is not observed.
         drop(metrics.time_reconcile());
         metrics.write("EndpointSlice", "apply", Some(1200));
         metrics.write("Event", "create", None);

@@ -73,8 +73,18 @@ impl Context {
 /// One pass over a group.
 #[tracing::instrument(skip_all, fields(namespace = group.namespace().unwrap_or_default(), group = group.name_any()))]
 pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.time_reconcile();
+    let timer = ctx.metrics.time_reconcile();
     ctx.metrics.reconciles.inc();
+    let result = pass(group, ctx).await;
+    // A pass dropped half-way (the lease lost, the process stopping) never gets here: the
+    // histogram counts the passes that ended, with or without an error (`error_policy` counts
+    // those), so "ended minus failed" is the passes that succeeded.
+    timer.finish();
+    result
+}
+
+/// The pass itself: sync, throttle, plan, write, status, events.
+async fn pass(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = GroupId::key_of(&group);
     let id = match GroupId::of(&group) {
         Ok(id) => id,
