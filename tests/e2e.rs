@@ -503,7 +503,8 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
     );
 
     // A relay's node goes away. Its leaves are reassigned to the other relays and receive
-    // again; what they lost meanwhile is counted by their envelopes; nobody else loses.
+    // again; what they lost meanwhile is counted by their envelopes; a node whose relay stayed
+    // its relay loses nothing.
     let (gone_relay, orphans) = tree
         .iter()
         .max_by_key(|(_, l)| l.len())
@@ -522,6 +523,23 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
             .then(Instant::now)
     })
     .await;
+    // Relays are about √N of the proxies, so a relay leaving may also leave one relay fewer,
+    // and the assignment may move a leaf that was not an orphan; such a leaf is moved too.
+    let tree_after = relay_assignments(&client, namespace, group).await;
+    let relay_of = |tree: &BTreeMap<String, BTreeSet<String>>, pod: &String| {
+        tree.iter()
+            .find(|(_, leaves)| leaves.contains(pod))
+            .map(|(relay, _)| relay.clone())
+    };
+    let moved: BTreeSet<String> = pods
+        .keys()
+        .filter(|pod| **pod != gone_relay && relay_of(&tree, pod) != relay_of(&tree_after, pod))
+        .map(node_of)
+        .collect();
+    eprintln!(
+        "[{:>6.1}s] tree after: {tree_after:?}; nodes whose relay changed: {moved:?}",
+        started.elapsed().as_secs_f64()
+    );
     let counts: BTreeMap<String, u64> = subscribers.iter().map(|(n, s)| (n.clone(), s.count())).collect();
     let resumed_at = eventually(
         Duration::from_secs(10),
@@ -550,6 +568,8 @@ async fn relay_tree_reaches_every_node_and_survives_a_relay_leaving() {
             "  (the relay that left)"
         } else if orphans.iter().any(|o| node_of(o) == *node) {
             "  (its leaf, reassigned)"
+        } else if moved.contains(node) {
+            "  (moved to another relay)"
         } else {
             ""
         };
