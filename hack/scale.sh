@@ -8,7 +8,7 @@
 #
 # The cluster is its own (FANOUT_NETNS, default fanout-scale; FANOUT_CLUSTER_DIR, default
 # /tmp/fanout-scale) and is torn down afterwards (tests/cluster/with-cluster.sh). The controller's
-# and the follower's logs are left in $FANOUT_CLUSTER_DIR/../fanout-scale-logs.
+# and the follower's logs are left in ${FANOUT_CLUSTER_DIR}-logs.
 # FANOUT_SCALE_FANOUT=PATH runs another fanout binary as the controller and follower (e.g. an
 # older build to compare against; the probe is always this tree's). FANOUT_SCALE_DEBUG_PROBE=1
 # runs the probe's debug build (what `cargo build --all-targets` already made; hack/test.sh

@@ -26,7 +26,7 @@
 //! misses: after the lossy send libzmq leaves the full peer out until it has read enough, so
 //! the following messages skip it without an EAGAIN (a subscriber's envelope gaps count those).
 
-use crate::socket_options::set_int_option;
+use crate::socket_options::{last_zmq_error, set_int_option};
 use std::ffi::{c_int, c_void};
 
 // libzmq's XPUB (and PUB) option that makes a send fail with EAGAIN instead of dropping the
@@ -74,13 +74,7 @@ fn send_frame(socket: *mut c_void, frame: &mut zmq::Message, flags: c_int) -> Re
         // on success libzmq takes its content and leaves it empty, on failure it leaves it as
         // it was, and `zmq::Message`'s drop closes it either way.
         let rc = unsafe { zmq_msg_send((frame as *mut zmq::Message).cast(), socket, flags) };
-        if rc >= 0 {
-            Ok(())
-        } else {
-            Err(zmq::Error::from_raw(
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-            ))
-        }
+        if rc >= 0 { Ok(()) } else { Err(last_zmq_error()) }
     };
     match send(frame) {
         Ok(()) => Ok(false),

@@ -131,12 +131,16 @@ pub(crate) fn set_int_option(
             std::mem::size_of::<std::ffi::c_int>(),
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(zmq::Error::from_raw(
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-        ))
+    if rc == 0 { Ok(()) } else { Err(last_zmq_error()) }
+}
+
+/// The error of the libzmq call that just failed on this thread (libzmq sets errno).
+/// `zmq::Error::from_raw` panics on a code it does not know; "no error recorded" (0) is reported
+/// as EINVAL instead of reaching it.
+pub(crate) fn last_zmq_error() -> zmq::Error {
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(code) if code != 0 => zmq::Error::from_raw(code),
+        _ => zmq::Error::EINVAL,
     }
 }
 

@@ -146,8 +146,15 @@ impl Memory {
     }
 
     /// What is remembered of `key` (nothing yet: the default).
+    #[cfg(test)]
     pub fn get(&self, key: &GroupId) -> GroupMemory {
         self.groups().get(key).cloned().unwrap_or_default()
+    }
+
+    /// One field of what is remembered of `key`, read under the lock: no copy of the group's
+    /// pending report (its joined and left sets can hold thousands of names in a node storm).
+    fn read<T: Default>(&self, key: &GroupId, field: impl FnOnce(&GroupMemory) -> T) -> T {
+        self.groups().get(key).map(field).unwrap_or_default()
     }
 
     fn update<T>(&self, key: &GroupId, change: impl FnOnce(&mut GroupMemory) -> T) -> T {
@@ -157,7 +164,11 @@ impl Memory {
     /// How long a write of the group's children has to wait (zero: write now). The runner
     /// holds further requests for the group while its reconcile waits, so they coalesce.
     pub fn write_delay(&self, key: &GroupId) -> Duration {
-        throttle_delay(self.get(key).last_write, Instant::now(), MIN_INTERVAL)
+        throttle_delay(
+            self.read(key, |group| group.last_write),
+            Instant::now(),
+            MIN_INTERVAL,
+        )
     }
 
     /// Records that the group's children were just written.
@@ -179,7 +190,11 @@ impl Memory {
 
     /// How this pass applies the group's children.
     pub fn apply_mode(&self, key: &GroupId) -> ApplyMode {
-        if full_apply_due(self.get(key).last_full_apply, Instant::now(), RESYNC) {
+        if full_apply_due(
+            self.read(key, |group| group.last_full_apply),
+            Instant::now(),
+            RESYNC,
+        ) {
             ApplyMode::ReapplyAll
         } else {
             ApplyMode::SkipUnchanged

@@ -83,14 +83,16 @@ pub async fn reconcile(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Act
     result
 }
 
-/// The pass itself: sync, throttle, plan, write, status, events.
+/// The pass itself (the module comment has its steps).
 async fn pass(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let key = GroupId::key_of(&group);
+    // From here on `id` is also the group's key in memory and metrics (`GroupId::key_of` gives
+    // the same value for any group `GroupId::of` accepts).
     let id = match GroupId::of(&group) {
         Ok(id) => id,
         Err(Unrealisable::InvalidName(name)) => {
             // Nothing can be created under this name: say so in the status and wait for a change.
             let problem = Unrealisable::InvalidName(name);
+            let key = GroupId::key_of(&group);
             report_problem(&group, &ctx, &key, problem.reason(), problem.to_string()).await;
             return Ok(Action::await_change());
         }
@@ -98,7 +100,7 @@ async fn pass(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Action, Erro
     };
     if group.meta().deletion_timestamp.is_some() {
         // Owner references make the garbage collector remove the children.
-        ctx.forget(&key);
+        ctx.forget(&id);
         return Ok(Action::await_change());
     }
     ctx.caches.wait_until_synced().await?;
@@ -108,9 +110,9 @@ async fn pass(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Action, Erro
     let (plan, mode, writes) = loop {
         let children = ctx.caches.children_of(&id);
         let plan = plan::plan(&group, &id, &children, &ctx.policy, Timestamp::now())?;
-        let mode = ctx.memory.apply_mode(&key);
+        let mode = ctx.memory.apply_mode(&id);
         let writes = writes(&plan, mode)?;
-        let delay = ctx.memory.write_delay(&key);
+        let delay = ctx.memory.write_delay(&id);
         if writes.is_empty() || delay.is_zero() {
             break (plan, mode, writes);
         }
@@ -131,25 +133,25 @@ async fn pass(group: Arc<FanoutGroup>, ctx: Arc<Context>) -> Result<Action, Erro
         }
     };
     if !written.is_empty() {
-        ctx.memory.wrote(&key);
+        ctx.memory.wrote(&id);
         if !ctx.caches.wait_for_writes(&id.namespace, &written).await {
             tracing::debug!("the caches did not show this pass's writes in time");
         }
     }
     if mode == ApplyMode::ReapplyAll {
-        ctx.memory.full_apply_done(&key);
+        ctx.memory.full_apply_done(&id);
     }
-    ctx.metrics.set_published(&key, plan.published_endpoints);
-    let next = match ctx.memory.report_step(&key, &plan.report, ctx.report_interval) {
+    ctx.metrics.set_published(&id, plan.published_endpoints);
+    let next = match ctx.memory.report_step(&id, &plan.report, ctx.report_interval) {
         ReportStep::Idle => RESYNC,
         ReportStep::Wait(delay) => delay.min(RESYNC),
         ReportStep::Write(report) => {
             ctx.writer.write_report(&group, &report).await?;
-            ctx.memory.report_written(&key);
+            ctx.memory.report_written(&id);
             RESYNC
         }
     };
-    ctx.memory.succeeded(&key);
+    ctx.memory.succeeded(&id);
     Ok(Action::requeue(next))
 }
 

@@ -223,9 +223,7 @@ impl Route<'_> {
             }
         }
     }
-}
 
-impl Route<'_> {
     /// Drops the message whose first frame is in `frame`.
     pub fn discard(&self, frame: &mut zmq::Message) -> Result<Outcome, ProxyError> {
         let first = self.wire.frame(frame.len());

@@ -6,7 +6,7 @@
 //! - a bounded batch of messages swapped with the socket thread ([`handover`]): `publish_bytes`
 //!   copies the topic and payload into the batch as they will go on the wire, so our publish
 //!   path allocates nothing per message (libzmq allocates one buffer for each message above
-//!   its 33-byte inline size, which every version-3 frame is) and makes no syscall unless the
+//!   its 33-byte inline size, which nearly every version-3 frame is: the envelope alone is 28) and makes no syscall unless the
 //!   socket thread is asleep, and the socket thread sends a whole batch per wake-up; and
 //! - a `tokio::sync::watch` channel holding the membership it should be connected to (the
 //!   newest snapshot wins), looked at before every batch and every 1024 messages within one,

@@ -139,8 +139,8 @@ pub fn run(options: SubscribeRun) -> Result<(), SubscribeError> {
         {
             break;
         }
-        // The message is lent, written out (unless quiet) and dropped: nothing is allocated
-        // for it.
+        // The message is lent and dropped: when quiet nothing is allocated for it (written out,
+        // its rendering allocates the line).
         let quiet = options.quiet;
         let written = subscriber.recv_with(Duration::from_millis(100), |delivery| {
             if quiet {
