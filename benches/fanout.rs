@@ -7,6 +7,8 @@
 //!   allow-list of the publisher's key) and `fanout publish --curve-secret-key-file
 //!   --proxy-public-key`: what authentication and encryption cost (subscribers stay on unix
 //!   sockets, NULL, as on a node).
+//! - **fanout 1/frame**: the same with `fanout publish --batch-bytes 0`: one message a frame
+//!   (wire versions 3 and 2), what the path costs without joining queued messages.
 //! - **bare libzmq**: a single-frame PUB (child process) → K stock `zmq_proxy`s → one SUB each
 //!   over a unix socket: the same chain built from libzmq alone.
 //! - **NATS core**: one publisher connection (child process) → `nats-server` on 127.0.0.1 →
@@ -21,7 +23,8 @@
 //!
 //! `cargo bench --bench fanout` (env: `FANOUT_BENCH_MESSAGES` (per run, default 200000),
 //! `FANOUT_BENCH_SIZES=16,1024`, `FANOUT_BENCH_PROXIES=1,4,8`, `FANOUT_BENCH_REPS=3`,
-//! `FANOUT_BENCH_PEERS=fanout,curve,bare,nats`).
+//! `FANOUT_BENCH_PEERS=fanout,unbatched,curve,bare,nats`, `FANOUT_BENCH_BATCH_BYTES=8192`: the
+//! publisher's `--batch-bytes` for the fanout and CURVE rows).
 
 #[path = "support/knobs.rs"]
 mod knobs;
@@ -47,6 +50,7 @@ const ROLE: &str = "FANOUT_BENCH_ROLE";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Peer {
     Fanout,
+    FanoutOnePerFrame,
     FanoutCurve,
     Bare,
     Nats,
@@ -56,6 +60,7 @@ impl Peer {
     fn name(self) -> &'static str {
         match self {
             Peer::Fanout => "fanout",
+            Peer::FanoutOnePerFrame => "fanout 1/frame",
             Peer::FanoutCurve => "fanout CURVE",
             Peer::Bare => "bare libzmq",
             Peer::Nats => "NATS core",
@@ -215,7 +220,8 @@ impl CurveKeys {
     }
 }
 
-fn run_fanout(proxies: usize, messages: u64, size: usize, curve: bool) -> Run {
+/// `batch_bytes`: the publisher's `--batch-bytes` (0: one message a frame, wire versions 3/2).
+fn run_fanout(proxies: usize, messages: u64, size: usize, curve: bool, batch_bytes: usize) -> Run {
     let hwm = deep(messages);
     let dir = tempfile::tempdir().expect("temp dir");
     let keys = curve.then(|| CurveKeys::new(dir.path()));
@@ -226,7 +232,9 @@ fn run_fanout(proxies: usize, messages: u64, size: usize, curve: bool) -> Run {
                 subscribers: vec![format!("ipc://{}/p{i}.sock", dir.path().display())],
                 // Lossless for the run: queues as deep as the run, so no per-peer byte bound.
                 hwm: 0,
-                max_message_bytes: i64::try_from(size + 1024).unwrap_or(i64::MAX),
+                // A group's default cap: what frames of several messages are sized under.
+                max_message_bytes: fanout::proxy::DEFAULT_MAX_MESSAGE_BYTES
+                    .max(i64::try_from(size + 1024).unwrap_or(i64::MAX)),
                 curve: keys.as_ref().map(CurveKeys::proxy_config),
                 ..ProxyConfig::default()
             })
@@ -251,7 +259,10 @@ fn run_fanout(proxies: usize, messages: u64, size: usize, curve: bool) -> Run {
                     sub.subscribe(TopicFilter::exact(TOPIC)).expect("subscribe");
                     let mut got = Received::default();
                     while got.count < messages && !stop.load(Ordering::Relaxed) {
-                        if sub.recv(Duration::from_millis(100)).expect("recv").is_some() {
+                        // Lent, as the bare SUB below receives into one reused message.
+                        let received =
+                            sub.recv_with(Duration::from_millis(100), |delivery| delivery.payload.len());
+                        if received.expect("recv").is_some() {
                             got.one();
                         }
                     }
@@ -283,6 +294,7 @@ fn run_fanout(proxies: usize, messages: u64, size: usize, curve: bool) -> Run {
             &size.to_string(),
         ])
         .args(["--hwm", &hwm.to_string(), "--settle", "1", "--linger", "30"])
+        .args(["--batch-bytes", &batch_bytes.to_string()])
         .args(keys.as_ref().map(CurveKeys::publish_args).unwrap_or_default())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -612,7 +624,11 @@ fn main() {
         .iter()
         .filter_map(|s| s.parse().ok())
         .collect();
-    let wanted = env_list("FANOUT_BENCH_PEERS", "fanout,curve,bare,nats");
+    let wanted = env_list("FANOUT_BENCH_PEERS", "fanout,unbatched,curve,bare,nats");
+    let batch_bytes: usize = env_or(
+        "FANOUT_BENCH_BATCH_BYTES",
+        fanout::publisher::DEFAULT_BATCH_MAX_BYTES,
+    );
     let nats = if wanted.iter().any(|p| p == "nats") {
         match nats_server_binary().and_then(|binary| NatsServer::start(&binary)) {
             Some(server) => Some(server),
@@ -629,6 +645,7 @@ fn main() {
     let mut peers = Vec::new();
     for (name, peer) in [
         ("fanout", Peer::Fanout),
+        ("unbatched", Peer::FanoutOnePerFrame),
         ("curve", Peer::FanoutCurve),
         ("bare", Peer::Bare),
         ("nats", Peer::Nats),
@@ -649,8 +666,9 @@ fn main() {
                 let (mut rates, mut cpus) = (Vec::new(), Vec::new());
                 for rep in 1..=reps {
                     let run = match peer {
-                        Peer::Fanout => run_fanout(k, messages, size, false),
-                        Peer::FanoutCurve => run_fanout(k, messages, size, true),
+                        Peer::Fanout => run_fanout(k, messages, size, false, batch_bytes),
+                        Peer::FanoutOnePerFrame => run_fanout(k, messages, size, false, 0),
+                        Peer::FanoutCurve => run_fanout(k, messages, size, true, batch_bytes),
                         Peer::Bare => run_bare(k, messages, size),
                         Peer::Nats => run_nats(nats.as_ref().expect("server"), k, messages, size),
                     };
@@ -678,10 +696,10 @@ fn main() {
         .map(|p| format!("{} M/s (pub us/delivery)", p.name()))
         .collect();
     println!(
-        "| size | K | {} | fanout / bare | fanout / NATS | fanout pub CPU / bare | CURVE / fanout |",
+        "| size | K | {} | fanout / bare | fanout / NATS | fanout pub CPU / bare | 1/frame / bare | CURVE / fanout |",
         header.join(" | ")
     );
-    println!("|---|---|{}---|---|---|---|", "---|".repeat(peers.len()));
+    println!("|---|---|{}---|---|---|---|---|", "---|".repeat(peers.len()));
     for (size, k, row) in table {
         let cell = |peer: Peer| row.iter().find(|(p, _, _)| *p == peer).map(|&(_, r, c)| (r, c));
         let ratio = |a: Option<(f64, f64)>, b: Option<(f64, f64)>, pick: fn((f64, f64)) -> f64| match (a, b) {
@@ -693,11 +711,12 @@ fn main() {
             .map(|&(_, rate, cpu)| format!("{:.2} ({cpu:.2})", rate / 1e6))
             .collect();
         println!(
-            "| {size} B | {k} | {} | {} | {} | {} | {} |",
+            "| {size} B | {k} | {} | {} | {} | {} | {} | {} |",
             cells.join(" | "),
             ratio(cell(Peer::Fanout), cell(Peer::Bare), |c| c.0),
             ratio(cell(Peer::Fanout), cell(Peer::Nats), |c| c.0),
             ratio(cell(Peer::Fanout), cell(Peer::Bare), |c| c.1),
+            ratio(cell(Peer::FanoutOnePerFrame), cell(Peer::Bare), |c| c.0),
             ratio(cell(Peer::FanoutCurve), cell(Peer::Fanout), |c| c.0),
         );
     }

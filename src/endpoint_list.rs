@@ -5,7 +5,8 @@
 //! - the labels and the `managed-by` value of the group's EndpointSlices, the name of the
 //!   port publishers connect to;
 //! - the name and key of the `<group>-endpoints` ConfigMap and its format (one `tcp://IP:PORT`
-//!   a line, sorted), and where the proxies' CURVE public key is published;
+//!   a line, sorted), and where the proxies' CURVE public key and the group's message cap are
+//!   published;
 //! - the [`Endpoint`] type, a ZeroMQ endpoint checked once when it is made, and how an
 //!   address renders as one;
 //! - the one rule for which slice endpoints count as published ([`is_published`]);
@@ -51,6 +52,10 @@ pub const CONFIGMAP_KEY: &str = "endpoints";
 /// proxies' CURVE public key (Z85), which publishers connect with.
 pub const CONFIGMAP_CURVE_KEY: &str = "curve-public-key";
 pub const CURVE_PUBLIC_KEY_ANNOTATION: &str = "fanout.dev/curve-public-key";
+/// The EndpointSlice annotation that holds the group's `maxMessageBytes` (decimal): the
+/// largest frame its proxies accept, which a publisher's frames of several messages (wire
+/// version 4) must stay within.
+pub const MAX_MESSAGE_BYTES_ANNOTATION: &str = "fanout.dev/max-message-bytes";
 
 /// On a relay's assignment slices: the group the relay belongs to (instead of [`GROUP_LABEL`],
 /// which would put the leaves in every publisher's list).

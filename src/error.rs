@@ -34,6 +34,9 @@ pub enum Error {
     #[error(transparent)]
     GroupKey(#[from] crate::membership::kubernetes::GroupKeyError),
     #[cfg(feature = "kubernetes")]
+    #[error("cannot read the group's maxMessageBytes from the Kubernetes API: {0}")]
+    GroupMessageCap(#[source] kube::Error),
+    #[cfg(feature = "kubernetes")]
     #[error("cannot render the CRD: {0}")]
     Crd(#[from] serde_norway::Error),
     #[cfg(feature = "controller")]

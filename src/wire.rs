@@ -8,12 +8,28 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic         0xFA 0x0F
-//! 2       1     version       3, 2 or 1 (below)
-//! 3       1     topic length  version 3: the topic's length in bytes (0..=255);
+//! 2       1     version       4, 3, 2 or 1 (below)
+//! 3       1     topic length  versions 3 and 4: the topic's length in bytes (0..=255);
 //!                             versions 1 and 2: 0 (reserved, ignored when decoding)
 //! 4       16    publisher id  random per Publisher instance
-//! 20      8     sequence      u64 big-endian, per (publisher, topic), first is 0
+//! 20      8     sequence      u64 big-endian, per (publisher, topic), first is 0;
+//!                             version 4: the first record's (the others follow it by one)
 //! ```
+//!
+//! **Version 4, several messages of one topic in one frame** (what our publisher writes when
+//! its socket thread finds two or more messages queued one after the other on the same topic,
+//! each of one payload part of at most `PublisherConfig::batch_max_bytes`; it never waits for
+//! a second message to come, so a message sent alone is never delayed by this):
+//!
+//! ```text
+//! frame 0   topic ‖ record ‖ record ‖ ... ‖ envelope (28 bytes, version 4, topic length)
+//! record    payload length (u16 big-endian) ‖ payload
+//! ```
+//!
+//! The records fill the frame between topic and envelope exactly; record `i` is the message
+//! with sequence `envelope.sequence + i`. A frame with a version-4 tail whose records do not
+//! fill it exactly (or whose last sequence would pass `u64::MAX`) is malformed: counted, and
+//! delivered as a plain message with its bytes intact.
 //!
 //! **Version 3, one frame** (what our publisher writes for a message of exactly one payload
 //! part of at most `PublisherConfig::flat_max_payload` bytes under a topic of at most 255
@@ -34,6 +50,16 @@
 //! **Version 1** (earlier releases, still read for a mixed rollout): frame 0 the topic alone,
 //! frame 1 exactly the 28-byte envelope, frames 2.. payload.
 //!
+//! Why several messages in one frame: below a few hundred bytes, what a message costs is
+//! libzmq's per-message work (an allocation for every frame over 33 bytes, a pipe write and
+//! read at every hop, a wake-up when a pipe was empty), not its bytes; a frame of 100
+//! messages pays that once. Bare libzmq sends one message per frame, which is why version 4
+//! puts the fanout path ahead of it on small messages (BENCHMARKS.md, "Several messages a
+//! frame"). A publisher that never has two messages queued at once sends versions 3 and 2
+//! only. Turn it off (`batch_max_bytes` 0, `fanout publish --batch-bytes 0`) while
+//! subscribers of a release before version 4 are still running (they would deliver a
+//! version-4 frame as one plain message): subscribers first, then publishers.
+//!
 //! Why one frame: libzmq moves every frame as a message part of its own through every pipe of
 //! every hop (the publisher's pipe per proxy, the proxy's two sockets, the subscriber), so the
 //! second frame of version 2 was close to half the per-message work for small messages
@@ -51,7 +77,8 @@
 //! a subscriber always gets back the parts that were sent.
 //!
 //! How a subscriber tells them apart (`lend`, `split`): a message of one frame whose last
-//! 28 bytes are a version-3 envelope with a topic length that fits is version 3; otherwise
+//! 28 bytes are a version-3 envelope with a topic length that fits is version 3, a version-4
+//! one is version 4 (or malformed, above); otherwise
 //! frame 0 ending in a version-2 envelope is version 2; otherwise a version-1 envelope as
 //! frame 1; otherwise a plain message. A version-3 or version-2 tail is recognised by its
 //! magic and version byte (and, for version 3, a topic length within the frame). 0xFA never
@@ -69,7 +96,10 @@
 //! (`Parsed::Plain`). A plain SUB subscribed to `foo` receives our messages as they are on the
 //! wire: for one frame `f` whose last 28 bytes `e` start `FA 0F 03`, the topic is
 //! `f[..e[3]]` and the payload `f[e[3]..len-28]` (for example in Python:
-//! `t = f[-25]; topic, payload = f[:t], f[t:-28]`); for frame 0 ending `FA 0F 02 ..`, the topic
+//! `t = f[-25]; topic, payload = f[:t], f[t:-28]`); for one frame ending `FA 0F 04 ..`, the
+//! topic is `f[..e[3]]` and the payloads are the records of `f[e[3]..len-28]` (Python:
+//! `b = f[t:-28]; while b: n = int.from_bytes(b[:2], 'big'); payload, b = b[2:2+n], b[2+n:]`);
+//! for frame 0 ending `FA 0F 02 ..`, the topic
 //! is frame 0 without its last 28 bytes and the payload is frames 1... A plain SUB that only
 //! wants the payload of version-3 messages and knows its topic can also drop
 //! `len(topic)` bytes from the front and 28 from the back.
@@ -81,6 +111,8 @@ use std::fmt;
 
 /// First two bytes of every envelope.
 pub const MAGIC: [u8; 2] = [0xFA, 0x0F];
+/// The envelope as the tail of a single frame holding the topic and several payloads.
+pub const VERSION_BATCH: u8 = 4;
 /// The envelope as the tail of a single frame holding the topic and one payload part.
 pub const VERSION_FLAT: u8 = 3;
 /// The envelope as the tail of the topic frame, payload parts in frames of their own.
@@ -91,6 +123,10 @@ pub const VERSION_SEPARATE_FRAME: u8 = 1;
 pub const ENVELOPE_LEN: usize = 28;
 /// The longest topic a version-3 frame carries (its length is one byte of the envelope).
 pub const FLAT_MAX_TOPIC: usize = u8::MAX as usize;
+/// Bytes before each payload in a version-4 frame: the payload's length, u16 big-endian.
+pub const RECORD_HEADER_LEN: usize = 2;
+/// The largest payload a version-4 record carries.
+pub const RECORD_MAX_PAYLOAD: usize = u16::MAX as usize;
 /// Byte of the envelope holding the version.
 const VERSION_BYTE: usize = 2;
 /// Byte of the envelope holding the topic length (version 3) or 0 (versions 1 and 2).
@@ -142,6 +178,14 @@ pub enum WireError {
     UnsupportedVersion(u8),
     #[error("envelope is {0} bytes, expected {ENVELOPE_LEN}")]
     BadLength(usize),
+    /// A version-4 tail whose records do not fill the frame exactly.
+    #[error(
+        "version-{VERSION_BATCH} records do not fill their frame (a record overruns it, or it holds none)"
+    )]
+    BadRecords,
+    /// A version-4 frame whose last record's sequence would pass `u64::MAX`.
+    #[error("version-{VERSION_BATCH} sequences overflow: {count} records from sequence {first}")]
+    SequenceOverflow { first: u64, count: u64 },
 }
 
 /// How a message is laid out on the wire (the choice is [`Layout::of`]).
@@ -174,6 +218,12 @@ impl Envelope {
     /// The tail of a version-3 frame whose topic is `topic_len` bytes.
     pub fn flat_tail(&self, topic_len: u8) -> [u8; ENVELOPE_LEN] {
         self.encode_with(VERSION_FLAT, topic_len)
+    }
+
+    /// The tail of a version-4 frame whose topic is `topic_len` bytes (`self.sequence` is the
+    /// first record's).
+    pub fn batch_tail(&self, topic_len: u8) -> [u8; ENVELOPE_LEN] {
+        self.encode_with(VERSION_BATCH, topic_len)
     }
 
     /// The tail of a version-2 topic frame.
@@ -247,6 +297,28 @@ impl Envelope {
         (topic_len <= body_len).then(|| (Self::fields(tail), topic_len))
     }
 
+    /// The version-4 envelope at the tail of a single-frame message, if there is one (`None`:
+    /// not version 4): the first record's envelope, the topic's length and the records, or
+    /// why the frame is malformed.
+    pub fn from_batch_frame(frame: &[u8]) -> Option<Result<(Self, usize, Records<'_>), WireError>> {
+        let (body_len, tail) = tail_of(frame, VERSION_BATCH)?;
+        let topic_len = usize::from(tail[TOPIC_LEN_BYTE]);
+        let envelope = Self::fields(tail);
+        let Some(records) = frame.get(topic_len..body_len) else {
+            return Some(Err(WireError::BadRecords));
+        };
+        Some(Records::check(records).and_then(|records| {
+            let count = records.len() as u64;
+            match envelope.sequence.checked_add(count - 1) {
+                Some(_) => Ok((envelope, topic_len, records)),
+                None => Err(WireError::SequenceOverflow {
+                    first: envelope.sequence,
+                    count,
+                }),
+            }
+        }))
+    }
+
     fn fields(bytes: &[u8; ENVELOPE_LEN]) -> Self {
         let mut id = [0u8; 16];
         id.copy_from_slice(&bytes[4..20]);
@@ -257,6 +329,100 @@ impl Envelope {
             sequence: u64::from_be_bytes(seq),
         }
     }
+}
+
+/// The length of a version-4 frame holding `records` payloads of `payload_bytes` bytes in all
+/// under a topic of `topic_len` bytes.
+pub fn batch_frame_len(topic_len: usize, records: usize, payload_bytes: usize) -> usize {
+    topic_len + records * RECORD_HEADER_LEN + payload_bytes + ENVELOPE_LEN
+}
+
+/// Writes a version-4 frame into `out`: `topic`, one record per payload, then `first`'s tail
+/// (`first.sequence` is the first payload's). `out` must be exactly [`batch_frame_len`] long;
+/// `None` (nothing meaningful written) when it is not, when a payload is above
+/// [`RECORD_MAX_PAYLOAD`], or when the topic is above [`FLAT_MAX_TOPIC`].
+pub fn write_batch_frame<'p>(
+    out: &mut [u8],
+    topic: &[u8],
+    payloads: impl IntoIterator<Item = &'p [u8]>,
+    first: &Envelope,
+) -> Option<()> {
+    let topic_len = u8::try_from(topic.len()).ok()?;
+    let (head, tail) = out.split_at_mut_checked(out.len().checked_sub(ENVELOPE_LEN)?)?;
+    tail.copy_from_slice(&first.batch_tail(topic_len));
+    let (topic_out, mut records) = head.split_at_mut_checked(topic.len())?;
+    topic_out.copy_from_slice(topic);
+    for payload in payloads {
+        let len = u16::try_from(payload.len()).ok()?;
+        let (header, rest) = records.split_at_mut_checked(RECORD_HEADER_LEN)?;
+        header.copy_from_slice(&len.to_be_bytes());
+        let (body, rest) = rest.split_at_mut_checked(payload.len())?;
+        body.copy_from_slice(payload);
+        records = rest;
+    }
+    records.is_empty().then_some(())
+}
+
+/// The records of a version-4 frame, checked to fill it exactly: an iterator over their
+/// payloads, first to last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Records<'a> {
+    bytes: &'a [u8],
+    count: usize,
+}
+
+impl<'a> Records<'a> {
+    /// `bytes` as records if they are one or more records that end exactly at its end.
+    fn check(bytes: &'a [u8]) -> Result<Self, WireError> {
+        let mut count = 0;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (_, after) = split_record(rest).ok_or(WireError::BadRecords)?;
+            rest = after;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(WireError::BadRecords);
+        }
+        Ok(Self { bytes, count })
+    }
+
+    /// How many records are left.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The records' bytes (for a reader that keeps its place as an offset).
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (payload, rest) = split_record(self.bytes)?;
+        self.bytes = rest;
+        self.count -= 1;
+        Some(payload)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.count, Some(self.count))
+    }
+}
+
+/// The first record of version-4 `records` (its payload) and the records after it; `None`
+/// when `records` does not start with a whole record.
+pub fn split_record(records: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (header, rest) = records.split_first_chunk::<RECORD_HEADER_LEN>()?;
+    let len = usize::from(u16::from_be_bytes(*header));
+    rest.split_at_checked(len)
 }
 
 /// The last [`ENVELOPE_LEN`] bytes of `frame` if they are an envelope of `version`, and the
@@ -270,17 +436,20 @@ fn tail_of(frame: &[u8], version: u8) -> Option<(usize, &[u8; ENVELOPE_LEN])> {
 /// What a received message carried besides its topic and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
-    /// A valid envelope (version 3 or 2 at the tail of frame 0, or version 1 as frame 1).
+    /// A valid envelope (version 3, 4 or 2 at the tail of frame 0, or version 1 as frame 1;
+    /// for version 4, the first record's).
     Enveloped { envelope: Envelope },
     /// No envelope: every frame after the topic is payload.
     Plain,
-    /// Frame 1 carries the magic but is not a valid envelope; delivered as `Plain`.
+    /// Frame 1 carries the magic but is not a valid envelope, or a version-4 frame's records
+    /// are not valid; delivered as `Plain`.
     Malformed(WireError),
 }
 
-/// A received message taken apart: the topic (envelope tail removed), the payload frames
-/// (a version-1 envelope frame removed; for version 3, the one payload part cut from the
-/// frame), and what the envelope said. The owned form of [`Lent`].
+/// One message taken apart: the topic (envelope tail removed), the payload frames (a
+/// version-1 envelope frame removed; for versions 3 and 4, the payload cut from the frame),
+/// and what the envelope said (for a record of version 4, the sequence is the record's own).
+/// The owned form of what [`lend`] lends.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Split {
     pub topic: Vec<u8>,
@@ -304,38 +473,75 @@ pub enum LentPayload<'a> {
     Cut(&'a [u8]),
     /// Whole frames (zero or more): versions 2 and 1, and plain messages.
     Frames(&'a [&'a [u8]]),
+    /// Version 4: several messages, one payload part each, the first with the envelope's
+    /// sequence and each next one with the sequence after.
+    Batch(Records<'a>),
 }
 
 impl Lent<'_> {
-    /// The owned copy.
-    pub fn to_split(&self) -> Split {
-        let payload = match self.payload {
-            LentPayload::Cut(part) => vec![part.to_vec()],
-            LentPayload::Frames(frames) => frames.iter().map(|frame| frame.to_vec()).collect(),
-        };
-        Split {
+    /// The owned copies of every message it holds (one, or a version-4 frame's records).
+    pub fn to_splits(&self) -> Vec<Split> {
+        let one = |payload| Split {
             topic: self.topic.to_vec(),
             payload,
             parsed: self.parsed.clone(),
+        };
+        match (self.payload, &self.parsed) {
+            (LentPayload::Cut(part), _) => vec![one(vec![part.to_vec()])],
+            (LentPayload::Frames(frames), _) => {
+                vec![one(frames.iter().map(|frame| frame.to_vec()).collect())]
+            }
+            (LentPayload::Batch(records), Parsed::Enveloped { envelope }) => (0u64..)
+                .zip(records)
+                .map(|(i, record)| Split {
+                    topic: self.topic.to_vec(),
+                    payload: vec![record.to_vec()],
+                    parsed: Parsed::Enveloped {
+                        envelope: Envelope {
+                            // `from_batch_frame` checked that the last one fits.
+                            sequence: envelope.sequence.wrapping_add(i),
+                            ..*envelope
+                        },
+                    },
+                })
+                .collect(),
+            (LentPayload::Batch(records), _) => records.map(|record| one(vec![record.to_vec()])).collect(),
         }
     }
 }
 
 /// Takes a received message apart, borrowing from its frames (`None` for a message without
-/// frames). A single frame is version 3 (topic and one payload part), version 2 with no
-/// payload part, or a plain message whose frame is all topic; otherwise frame 0 ending in a
-/// version-2 envelope is version 2, then a version-1 envelope in frame 1 is version 1, else the
-/// message is plain (or malformed).
+/// frames). A single frame is version 3 (topic and one payload part), version 4 (topic and
+/// several), version 2 with no payload part, or a plain message whose frame is all topic;
+/// otherwise frame 0 ending in a version-2 envelope is version 2, then a version-1 envelope in
+/// frame 1 is version 1, else the message is plain (or malformed).
 pub fn lend<'a>(frames: &'a [&'a [u8]]) -> Option<Lent<'a>> {
     let (&first, rest) = frames.split_first()?;
-    if rest.is_empty()
-        && let Some((envelope, topic_len)) = Envelope::from_flat_frame(first)
-    {
-        return Some(Lent {
-            topic: &first[..topic_len],
-            payload: LentPayload::Cut(&first[topic_len..first.len() - ENVELOPE_LEN]),
-            parsed: Parsed::Enveloped { envelope },
-        });
+    if rest.is_empty() {
+        if let Some((envelope, topic_len)) = Envelope::from_flat_frame(first) {
+            return Some(Lent {
+                topic: &first[..topic_len],
+                payload: LentPayload::Cut(&first[topic_len..first.len() - ENVELOPE_LEN]),
+                parsed: Parsed::Enveloped { envelope },
+            });
+        }
+        match Envelope::from_batch_frame(first) {
+            Some(Ok((envelope, topic_len, records))) => {
+                return Some(Lent {
+                    topic: &first[..topic_len],
+                    payload: LentPayload::Batch(records),
+                    parsed: Parsed::Enveloped { envelope },
+                });
+            }
+            Some(Err(err)) => {
+                return Some(Lent {
+                    topic: first,
+                    payload: LentPayload::Frames(rest),
+                    parsed: Parsed::Malformed(err),
+                });
+            }
+            None => {}
+        }
     }
     if let Some((envelope, topic_len)) = Envelope::from_topic_tail(first) {
         return Some(Lent {
@@ -359,10 +565,10 @@ pub fn lend<'a>(frames: &'a [&'a [u8]]) -> Option<Lent<'a>> {
     })
 }
 
-/// [`lend`] for owned frames, copied out (tests and tools; a subscriber lends).
-pub fn split(frames: Vec<Vec<u8>>) -> Option<Split> {
+/// [`lend`] for owned frames, every message copied out (tests and tools; a subscriber lends).
+pub fn split(frames: Vec<Vec<u8>>) -> Option<Vec<Split>> {
     let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    lend(&frames).map(|lent| lent.to_split())
+    lend(&frames).map(|lent| lent.to_splits())
 }
 
 #[cfg(test)]
@@ -380,8 +586,11 @@ mod tests {
         f.iter().map(|x| x.to_vec()).collect()
     }
 
+    /// The one message `f` holds.
     fn split_of(f: &[&[u8]]) -> Split {
-        split(frames(f)).expect("frames")
+        let mut messages = split(frames(f)).expect("frames");
+        assert_eq!(messages.len(), 1, "one message");
+        messages.remove(0)
     }
 
     #[test]
@@ -571,7 +780,7 @@ mod tests {
         };
         assert_eq!(part, b"hello");
         assert!(std::ptr::eq(part.as_ptr(), flat[5..].as_ptr()), "not a copy");
-        assert_eq!(lent.to_split(), split(vec![flat.clone()]).expect("frames"));
+        assert_eq!(lent.to_splits(), split(vec![flat.clone()]).expect("frames"));
 
         let mut topic = Vec::new();
         env.write_topic_frame(b"ports", &mut topic);
@@ -585,6 +794,116 @@ mod tests {
             LentPayload::Frames(&frames[2..])
         );
         assert_eq!(lend(&[]), None);
+    }
+
+    fn batch(topic: &[u8], payloads: &[&[u8]], first: &Envelope) -> Vec<u8> {
+        let bytes = payloads.iter().map(|p| p.len()).sum();
+        let mut frame = vec![0; batch_frame_len(topic.len(), payloads.len(), bytes)];
+        write_batch_frame(&mut frame, topic, payloads.iter().copied(), first).expect("fits");
+        frame
+    }
+
+    #[test]
+    fn a_batch_frame_is_topic_records_then_the_first_envelope() {
+        let env = sample();
+        let frame = batch(b"ports", &[b"ab", b"", b"xyz"], &env);
+        assert_eq!(frame.len(), 5 + (2 + 2) + (2 + 0) + (2 + 3) + ENVELOPE_LEN);
+        assert_eq!(&frame[..16], b"ports\0\x02ab\0\0\0\x03xyz");
+        assert_eq!(&frame[16..20], b"\xFA\x0F\x04\x05");
+        assert_eq!(frame[frame.len() - 26], VERSION_BATCH, "the Python recipe's byte");
+        // Neither version 3 nor version 2 readers take it for theirs.
+        assert_eq!(Envelope::from_flat_frame(&frame), None);
+        assert_eq!(Envelope::from_topic_tail(&frame), None);
+        let (got, topic_len, records) = Envelope::from_batch_frame(&frame)
+            .expect("version 4")
+            .expect("valid");
+        assert_eq!((got, topic_len, records.len()), (env, 5, 3));
+        assert_eq!(records.collect::<Vec<_>>(), vec![&b"ab"[..], b"", b"xyz"]);
+        let messages = split(vec![frame]).expect("frames");
+        let got: Vec<_> = messages
+            .iter()
+            .map(|m| (&m.topic[..], m.payload.clone(), m.parsed.clone()))
+            .collect();
+        let at = |sequence| Parsed::Enveloped {
+            envelope: Envelope { sequence, ..env },
+        };
+        assert_eq!(
+            got,
+            vec![
+                (&b"ports"[..], vec![b"ab".to_vec()], at(env.sequence)),
+                (&b"ports"[..], vec![Vec::new()], at(env.sequence + 1)),
+                (&b"ports"[..], vec![b"xyz".to_vec()], at(env.sequence + 2)),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_batch_writer_refuses_what_does_not_fit() {
+        let env = sample();
+        let mut short = vec![0; batch_frame_len(1, 1, 2) - 1];
+        assert_eq!(write_batch_frame(&mut short, b"t", [&b"ab"[..]], &env), None);
+        let mut long = vec![0; batch_frame_len(1, 1, 2) + 1];
+        assert_eq!(write_batch_frame(&mut long, b"t", [&b"ab"[..]], &env), None);
+        let big = vec![0; RECORD_MAX_PAYLOAD + 1];
+        let mut out = vec![0; batch_frame_len(1, 1, big.len())];
+        assert_eq!(write_batch_frame(&mut out, b"t", [&big[..]], &env), None);
+        let topic = [b't'; FLAT_MAX_TOPIC + 1];
+        let mut out = vec![0; batch_frame_len(topic.len(), 1, 1)];
+        assert_eq!(write_batch_frame(&mut out, &topic, [&b"x"[..]], &env), None);
+        let largest = vec![7; RECORD_MAX_PAYLOAD];
+        let frame = batch(b"t", &[&largest, b"y"], &env);
+        let (_, _, records) = Envelope::from_batch_frame(&frame).unwrap().unwrap();
+        assert_eq!(records.collect::<Vec<_>>(), vec![&largest[..], b"y"]);
+    }
+
+    #[test]
+    fn a_batch_whose_records_do_not_fill_the_frame_is_malformed_and_delivered_intact() {
+        let env = sample();
+        let good = batch(b"t", &[b"ab", b"cd"], &env);
+        let body = 1..good.len() - ENVELOPE_LEN;
+        let mut cases = Vec::new();
+        // A record claiming one byte more or less than there is.
+        for (at, len) in [(1, 3u16), (1, 1), (5, 3), (5, 0)] {
+            let mut bad = good.clone();
+            bad[at..at + 2].copy_from_slice(&len.to_be_bytes());
+            cases.push(bad);
+        }
+        // No record at all; a topic length past the body.
+        let mut empty = b"t".to_vec();
+        empty.extend_from_slice(&env.batch_tail(1));
+        cases.push(empty);
+        let mut overrun = good.clone();
+        let topic_len_at = overrun.len() - 25;
+        overrun[topic_len_at] = u8::try_from(body.end + 1).unwrap();
+        cases.push(overrun);
+        for bad in cases {
+            assert_eq!(
+                Envelope::from_batch_frame(&bad),
+                Some(Err(WireError::BadRecords)),
+                "{bad:?}"
+            );
+            let plain = split_of(&[&bad]);
+            assert_eq!(plain.topic, bad, "all bytes intact");
+            assert_eq!(plain.parsed, Parsed::Malformed(WireError::BadRecords));
+        }
+        // The last record's sequence past u64::MAX.
+        let last = Envelope {
+            sequence: u64::MAX - 1,
+            ..env
+        };
+        let fits = batch(b"t", &[b"a", b"b"], &last);
+        assert!(matches!(Envelope::from_batch_frame(&fits), Some(Ok(_))));
+        let over = batch(b"t", &[b"a", b"b", b"c"], &last);
+        assert_eq!(
+            Envelope::from_batch_frame(&over),
+            Some(Err(WireError::SequenceOverflow {
+                first: u64::MAX - 1,
+                count: 3
+            }))
+        );
+        // A version-4 frame followed by more frames is not version 4.
+        let not_v4 = split_of(&[&good, b"more"]);
+        assert_eq!((not_v4.topic, not_v4.parsed), (good.clone(), Parsed::Plain));
     }
 
     #[test]

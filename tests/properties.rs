@@ -10,13 +10,23 @@ use fanout::curve::{KeyPair, PublicKey};
 use fanout::endpoint_list::{Endpoint, parse_list, render_list, slice_members};
 use fanout::proxy::auth::{ZapPolicy, decide, parse_allow_list};
 use fanout::subscriber::{GapTracker, SequenceCheck, SubscriberStats};
-use fanout::wire::{ENVELOPE_LEN, Envelope, FLAT_MAX_TOPIC, Parsed, PublisherId, WireError, split};
+use fanout::wire::{
+    ENVELOPE_LEN, Envelope, FLAT_MAX_TOPIC, Parsed, PublisherId, RECORD_MAX_PAYLOAD, Split, WireError,
+    batch_frame_len, write_batch_frame,
+};
 use k8s_openapi::api::discovery::v1::{
     Endpoint as SliceEndpoint, EndpointConditions, EndpointPort, EndpointSlice,
 };
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 use std::net::IpAddr;
+
+/// The one message `frames` hold (`None`: no frames).
+fn split(frames: Vec<Vec<u8>>) -> Option<Split> {
+    let mut messages = fanout::wire::split(frames)?;
+    assert_eq!(messages.len(), 1, "one message");
+    Some(messages.remove(0))
+}
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..max)
@@ -42,7 +52,7 @@ proptest! {
 
     #[test]
     fn split_takes_any_frames_apart_without_panicking(frames in proptest::collection::vec(bytes(80), 0..6),
-                                                       tail in proptest::option::of((1u8..=4, any::<u8>(), any::<[u8; 24]>()))) {
+                                                       tail in proptest::option::of((1u8..=5, any::<u8>(), any::<[u8; 24]>()))) {
         // Near-valid input too: frame 0 may end in something shaped like an envelope of any
         // version, with any topic length byte.
         let mut frames = frames;
@@ -51,9 +61,24 @@ proptest! {
             first.extend_from_slice(&rest);
         }
         let count = frames.len();
-        match split(frames.clone()) {
+        match fanout::wire::split(frames.clone()) {
             None => prop_assert_eq!(count, 0),
-            Some(split) => {
+            Some(messages) if messages.len() != 1 => {
+                // Version 4: records cut from one frame, under its topic, in order.
+                let [frame] = &frames[..] else {
+                    return Err(TestCaseError::fail("several messages from several frames"));
+                };
+                let Some(Ok((_, topic_len, records))) = Envelope::from_batch_frame(frame) else {
+                    return Err(TestCaseError::fail("several messages from a frame not version 4"));
+                };
+                prop_assert_eq!(records.len(), messages.len());
+                for (message, record) in messages.iter().zip(records) {
+                    prop_assert_eq!(&message.topic[..], &frame[..topic_len]);
+                    prop_assert_eq!(&message.payload[..], &[record.to_vec()][..]);
+                }
+            }
+            Some(mut messages) => {
+                let split = messages.remove(0);
                 if let ([frame], Parsed::Enveloped { .. }) = (&frames[..], &split.parsed)
                     && let Some((_, topic_len)) = Envelope::from_flat_frame(frame)
                 {
@@ -104,6 +129,38 @@ proptest! {
                 prop_assert_eq!(split.parsed, Parsed::Enveloped { envelope });
             }
         }
+    }
+
+    #[test]
+    fn a_batch_frame_written_is_the_messages_read(topic in bytes(300), id in any::<[u8; 16]>(), sequence in any::<u64>(),
+                                                  payloads in proptest::collection::vec(bytes(40), 1..12)) {
+        let first = Envelope { publisher: PublisherId(id), sequence };
+        let bytes = payloads.iter().map(Vec::len).sum();
+        let mut frame = vec![0; batch_frame_len(topic.len(), payloads.len(), bytes)];
+        let written = write_batch_frame(&mut frame, &topic, payloads.iter().map(Vec::as_slice), &first);
+        if topic.len() > FLAT_MAX_TOPIC {
+            prop_assert_eq!(written, None);
+            return Ok(());
+        }
+        prop_assert!(written.is_some());
+        prop_assert!(frame.starts_with(&topic));
+        match fanout::wire::split(vec![frame]).expect("frames") {
+            messages if sequence.checked_add(payloads.len() as u64 - 1).is_none() => {
+                prop_assert_eq!(messages.len(), 1);
+                let malformed = matches!(messages[0].parsed, Parsed::Malformed(WireError::SequenceOverflow { .. }));
+                prop_assert!(malformed);
+            }
+            messages => {
+                prop_assert_eq!(messages.len(), payloads.len());
+                for ((i, message), payload) in (0u64..).zip(&messages).zip(&payloads) {
+                    prop_assert_eq!(&message.topic, &topic);
+                    prop_assert_eq!(&message.payload, &vec![payload.clone()]);
+                    let envelope = Envelope { sequence: sequence + i, ..first };
+                    prop_assert_eq!(&message.parsed, &Parsed::Enveloped { envelope });
+                }
+            }
+        }
+        prop_assert!(RECORD_MAX_PAYLOAD >= 40);
     }
 
     #[test]

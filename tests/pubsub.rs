@@ -570,13 +570,19 @@ fn warm_up_all(publisher: &Publisher, subs: &mut [&mut Subscriber], plain: &[&zm
 }
 
 /// The version a raw message carries, with its topic and payload parts as a plain SUB takes
-/// them apart by the recipe in `fanout::wire`.
+/// them apart by the recipe in `fanout::wire` (version 4: one payload a record).
 fn by_the_recipe(frames: &[Vec<u8>]) -> (u8, Vec<u8>, Vec<Vec<u8>>) {
     if let [frame] = frames
         && let Some((_, topic_len)) = Envelope::from_flat_frame(frame)
     {
         let payload = frame[topic_len..frame.len() - wire::ENVELOPE_LEN].to_vec();
         return (3, frame[..topic_len].to_vec(), vec![payload]);
+    }
+    if let [frame] = frames
+        && let Some(Ok((_, topic_len, records))) = Envelope::from_batch_frame(frame)
+    {
+        let payloads = records.map(<[u8]>::to_vec).collect();
+        return (4, frame[..topic_len].to_vec(), payloads);
     }
     let (_, topic_len) = Envelope::from_topic_tail(&frames[0]).expect("a version-2 tail");
     (2, frames[0][..topic_len].to_vec(), frames[1..].to_vec())
@@ -594,6 +600,8 @@ fn every_layout_arrives_exactly_as_published() {
     let publisher = Publisher::new(PublisherConfig {
         linger: Duration::from_millis(500),
         flat_max_payload: 64,
+        // One message a frame: every layout of a single message (version 4 has its test).
+        batch_max_bytes: 0,
         ..PublisherConfig::default()
     })
     .unwrap();
@@ -652,6 +660,59 @@ fn every_layout_arrives_exactly_as_published() {
     }
     assert_eq!(sub.stats().total_lost(), 0);
     assert_eq!((sub.stats().plain, sub.stats().malformed), (0, 0));
+}
+
+#[test]
+fn messages_queued_together_share_a_frame_and_arrive_one_by_one_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy_under_test::start(dir.path(), "a", 10_000);
+    let mut sub = subscriber(&proxy, &[TopicFilter::exact("t")]);
+    let ctx = zmq::Context::new();
+    let raw = plain_sub(&ctx, &proxy, b"t");
+    let publisher = publisher();
+    publisher
+        .set_membership(members(&[&proxy.publisher_endpoint]))
+        .unwrap();
+    warm_up_all(&publisher, &mut [&mut sub], &[&raw], "t");
+    const N: usize = 5_000;
+    for i in 0..N {
+        publisher.publish_bytes(b"t", format!("m{i}").as_bytes()).unwrap();
+    }
+    // The plain SUB, by the recipe: every payload once, in order, and some frames held
+    // several (the caller queues far faster than one frame a message goes out).
+    let (mut payloads, mut frames_seen, mut largest, mut longest) = (Vec::new(), 0, 0, 0);
+    while payloads.len() < N {
+        let frames = raw.recv_multipart(0).expect("the plain SUB receives");
+        let (version, topic, parts) = by_the_recipe(&frames);
+        assert_eq!(topic, b"t");
+        assert!(version == 3 || version == 4, "version {version}");
+        frames_seen += 1;
+        largest = largest.max(parts.len());
+        longest = longest.max(frames[0].len());
+        payloads.extend(parts);
+    }
+    let expected: Vec<Vec<u8>> = (0..N).map(|i| format!("m{i}").into_bytes()).collect();
+    assert_eq!(payloads, expected);
+    assert!(
+        frames_seen < N && largest > 1,
+        "{N} messages came as {frames_seen} frames"
+    );
+    let frame_bound = fanout::publisher::DEFAULT_BATCH_MAX_BYTES;
+    assert!(longest <= frame_bound, "a frame of {longest} bytes");
+    // Our subscriber: one delivery a message, consecutive sequences, nothing lost.
+    let mut sequences = Vec::new();
+    for i in 0..N {
+        let d = sub.recv(WAIT).unwrap().expect("delivered");
+        assert_eq!(d.payload, vec![format!("m{i}").into_bytes()]);
+        let origin = d.origin.expect("enveloped");
+        assert_eq!(origin.publisher, publisher.id());
+        sequences.push(origin.sequence);
+    }
+    assert!(sequences.windows(2).all(|w| w[1] == w[0] + 1), "consecutive");
+    let stats = sub.stats();
+    assert_eq!((stats.total_lost(), stats.total_gaps()), (0, 0));
+    assert_eq!((stats.plain, stats.malformed, stats.filtered), (0, 0, 0));
+    assert_eq!(stats.per_publisher[&publisher.id()].out_of_order, 0);
 }
 
 #[test]
@@ -729,25 +790,38 @@ fn a_pyzmq_sub_takes_our_messages_apart_by_the_documented_recipe() {
     publisher
         .set_membership(members(&[&proxy.publisher_endpoint]))
         .unwrap();
+    // Version 3 and 2 on topic `news` (a message alone: the next one is of another layout),
+    // version 4 on `news.burst` (several queued at once).
     let script = r#"
 import sys, zmq
 s = zmq.Context().socket(zmq.SUB)
 s.setsockopt(zmq.SUBSCRIBE, b"news")
 s.setsockopt(zmq.RCVTIMEO, 10000)
 s.connect(sys.argv[1])
+wanted = {(3, b"news"), (2, b"news"), (4, b"news.burst")}
 seen = set()
-while seen != {2, 3}:
+while not wanted <= seen:
     frames = s.recv_multipart()
     f = frames[0]
     if len(frames) == 1 and f[-28:-26] == b"\xfa\x0f" and f[-26] == 3:
         t = f[-25]
         version, topic, payload = 3, f[:t], [f[t:-28]]
+    elif len(frames) == 1 and f[-28:-26] == b"\xfa\x0f" and f[-26] == 4:
+        t = f[-25]
+        version, topic, payload, b = 4, f[:t], [], f[t:-28]
+        while b:
+            n = int.from_bytes(b[:2], "big")
+            payload.append(b[2:2 + n])
+            b = b[2 + n:]
+        if len(payload) < 2 or len(set(payload)) != 1:
+            sys.exit("a version-4 frame of %d records: %r" % (len(payload), payload))
+        payload = payload[:1]
     elif f[-28:-26] == b"\xfa\x0f" and f[-26] == 2:
         version, topic, payload = 2, f[:-28], frames[1:]
     else:
         sys.exit("not an envelope: %r" % frames)
-    if version not in seen:
-        seen.add(version)
+    if (version, topic) in wanted - seen:
+        seen.add((version, topic))
         print(version, topic.decode(), b"+".join(payload).decode(), flush=True)
 "#;
     let child = std::process::Command::new(&python)
@@ -765,6 +839,9 @@ while seen != {2, 3}:
         }
         publisher.publish_bytes(b"news", b"short").unwrap();
         publisher.publish_bytes(b"news", b"longer than 8").unwrap();
+        for _ in 0..50 {
+            publisher.publish_bytes(b"news.burst", b"burst").unwrap();
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
@@ -776,7 +853,10 @@ while seen != {2, 3}:
     );
     let mut lines: Vec<&str> = stdout.lines().collect();
     lines.sort();
-    assert_eq!(lines, vec!["2 news longer than 8", "3 news short"]);
+    assert_eq!(
+        lines,
+        vec!["2 news longer than 8", "3 news short", "4 news.burst burst"]
+    );
 }
 
 #[test]

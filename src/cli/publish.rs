@@ -39,6 +39,12 @@ pub struct PublishArgs {
     /// Send high-water mark per proxy (messages).
     #[arg(long, default_value_t = 100_000)]
     pub hwm: i32,
+    /// Largest frame made of several messages queued one after the other on the topic (wire
+    /// version 4); 0 sends one message a frame (for subscribers older than version 4). With
+    /// `--group`, lowered to what the group's proxies accept when the controller publishes it;
+    /// otherwise keep it at most the group's `maxMessageBytes`.
+    #[arg(long, default_value_t = crate::publisher::DEFAULT_BATCH_MAX_BYTES)]
+    pub batch_bytes: usize,
     /// Seconds to wait for a first non-empty membership before publishing.
     #[arg(long, default_value_t = 10.0)]
     pub wait_membership: f64,
@@ -120,7 +126,35 @@ impl PublishArgs {
         }
     }
 
+    /// `--batch-bytes`, within what the group's proxies accept when following a group: the cap
+    /// the controller publishes, or one message a frame when it publishes none (a frame above
+    /// the cap would end the connection).
+    fn batch_max_bytes(&self) -> crate::Result<usize> {
+        let Some(group) = self.group.as_ref().filter(|_| self.batch_bytes > 0) else {
+            return Ok(self.batch_bytes);
+        };
+        let wait = seconds("wait-membership", self.wait_membership)?;
+        let cap = crate::runtime::block_on(kubernetes::group_max_message_bytes(
+            self.namespace.clone(),
+            group,
+            wait,
+        ))?
+        .map_err(crate::Error::GroupMessageCap)?;
+        Ok(match cap {
+            Some(cap) => {
+                let bytes = self.batch_bytes.min(cap);
+                tracing::info!(%group, max_message_bytes = cap, batch_bytes = bytes, "frames of several messages stay within the group's cap");
+                bytes
+            }
+            None => {
+                tracing::warn!(%group, "the group's slices do not say its maxMessageBytes (none yet, or an older controller): one message a frame");
+                0
+            }
+        })
+    }
+
     pub fn run(self) -> crate::Result<()> {
+        let batch_max_bytes = self.batch_max_bytes()?;
         let run = PublishRun {
             source: self.source()?,
             topic: self.topic,
@@ -128,6 +162,7 @@ impl PublishArgs {
             rate: self.rate,
             size: self.size,
             hwm: self.hwm,
+            batch_max_bytes,
             wait_membership: seconds("wait-membership", self.wait_membership)?,
             settle: seconds("settle", self.settle)?,
             linger: seconds("linger", self.linger)?,

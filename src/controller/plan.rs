@@ -20,7 +20,7 @@ use super::relays;
 use super::slices::{self, ExistingSlice, ProxyEndpoint};
 use super::status::{Observed, Problem, compute_status};
 use crate::crd::{FanoutGroup, FanoutGroupStatus};
-use crate::endpoint_list::{self, CURVE_PUBLIC_KEY_ANNOTATION};
+use crate::endpoint_list::{self, CURVE_PUBLIC_KEY_ANNOTATION, MAX_MESSAGE_BYTES_ANNOTATION};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -248,13 +248,15 @@ pub fn plan(
     let mut planned = Vec::new();
     for slice_plan in slices::plan_slices(&id.name, endpoints.clone(), &existing, per_slice) {
         let mut object = slices::endpoint_slice(group, &slice_plan)?;
+        let annotations = object.metadata.annotations.get_or_insert_with(Default::default);
         if let Some(key) = &server_key {
-            object
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(CURVE_PUBLIC_KEY_ANNOTATION.to_string(), key.to_z85());
+            annotations.insert(CURVE_PUBLIC_KEY_ANNOTATION.to_string(), key.to_z85());
         }
+        // What a publisher's frames of several messages must stay within.
+        annotations.insert(
+            MAX_MESSAGE_BYTES_ANNOTATION.to_string(),
+            spec.max_message_bytes.to_string(),
+        );
         let slice = Desired::new(object, &children.slices);
         let newly_ready_since = slices::newly_ready(&slice_plan, slice.cached.as_deref())
             .into_iter()
@@ -1006,7 +1008,19 @@ mod tests {
         assert_eq!(allow.metadata.name.as_deref(), Some("updates-curve-allow"));
         let publishers = &allow.data.as_ref().unwrap()["publishers"];
         assert!(publishers.contains(&publisher), "{publishers}");
-        assert!(first.slices[0].slice.object.metadata.annotations.is_none());
+        // No key yet: the slices carry the group's message cap only.
+        let annotations = first.slices[0]
+            .slice
+            .object
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            vec![MAX_MESSAGE_BYTES_ANNOTATION]
+        );
+        assert_eq!(annotations[MAX_MESSAGE_BYTES_ANNOTATION], "65536");
         let status = first.report.status.as_ref().unwrap();
         assert_eq!(status.curve_public_key, None);
         assert_eq!(status.unresolved_keys.len(), 1);

@@ -7,7 +7,9 @@
 
 use super::{Membership, MembershipError, MembershipSender, MembershipSource, deliver};
 use crate::curve::PublicKey;
-use crate::endpoint_list::{self, CURVE_PUBLIC_KEY_ANNOTATION, configmap_members, slice_members};
+use crate::endpoint_list::{
+    self, CURVE_PUBLIC_KEY_ANNOTATION, MAX_MESSAGE_BYTES_ANNOTATION, configmap_members, slice_members,
+};
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -276,7 +278,53 @@ pub async fn group_server_key(
     group: &str,
     wait: Duration,
 ) -> Result<PublicKey, GroupKeyError> {
-    let client = Client::try_default().await.map_err(GroupKeyError::Client)?;
+    let found = poll_group_slices(namespace, group, wait, |slices| {
+        published_server_key(group, slices).transpose()
+    })
+    .await
+    .map_err(GroupKeyError::Client)?;
+    let key = found.ok_or_else(|| GroupKeyError::NotPublished {
+        group: group.to_string(),
+        waited: wait,
+    })??;
+    tracing::info!(%group, server_key = %key.to_z85(), "the group's CURVE key");
+    Ok(key)
+}
+
+/// The smallest `maxMessageBytes` the slices publish (every slice carries its group's; while
+/// a changed cap rolls out two may show), `None` when none does. Pure.
+pub fn published_max_message_bytes(slices: &[EndpointSlice]) -> Option<usize> {
+    slices
+        .iter()
+        .filter_map(|slice| slice.annotations().get(MAX_MESSAGE_BYTES_ANNOTATION))
+        .filter_map(|value| value.trim().parse::<usize>().ok())
+        .min()
+}
+
+/// Group `group`'s `maxMessageBytes` as the controller publishes it with the endpoint list,
+/// waiting up to `wait` for the group's first slice: `None` when no slice came or the slices
+/// carry none (a controller older than the annotation).
+pub async fn group_max_message_bytes(
+    namespace: Option<String>,
+    group: &str,
+    wait: Duration,
+) -> Result<Option<usize>, kube::Error> {
+    let found = poll_group_slices(namespace, group, wait, |slices| {
+        (!slices.is_empty()).then(|| published_max_message_bytes(slices))
+    })
+    .await?;
+    Ok(found.flatten())
+}
+
+/// Lists group `group`'s EndpointSlices every 500 ms until `found` makes something of them or
+/// `wait` has passed (`Ok(None)`); a failed list is logged and retried.
+async fn poll_group_slices<T>(
+    namespace: Option<String>,
+    group: &str,
+    wait: Duration,
+    mut found: impl FnMut(&[EndpointSlice]) -> Option<T>,
+) -> Result<Option<T>, kube::Error> {
+    let client = Client::try_default().await?;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
     let params = ListParams::default().labels(&endpoint_list::slice_selector(group));
@@ -284,18 +332,16 @@ pub async fn group_server_key(
     loop {
         match api.list(&params).await {
             Ok(list) => {
-                if let Some(key) = published_server_key(group, &list.items)? {
-                    tracing::info!(%namespace, %group, server_key = %key.to_z85(), "the group's CURVE key");
-                    return Ok(key);
+                if let Some(value) = found(&list.items) {
+                    return Ok(Some(value));
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "cannot list the group's EndpointSlices; retrying"),
+            Err(err) => {
+                tracing::warn!(%namespace, %group, error = %err, "cannot list the group's EndpointSlices; retrying")
+            }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(GroupKeyError::NotPublished {
-                group: group.to_string(),
-                waited: wait,
-            });
+            return Ok(None);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

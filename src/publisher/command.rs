@@ -20,6 +20,8 @@ pub struct PublishRun {
     /// Bytes of each synthetic payload.
     pub size: usize,
     pub hwm: i32,
+    /// `PublisherConfig::batch_max_bytes`.
+    pub batch_max_bytes: usize,
     /// How long to wait for a first non-empty membership.
     pub wait_membership: Duration,
     /// How long to wait after connecting so that subscriptions reach us.
@@ -72,6 +74,7 @@ fn without_line_end(line: &str) -> &str {
 pub fn run(options: PublishRun) -> Result<(), PublishError> {
     let publisher = Publisher::new(PublisherConfig {
         hwm: options.hwm,
+        batch_max_bytes: options.batch_max_bytes,
         linger: options.linger,
         curve: options.curve,
         ..PublisherConfig::default()

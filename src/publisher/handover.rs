@@ -60,6 +60,17 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    /// The arena range of the payload of a one-frame (version 3) message; `None` for others.
+    pub(super) fn flat_payload(&self) -> Option<Range<usize>> {
+        match self.body {
+            Body::Flat { payload_len, .. } => {
+                let start = self.topic().end;
+                Some(start..start + payload_len)
+            }
+            Body::Frames { .. } => None,
+        }
+    }
+
     /// The arena range of the topic.
     pub(super) fn topic(&self) -> Range<usize> {
         let len = match self.body {

@@ -58,6 +58,11 @@ pub const DEFAULT_FLAT_MAX_PAYLOAD: usize = crate::proxy::DEFAULT_MAX_MESSAGE_BY
     - crate::wire::FLAT_MAX_TOPIC
     - crate::wire::ENVELOPE_LEN;
 
+/// Default of [`PublisherConfig::batch_max_bytes`]: libzmq's own write batch (`out_batch_size`,
+/// 8 KiB), under every group's default `maxMessageBytes` (64 KiB). BENCHMARKS.md, "Several
+/// messages a frame", has what larger frames give.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 8 << 10;
+
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
     /// SNDHWM per connected proxy (messages). Beyond it that proxy alone misses messages,
@@ -83,6 +88,14 @@ pub struct PublisherConfig {
     /// group's `maxMessageBytes` minus 283 (the longest topic and the envelope): a frame above
     /// that cap ends the connection, while a message above it in several frames is dropped.
     pub flat_max_payload: usize,
+    /// The largest frame the socket thread makes of several messages queued one after the
+    /// other on the same topic (wire version 4: one libzmq message instead of one each, which
+    /// is most of what a small message costs on every hop). It only joins messages that are
+    /// already queued, never waits for more, so a message sent alone goes alone. 0 turns it
+    /// off (for subscribers older than version 4). Keep it at most the group's
+    /// `maxMessageBytes`: a frame above that cap ends the connection (`fanout publish --group`
+    /// reads the cap the controller publishes and stays under it).
+    pub batch_max_bytes: usize,
     /// CURVE: our key pair and the proxies' public key (every proxy of a group shares the
     /// group's server key). `None`: no authentication.
     pub curve: Option<CurveClient>,
@@ -97,6 +110,7 @@ impl Default for PublisherConfig {
             queue: 8192,
             queue_bytes: 256 << 10,
             flat_max_payload: DEFAULT_FLAT_MAX_PAYLOAD,
+            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
             curve: None,
         }
     }
@@ -209,6 +223,7 @@ impl Publisher {
             proxies: 0,
             metrics: metrics.clone(),
             sequences: Default::default(),
+            batch_max_bytes: config.batch_max_bytes,
             last_applied: Instant::now(),
             handshakes,
             refused: Default::default(),

@@ -7,7 +7,7 @@ use crate::membership::{self, Membership};
 use crate::nodrop::send_counting_full_queues;
 use crate::socket_monitor::{EVENT_HANDSHAKE_FAILED_AUTH, EVENT_HANDSHAKE_SUCCEEDED, MonitorEvent};
 use crate::socket_options::raw_socket;
-use crate::wire::{ENVELOPE_LEN, Envelope, PublisherId};
+use crate::wire::{self, ENVELOPE_LEN, Envelope, PublisherId, RECORD_HEADER_LEN, RECORD_MAX_PAYLOAD};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ pub(super) struct SocketThread {
     pub(super) proxies: usize,
     pub(super) metrics: PublisherMetrics,
     pub(super) sequences: TopicSequences,
+    /// `PublisherConfig::batch_max_bytes`: the largest frame of several messages (0: none).
+    pub(super) batch_max_bytes: usize,
     /// When a snapshot was last applied (for the membership lag).
     pub(super) last_applied: Instant,
     /// With CURVE: the PAIR end of the socket's monitor ([`HANDSHAKE_EVENTS`]), to retry the
@@ -114,16 +116,67 @@ impl SocketThread {
             ..
         } = batch;
         let mut tally = Tally::default();
-        for (i, entry) in entries.iter().enumerate() {
-            if i % MEMBERSHIP_EVERY == MEMBERSHIP_EVERY - 1 {
+        let mut next = 0;
+        let mut since_membership = 0;
+        while next < entries.len() {
+            if since_membership >= MEMBERSHIP_EVERY {
+                since_membership = 0;
                 tally.record(&self.metrics);
                 if self.apply_wanted_membership() {
                     *changed_at = Some(Instant::now());
                 }
             }
-            self.send(arena, parts, entry, &mut tally);
+            let run = batch_run(arena, &entries[next..], self.batch_max_bytes);
+            match &entries[next..next + run] {
+                [entry] => self.send(arena, parts, entry, &mut tally),
+                several => self.send_records(arena, several, &mut tally),
+            }
+            next += run;
+            since_membership += run;
         }
         tally.record(&self.metrics);
+    }
+
+    /// Sends `run` (one-frame messages on one topic, from `batch_run`) as one version-4
+    /// frame, never waiting, as `send` does a single message.
+    fn send_records(&mut self, arena: &[u8], run: &[Entry], tally: &mut Tally) {
+        let messages = run.len() as u64;
+        let Some(first) = run.first() else {
+            return;
+        };
+        let topic = &arena[first.topic()];
+        let sequence = self.sequences.take(topic, messages);
+        if self.proxies == 0 {
+            tally.dropped_no_proxy += messages;
+            return;
+        }
+        let payloads = || {
+            run.iter()
+                .filter_map(|entry| entry.flat_payload())
+                .map(|range| &arena[range])
+        };
+        let payload_bytes = payloads().map(<[u8]>::len).sum();
+        let mut frame = zmq::Message::with_size(wire::batch_frame_len(topic.len(), run.len(), payload_bytes));
+        let envelope = Envelope {
+            publisher: self.id,
+            sequence,
+        };
+        if wire::write_batch_frame(&mut frame, topic, payloads(), &envelope).is_none() {
+            // Not reached: `batch_run` bounds the topic and every payload.
+            tally.send_failures += messages;
+            tracing::warn!(messages, "cannot lay out a frame of several messages; dropped");
+            return;
+        }
+        match send_counting_full_queues(raw_socket(&mut self.socket), [frame]) {
+            Ok(queue_full) => {
+                tally.sent += messages;
+                tally.proxy_queue_full += u64::from(queue_full);
+            }
+            Err(err) => {
+                tally.send_failures += messages;
+                tracing::warn!(error = %err, "send failed");
+            }
+        }
     }
 
     /// Applies the newest wanted membership, if it changed; true if it did.
@@ -288,6 +341,33 @@ impl Tally {
     }
 }
 
+/// How many of `entries`, from the first, go in one frame: the one-frame messages that
+/// follow each other on the first one's topic while the frame stays within
+/// `batch_max_bytes` (wire version 4); 1 when the first goes alone. Never 0 for entries.
+fn batch_run(arena: &[u8], entries: &[Entry], batch_max_bytes: usize) -> usize {
+    let Some(first) = entries.first() else {
+        return 0;
+    };
+    if batch_max_bytes == 0 || first.flat_payload().is_none() {
+        return 1;
+    }
+    let topic = &arena[first.topic()];
+    let mut frame_len = wire::batch_frame_len(topic.len(), 0, 0);
+    let mut run = 0;
+    for entry in entries {
+        let Some(payload) = entry.flat_payload() else {
+            break;
+        };
+        frame_len += RECORD_HEADER_LEN + payload.len();
+        if payload.len() > RECORD_MAX_PAYLOAD || frame_len > batch_max_bytes || arena[entry.topic()] != *topic
+        {
+            break;
+        }
+        run += 1;
+    }
+    run.max(1)
+}
+
 /// A version-2 message's frames: the topic frame, then every payload part as a frame of its
 /// own, made as they are sent.
 fn version_2_frames<'a>(
@@ -322,6 +402,11 @@ pub(super) struct TopicSequences {
 impl TopicSequences {
     /// The sequence for a message on `topic`; advances it.
     pub(super) fn next(&mut self, topic: &[u8]) -> u64 {
+        self.take(topic, 1)
+    }
+
+    /// The first of `count` consecutive sequences for messages on `topic`; advances past them.
+    pub(super) fn take(&mut self, topic: &[u8], count: u64) -> u64 {
         let next = match &mut self.current {
             Some((current, next)) if current[..] == *topic => next,
             slot => {
@@ -336,14 +421,59 @@ impl TopicSequences {
             }
         };
         let sequence = *next;
-        *next = next.wrapping_add(1);
+        *next = next.wrapping_add(count);
         sequence
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::TopicSequences;
+    use super::super::handover::{Batch, Payload};
+    use super::{TopicSequences, batch_run};
+    use crate::wire::{ENVELOPE_LEN, RECORD_HEADER_LEN, RECORD_MAX_PAYLOAD};
+
+    #[test]
+    fn queued_one_frame_messages_on_one_topic_share_a_frame_within_the_bound() {
+        let mut batch = Batch::default();
+        for payload in [&b"a"[..], b"bb", b"ccc"] {
+            batch.push(b"t", Payload::Borrowed(payload), 1024);
+        }
+        batch.push(b"u", Payload::Borrowed(b"d"), 1024);
+        batch.push(b"u", Payload::Owned(vec![b"e".to_vec(), b"f".to_vec()]), 1024);
+        batch.push(b"u", Payload::Borrowed(b"g"), 1024);
+        batch.push(b"u", Payload::Borrowed(&[0; 2000]), 1024);
+        let runs = |max| {
+            let mut runs = Vec::new();
+            let mut next = 0;
+            while next < batch.entries.len() {
+                let run = batch_run(&batch.arena, &batch.entries[next..], max);
+                runs.push(run);
+                next += run;
+            }
+            runs
+        };
+        // Topic "t" ×3; "u" alone before a message of two parts; that one alone; "g" alone
+        // before a payload above `flat_max_payload` (version 2); that one alone.
+        assert_eq!(runs(8192), vec![3, 1, 1, 1, 1]);
+        // Off: one a frame.
+        assert_eq!(runs(0), vec![1; 7]);
+        // The bound counts the whole frame: topic, record headers, payloads, envelope.
+        let two = 1 + 2 * RECORD_HEADER_LEN + 1 + 2 + ENVELOPE_LEN;
+        assert_eq!(runs(two), vec![2, 1, 1, 1, 1, 1]);
+        assert_eq!(runs(two - 1), vec![1; 7]);
+        assert_eq!(batch_run(&batch.arena, &[], 8192), 0);
+    }
+
+    #[test]
+    fn a_payload_too_long_for_a_record_goes_alone() {
+        let mut batch = Batch::default();
+        let big = vec![0; RECORD_MAX_PAYLOAD + 1];
+        batch.push(b"t", Payload::Borrowed(b"a"), usize::MAX);
+        batch.push(b"t", Payload::Borrowed(&big), usize::MAX);
+        batch.push(b"t", Payload::Borrowed(&big), usize::MAX);
+        assert_eq!(batch_run(&batch.arena, &batch.entries, usize::MAX), 1);
+        assert_eq!(batch_run(&batch.arena, &batch.entries[1..], usize::MAX), 1);
+    }
 
     #[test]
     fn sequences_count_per_topic_from_zero_across_switches() {

@@ -254,6 +254,20 @@ impl GapTracker {
     pub const MAX_STREAMS: usize = 64 * 1024;
 
     pub fn observe(&mut self, publisher: PublisherId, topic: &[u8], sequence: u64) -> SequenceCheck {
+        self.observe_span(publisher, topic, sequence, sequence)
+    }
+
+    /// Observes the consecutive sequences `first..=last` of one stream at once (the records
+    /// of a version-4 frame, which are consecutive by construction): the check is the first's,
+    /// and the stream moves on to `last`, so only the first of them can start a gap. A span
+    /// whose first sequence is out of order leaves the stream where it was.
+    pub fn observe_span(
+        &mut self,
+        publisher: PublisherId,
+        topic: &[u8],
+        first: u64,
+        last: u64,
+    ) -> SequenceCheck {
         let key = match self.previous.key_of(publisher, topic) {
             Some(key) => key,
             None => {
@@ -262,12 +276,16 @@ impl GapTracker {
                 key
             }
         };
-        if let Some(last) = self.last.get_mut(&key) {
-            return advance(last, sequence);
+        if let Some(seen) = self.last.get_mut(&key) {
+            let check = advance(seen, first);
+            if check != SequenceCheck::OutOfOrder {
+                *seen = last.max(first);
+            }
+            return check;
         }
         self.make_room_for_a_stream_of(publisher);
         self.publishers.entry(publisher).or_default().insert(key);
-        self.last.insert(key, sequence);
+        self.last.insert(key, last.max(first));
         SequenceCheck::First
     }
 
@@ -415,8 +433,60 @@ pub struct Subscriber {
     _ctx: zmq::Context,
     /// Frame 0 of each received message, received into one reused message.
     frame: zmq::Message,
+    /// The messages of a version-4 `frame` not yet delivered.
+    batch: Option<PendingBatch>,
     endpoint: String,
     accounting: Accounting,
+}
+
+/// The rest of a version-4 frame (several messages of one topic) being delivered one message
+/// per `recv_with` call; the frame itself stays in `Subscriber::frame` until it is done.
+#[derive(Debug)]
+struct PendingBatch {
+    /// Where in the frame the next record starts, and where the records end.
+    next: usize,
+    end: usize,
+    topic_len: usize,
+    /// Records left (for the `filtered` count when an unsubscribe drops them).
+    left: u64,
+    /// The next record's envelope (its own sequence).
+    envelope: Envelope,
+    /// What the next record's sequence says: the frame's first was checked on arrival
+    /// (`GapTracker::observe_span`), every next one follows it.
+    check: SequenceCheck,
+}
+
+impl PendingBatch {
+    /// Lends the next record to `read` (with its accounting), or hands `read` back when there
+    /// is none; `done` once the last one is taken.
+    fn deliver_next<R, F: FnOnce(DeliveryRef<'_>) -> R>(
+        &mut self,
+        frame: &[u8],
+        stats: &mut SubscriberStats,
+        read: F,
+    ) -> (Result<R, F>, bool) {
+        let Some((topic, (payload, rest))) = frame
+            .get(..self.topic_len)
+            .zip(frame.get(self.next..self.end).and_then(wire::split_record))
+        else {
+            return (Err(read), true);
+        };
+        let (envelope, check) = (self.envelope, self.check);
+        stats.received = stats.received.saturating_add(1);
+        stats.record(envelope.publisher, check);
+        self.next = self.end - rest.len();
+        self.left = self.left.saturating_sub(1);
+        self.envelope.sequence = envelope.sequence.wrapping_add(1);
+        if check != SequenceCheck::OutOfOrder {
+            self.check = SequenceCheck::InOrder;
+        }
+        let value = read(DeliveryRef {
+            topic,
+            payload: &[payload],
+            origin: Some(envelope),
+        });
+        (Ok(value), rest.is_empty())
+    }
 }
 
 /// What a subscriber decides and counts about each received message (pure).
@@ -461,12 +531,50 @@ impl Accounting {
         })
     }
 
+    /// Decides on a version-4 frame's `count` messages at once: `None` when its topic
+    /// matches no filter (all counted as filtered), else what the first one's sequence says
+    /// (the span is checked in one step; the others follow it in order).
+    fn accept_batch(&mut self, topic: &[u8], envelope: Envelope, count: u64) -> Option<SequenceCheck> {
+        if !self.matcher.matches(topic) {
+            self.stats.filtered = self.stats.filtered.saturating_add(count);
+            return None;
+        }
+        let last = envelope.sequence.saturating_add(count.saturating_sub(1));
+        Some(
+            self.gaps
+                .observe_span(envelope.publisher, topic, envelope.sequence, last),
+        )
+    }
+
     /// Counts the message of `frames` and lends it to `read` when it is delivered; hands
-    /// `read` back, uncalled, when it is not (filtered, or no frames).
-    fn deliver<R, F: FnOnce(DeliveryRef<'_>) -> R>(&mut self, frames: &[&[u8]], read: F) -> Result<R, F> {
+    /// `read` back, uncalled, when it is not (filtered, no frames, or a version-4 frame, whose
+    /// messages are left in `batch` for the caller to deliver one at a time).
+    fn deliver<R, F: FnOnce(DeliveryRef<'_>) -> R>(
+        &mut self,
+        frames: &[&[u8]],
+        batch: &mut Option<PendingBatch>,
+        read: F,
+    ) -> Result<R, F> {
         let Some(lent) = wire::lend(frames) else {
             return Err(read);
         };
+        if let (LentPayload::Batch(records), Parsed::Enveloped { envelope }, [frame]) =
+            (lent.payload, &lent.parsed, frames)
+        {
+            let count = records.len() as u64;
+            if let Some(check) = self.accept_batch(lent.topic, *envelope, count) {
+                let end = frame.len() - wire::ENVELOPE_LEN;
+                *batch = Some(PendingBatch {
+                    next: end - records.bytes().len(),
+                    end,
+                    topic_len: lent.topic.len(),
+                    left: count,
+                    envelope: *envelope,
+                    check,
+                });
+            }
+            return Err(read);
+        }
         let Verdict::Deliver(origin) = self.accept(lent.topic, lent.parsed) else {
             return Err(read);
         };
@@ -477,6 +585,8 @@ impl Accounting {
                 &cut[..]
             }
             LentPayload::Frames(frames) => frames,
+            // Delivered through `batch` above; not reached.
+            LentPayload::Batch(_) => return Err(read),
         };
         Ok(read(DeliveryRef {
             topic: lent.topic,
@@ -507,6 +617,7 @@ impl Subscriber {
             socket,
             _ctx: ctx,
             frame: zmq::Message::new(),
+            batch: None,
             endpoint: endpoint.to_string(),
             accounting: Accounting::default(),
         })
@@ -530,6 +641,17 @@ impl Subscriber {
     pub fn unsubscribe(&mut self, filter: &TopicFilter) -> Result<(), SubscriberError> {
         if self.accounting.matcher.remove(filter) {
             self.socket.set_unsubscribe(filter.zmq_prefix())?;
+            // The rest of a version-4 frame is filtered as its later frames will be.
+            if let Some(batch) = &self.batch
+                && !self
+                    .accounting
+                    .matcher
+                    .matches(self.frame.get(..batch.topic_len).unwrap_or_default())
+            {
+                let filtered = &mut self.accounting.stats.filtered;
+                *filtered = filtered.saturating_add(batch.left);
+                self.batch = None;
+            }
         }
         Ok(())
     }
@@ -553,14 +675,28 @@ impl Subscriber {
         // message.
         let mut deadline = None;
         loop {
-            // Drain what is already queued without polling first (cheap when busy).
-            match self.socket.recv(&mut self.frame, zmq::DONTWAIT) {
-                // One frame (wire version 3, or a plain single-frame message): taken apart
-                // where it was received.
-                Ok(()) if !self.frame.get_more() => match self.accounting.deliver(&[&self.frame[..]], read) {
+            // The rest of a version-4 frame first: the frame is not replaced until it is done.
+            if let Some(batch) = &mut self.batch {
+                let (delivered, done) = batch.deliver_next(&self.frame, &mut self.accounting.stats, read);
+                if done {
+                    self.batch = None;
+                }
+                match delivered {
                     Ok(value) => return Ok(Some(value)),
                     Err(unread) => read = unread,
-                },
+                }
+                continue;
+            }
+            // Drain what is already queued without polling first (cheap when busy).
+            match self.socket.recv(&mut self.frame, zmq::DONTWAIT) {
+                // One frame (wire versions 3 and 4, or a plain single-frame message): taken
+                // apart where it was received.
+                Ok(()) if !self.frame.get_more() => {
+                    match self.accounting.deliver(&[&self.frame[..]], &mut self.batch, read) {
+                        Ok(value) => return Ok(Some(value)),
+                        Err(unread) => read = unread,
+                    }
+                }
                 Ok(()) => {
                     // The rest of the message is already queued (libzmq delivers whole
                     // messages), so this does not wait.
@@ -568,7 +704,7 @@ impl Subscriber {
                     let frames: Vec<&[u8]> = std::iter::once(&self.frame[..])
                         .chain(rest.iter().map(Vec::as_slice))
                         .collect();
-                    match self.accounting.deliver(&frames, read) {
+                    match self.accounting.deliver(&frames, &mut self.batch, read) {
                         Ok(value) => return Ok(Some(value)),
                         Err(unread) => read = unread,
                     }
@@ -755,6 +891,107 @@ mod tests {
         assert_eq!(received, 101 + forged as u64, "nothing is lost from the totals");
         assert_eq!(stats.total_lost(), 5 + forged as u64);
         assert_eq!(stats.total_gaps(), 1 + forged as u64);
+    }
+
+    fn batch_frame(topic: &[u8], payloads: &[&[u8]], publisher: PublisherId, sequence: u64) -> Vec<u8> {
+        let bytes = payloads.iter().map(|p| p.len()).sum();
+        let mut frame = vec![0; wire::batch_frame_len(topic.len(), payloads.len(), bytes)];
+        let first = Envelope { publisher, sequence };
+        wire::write_batch_frame(&mut frame, topic, payloads.iter().copied(), &first).expect("fits");
+        frame
+    }
+
+    /// Delivers every message of one received frame as `recv_with` does: the frame itself,
+    /// then, for version 4, its records one at a time.
+    fn deliver_all(accounting: &mut Accounting, frame: &[u8]) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
+        let read = |d: DeliveryRef<'_>| {
+            (
+                d.topic.to_vec(),
+                d.payload.concat(),
+                d.origin.map_or(u64::MAX, |o| o.sequence),
+            )
+        };
+        let mut batch = None;
+        let mut got = Vec::new();
+        if let Ok(one) = accounting.deliver(&[frame], &mut batch, read) {
+            got.push(one);
+        }
+        while let Some(pending) = &mut batch {
+            let (delivered, done) = pending.deliver_next(frame, &mut accounting.stats, read);
+            got.extend(delivered.ok());
+            if done {
+                batch = None;
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_version_4_frame_is_checked_once_and_delivered_a_record_at_a_time() {
+        let mut accounting = Accounting::default();
+        accounting.matcher.add(&TopicFilter::exact("t"));
+        let frame = batch_frame(b"t", &[b"a", b"", b"c"], A, 10);
+        let t = |payload: &[u8], sequence| (b"t".to_vec(), payload.to_vec(), sequence);
+        assert_eq!(
+            deliver_all(&mut accounting, &frame),
+            vec![t(b"a", 10), t(b"", 11), t(b"c", 12)]
+        );
+        // The next frame starts after a hole: one gap, counted on its first record only.
+        let frame = batch_frame(b"t", &[b"d", b"e"], A, 15);
+        assert_eq!(
+            deliver_all(&mut accounting, &frame),
+            vec![t(b"d", 15), t(b"e", 16)]
+        );
+        // A single message after it is in order.
+        let mut flat = Vec::new();
+        Envelope {
+            publisher: A,
+            sequence: 17,
+        }
+        .write_flat_frame(b"t", b"f", &mut flat)
+        .expect("short topic");
+        assert_eq!(deliver_all(&mut accounting, &flat), vec![t(b"f", 17)]);
+        // A frame of another topic is filtered whole; a replayed frame is out of order.
+        let other = batch_frame(b"tt", &[b"x", b"y"], A, 0);
+        assert_eq!(deliver_all(&mut accounting, &other), vec![]);
+        let replayed = batch_frame(b"t", &[b"d", b"e"], A, 15);
+        assert_eq!(deliver_all(&mut accounting, &replayed).len(), 2);
+        let stats = &accounting.stats;
+        let counts = stats.per_publisher[&A];
+        assert_eq!((stats.received, stats.filtered, stats.malformed), (8, 2, 0));
+        assert_eq!(
+            (counts.received, counts.gaps, counts.lost, counts.out_of_order),
+            (8, 1, 2, 2)
+        );
+        // Records that do not fill their frame: malformed, delivered whole as a plain message.
+        let mut bad = batch_frame(b"t", &[b"ab"], A, 30);
+        bad[2] = 9;
+        accounting.matcher.add(&TopicFilter::prefix(""));
+        let got = deliver_all(&mut accounting, &bad);
+        assert_eq!(got, vec![(bad.clone(), Vec::new(), u64::MAX)]);
+        assert_eq!(accounting.stats.malformed, 1);
+    }
+
+    #[test]
+    fn unsubscribing_drops_the_rest_of_a_frame_it_no_longer_matches_as_filtered() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = format!("ipc://{}/nobody.sock", dir.path().display());
+        let mut sub = Subscriber::connect(&endpoint, SubscriberConfig::default()).unwrap();
+        sub.subscribe(TopicFilter::exact("t")).unwrap();
+        sub.subscribe(TopicFilter::prefix("t")).unwrap();
+        let frame = batch_frame(b"t", &[b"a", b"b", b"c"], A, 0);
+        sub.frame = zmq::Message::from(&frame[..]);
+        let left_for_later = sub.accounting.deliver(&[&frame[..]], &mut sub.batch, |_| ());
+        assert!(left_for_later.is_err() && sub.batch.is_some());
+        let first = sub.recv_with(Duration::ZERO, |d| d.payload.concat()).unwrap();
+        assert_eq!(first, Some(b"a".to_vec()));
+        // Still matched by the prefix: the rest stays.
+        sub.unsubscribe(&TopicFilter::exact("t")).unwrap();
+        assert!(sub.batch.is_some());
+        sub.unsubscribe(&TopicFilter::prefix("t")).unwrap();
+        assert!(sub.batch.is_none());
+        assert_eq!((sub.stats().received, sub.stats().filtered), (1, 2));
+        assert_eq!(sub.recv(Duration::ZERO).unwrap(), None);
     }
 
     #[test]
