@@ -3,8 +3,9 @@
 #
 #   hack/bench.sh [BENCH...]     default: fanout proxy_throughput relay_tree
 #
-# relay_tree's output is also plotted into docs/img/relay_tree.png (hack/plot_relay_tree.py,
-# with Debian's python3-matplotlib, installed here).
+# relay_tree's output is also plotted into docs/img/relay_tree.png (hack/plot_relay_tree.py),
+# fanout's into docs/img/fanout_peers.png (hack/plot_fanout.py), with Debian's
+# python3-matplotlib, installed here.
 #
 # The fanout benchmark starts Debian's `nats-server` on 127.0.0.1 itself (skipped when it is
 # missing), so this script installs it and the other build needs first. Knobs are the
@@ -29,10 +30,14 @@ benches=("$@")
 [ ${#benches[@]} -gt 0 ] || benches=(fanout proxy_throughput relay_tree)
 for bench in "${benches[@]}"; do
   echo "== cargo bench --bench $bench" >&2
-  if [ "$bench" = relay_tree ]; then
+  if [ "$bench" = relay_tree ] || [ "$bench" = fanout ]; then
     out=$(mktemp)
     cargo bench --locked --bench "$bench" | tee "$out"
-    /usr/bin/python3 hack/plot_relay_tree.py "$out" docs/img/relay_tree.png
+    if [ "$bench" = relay_tree ]; then
+      /usr/bin/python3 hack/plot_relay_tree.py "$out" docs/img/relay_tree.png
+    else
+      /usr/bin/python3 hack/plot_fanout.py "$out" docs/img/fanout_peers.png
+    fi
     rm -f "$out"
   else
     cargo bench --locked --bench "$bench"

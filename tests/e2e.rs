@@ -816,6 +816,21 @@ async fn user_path_install_apply_publish_join_leave_delete() {
     }
     subscribers.clear();
 
+    // The group's cap, as `fanout publish --group` reads it to size its frames of several
+    // messages (the example sets 16 KiB).
+    let cap = fanout::membership::kubernetes::group_max_message_bytes(
+        Some(EXAMPLE_NAMESPACE.to_string()),
+        EXAMPLE_GROUP,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("list the group's slices");
+    assert_eq!(
+        cap,
+        Some(16384),
+        "maxMessageBytes published with the endpoint list"
+    );
+
     // Deleting the group removes everything it owned.
     kubectl_ok(&["delete", "-f", example.to_str().unwrap(), "--wait=true"]);
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), EXAMPLE_NAMESPACE);

@@ -6,12 +6,17 @@
 //! is counted as `filtered` and never delivered. A message matching several of our filters is
 //! delivered once (ZeroMQ sends it once per socket).
 //!
+//! A frame of several messages (wire version 4) is checked once on arrival (filter, one gap
+//! check for its first sequence) and its messages are then lent one per `recv_with` call, in
+//! order, each counted as it is delivered.
+//!
 //! The `Subscriber` is a plain synchronous type that owns its socket; use it from one thread
 //! at a time (it is `Send`, not `Sync`).
 //!
-//! Longer than 500 lines for a reason: a quarter of it is the tests of the receive loop and its
-//! loss accounting, which read its private state; the code, under 600 lines, is one socket's
-//! owner: the receive loop, the lending of each message and the gap tracking it feeds.
+//! Longer than 500 lines for a reason: over a quarter of it is the tests of the receive loop
+//! and its loss accounting, which read its private state; the code, under 740 lines, is one
+//! socket's owner: the receive loop, the lending of each message (one at a time from a frame
+//! of several) and the gap tracking it feeds.
 
 pub mod command;
 
