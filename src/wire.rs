@@ -18,8 +18,9 @@
 //!
 //! **Version 4, several messages of one topic in one frame** (what our publisher writes when
 //! its socket thread finds two or more messages queued one after the other on the same topic,
-//! each of one payload part of at most `PublisherConfig::batch_max_bytes`; it never waits for
-//! a second message to come, so a message sent alone is never delayed by this):
+//! each of which would go as version 3 with a payload of at most 65 535 bytes, the whole frame
+//! within `PublisherConfig::batch_max_bytes`; it never waits for a second message to come, so
+//! a message sent alone is never delayed by this):
 //!
 //! ```text
 //! frame 0   topic ‖ record ‖ record ‖ ... ‖ envelope (28 bytes, version 4, topic length)
@@ -68,9 +69,9 @@
 //! alone, and carries the topic's length so the subscriber can cut the topic from the payload.
 //! Putting the payload in one frame with the topic means copying it; measured up to 256 KiB
 //! that copy never cost more than the second frame (BENCHMARKS.md, "Where the copy stops
-//! paying"), so the bound, `flat_max_payload`, defaults to 65 253 bytes: the most that keeps
-//! the one frame, with a topic of 255 bytes and the envelope, within a group's default message
-//! cap of 64 KiB (the proxy ends a connection that sends a single frame above the cap, where it
+//! paying"), so the bound, `flat_max_payload`, defaults to 65 220 bytes: the most that keeps
+//! the one frame, with a topic of 255 bytes, the envelope and CURVE's 33 bytes of box, within a
+//! group's default message cap of 64 KiB (the proxy ends a connection that sends a single frame above the cap, where it
 //! only drops and counts a bigger message of several frames). Above it a payload the caller
 //! owns is handed to libzmq uncopied as version 2.
 //! Version 3 says "exactly one payload part": a message with none is written as version 2, so
@@ -341,7 +342,9 @@ pub fn batch_frame_len(topic_len: usize, records: usize, payload_bytes: usize) -
 /// Writes a version-4 frame into `out`: `topic`, one record per payload, then `first`'s tail
 /// (`first.sequence` is the first payload's). `out` must be exactly [`batch_frame_len`] long;
 /// `None` (nothing meaningful written) when it is not, when a payload is above
-/// [`RECORD_MAX_PAYLOAD`], or when the topic is above [`FLAT_MAX_TOPIC`].
+/// [`RECORD_MAX_PAYLOAD`], when the topic is above [`FLAT_MAX_TOPIC`], when there is no
+/// payload, or when the last payload's sequence would pass `u64::MAX`: what a reader would
+/// refuse is never written.
 pub fn write_batch_frame<'p>(
     out: &mut [u8],
     topic: &[u8],
@@ -353,6 +356,7 @@ pub fn write_batch_frame<'p>(
     tail.copy_from_slice(&first.batch_tail(topic_len));
     let (topic_out, mut records) = head.split_at_mut_checked(topic.len())?;
     topic_out.copy_from_slice(topic);
+    let mut count = 0u64;
     for payload in payloads {
         let len = u16::try_from(payload.len()).ok()?;
         let (header, rest) = records.split_at_mut_checked(RECORD_HEADER_LEN)?;
@@ -360,7 +364,9 @@ pub fn write_batch_frame<'p>(
         let (body, rest) = rest.split_at_mut_checked(payload.len())?;
         body.copy_from_slice(payload);
         records = rest;
+        count += 1;
     }
+    first.sequence.checked_add(count.checked_sub(1)?)?;
     records.is_empty().then_some(())
 }
 
@@ -852,6 +858,17 @@ mod tests {
         let topic = [b't'; FLAT_MAX_TOPIC + 1];
         let mut out = vec![0; batch_frame_len(topic.len(), 1, 1)];
         assert_eq!(write_batch_frame(&mut out, &topic, [&b"x"[..]], &env), None);
+        // No payload, and sequences past u64::MAX: frames every reader refuses.
+        let mut out = vec![0; batch_frame_len(1, 0, 0)];
+        assert_eq!(write_batch_frame(&mut out, b"t", [], &env), None);
+        let late = Envelope {
+            sequence: u64::MAX,
+            ..env
+        };
+        let mut out = vec![0; batch_frame_len(1, 2, 2)];
+        assert_eq!(write_batch_frame(&mut out, b"t", [&b"a"[..], b"b"], &late), None);
+        let mut out = vec![0; batch_frame_len(1, 1, 1)];
+        assert_eq!(write_batch_frame(&mut out, b"t", [&b"a"[..]], &late), Some(()));
         let largest = vec![7; RECORD_MAX_PAYLOAD];
         let frame = batch(b"t", &[&largest, b"y"], &env);
         let (_, _, records) = Envelope::from_batch_frame(&frame).unwrap().unwrap();
@@ -895,7 +912,10 @@ mod tests {
         };
         let fits = batch(b"t", &[b"a", b"b"], &last);
         assert!(matches!(Envelope::from_batch_frame(&fits), Some(Ok(_))));
-        let over = batch(b"t", &[b"a", b"b", b"c"], &last);
+        // A forged one: our writer refuses to make it.
+        let mut over = batch(b"t", &[b"a", b"b", b"c"], &env);
+        let at = over.len() - 8;
+        over[at..].copy_from_slice(&(u64::MAX - 1).to_be_bytes());
         assert_eq!(
             Envelope::from_batch_frame(&over),
             Some(Err(WireError::SequenceOverflow {

@@ -567,6 +567,73 @@ fn fixed_port(config: ProxyConfig, endpoint: &str) -> ProxyConfig {
     }
 }
 
+/// Frames of several messages (wire version 4) from a CURVE publisher stay within a group's
+/// cap when sized by `batch_bytes_within`: libzmq checks a CURVE frame against MAXMSGSIZE with
+/// its 33 bytes of box, so a frame of exactly the cap would end the connection (shown too).
+#[test]
+fn frames_of_several_messages_fit_a_curve_proxys_cap_with_the_box() {
+    const CAP: usize = 16 << 10;
+    const N: usize = 2_000;
+    // Five records of this size and the frame is the cap exactly: 1 + 5 x (2 + 3269) + 28.
+    const PAYLOAD: usize = 3_269;
+    let keys = KeyPair::generate().expect("keys");
+    let setup = Setup::new(&[&keys]);
+    let proxy = proxy::start(ProxyConfig {
+        max_message_bytes: CAP as i64,
+        hwm: 10_000,
+        ..setup.config()
+    })
+    .expect("CURVE proxy starts");
+    let endpoint = fanout::Endpoint::parse(&proxy.publisher_endpoints()[0]).expect("endpoint");
+    let burst = |batch_max_bytes: usize| {
+        let mut sub = fanout::subscriber::Subscriber::connect(
+            &proxy.subscriber_endpoints()[0],
+            fanout::subscriber::SubscriberConfig::default(),
+        )
+        .expect("subscriber");
+        sub.subscribe(fanout::subscriber::TopicFilter::exact("t"))
+            .expect("subscribe");
+        let publisher = fanout::Publisher::new(fanout::publisher::PublisherConfig {
+            linger: Duration::from_millis(500),
+            batch_max_bytes,
+            curve: Some(CurveClient {
+                server: setup.server.public,
+                keys: keys.clone(),
+            }),
+            ..Default::default()
+        })
+        .expect("publisher");
+        publisher
+            .set_membership([endpoint.clone()].into())
+            .expect("membership");
+        assert!(eventually(|| {
+            publisher.publish_bytes(b"t", b"warm-up").expect("publish");
+            matches!(sub.recv(Duration::from_millis(20)), Ok(Some(_)))
+        }));
+        std::thread::sleep(Duration::from_millis(200));
+        while let Ok(Some(_)) = sub.recv(Duration::ZERO) {}
+        let disconnects = proxy.stats().publishers.disconnects;
+        for _ in 0..N {
+            publisher.publish_bytes(b"t", &[7; PAYLOAD]).expect("publish");
+        }
+        let mut received = 0;
+        while received < N && matches!(sub.recv(Duration::from_secs(2)), Ok(Some(_))) {
+            received += 1;
+        }
+        let ended = proxy.stats().publishers.disconnects - disconnects;
+        publisher.close();
+        (received, ended)
+    };
+    let within = fanout::publisher::batch_bytes_within(CAP);
+    assert_eq!(within, fanout::publisher::DEFAULT_BATCH_MAX_BYTES);
+    assert_eq!(burst(within), (N, 0), "every message, no connection ended");
+    let (received, disconnects) = burst(CAP);
+    assert!(
+        received < N && disconnects > 0,
+        "frames of the cap itself: {received} of {N} received, {disconnects} connections ended"
+    );
+}
+
 #[test]
 fn a_publisher_with_our_library_keeps_working_across_a_proxy_restart() {
     let keys = KeyPair::generate().expect("keys");

@@ -36,13 +36,15 @@ pub struct PublishArgs {
     /// Size in bytes of each synthetic payload.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Send high-water mark per proxy (messages).
+    /// Send high-water mark per proxy (ZeroMQ messages: a frame of several is one).
     #[arg(long, default_value_t = 100_000)]
     pub hwm: i32,
     /// Largest frame made of several messages queued one after the other on the topic (wire
     /// version 4); 0 sends one message a frame (for subscribers older than version 4). With
-    /// `--group`, lowered to what the group's proxies accept when the controller publishes it;
-    /// otherwise keep it at most the group's `maxMessageBytes`.
+    /// `--group`, lowered at start to what the group's proxies accept (its `maxMessageBytes`
+    /// less 33 bytes for CURVE) as the controller publishes it, and 0 when it publishes none;
+    /// otherwise keep it that far under the cap. Restart publishers after lowering a group's
+    /// `maxMessageBytes` below it.
     #[arg(long, default_value_t = crate::publisher::DEFAULT_BATCH_MAX_BYTES)]
     pub batch_bytes: usize,
     /// Seconds to wait for a first non-empty membership before publishing.
@@ -142,7 +144,7 @@ impl PublishArgs {
         .map_err(crate::Error::GroupMessageCap)?;
         Ok(match cap {
             Some(cap) => {
-                let bytes = self.batch_bytes.min(cap);
+                let bytes = self.batch_bytes.min(crate::publisher::batch_bytes_within(cap));
                 tracing::info!(%group, max_message_bytes = cap, batch_bytes = bytes, "frames of several messages stay within the group's cap");
                 bytes
             }

@@ -387,6 +387,33 @@ mod tests {
     }
 
     #[test]
+    fn the_published_cap_is_the_smallest_valid_one() {
+        let with_cap = |cap: &str| {
+            let mut slice = slice_with_key(None);
+            slice.metadata.annotations = Some(BTreeMap::from([(
+                MAX_MESSAGE_BYTES_ANNOTATION.to_string(),
+                cap.to_string(),
+            )]));
+            slice
+        };
+        assert_eq!(published_max_message_bytes(&[]), None);
+        assert_eq!(published_max_message_bytes(&[slice_with_key(None)]), None);
+        assert_eq!(
+            published_max_message_bytes(&[with_cap("16384"), slice_with_key(None)]),
+            Some(16384)
+        );
+        // While a changed cap rolls out, the smaller; garbage is not a cap.
+        let slices = [
+            with_cap(" 65536 "),
+            with_cap("16384"),
+            with_cap("-1"),
+            with_cap("lots"),
+        ];
+        assert_eq!(published_max_message_bytes(&slices), Some(16384));
+        assert_eq!(published_max_message_bytes(&[with_cap("-1")]), None);
+    }
+
+    #[test]
     fn the_published_server_key_is_the_one_the_slices_agree_on() {
         let a = crate::curve::KeyPair::generate().unwrap().public;
         let b = crate::curve::KeyPair::generate().unwrap().public;

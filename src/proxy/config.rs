@@ -48,8 +48,10 @@ pub const MAX_QUEUED_BYTES_PER_PEER: i64 = 256 << 20;
 /// The smallest frame limit of the subscriber side: room for the handshake commands (a CURVE
 /// INITIATE with a SUB's metadata is about 280 bytes).
 pub const SUBSCRIBER_FRAME_FLOOR: i64 = 512;
-/// What CURVE's MESSAGE command adds to a frame's body (name, nonce, flags and MAC).
-const CURVE_FRAME_EXTRA: i64 = 33;
+/// What CURVE's MESSAGE command adds to a frame's body (name, nonce, flags and MAC): libzmq
+/// checks a peer's frame against MAXMSGSIZE with it, so a frame sent over CURVE must stay this
+/// much under the cap.
+pub const CURVE_FRAME_EXTRA: i64 = 33;
 /// What a subscription to a topic adds to it on the wire at most: the ZMTP 3.1 SUBSCRIBE
 /// command name (10 bytes) and CURVE's MESSAGE wrapping.
 const SUBSCRIPTION_FRAME_EXTRA: i64 = 10 + CURVE_FRAME_EXTRA;

@@ -31,9 +31,9 @@ mod subscription_relay;
 mod subscriptions;
 
 pub use config::{
-    CurveServerConfig, DEFAULT_HEARTBEAT, DEFAULT_HWM, DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_SOCKET_MODE, MAX_QUEUED_BYTES_PER_PEER, ProxyConfig, SHUTDOWN_LINGER, SUBSCRIBER_FRAME_FLOOR,
-    queue_bound_exceeded,
+    CURVE_FRAME_EXTRA, CurveServerConfig, DEFAULT_HEARTBEAT, DEFAULT_HWM, DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_SOCKET_MODE, MAX_QUEUED_BYTES_PER_PEER, ProxyConfig, SHUTDOWN_LINGER,
+    SUBSCRIBER_FRAME_FLOOR, queue_bound_exceeded,
 };
 pub use curve_server::ALLOW_LIST_RECHECK;
 pub use error::{AllowListApiError, ProxyError};

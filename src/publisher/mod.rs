@@ -50,24 +50,34 @@ use tokio::sync::{oneshot, watch};
 
 /// Default of [`PublisherConfig::flat_max_payload`]: the largest payload whose version-3
 /// frame (with the longest topic version 3 carries and the envelope) is still within a group's
-/// default `maxMessageBytes`, 64 KiB. The proxy's ZMQ_MAXMSGSIZE is that cap per frame, so a
-/// one-frame message above it would end the publisher's connection, where the same message
-/// in two frames is only dropped and counted. Below it the copy pays (BENCHMARKS.md, "Where
-/// the copy stops paying").
-pub const DEFAULT_FLAT_MAX_PAYLOAD: usize = crate::proxy::DEFAULT_MAX_MESSAGE_BYTES as usize
-    - crate::wire::FLAT_MAX_TOPIC
-    - crate::wire::ENVELOPE_LEN;
+/// default `maxMessageBytes`, 64 KiB, with CURVE's 33 bytes of box too. The proxy's
+/// ZMQ_MAXMSGSIZE is that cap per frame (libzmq counts the box), so a one-frame message above
+/// it would end the publisher's connection, where the same message in two frames is only
+/// dropped and counted. Below it the copy pays (BENCHMARKS.md, "Where the copy stops paying").
+pub const DEFAULT_FLAT_MAX_PAYLOAD: usize =
+    batch_bytes_within(crate::proxy::DEFAULT_MAX_MESSAGE_BYTES as usize)
+        - crate::wire::FLAT_MAX_TOPIC
+        - crate::wire::ENVELOPE_LEN;
 
-/// Default of [`PublisherConfig::batch_max_bytes`]: 16 KiB. Above libzmq's 8 KiB I/O batch a
-/// frame is written to the socket from its own buffer instead of being copied into the batch
-/// first, so 16 KiB frames carried 1 KiB messages 1.6x as fast as bare libzmq where 8 KiB frames
-/// were level with it (BENCHMARKS.md, "Several messages a frame"); it stays within the
-/// `maxMessageBytes` of the groups in `examples/` (16 KiB) and the default (64 KiB).
-pub const DEFAULT_BATCH_MAX_BYTES: usize = 16 << 10;
+/// Default of [`PublisherConfig::batch_max_bytes`]: 16 KiB less CURVE's 33 bytes a frame.
+/// Above libzmq's 8 KiB I/O batch a frame is written to the socket from its own buffer instead
+/// of being copied into the batch first, so 16 KiB frames carried 1 KiB messages 1.6x as fast
+/// as bare libzmq where 8 KiB frames were level with it (BENCHMARKS.md, "Several messages a
+/// frame"); with or without CURVE it stays within the `maxMessageBytes` of the groups in
+/// `examples/` (16 KiB) and the default (64 KiB).
+pub const DEFAULT_BATCH_MAX_BYTES: usize = batch_bytes_within(16 << 10);
+
+/// The largest frame of several messages a group whose `maxMessageBytes` is `cap` accepts
+/// from a publisher, CURVE or not: libzmq checks a CURVE frame with its 33 bytes of box.
+pub const fn batch_bytes_within(cap: usize) -> usize {
+    cap.saturating_sub(crate::proxy::CURVE_FRAME_EXTRA as usize)
+}
 
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
-    /// SNDHWM per connected proxy (messages). Beyond it that proxy alone misses messages,
+    /// SNDHWM per connected proxy (ZeroMQ messages: a frame of several messages, wire version
+    /// 4, is one, so the bytes it may hold are up to `hwm` x `batch_max_bytes` for small
+    /// messages). Beyond it that proxy alone misses messages,
     /// counted in `proxy_queue_full_events`; the others and the caller are never held up.
     pub hwm: i32,
     /// ZMTP heartbeat interval; a proxy silent for 3 intervals is dropped and reconnected.
@@ -94,9 +104,9 @@ pub struct PublisherConfig {
     /// other on the same topic (wire version 4: one libzmq message instead of one each, which
     /// is most of what a small message costs on every hop). It only joins messages that are
     /// already queued, never waits for more, so a message sent alone goes alone. 0 turns it
-    /// off (for subscribers older than version 4). Keep it at most the group's
-    /// `maxMessageBytes`: a frame above that cap ends the connection (`fanout publish --group`
-    /// reads the cap the controller publishes and stays under it).
+    /// off (for subscribers older than version 4). Keep it within the group's cap,
+    /// [`batch_bytes_within`]`(maxMessageBytes)`: a frame above the cap ends the connection
+    /// (`fanout publish --group` reads the cap the controller publishes and stays within it).
     pub batch_max_bytes: usize,
     /// CURVE: our key pair and the proxies' public key (every proxy of a group shares the
     /// group's server key). `None`: no authentication.

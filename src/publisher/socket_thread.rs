@@ -17,7 +17,7 @@ use tokio::sync::watch;
 /// them from a slice allocates nothing; larger parts are handed over as the caller's buffer.
 const SMALL_FRAME: usize = 33;
 /// Messages sent between two looks at the membership, so a join or leave never waits behind a
-/// long batch.
+/// long batch (at least this many: a frame of several messages is not cut, and is one send).
 const MEMBERSHIP_EVERY: usize = 1024;
 /// After a membership change, how long the idle socket thread keeps poking libzmq often so
 /// connection set-up and teardown complete promptly.
@@ -310,7 +310,8 @@ impl SocketThread {
     }
 }
 
-/// Outcomes counted while sending, added to the metrics every `MEMBERSHIP_EVERY` messages and
+/// Outcomes counted while sending, added to the metrics every `MEMBERSHIP_EVERY` messages or
+/// more (a frame of several is counted whole) and
 /// at the end of a batch rather than per message (each update is an atomic operation).
 #[derive(Debug, Default)]
 struct Tally {
@@ -473,6 +474,17 @@ mod tests {
         batch.push(b"t", Payload::Borrowed(&big), usize::MAX);
         assert_eq!(batch_run(&batch.arena, &batch.entries, usize::MAX), 1);
         assert_eq!(batch_run(&batch.arena, &batch.entries[1..], usize::MAX), 1);
+    }
+
+    #[test]
+    fn a_frame_of_several_takes_as_many_sequences() {
+        let mut s = TopicSequences::default();
+        assert_eq!(s.take(b"a", 3), 0);
+        assert_eq!(s.next(b"a"), 3);
+        assert_eq!(s.take(b"b", 5), 0);
+        assert_eq!(s.take(b"a", 2), 4);
+        assert_eq!(s.next(b"b"), 5);
+        assert_eq!(s.next(b"a"), 6);
     }
 
     #[test]

@@ -51,7 +51,8 @@ impl TopicFilter {
 
 #[derive(Debug, Clone)]
 pub struct SubscriberConfig {
-    /// RCVHWM (messages). Beyond it the proxy drops for this subscriber only.
+    /// RCVHWM (ZeroMQ messages: a frame of several messages, wire version 4, is one). Beyond it
+    /// the proxy drops for this subscriber only.
     pub hwm: i32,
     /// ZMTP heartbeat interval towards the proxy.
     pub heartbeat: Option<Duration>,
@@ -259,20 +260,16 @@ impl GapTracker {
     pub const MAX_STREAMS: usize = 64 * 1024;
 
     pub fn observe(&mut self, publisher: PublisherId, topic: &[u8], sequence: u64) -> SequenceCheck {
-        self.observe_span(publisher, topic, sequence, sequence)
+        self.observe_span(publisher, topic, sequence, sequence).first
     }
 
     /// Observes the consecutive sequences `first..=last` of one stream at once (the records
-    /// of a version-4 frame, which are consecutive by construction): the check is the first's,
-    /// and the stream moves on to `last`, so only the first of them can start a gap. A span
-    /// whose first sequence is out of order leaves the stream where it was.
-    pub fn observe_span(
-        &mut self,
-        publisher: PublisherId,
-        topic: &[u8],
-        first: u64,
-        last: u64,
-    ) -> SequenceCheck {
+    /// of a version-4 frame, which are consecutive by construction), as observing each in turn
+    /// would: only the first can start a gap, the stream moves on to `last`, and when the span
+    /// starts at or below what was seen (a duplicate, e.g. while a relay hands a leaf over) the
+    /// records up to that point are out of order and the rest in order.
+    pub fn observe_span(&mut self, publisher: PublisherId, topic: &[u8], first: u64, last: u64) -> SpanCheck {
+        let last = last.max(first);
         let key = match self.previous.key_of(publisher, topic) {
             Some(key) => key,
             None => {
@@ -282,16 +279,22 @@ impl GapTracker {
             }
         };
         if let Some(seen) = self.last.get_mut(&key) {
-            let check = advance(seen, first);
-            if check != SequenceCheck::OutOfOrder {
-                *seen = last.max(first);
-            }
-            return check;
+            let before = *seen;
+            let first = advance(seen, first);
+            *seen = (*seen).max(last);
+            let replayed_through = (first == SequenceCheck::OutOfOrder).then_some(before);
+            return SpanCheck {
+                first,
+                replayed_through,
+            };
         }
         self.make_room_for_a_stream_of(publisher);
         self.publishers.entry(publisher).or_default().insert(key);
-        self.last.insert(key, last.max(first));
-        SequenceCheck::First
+        self.last.insert(key, last);
+        SpanCheck {
+            first: SequenceCheck::First,
+            replayed_through: None,
+        }
     }
 
     /// Streams tracked now (at most [`MAX_STREAMS`](Self::MAX_STREAMS)).
@@ -326,6 +329,27 @@ impl GapTracker {
             for key in keys {
                 self.last.remove(&key);
             }
+        }
+    }
+}
+
+/// What [`GapTracker::observe_span`] says about a span of consecutive sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanCheck {
+    /// The check of the span's first sequence.
+    pub first: SequenceCheck,
+    /// When the span started at or below what the stream had seen: the last sequence seen
+    /// before it. The span's sequences up to it are out of order, the ones after it in order.
+    pub replayed_through: Option<u64>,
+}
+
+impl SpanCheck {
+    /// The check of the span's sequence `sequence`, the span's first being `first`.
+    pub fn of(&self, first: u64, sequence: u64) -> SequenceCheck {
+        match self.replayed_through {
+            Some(seen) if sequence <= seen => SequenceCheck::OutOfOrder,
+            _ if sequence == first => self.first,
+            _ => SequenceCheck::InOrder,
         }
     }
 }
@@ -456,9 +480,10 @@ struct PendingBatch {
     left: u64,
     /// The next record's envelope (its own sequence).
     envelope: Envelope,
-    /// What the next record's sequence says: the frame's first was checked on arrival
-    /// (`GapTracker::observe_span`), every next one follows it.
-    check: SequenceCheck,
+    /// The frame's first sequence and what its span said on arrival
+    /// (`GapTracker::observe_span`), from which each record's check follows.
+    first: u64,
+    span: SpanCheck,
 }
 
 impl PendingBatch {
@@ -476,15 +501,12 @@ impl PendingBatch {
         else {
             return (Err(read), true);
         };
-        let (envelope, check) = (self.envelope, self.check);
+        let envelope = self.envelope;
         stats.received = stats.received.saturating_add(1);
-        stats.record(envelope.publisher, check);
+        stats.record(envelope.publisher, self.span.of(self.first, envelope.sequence));
         self.next = self.end - rest.len();
         self.left = self.left.saturating_sub(1);
         self.envelope.sequence = envelope.sequence.wrapping_add(1);
-        if check != SequenceCheck::OutOfOrder {
-            self.check = SequenceCheck::InOrder;
-        }
         let value = read(DeliveryRef {
             topic,
             payload: &[payload],
@@ -537,9 +559,8 @@ impl Accounting {
     }
 
     /// Decides on a version-4 frame's `count` messages at once: `None` when its topic
-    /// matches no filter (all counted as filtered), else what the first one's sequence says
-    /// (the span is checked in one step; the others follow it in order).
-    fn accept_batch(&mut self, topic: &[u8], envelope: Envelope, count: u64) -> Option<SequenceCheck> {
+    /// matches no filter (all counted as filtered), else what their span of sequences says.
+    fn accept_batch(&mut self, topic: &[u8], envelope: Envelope, count: u64) -> Option<SpanCheck> {
         if !self.matcher.matches(topic) {
             self.stats.filtered = self.stats.filtered.saturating_add(count);
             return None;
@@ -567,7 +588,7 @@ impl Accounting {
             (lent.payload, &lent.parsed, frames)
         {
             let count = records.len() as u64;
-            if let Some(check) = self.accept_batch(lent.topic, *envelope, count) {
+            if let Some(span) = self.accept_batch(lent.topic, *envelope, count) {
                 let end = frame.len() - wire::ENVELOPE_LEN;
                 *batch = Some(PendingBatch {
                     next: end - records.bytes().len(),
@@ -575,7 +596,8 @@ impl Accounting {
                     topic_len: lent.topic.len(),
                     left: count,
                     envelope: *envelope,
-                    check,
+                    first: envelope.sequence,
+                    span,
                 });
             }
             return Err(read);
@@ -961,12 +983,24 @@ mod tests {
         assert_eq!(deliver_all(&mut accounting, &other), vec![]);
         let replayed = batch_frame(b"t", &[b"d", b"e"], A, 15);
         assert_eq!(deliver_all(&mut accounting, &replayed).len(), 2);
+        // A frame that overlaps what was seen (16, 17) and goes on (18, 19): the overlap is
+        // out of order, the rest in order, and the stream moves on to 19 (20 is no gap).
+        let overlapping = batch_frame(b"t", &[b"e", b"f", b"g", b"h"], A, 16);
+        assert_eq!(deliver_all(&mut accounting, &overlapping).len(), 4);
+        let mut next = Vec::new();
+        Envelope {
+            publisher: A,
+            sequence: 20,
+        }
+        .write_flat_frame(b"t", b"i", &mut next)
+        .expect("short topic");
+        assert_eq!(deliver_all(&mut accounting, &next), vec![t(b"i", 20)]);
         let stats = &accounting.stats;
         let counts = stats.per_publisher[&A];
-        assert_eq!((stats.received, stats.filtered, stats.malformed), (8, 2, 0));
+        assert_eq!((stats.received, stats.filtered, stats.malformed), (13, 2, 0));
         assert_eq!(
             (counts.received, counts.gaps, counts.lost, counts.out_of_order),
-            (8, 1, 2, 2)
+            (13, 1, 2, 4)
         );
         // Records that do not fill their frame: malformed, delivered whole as a plain message.
         let mut bad = batch_frame(b"t", &[b"ab"], A, 30);
