@@ -928,6 +928,14 @@ mod tests {
         frame
     }
 
+    fn flat_frame(topic: &[u8], payload: &[u8], publisher: PublisherId, sequence: u64) -> Vec<u8> {
+        let mut frame = Vec::new();
+        Envelope { publisher, sequence }
+            .write_flat_frame(topic, payload, &mut frame)
+            .expect("short topic");
+        frame
+    }
+
     /// Delivers every message of one received frame as `recv_with` does: the frame itself,
     /// then, for version 4, its records one at a time.
     fn deliver_all(accounting: &mut Accounting, frame: &[u8]) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
@@ -970,13 +978,7 @@ mod tests {
             vec![t(b"d", 15), t(b"e", 16)]
         );
         // A single message after it is in order.
-        let mut flat = Vec::new();
-        Envelope {
-            publisher: A,
-            sequence: 17,
-        }
-        .write_flat_frame(b"t", b"f", &mut flat)
-        .expect("short topic");
+        let flat = flat_frame(b"t", b"f", A, 17);
         assert_eq!(deliver_all(&mut accounting, &flat), vec![t(b"f", 17)]);
         // A frame of another topic is filtered whole; a replayed frame is out of order.
         let other = batch_frame(b"tt", &[b"x", b"y"], A, 0);
@@ -987,13 +989,7 @@ mod tests {
         // out of order, the rest in order, and the stream moves on to 19 (20 is no gap).
         let overlapping = batch_frame(b"t", &[b"e", b"f", b"g", b"h"], A, 16);
         assert_eq!(deliver_all(&mut accounting, &overlapping).len(), 4);
-        let mut next = Vec::new();
-        Envelope {
-            publisher: A,
-            sequence: 20,
-        }
-        .write_flat_frame(b"t", b"i", &mut next)
-        .expect("short topic");
+        let next = flat_frame(b"t", b"i", A, 20);
         assert_eq!(deliver_all(&mut accounting, &next), vec![t(b"i", 20)]);
         let stats = &accounting.stats;
         let counts = stats.per_publisher[&A];

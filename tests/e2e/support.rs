@@ -197,7 +197,7 @@ impl ControllerProcess {
                 "--default-proxy-image",
                 "fanout:e2e",
                 "--log-level",
-                "info,fanout=debug",
+                "info,fanout=debug,kube_runtime=debug",
             ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
