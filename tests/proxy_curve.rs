@@ -71,6 +71,27 @@ impl Setup {
     fn start(&self) -> Proxy {
         proxy::start(self.config()).expect("CURVE proxy starts")
     }
+
+    /// Our library's publisher with `keys` for this proxy's server key, following `endpoint`.
+    fn publisher(
+        &self,
+        keys: &KeyPair,
+        endpoint: &fanout::Endpoint,
+        config: fanout::publisher::PublisherConfig,
+    ) -> fanout::Publisher {
+        let publisher = fanout::Publisher::new(fanout::publisher::PublisherConfig {
+            curve: Some(CurveClient {
+                server: self.server.public,
+                keys: keys.clone(),
+            }),
+            ..config
+        })
+        .expect("publisher");
+        publisher
+            .set_membership([endpoint.clone()].into())
+            .expect("membership");
+        publisher
+    }
 }
 
 /// Writes an allow-list of `keys`: a new file renamed over the old one.
@@ -593,19 +614,15 @@ fn frames_of_several_messages_fit_a_curve_proxys_cap_with_the_box() {
         .expect("subscriber");
         sub.subscribe(fanout::subscriber::TopicFilter::exact("t"))
             .expect("subscribe");
-        let publisher = fanout::Publisher::new(fanout::publisher::PublisherConfig {
-            linger: Duration::from_millis(500),
-            batch_max_bytes,
-            curve: Some(CurveClient {
-                server: setup.server.public,
-                keys: keys.clone(),
-            }),
-            ..Default::default()
-        })
-        .expect("publisher");
-        publisher
-            .set_membership([endpoint.clone()].into())
-            .expect("membership");
+        let publisher = setup.publisher(
+            &keys,
+            &endpoint,
+            fanout::publisher::PublisherConfig {
+                linger: Duration::from_millis(500),
+                batch_max_bytes,
+                ..Default::default()
+            },
+        );
         assert!(eventually(|| {
             publisher.publish_bytes(b"t", b"warm-up").expect("publish");
             matches!(sub.recv(Duration::from_millis(20)), Ok(Some(_)))
@@ -640,19 +657,15 @@ fn a_publisher_with_our_library_keeps_working_across_a_proxy_restart() {
     let setup = Setup::new(&[&keys]);
     let first = setup.start();
     let endpoint = first.publisher_endpoints()[0].clone();
-    let publisher = fanout::Publisher::new(fanout::publisher::PublisherConfig {
-        linger: Duration::from_millis(200),
-        heartbeat: Some(Duration::from_millis(500)),
-        curve: Some(CurveClient {
-            server: setup.server.public,
-            keys: keys.clone(),
-        }),
-        ..Default::default()
-    })
-    .expect("publisher");
-    publisher
-        .set_membership([fanout::Endpoint::parse(&endpoint).expect("endpoint")].into())
-        .expect("membership");
+    let publisher = setup.publisher(
+        &keys,
+        &fanout::Endpoint::parse(&endpoint).expect("endpoint"),
+        fanout::publisher::PublisherConfig {
+            linger: Duration::from_millis(200),
+            heartbeat: Some(Duration::from_millis(500)),
+            ..Default::default()
+        },
+    );
     let deliver = |proxy: &Proxy| {
         let ctx = zmq::Context::new();
         let sub = subscriber(&ctx, proxy, &[b"t"]);

@@ -167,16 +167,10 @@ impl SocketThread {
             tracing::warn!(messages, "cannot lay out a frame of several messages; dropped");
             return;
         }
-        match send_counting_full_queues(raw_socket(&mut self.socket), [frame]) {
-            Ok(queue_full) => {
-                tally.sent += messages;
-                tally.proxy_queue_full += u64::from(queue_full);
-            }
-            Err(err) => {
-                tally.send_failures += messages;
-                tracing::warn!(error = %err, "send failed");
-            }
-        }
+        tally.sent_as_one(
+            send_counting_full_queues(raw_socket(&mut self.socket), [frame]),
+            messages,
+        );
     }
 
     /// Applies the newest wanted membership, if it changed; true if it did.
@@ -297,16 +291,7 @@ impl SocketThread {
                 send_counting_full_queues(socket, frames)
             }
         };
-        match result {
-            Ok(queue_full) => {
-                tally.sent += 1;
-                tally.proxy_queue_full += u64::from(queue_full);
-            }
-            Err(err) => {
-                tally.send_failures += 1;
-                tracing::warn!(error = %err, "send failed");
-            }
-        };
+        tally.sent_as_one(result, 1);
     }
 }
 
@@ -322,6 +307,21 @@ struct Tally {
 }
 
 impl Tally {
+    /// Counts the outcome of one send carrying `messages` messages (a frame of several
+    /// counts them all; a full queue that refused it is one event).
+    fn sent_as_one(&mut self, result: Result<bool, zmq::Error>, messages: u64) {
+        match result {
+            Ok(queue_full) => {
+                self.sent += messages;
+                self.proxy_queue_full += u64::from(queue_full);
+            }
+            Err(err) => {
+                self.send_failures += messages;
+                tracing::warn!(error = %err, messages, "send failed");
+            }
+        }
+    }
+
     fn record(&mut self, metrics: &PublisherMetrics) {
         let Tally {
             sent,
